@@ -1,0 +1,90 @@
+# focusd: one plain Makefile for the engine, the daemon, the client and their tests.
+#
+#   make                 build everything under build/
+#   make test            build and run every test; ends with "N passed, N failed"
+#   make deps            install the Debian packages the build and tests need (idempotent)
+#   make SANITIZE=address,undefined test
+#                        the same with sanitizers, in build/san/
+#
+# Sources are found by directory, so a new file needs no edit here. CUDA objects are built
+# by nvcc from kernels/cuda/*.cu whenever nvcc is found.
+
+CC ?= cc
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+PKG_CONFIG ?= pkg-config
+
+ifneq ($(SANITIZE),)
+BUILD ?= build/san
+SAN_FLAGS = -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+else
+BUILD ?= build
+SAN_FLAGS =
+endif
+
+PKGS = jansson libutf8proc libpcre2-8 openblas libpng libzmq msgpack libsystemd sqlite3
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS)
+override LDFLAGS += $(SAN_FLAGS)
+LDLIBS = $(PKG_LIBS) -lm -lpthread
+
+# Library code: everything except the programs' main files.
+LIB_SRC := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c engine/*.c protocol/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+ifneq ($(NVCC),)
+ifneq ($(CUDA_SRC),)
+CUDA_ARCHS = -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 \
+             -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+override CFLAGS += -DFOCUS_HAVE_CUDA
+LDLIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+endif
+
+LIB := $(BUILD)/libfocus.a
+
+PROGRAMS := $(BUILD)/focus-run
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test deps clean
+all: $(LIB) $(PROGRAMS) $(TEST_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -I. $(CUDA_ARCHS) -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
+		-MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/focus-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard engine/cli/*.c)) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+test: all
+	BUILD=$(BUILD) tests/run
+
+deps:
+	tools/deps.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,36 @@
+/* Internal to kernels/: the context structure and the backend entry points that the op
+ * front-ends dispatch to. The cpu_* functions live in kernels/cpu/, the cuda_* ones in
+ * kernels/cuda/ (built only with FOCUS_HAVE_CUDA). Front-ends have already checked shapes and
+ * dtypes when a backend function is called. */
+#ifndef FOCUS_KERNELS_KN_BACKEND_H
+#define FOCUS_KERNELS_KN_BACKEND_H
+
+#include "kernels/kn.h"
+
+struct kn_ctx {
+    kn_device device;
+    int index;
+    void *backend; /* cuda: stream, handles and scratch; cpu: scratch buffers */
+};
+
+/* CPU memory primitives. */
+int cpu_ctx_init(kn_ctx *ctx);
+void cpu_ctx_fini(kn_ctx *ctx);
+int cpu_alloc(kn_ctx *ctx, kn_tensor *t);
+void cpu_free(kn_ctx *ctx, kn_tensor *t);
+int cpu_fill(kn_ctx *ctx, kn_tensor *t, float v);
+int cpu_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src);
+int cpu_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src);
+/* Scratch memory of at least n bytes owned by the context, reused between ops. */
+void *cpu_scratch(kn_ctx *ctx, int slot, size_t n);
+#define CPU_SCRATCH_SLOTS 4
+
+/* Dispatch helper for op front-ends: `KN_DISPATCH(ctx, op, args...)` calls cpu_op or cuda_op. */
+#ifdef FOCUS_HAVE_CUDA
+#define KN_DISPATCH(ctx, op, ...)                                                          \
+    ((ctx)->device == KN_CUDA ? cuda_##op(ctx, __VA_ARGS__) : cpu_##op(ctx, __VA_ARGS__))
+#else
+#define KN_DISPATCH(ctx, op, ...) cpu_##op(ctx, __VA_ARGS__)
+#endif
+
+#endif

@@ -1,0 +1,138 @@
+/* Contexts and data movement: the front-ends of kn.h's memory functions. */
+#include "kernels/kn_backend.h"
+#include "kernels/kn_convert.h"
+
+#include "common/err.h"
+#include "common/xalloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
+{
+    *out = NULL;
+    if (dev == KN_CUDA)
+        return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
+    kn_ctx *ctx = xcalloc(1, sizeof *ctx);
+    ctx->device = dev;
+    ctx->index = index;
+    int rc = cpu_ctx_init(ctx);
+    if (rc < 0) {
+        free(ctx);
+        return rc;
+    }
+    *out = ctx;
+    return 0;
+}
+
+void kn_ctx_destroy(kn_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    cpu_ctx_fini(ctx);
+    free(ctx);
+}
+
+kn_device kn_ctx_device(const kn_ctx *ctx)
+{
+    return ctx->device;
+}
+
+int kn_sync(kn_ctx *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *shape)
+{
+    if (ndim < 0 || ndim > KN_MAX_DIMS)
+        return err_set(ERR_INVALID, "tensor rank %d outside 0..%d", ndim, KN_MAX_DIMS);
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0)
+            return err_set(ERR_INVALID, "negative dimension %lld", (long long)shape[i]);
+    *t = (kn_tensor){.dtype = dt, .device = ctx->device, .ndim = ndim, .owned = 1};
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    return cpu_alloc(ctx, t);
+}
+
+void kn_free(kn_ctx *ctx, kn_tensor *t)
+{
+    if (t->owned && t->data)
+        cpu_free(ctx, t);
+    memset(t, 0, sizeof *t);
+}
+
+int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
+{
+    if (host->device != KN_CPU)
+        return err_set(ERR_INVALID, "kn_weight expects a host tensor");
+    (void)ctx;
+    *dst = *host;
+    dst->owned = 0;
+    return 0;
+}
+
+static int check_bytes(const kn_tensor *t, size_t nbytes)
+{
+    if (nbytes != kn_nbytes(t))
+        return err_set(ERR_INVALID, "copy of %zu bytes into a tensor of %zu bytes", nbytes,
+                       kn_nbytes(t));
+    return 0;
+}
+
+int kn_write(kn_ctx *ctx, kn_tensor *dst, const void *host, size_t nbytes)
+{
+    (void)ctx;
+    int rc = check_bytes(dst, nbytes);
+    if (rc == 0 && nbytes)
+        memcpy(dst->data, host, nbytes);
+    return rc;
+}
+
+int kn_read(kn_ctx *ctx, const kn_tensor *src, void *host, size_t nbytes)
+{
+    (void)ctx;
+    int rc = check_bytes(src, nbytes);
+    if (rc == 0 && nbytes)
+        memcpy(host, src->data, nbytes);
+    return rc;
+}
+
+int kn_read_f32(kn_ctx *ctx, const kn_tensor *src, float *host)
+{
+    (void)ctx;
+    if (!kn_dtype_is_float(src->dtype))
+        return err_set(ERR_INVALID, "kn_read_f32 of a %s tensor", kn_dtype_name(src->dtype));
+    kn_convert_to_f32(host, src->data, src->dtype, (size_t)kn_numel(src));
+    return 0;
+}
+
+int kn_fill(kn_ctx *ctx, kn_tensor *t, float v)
+{
+    if (!kn_dtype_is_float(t->dtype))
+        return err_set(ERR_INVALID, "kn_fill of a %s tensor", kn_dtype_name(t->dtype));
+    return KN_DISPATCH(ctx, fill, t, v);
+}
+
+int kn_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src)
+{
+    if (kn_numel(dst) != kn_numel(src))
+        return err_set(ERR_SHAPE, "kn_copy of %lld elements into %lld", (long long)kn_numel(src),
+                       (long long)kn_numel(dst));
+    if (dst->dtype != src->dtype && (!kn_dtype_is_float(dst->dtype) || !kn_dtype_is_float(src->dtype)))
+        return err_set(ERR_INVALID, "kn_copy from %s to %s", kn_dtype_name(src->dtype),
+                       kn_dtype_name(dst->dtype));
+    return KN_DISPATCH(ctx, copy, dst, src);
+}
+
+int kn_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src)
+{
+    if (kn_rows(dst) != kn_rows(src) || col < 0 || col + kn_cols(src) > kn_cols(dst) ||
+        dst->dtype != src->dtype)
+        return err_set(ERR_SHAPE, "kn_copy_cols: %lldx%lld at column %lld into %lldx%lld",
+                       (long long)kn_rows(src), (long long)kn_cols(src), (long long)col,
+                       (long long)kn_rows(dst), (long long)kn_cols(dst));
+    return KN_DISPATCH(ctx, copy_cols, dst, col, src);
+}
