@@ -1,0 +1,23 @@
+/* The CLIP BPE tokenizer, as transformers' CLIPTokenizer computes it without ftfy: text
+ * cleanup (BasicTokenizer: control characters dropped, whitespace normalised, CJK spaced, NFC,
+ * lowercase), the pre-tokenization pattern with Unicode letter/number classes, byte-to-unicode,
+ * BPE with the "</w>" end-of-word marker, then [BOS] + ids[:max-2] + [EOS] padded to the
+ * tokenizer's model_max_length with its own pad token (CLIP-L pads with <|endoftext|>,
+ * SD3's CLIP-G with "!"). Loaded from vocab.json, merges.txt and the tokenizer's config files. */
+#ifndef FOCUS_ENGINE_CLIP_TOKENIZER_H
+#define FOCUS_ENGINE_CLIP_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct clip_tokenizer clip_tokenizer;
+
+int clip_tokenizer_load(const char *dir, clip_tokenizer **out);
+void clip_tokenizer_free(clip_tokenizer *t);
+/* model_max_length from tokenizer_config.json (77). */
+int clip_tokenizer_max_length(const clip_tokenizer *t);
+/* Writes exactly clip_tokenizer_max_length() ids. Returns that count, or ERR_FORMAT for
+ * invalid UTF-8. */
+int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids);
+
+#endif

@@ -1,0 +1,67 @@
+/* The kernels interface, part two: the ops that text encoders and transformers are made of.
+ *
+ * Conventions for every op here:
+ *  - Activations are row-major; an op sees a tensor as rows x cols, where cols is the last
+ *    dimension and rows the product of the others (kn_rows/kn_cols).
+ *  - Activation dtypes: F32 (the reference mode); F16/BF16 where a backend supports them.
+ *    Weights may be F32, F16, BF16 or F8_E4M3 and are widened inside the op, never copied
+ *    whole: the CPU backend converts panel by panel into scratch.
+ *  - Outputs are preallocated by the caller with the right shape; an op checks shapes and
+ *    dtypes and returns ERR_SHAPE / ERR_INVALID with a message otherwise.
+ *  - y may alias x for the elementwise ops and the norms (in place).
+ *  - Accumulation is in float32 at least. */
+#ifndef FOCUS_KERNELS_KN_OPS_H
+#define FOCUS_KERNELS_KN_OPS_H
+
+#include "kernels/kn.h"
+
+/* y[M,N] = x[M,K] . w[N,K]^T + b[N]   (b may be NULL). M is rows(x), K = cols(x). */
+int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+              const kn_tensor *b);
+
+/* y[n, D] = table[ids[i], :] for i < n; ids are host int32, checked against rows(table). */
+int kn_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n);
+
+/* LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * w + b, biased variance.
+ * w and b may be NULL (no affine). */
+int kn_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b, float eps);
+
+/* RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * w (w may be NULL). Reshape x
+ * to [..., head_dim] to normalise per head. */
+int kn_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
+
+typedef enum kn_act {
+    KN_ACT_SILU,       /* x * sigmoid(x) */
+    KN_ACT_GELU_ERF,   /* 0.5 x (1 + erf(x / sqrt 2)) */
+    KN_ACT_GELU_TANH,  /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    KN_ACT_QUICK_GELU, /* x * sigmoid(1.702 x) */
+} kn_act;
+
+int kn_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
+
+/* Elementwise, all of one shape: y = a + b, y = a - b, y = a * b. */
+int kn_add(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b);
+int kn_sub(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b);
+int kn_mul(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b);
+/* y = a + s * b, rounding s * b to the tensor dtype before the add (as torch does for
+ * `a + s * b` written as two ops): the Euler step and the guidance combine. */
+int kn_add_scaled(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, float s, const kn_tensor *b);
+/* y = x * s. */
+int kn_scale(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s);
+
+typedef struct kn_attn_args {
+    int heads;              /* H; head_dim = cols(q) / H */
+    float scale;            /* multiplies q.k^T; 1/sqrt(head_dim) for SDPA, 1 for T5 */
+    int causal;             /* query i sees keys j <= i only */
+    const kn_tensor *bias;  /* NULL or [H, Sq, Sk] F32, added to the scaled scores */
+    kn_tensor *lse;         /* NULL or [B, H, Sq] F32: receives each row's log-sum-exp */
+} kn_attn_args;
+
+/* Scaled dot-product attention, softmax in float32.
+ * q [B, Sq, H*Dh], k and v [B, Sk, H*Dh], o [B, Sq, H*Dh] (heads interleaved in the feature
+ * dimension, as a linear layer produces them). */
+int kn_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
+                 const kn_tensor *v, const kn_attn_args *args);
+
+#endif
