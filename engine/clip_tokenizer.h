@@ -12,12 +12,15 @@
 
 typedef struct clip_tokenizer clip_tokenizer;
 
+/* ERR_MISSING when vocab.json, merges.txt or tokenizer_config.json is absent, ERR_FORMAT when
+ * one is malformed; the message names the file. */
 int clip_tokenizer_load(const char *dir, clip_tokenizer **out);
 void clip_tokenizer_free(clip_tokenizer *t);
 /* model_max_length from tokenizer_config.json (77). */
 int clip_tokenizer_max_length(const clip_tokenizer *t);
 /* Writes exactly clip_tokenizer_max_length() ids. Returns that count, or ERR_FORMAT for
- * invalid UTF-8. */
+ * invalid UTF-8 (ERR_NOMEM if memory runs out). Safe to call from several threads at once on
+ * one tokenizer. */
 int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids);
 
 #endif

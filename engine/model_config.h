@@ -27,7 +27,7 @@ typedef struct mmdit_config { /* transformer/ config.json */
     int sample_size, patch_size, in_channels, out_channels, num_layers;
     int attention_head_dim, num_attention_heads, joint_attention_dim;
     int caption_projection_dim, pooled_projection_dim, pos_embed_max_size;
-    int dual_attention_layers[64], num_dual_attention_layers;
+    int dual_attention_layers[64], num_dual_attention_layers; /* distinct, in file order */
     bool qk_norm_rms; /* qk_norm == "rms_norm" */
 } mmdit_config;
 
@@ -42,6 +42,7 @@ typedef struct scheduler_config { /* scheduler/ scheduler_config.json */
     int num_train_timesteps;
     float shift;
     bool use_dynamic_shifting;
+    /* NAN / -1 where the file has null, which it may only without dynamic shifting */
     float base_shift, max_shift;
     int base_image_seq_len, max_image_seq_len;
 } scheduler_config;
@@ -56,7 +57,10 @@ typedef struct model_config {
     scheduler_config scheduler;
 } model_config;
 
-/* Reads model_index.json and every component config under `path`. Errors name the file and key. */
+/* Reads model_index.json and every component config under `path` (text_encoder_3/ only when
+ * model_index.json lists it). Absent keys take the reference constructors' defaults. Errors name
+ * the file and key: ERR_MISSING for an absent file or required key, ERR_FORMAT for malformed
+ * JSON or a wrong type, ERR_RANGE for a value the reference or the engine cannot use. */
 int model_config_load(const char *path, model_config **out);
 void model_config_free(model_config *m);
 

@@ -35,13 +35,19 @@ uint64_t st_file_bytes(const st_archive *a);
 /* A path naming the archive in messages (the file, or the index). */
 const char *st_archive_path(const st_archive *a);
 
-/* Looks up a float tensor that must exist with exactly this shape. On error the message names
- * the file and the tensor: "DIR/model.safetensors: tensor text_model.x.weight: shape [768]
+/* Looks up a float tensor that must exist with exactly this shape (ERR_MISSING when absent,
+ * ERR_SHAPE for another shape or a non-float dtype). On error the message names the file and
+ * the tensor: "DIR/model.safetensors: tensor text_model.x.weight: shape [768]
  * where the config implies [1024]". */
 int st_weight(const st_archive *a, const char *name, int ndim, const int64_t *shape,
               kn_tensor *out);
 /* The same for an optional tensor: returns 0 and sets out->data = NULL when absent. */
 int st_weight_opt(const st_archive *a, const char *name, int ndim, const int64_t *shape,
                   kn_tensor *out);
+/* st_weight, naming in a mismatch message the config values the expected shape comes from,
+ * e.g. why = "hidden_size=1024": "...: shape [768] where the config (hidden_size=1024) implies
+ * [1024]". This is how a loader reports a config that contradicts the weights. */
+int st_weight_cfg(const st_archive *a, const char *name, int ndim, const int64_t *shape,
+                  const char *why, kn_tensor *out);
 
 #endif

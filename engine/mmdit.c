@@ -1,0 +1,699 @@
+/* The SD3 diffusion transformer: weight loading with every shape checked against the config,
+ * and the forward pass as a sequence of kernel ops (diffusers' SD3Transformer2DModel,
+ * JointTransformerBlock and JointAttnProcessor2_0; spec section 3).
+ *
+ * Activations live in one scratch arena per model, carved into fixed regions sized for the
+ * largest batch, token and text lengths seen, so that a denoising step of a known shape never
+ * allocates. The joint attention keeps each sample's image tokens first and its text tokens
+ * after them in one [B, N+S, D] buffer; the projections write straight into those rows, so the
+ * concatenation and the split of the reference cost nothing here. Not here: guidance, the
+ * scheduler, the VAE. */
+#include "engine/mmdit.h"
+
+#include "common/err.h"
+#include "common/xalloc.h"
+#include "engine/safetensors.h"
+#include "kernels/kn_image.h"
+#include "kernels/kn_ops.h"
+#include "kernels/kn_patch.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MMDIT_EPS 1e-6f /* every LayerNorm and qk RMSNorm of the model */
+#define MMDIT_TPROJ 256 /* width of the sinusoidal timestep projection */
+#define MMDIT_MAX_NAME 160
+
+typedef struct lin {
+    kn_tensor w, b;
+} lin;
+
+/* One attention stream: the image stream of `attn` (to_q..to_out.0, norm_q/k), its text stream
+ * (add_q_proj..to_add_out, norm_added_q/k) or `attn2`. out.w.data is NULL for the last block's
+ * text stream, norm_q.data NULL without qk norm. */
+typedef struct attn_stream {
+    lin q, k, v, out;
+    kn_tensor norm_q, norm_k;
+} attn_stream;
+
+typedef struct block {
+    bool dual, last;
+    lin norm1, norm1_ctx; /* modulation linears: 6D or 9D, and 6D or 2D outputs */
+    attn_stream img, txt, img2;
+    lin ff1, ff2, ffc1, ffc2;
+} block;
+
+/* Views of the arena for one forward (shapes are the current sizes). */
+typedef struct acts {
+    int64_t B, N, S, L;
+    kn_tensor tok, cx, ntok, nctx; /* [B,N,D] [B,S,D] [B,N,D] [B,S,D] */
+    kn_tensor q, k, v, o;          /* [B,L,D] joint; [B,N,D] views of them for attn2 */
+    kn_tensor aimg, actx;          /* [B,N,D] [B,S,D]: attention and FF outputs */
+    kn_tensor hid;                 /* FF hidden, proj_out output */
+    kn_tensor temb, tact, tmp;     /* [B,D] */
+    kn_tensor tproj;               /* [B,256] */
+    kn_tensor mod, modc;           /* [B, C, D] */
+    kn_tensor pos;                 /* [N, D] cropped position embedding */
+} acts;
+
+struct mmdit {
+    kn_ctx *ctx;
+    mmdit_config cfg;
+    int64_t D, heads, head_dim, ffdim;
+    st_archive *ar;
+
+    kn_tensor **loaded; /* every weight tensor, for kn_free */
+    int n_loaded, cap_loaded;
+    const void **used; /* host data pointers of the loaded tensors, for the unused-tensor check */
+
+    lin patch, t1, t2, p1, p2, ctx_emb, norm_out, proj_out;
+    kn_tensor pos_embed; /* [1, G*G, D] */
+    block *blocks;
+
+    kn_tensor arena;
+    int64_t cap_b, cap_n, cap_s; /* sizes the arena regions are laid out for */
+    int64_t pos_gh, pos_gw;      /* crop held in the pos region; 0 when none */
+};
+
+const mmdit_config *mmdit_get_config(const mmdit *m)
+{
+    return &m->cfg;
+}
+
+/* ---- loading ---- */
+
+static void track(mmdit *m, kn_tensor *t, const void *host_data)
+{
+    if (m->n_loaded == m->cap_loaded) {
+        m->cap_loaded = m->cap_loaded ? 2 * m->cap_loaded : 256;
+        m->loaded = xrealloc(m->loaded, (size_t)m->cap_loaded * sizeof *m->loaded);
+        m->used = xrealloc(m->used, (size_t)m->cap_loaded * sizeof *m->used);
+    }
+    m->loaded[m->n_loaded] = t;
+    m->used[m->n_loaded++] = host_data;
+}
+
+static int load_tensor(mmdit *m, kn_tensor *dst, const char *name, int ndim, const int64_t *shape,
+                       const char *why)
+{
+    kn_tensor host;
+    int rc = st_weight_cfg(m->ar, name, ndim, shape, why, &host);
+    if (rc < 0) return rc;
+    rc = kn_weight(m->ctx, dst, &host);
+    if (rc < 0) return err_prefix(rc, "%s: tensor %s: ", st_archive_path(m->ar), name);
+    track(m, dst, host.data);
+    return 0;
+}
+
+/* `prefix.weight` [out, in] and `prefix.bias` [out]. */
+static int load_lin(mmdit *m, lin *l, const char *prefix, int64_t out, int64_t in, const char *why)
+{
+    char name[MMDIT_MAX_NAME];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int rc = load_tensor(m, &l->w, name, 2, (int64_t[]){out, in}, why);
+    if (rc < 0) return rc;
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    return load_tensor(m, &l->b, name, 1, (int64_t[]){out}, why);
+}
+
+static int load_stream(mmdit *m, attn_stream *s, const char *pre, const char *const names[6],
+                       const char *why)
+{
+    char name[MMDIT_MAX_NAME];
+    lin *lins[4] = {&s->q, &s->k, &s->v, &s->out};
+    for (int i = 0; i < 4; i++) {
+        if (!names[i]) continue;
+        snprintf(name, sizeof name, "%s.%s", pre, names[i]);
+        int rc = load_lin(m, lins[i], name, m->D, m->D, why);
+        if (rc < 0) return rc;
+    }
+    if (!m->cfg.qk_norm_rms) return 0;
+    char nwhy[96];
+    snprintf(nwhy, sizeof nwhy, "attention_head_dim=%d", m->cfg.attention_head_dim);
+    kn_tensor *norms[2] = {&s->norm_q, &s->norm_k};
+    for (int i = 0; i < 2; i++) {
+        snprintf(name, sizeof name, "%s.%s.weight", pre, names[4 + i]);
+        int rc = load_tensor(m, norms[i], name, 1, (int64_t[]){m->head_dim}, nwhy);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static bool is_dual(const mmdit_config *c, int i)
+{
+    for (int j = 0; j < c->num_dual_attention_layers; j++)
+        if (c->dual_attention_layers[j] == i) return true;
+    return false;
+}
+
+static int load_block(mmdit *m, int i, const char *why_d)
+{
+    static const char *const img_names[6] = {"to_q",     "to_k",   "to_v",
+                                             "to_out.0", "norm_q", "norm_k"};
+    static const char *const txt_names[6] = {"add_q_proj", "add_k_proj",   "add_v_proj",
+                                             "to_add_out", "norm_added_q", "norm_added_k"};
+    static const char *const txt_last_names[6] = {"add_q_proj", "add_k_proj",   "add_v_proj",
+                                                  NULL,         "norm_added_q", "norm_added_k"};
+    block *bl = &m->blocks[i];
+    const int64_t D = m->D;
+    bl->dual = is_dual(&m->cfg, i);
+    bl->last = i == m->cfg.num_layers - 1;
+
+    char pre[48], name[MMDIT_MAX_NAME], why[192];
+    snprintf(pre, sizeof pre, "transformer_blocks.%d", i);
+
+    snprintf(name, sizeof name, "%s.norm1.linear", pre);
+    snprintf(why, sizeof why, "%s, block %d %s dual_attention_layers", why_d, i,
+             bl->dual ? "in" : "not in");
+    int rc = load_lin(m, &bl->norm1, name, (bl->dual ? 9 : 6) * D, D, why);
+    if (rc < 0) return rc;
+    snprintf(name, sizeof name, "%s.norm1_context.linear", pre);
+    snprintf(why, sizeof why, "%s, block %d %s the last of num_layers=%d", why_d, i,
+             bl->last ? "is" : "is not", m->cfg.num_layers);
+    if ((rc = load_lin(m, &bl->norm1_ctx, name, (bl->last ? 2 : 6) * D, D, why)) < 0) return rc;
+
+    snprintf(name, sizeof name, "%s.attn", pre);
+    if ((rc = load_stream(m, &bl->img, name, img_names, why_d)) < 0 ||
+        (rc = load_stream(m, &bl->txt, name, bl->last ? txt_last_names : txt_names, why_d)) < 0)
+        return rc;
+    if (bl->dual) {
+        snprintf(name, sizeof name, "%s.attn2", pre);
+        if ((rc = load_stream(m, &bl->img2, name, img_names, why_d)) < 0) return rc;
+    }
+
+    snprintf(name, sizeof name, "%s.ff.net.0.proj", pre);
+    if ((rc = load_lin(m, &bl->ff1, name, m->ffdim, D, why_d)) < 0) return rc;
+    snprintf(name, sizeof name, "%s.ff.net.2", pre);
+    if ((rc = load_lin(m, &bl->ff2, name, D, m->ffdim, why_d)) < 0) return rc;
+    if (bl->last) return 0;
+    snprintf(name, sizeof name, "%s.ff_context.net.0.proj", pre);
+    if ((rc = load_lin(m, &bl->ffc1, name, m->ffdim, D, why_d)) < 0) return rc;
+    snprintf(name, sizeof name, "%s.ff_context.net.2", pre);
+    return load_lin(m, &bl->ffc2, name, D, m->ffdim, why_d);
+}
+
+static int check_config(const mmdit_config *c, const char *file)
+{
+    const int pos[] = {c->patch_size,          c->in_channels,           c->out_channels,
+                       c->num_layers,          c->attention_head_dim,    c->num_attention_heads,
+                       c->joint_attention_dim, c->pooled_projection_dim, c->pos_embed_max_size};
+    const char *names[] = {"patch_size",          "in_channels",           "out_channels",
+                           "num_layers",          "attention_head_dim",    "num_attention_heads",
+                           "joint_attention_dim", "pooled_projection_dim", "pos_embed_max_size"};
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+        if (pos[i] <= 0)
+            return err_set(ERR_FORMAT, "%s: %s=%d must be positive", file, names[i], pos[i]);
+    int64_t D = (int64_t)c->num_attention_heads * c->attention_head_dim;
+    /* The text stream joins the image stream in one attention, so both must be D wide. */
+    if (c->caption_projection_dim != D)
+        return err_set(ERR_FORMAT,
+                       "%s: caption_projection_dim=%d differs from num_attention_heads x "
+                       "attention_head_dim = %lld",
+                       file, c->caption_projection_dim, (long long)D);
+    for (int j = 0; j < c->num_dual_attention_layers; j++)
+        if (c->dual_attention_layers[j] < 0 || c->dual_attention_layers[j] >= c->num_layers)
+            return err_set(ERR_FORMAT, "%s: dual_attention_layers holds %d, outside 0..%d", file,
+                           c->dual_attention_layers[j], c->num_layers - 1);
+    return 0;
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const void *const *)a, y = (uintptr_t) * (const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A tensor in the file that the config has no place for (an extra block, attn2 on a block
+ * outside dual_attention_layers, qk norms without qk_norm) means the config describes another
+ * model: refuse it rather than run a different network than the file holds. */
+static int check_unused(mmdit *m)
+{
+    qsort(m->used, (size_t)m->n_loaded, sizeof *m->used, cmp_ptr);
+    for (size_t i = 0; i < st_count(m->ar); i++) {
+        const st_entry *e = st_at(m->ar, i);
+        if (!bsearch(&e->tensor.data, m->used, (size_t)m->n_loaded, sizeof *m->used, cmp_ptr))
+            return err_set(ERR_SHAPE,
+                           "%s: tensor %s has no place in the model the config describes "
+                           "(num_layers=%d, %d dual attention layers, qk_norm %s)",
+                           e->file, e->name, m->cfg.num_layers, m->cfg.num_dual_attention_layers,
+                           m->cfg.qk_norm_rms ? "rms_norm" : "none");
+    }
+    return 0;
+}
+
+static int load_all(mmdit *m)
+{
+    const mmdit_config *c = &m->cfg;
+    const int64_t D = m->D, p = c->patch_size;
+    char why_d[96], why[160];
+    snprintf(why_d, sizeof why_d, "num_attention_heads=%d, attention_head_dim=%d",
+             c->num_attention_heads, c->attention_head_dim);
+
+    snprintf(why, sizeof why, "%s, in_channels=%d, patch_size=%d", why_d, c->in_channels,
+             c->patch_size);
+    int rc = load_tensor(m, &m->patch.w, "pos_embed.proj.weight", 4,
+                         (int64_t[]){D, c->in_channels, p, p}, why);
+    if (rc < 0 ||
+        (rc = load_tensor(m, &m->patch.b, "pos_embed.proj.bias", 1, (int64_t[]){D}, why_d)) < 0)
+        return rc;
+    snprintf(why, sizeof why, "%s, pos_embed_max_size=%d", why_d, c->pos_embed_max_size);
+    const int64_t G = c->pos_embed_max_size;
+    if ((rc = load_tensor(m, &m->pos_embed, "pos_embed.pos_embed", 3, (int64_t[]){1, G * G, D},
+                          why)) < 0)
+        return rc;
+
+    if ((rc = load_lin(m, &m->t1, "time_text_embed.timestep_embedder.linear_1", D, MMDIT_TPROJ,
+                       why_d)) < 0 ||
+        (rc = load_lin(m, &m->t2, "time_text_embed.timestep_embedder.linear_2", D, D, why_d)) < 0)
+        return rc;
+    snprintf(why, sizeof why, "%s, pooled_projection_dim=%d", why_d, c->pooled_projection_dim);
+    if ((rc = load_lin(m, &m->p1, "time_text_embed.text_embedder.linear_1", D,
+                       c->pooled_projection_dim, why)) < 0 ||
+        (rc = load_lin(m, &m->p2, "time_text_embed.text_embedder.linear_2", D, D, why_d)) < 0)
+        return rc;
+    snprintf(why, sizeof why, "caption_projection_dim=%d, joint_attention_dim=%d",
+             c->caption_projection_dim, c->joint_attention_dim);
+    if ((rc = load_lin(m, &m->ctx_emb, "context_embedder", D, c->joint_attention_dim, why)) < 0)
+        return rc;
+
+    m->blocks = xcalloc((size_t)c->num_layers, sizeof *m->blocks);
+    for (int i = 0; i < c->num_layers; i++)
+        if ((rc = load_block(m, i, why_d)) < 0) return rc;
+
+    if ((rc = load_lin(m, &m->norm_out, "norm_out.linear", 2 * D, D, why_d)) < 0) return rc;
+    snprintf(why, sizeof why, "%s, patch_size=%d, out_channels=%d", why_d, c->patch_size,
+             c->out_channels);
+    if ((rc = load_lin(m, &m->proj_out, "proj_out", p * p * c->out_channels, D, why)) < 0)
+        return rc;
+    return check_unused(m);
+}
+
+int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out)
+{
+    *out = NULL;
+    size_t n = strlen(mc->path) + sizeof "/transformer";
+    char *dir = xmalloc(n);
+    snprintf(dir, n, "%s/transformer", mc->path);
+    char *cfg_file = xmalloc(n + sizeof "/config.json");
+    snprintf(cfg_file, n + sizeof "/config.json", "%s/config.json", dir);
+
+    int rc = check_config(&mc->mmdit, cfg_file);
+    mmdit *m = NULL;
+    if (rc == 0) {
+        m = xcalloc(1, sizeof *m);
+        m->ctx = ctx;
+        m->cfg = mc->mmdit;
+        m->heads = m->cfg.num_attention_heads;
+        m->head_dim = m->cfg.attention_head_dim;
+        m->D = m->heads * m->head_dim;
+        m->ffdim = 4 * m->D; /* FeedForward(dim, mult=4) */
+        rc = st_archive_open(dir, "diffusion_pytorch_model", &m->ar);
+        if (rc == 0) rc = load_all(m);
+    }
+    if (rc < 0) {
+        mmdit_free(m);
+        err_prefix(rc, "loading %s: ", dir);
+    } else {
+        *out = m;
+    }
+    free(cfg_file);
+    free(dir);
+    return rc;
+}
+
+void mmdit_free(mmdit *m)
+{
+    if (!m) return;
+    for (int i = 0; i < m->n_loaded; i++)
+        kn_free(m->ctx, m->loaded[i]);
+    kn_free(m->ctx, &m->arena);
+    free(m->loaded);
+    free(m->used);
+    free(m->blocks);
+    st_archive_close(m->ar);
+    free(m);
+}
+
+/* ---- sizes and scratch ---- */
+
+int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w)
+{
+    const int p = cfg->patch_size, G = cfg->pos_embed_max_size;
+    if (h <= 0 || w <= 0)
+        return err_set(ERR_RANGE, "latent size %lldx%lld is empty", (long long)h, (long long)w);
+    if (h % p || w % p)
+        return err_set(ERR_RANGE,
+                       "latent size %lldx%lld is not a multiple of the transformer's patch size "
+                       "%d (image sides must be multiples of %d pixels with an 8x VAE)",
+                       (long long)h, (long long)w, p, 8 * p);
+    if (h / p > G || w / p > G)
+        return err_set(ERR_RANGE,
+                       "latent size %lldx%lld gives a %lldx%lld patch grid, larger than the "
+                       "transformer's position table of %dx%d (at most %dx%d latent, %dx%d "
+                       "pixels with an 8x VAE)",
+                       (long long)h, (long long)w, (long long)(h / p), (long long)(w / p), G, G,
+                       G * p, G * p, 8 * G * p, 8 * G * p);
+    return 0;
+}
+
+/* The arena's regions, laid out for capacity (cb samples, cn image and cs text tokens); when `a`
+ * is given, its views are set for its own (smaller or equal) sizes. Returns the total element
+ * count. The pos region comes first, so a cached crop stays valid until the arena is
+ * reallocated. */
+static int64_t layout(const mmdit *m, int64_t cb, int64_t cn, int64_t cs, acts *a,
+                      const kn_tensor *arena)
+{
+    const int64_t D = m->D,
+                  P = (int64_t)m->cfg.patch_size * m->cfg.patch_size * m->cfg.out_channels;
+    const int64_t cl = cn + cs, cm = cn > cs ? cn : cs;
+    const int64_t chid = cm * m->ffdim > cn * P ? cm * m->ffdim : cn * P;
+    const int64_t sizes[] = {
+        cn * D,                                                  /* pos */
+        cb * cn * D, cb * cs * D, cb * cn * D, cb * cs * D,      /* tok cx ntok nctx */
+        cb * cl * D, cb * cl * D, cb * cl * D, cb * cl * D,      /* q k v o */
+        cb * cn * D, cb * cs * D, cb * chid,                     /* aimg actx hid */
+        cb * D,      cb * D,      cb * D,      cb * MMDIT_TPROJ, /* temb tact tmp tproj */
+        cb * 9 * D,  cb * 6 * D,                                 /* mod modc */
+    };
+    enum { NREG = sizeof sizes / sizeof sizes[0] };
+    int64_t off[NREG], total = 0;
+    for (int i = 0; i < NREG; i++) {
+        off[i] = total;
+        total += (sizes[i] + 15) & ~(int64_t)15; /* keep regions 64-byte aligned */
+    }
+    if (!a) return total;
+    const int64_t B = a->B, N = a->N, S = a->S, L = N + S, M = N > S ? N : S;
+    const int64_t hid = M * m->ffdim > N * P ? M * m->ffdim : N * P;
+    a->L = L;
+    a->pos = kn_view(arena, off[0], 2, (int64_t[]){N, D});
+    a->tok = kn_view(arena, off[1], 3, (int64_t[]){B, N, D});
+    a->cx = kn_view(arena, off[2], 3, (int64_t[]){B, S, D});
+    a->ntok = kn_view(arena, off[3], 3, (int64_t[]){B, N, D});
+    a->nctx = kn_view(arena, off[4], 3, (int64_t[]){B, S, D});
+    kn_tensor *joint[4] = {&a->q, &a->k, &a->v, &a->o};
+    for (int i = 0; i < 4; i++)
+        *joint[i] = kn_view(arena, off[5 + i], 3, (int64_t[]){B, L, D});
+    a->aimg = kn_view(arena, off[9], 3, (int64_t[]){B, N, D});
+    a->actx = kn_view(arena, off[10], 3, (int64_t[]){B, S, D});
+    a->hid = kn_view(arena, off[11], 1, (int64_t[]){B * hid});
+    a->temb = kn_view(arena, off[12], 2, (int64_t[]){B, D});
+    a->tact = kn_view(arena, off[13], 2, (int64_t[]){B, D});
+    a->tmp = kn_view(arena, off[14], 2, (int64_t[]){B, D});
+    a->tproj = kn_view(arena, off[15], 2, (int64_t[]){B, MMDIT_TPROJ});
+    a->mod = kn_view(arena, off[16], 2, (int64_t[]){B, 9 * D});
+    a->modc = kn_view(arena, off[17], 2, (int64_t[]){B, 6 * D});
+    return total;
+}
+
+static int ensure_arena(mmdit *m, acts *a)
+{
+    int64_t B = a->B > m->cap_b ? a->B : m->cap_b;
+    int64_t N = a->N > m->cap_n ? a->N : m->cap_n;
+    int64_t S = a->S > m->cap_s ? a->S : m->cap_s;
+    if (B != m->cap_b || N != m->cap_n || S != m->cap_s || !m->arena.data) {
+        kn_free(m->ctx, &m->arena);
+        m->pos_gh = m->pos_gw = 0;
+        int64_t total = layout(m, B, N, S, NULL, NULL);
+        int rc = kn_alloc(m->ctx, &m->arena, KN_F32, 1, &total);
+        if (rc < 0)
+            return err_prefix(rc,
+                              "transformer scratch for batch %lld, %lld image and %lld text "
+                              "tokens: ",
+                              (long long)B, (long long)N, (long long)S);
+        m->cap_b = B, m->cap_n = N, m->cap_s = S;
+    }
+    layout(m, m->cap_b, m->cap_n, m->cap_s, a, &m->arena);
+    return 0;
+}
+
+/* ---- forward ---- */
+
+void mmdit_timestep_proj(float t, float out[MMDIT_TPROJ])
+{
+    const int half = MMDIT_TPROJ / 2;
+    /* torch: exponent = -log(10000) * arange(half, float32) / half; emb = t * exp(exponent),
+     * with the python scalar rounded to float32 and each op rounded to float32. */
+    const float neg_log = (float)-log(10000.0);
+    for (int k = 0; k < half; k++) {
+        float e = expf(neg_log * (float)k / (float)half);
+        float arg = t * e;
+        out[k] = cosf(arg);
+        out[half + k] = sinf(arg);
+    }
+}
+
+static kn_tensor rows_of(const kn_tensor *t, int64_t b, int64_t row0, int64_t nrows)
+{
+    /* Rows [row0, row0+nrows) of sample b of a [B, R, C] tensor, as [nrows, C]. */
+    const int64_t R = t->shape[1], C = t->shape[2];
+    return kn_view(t, (b * R + row0) * C, 2, (int64_t[]){nrows, C});
+}
+
+static kn_tensor as_chunks(const kn_tensor *t, int64_t B, int64_t C, int64_t D)
+{
+    return kn_view(t, 0, 3, (int64_t[]){B, C, D});
+}
+
+/* y = linear(x) for sample b's rows into rows [row0, ...) of sample b of the joint tensor. */
+static int proj_rows(mmdit *m, kn_tensor *joint, int64_t b, int64_t row0, const kn_tensor *x,
+                     const lin *l, const kn_tensor *norm)
+{
+    const int64_t n = x->shape[1];
+    kn_tensor xb = rows_of(x, b, 0, n), yb = rows_of(joint, b, row0, n);
+    int rc = kn_linear(m->ctx, &yb, &xb, &l->w, &l->b);
+    if (rc == 0 && norm->data) {
+        kn_tensor heads = kn_reshape(&yb, 2, (int64_t[]){n * m->heads, m->head_dim});
+        rc = kn_rms_norm(m->ctx, &heads, &heads, norm, MMDIT_EPS);
+    }
+    return rc;
+}
+
+/* Joint attention of block bl: image stream x (normalised tokens) and text stream c. The image
+ * output goes to a->aimg, the text output (not in the last block) to a->actx. */
+static int joint_attention(mmdit *m, const block *bl, acts *a)
+{
+    int rc = 0;
+    for (int64_t b = 0; b < a->B && rc == 0; b++) {
+        if ((rc = proj_rows(m, &a->q, b, 0, &a->ntok, &bl->img.q, &bl->img.norm_q)) < 0 ||
+            (rc = proj_rows(m, &a->k, b, 0, &a->ntok, &bl->img.k, &bl->img.norm_k)) < 0 ||
+            (rc = proj_rows(m, &a->v, b, 0, &a->ntok, &bl->img.v, &(kn_tensor){0})) < 0 ||
+            (rc = proj_rows(m, &a->q, b, a->N, &a->nctx, &bl->txt.q, &bl->txt.norm_q)) < 0 ||
+            (rc = proj_rows(m, &a->k, b, a->N, &a->nctx, &bl->txt.k, &bl->txt.norm_k)) < 0)
+            break;
+        rc = proj_rows(m, &a->v, b, a->N, &a->nctx, &bl->txt.v, &(kn_tensor){0});
+    }
+    if (rc < 0) return rc;
+    kn_attn_args args = {.heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim))};
+    if ((rc = kn_attention(m->ctx, &a->o, &a->q, &a->k, &a->v, &args)) < 0) return rc;
+    for (int64_t b = 0; b < a->B; b++) {
+        kn_tensor oi = rows_of(&a->o, b, 0, a->N), yi = rows_of(&a->aimg, b, 0, a->N);
+        if ((rc = kn_linear(m->ctx, &yi, &oi, &bl->img.out.w, &bl->img.out.b)) < 0) return rc;
+        if (bl->last) continue;
+        kn_tensor oc = rows_of(&a->o, b, a->N, a->S), yc = rows_of(&a->actx, b, 0, a->S);
+        if ((rc = kn_linear(m->ctx, &yc, &oc, &bl->txt.out.w, &bl->txt.out.b)) < 0) return rc;
+    }
+    return 0;
+}
+
+/* attn2 of a dual block: self-attention over the image tokens in a->ntok, into a->aimg. The
+ * joint buffers are free again by now; their first B*N*D elements serve as [B, N, D]. */
+static int self_attention(mmdit *m, const attn_stream *s, acts *a)
+{
+    const int64_t shape[3] = {a->B, a->N, m->D};
+    kn_tensor q = kn_reshape(&a->q, 3, shape), k = kn_reshape(&a->k, 3, shape);
+    kn_tensor v = kn_reshape(&a->v, 3, shape), o = kn_reshape(&a->o, 3, shape);
+    int rc = 0;
+    for (int64_t b = 0; b < a->B && rc == 0; b++) {
+        if ((rc = proj_rows(m, &q, b, 0, &a->ntok, &s->q, &s->norm_q)) < 0 ||
+            (rc = proj_rows(m, &k, b, 0, &a->ntok, &s->k, &s->norm_k)) < 0)
+            break;
+        rc = proj_rows(m, &v, b, 0, &a->ntok, &s->v, &(kn_tensor){0});
+    }
+    if (rc < 0) return rc;
+    kn_attn_args args = {.heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim))};
+    if ((rc = kn_attention(m->ctx, &o, &q, &k, &v, &args)) < 0) return rc;
+    return kn_linear(m->ctx, &a->aimg, &o, &s->out.w, &s->out.b);
+}
+
+/* x += gate * FF(LN(x) * (1 + scale) + shift), with n a [B, R, D] normalisation buffer and y
+ * the FF output buffer of the same shape. */
+static int feed_forward(mmdit *m, kn_tensor *x, kn_tensor *n, kn_tensor *y, const kn_tensor *mod,
+                        const lin *f1, const lin *f2, const acts *a)
+{
+    kn_tensor h = kn_view(&a->hid, 0, 3, (int64_t[]){x->shape[0], x->shape[1], m->ffdim});
+    int rc;
+    if ((rc = kn_ln_modulate(m->ctx, n, x, mod, 3, 4, MMDIT_EPS)) < 0 ||
+        (rc = kn_linear(m->ctx, &h, n, &f1->w, &f1->b)) < 0 ||
+        (rc = kn_activate(m->ctx, &h, &h, KN_ACT_GELU_TANH)) < 0 ||
+        (rc = kn_linear(m->ctx, y, &h, &f2->w, &f2->b)) < 0)
+        return rc;
+    return kn_gate_add(m->ctx, x, y, mod, 5);
+}
+
+static int run_block(mmdit *m, const block *bl, acts *a)
+{
+    const int64_t B = a->B, D = m->D;
+    kn_tensor mod = as_chunks(&a->mod, B, bl->dual ? 9 : 6, D);
+    kn_tensor modc = as_chunks(&a->modc, B, bl->last ? 2 : 6, D);
+    kn_tensor mod_flat = kn_reshape(&mod, 2, (int64_t[]){B, mod.shape[1] * D});
+    kn_tensor modc_flat = kn_reshape(&modc, 2, (int64_t[]){B, modc.shape[1] * D});
+    int rc;
+    if ((rc = kn_linear(m->ctx, &mod_flat, &a->tact, &bl->norm1.w, &bl->norm1.b)) < 0 ||
+        (rc = kn_linear(m->ctx, &modc_flat, &a->tact, &bl->norm1_ctx.w, &bl->norm1_ctx.b)) < 0)
+        return rc;
+
+    /* Chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift_msa2,
+     * scale_msa2, gate_msa2]; the last block's text stream (AdaLayerNormContinuous) has
+     * scale, shift in that order. */
+    if ((rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 0, 1, MMDIT_EPS)) < 0 ||
+        (rc = kn_ln_modulate(m->ctx, &a->nctx, &a->cx, &modc, bl->last ? 1 : 0, bl->last ? 0 : 1,
+                             MMDIT_EPS)) < 0 ||
+        (rc = joint_attention(m, bl, a)) < 0)
+        return rc;
+    /* attn2's input modulates the LayerNorm of the block's input, so it is taken before the
+     * first residual update. */
+    if (bl->dual && (rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 6, 7, MMDIT_EPS)) < 0)
+        return rc;
+    if ((rc = kn_gate_add(m->ctx, &a->tok, &a->aimg, &mod, 2)) < 0) return rc;
+    if (bl->dual && ((rc = self_attention(m, &bl->img2, a)) < 0 ||
+                     (rc = kn_gate_add(m->ctx, &a->tok, &a->aimg, &mod, 8)) < 0))
+        return rc;
+    if ((rc = feed_forward(m, &a->tok, &a->ntok, &a->aimg, &mod, &bl->ff1, &bl->ff2, a)) < 0)
+        return rc;
+    if (bl->last) return 0;
+    if ((rc = kn_gate_add(m->ctx, &a->cx, &a->actx, &modc, 2)) < 0) return rc;
+    return feed_forward(m, &a->cx, &a->nctx, &a->actx, &modc, &bl->ffc1, &bl->ffc2, a);
+}
+
+/* The crop of the stored position table for a gh x gw grid, centred: rows top..top+gh, columns
+ * left..left+gw of the G x G table, converted to F32 once per grid size. */
+static int crop_pos(mmdit *m, acts *a, int64_t gh, int64_t gw)
+{
+    if (m->pos_gh == gh && m->pos_gw == gw) return 0;
+    const int64_t G = m->cfg.pos_embed_max_size, D = m->D;
+    const int64_t top = (G - gh) / 2, left = (G - gw) / 2;
+    for (int64_t r = 0; r < gh; r++) {
+        kn_tensor src = kn_view(&m->pos_embed, ((top + r) * G + left) * D, 2, (int64_t[]){gw, D});
+        kn_tensor dst = kn_view(&a->pos, r * gw * D, 2, (int64_t[]){gw, D});
+        int rc = kn_copy(m->ctx, &dst, &src);
+        if (rc < 0) return rc;
+    }
+    m->pos_gh = gh, m->pos_gw = gw;
+    return 0;
+}
+
+static int embed(mmdit *m, acts *a, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
+                 const kn_tensor *pooled)
+{
+    const int64_t B = a->B, D = m->D, p = m->cfg.patch_size;
+    const int64_t gh = x->shape[2] / p, gw = x->shape[3] / p;
+    int rc;
+
+    /* Patch embedding: the conv output [B, D, gh, gw] goes through o, then to tokens. */
+    kn_tensor conv = kn_view(&a->o, 0, 4, (int64_t[]){B, D, gh, gw});
+    kn_tensor conv3 = kn_reshape(&conv, 3, (int64_t[]){B, D, gh * gw});
+    if ((rc = kn_conv2d(m->ctx, &conv, x, &m->patch.w, &m->patch.b, (int)p, 0)) < 0 ||
+        (rc = kn_transpose(m->ctx, &a->tok, &conv3)) < 0 || (rc = crop_pos(m, a, gh, gw)) < 0)
+        return rc;
+    for (int64_t b = 0; b < B; b++) {
+        kn_tensor tb = rows_of(&a->tok, b, 0, a->N);
+        if ((rc = kn_add(m->ctx, &tb, &tb, &a->pos)) < 0) return rc;
+    }
+
+    /* temb = timestep_embedder(proj(t)) + text_embedder(pooled); every block uses SiLU(temb). */
+    float *proj = xmalloc((size_t)B * MMDIT_TPROJ * sizeof(float));
+    for (int64_t b = 0; b < B; b++)
+        mmdit_timestep_proj(t[b], proj + b * MMDIT_TPROJ);
+    rc = kn_write(m->ctx, &a->tproj, proj, (size_t)B * MMDIT_TPROJ * sizeof(float));
+    free(proj);
+    if (rc < 0 || (rc = kn_linear(m->ctx, &a->tmp, &a->tproj, &m->t1.w, &m->t1.b)) < 0 ||
+        (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
+        (rc = kn_linear(m->ctx, &a->temb, &a->tmp, &m->t2.w, &m->t2.b)) < 0 ||
+        (rc = kn_linear(m->ctx, &a->tmp, pooled, &m->p1.w, &m->p1.b)) < 0 ||
+        (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
+        (rc = kn_linear(m->ctx, &a->tact, &a->tmp, &m->p2.w, &m->p2.b)) < 0 ||
+        (rc = kn_add(m->ctx, &a->temb, &a->temb, &a->tact)) < 0 ||
+        (rc = kn_activate(m->ctx, &a->tact, &a->temb, KN_ACT_SILU)) < 0)
+        return rc;
+
+    return kn_linear(m->ctx, &a->cx, ctx_in, &m->ctx_emb.w, &m->ctx_emb.b);
+}
+
+static int head(mmdit *m, acts *a, kn_tensor *out)
+{
+    const int64_t B = a->B, D = m->D, p = m->cfg.patch_size;
+    const int64_t P = p * p * m->cfg.out_channels;
+    kn_tensor mod = as_chunks(&a->mod, B, 2, D);
+    kn_tensor mod_flat = kn_reshape(&mod, 2, (int64_t[]){B, 2 * D});
+    kn_tensor y = kn_view(&a->hid, 0, 3, (int64_t[]){B, a->N, P});
+    int rc;
+    /* norm_out is AdaLayerNormContinuous: chunks scale, shift. */
+    if ((rc = kn_linear(m->ctx, &mod_flat, &a->tact, &m->norm_out.w, &m->norm_out.b)) < 0 ||
+        (rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 1, 0, MMDIT_EPS)) < 0 ||
+        (rc = kn_linear(m->ctx, &y, &a->ntok, &m->proj_out.w, &m->proj_out.b)) < 0)
+        return rc;
+    return kn_unpatchify(m->ctx, out, &y, (int)p);
+}
+
+static int check_io(const mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
+                    const kn_tensor *pooled, const int *skip, int n_skip, const kn_tensor *out)
+{
+    const mmdit_config *c = &m->cfg;
+    char s1[64], s2[64];
+    if (x->ndim != 4 || x->shape[0] < 1 || x->shape[1] != c->in_channels || x->dtype != KN_F32)
+        return err_set(ERR_SHAPE, "transformer input x: %s %s, expected [B, %d, h, w] F32",
+                       kn_shape_str(x, s1, sizeof s1), kn_dtype_name(x->dtype), c->in_channels);
+    const int64_t B = x->shape[0];
+    int rc = mmdit_check_size(c, x->shape[2], x->shape[3]);
+    if (rc < 0) return rc;
+    if (!t) return err_set(ERR_INVALID, "transformer: no timesteps given");
+    if (ctx_in->ndim != 3 || ctx_in->shape[0] != B || ctx_in->shape[1] < 1 ||
+        ctx_in->shape[2] != c->joint_attention_dim || ctx_in->dtype != KN_F32)
+        return err_set(ERR_SHAPE,
+                       "transformer input encoder_hidden_states: %s %s, expected [%lld, S, %d] "
+                       "F32",
+                       kn_shape_str(ctx_in, s1, sizeof s1), kn_dtype_name(ctx_in->dtype),
+                       (long long)B, c->joint_attention_dim);
+    if (pooled->ndim != 2 || pooled->shape[0] != B ||
+        pooled->shape[1] != c->pooled_projection_dim || pooled->dtype != KN_F32)
+        return err_set(ERR_SHAPE,
+                       "transformer input pooled_projections: %s %s, expected [%lld, %d] F32",
+                       kn_shape_str(pooled, s1, sizeof s1), kn_dtype_name(pooled->dtype),
+                       (long long)B, c->pooled_projection_dim);
+    if (out->ndim != 4 || out->shape[0] != B || out->shape[1] != c->out_channels ||
+        out->shape[2] != x->shape[2] || out->shape[3] != x->shape[3] || out->dtype != KN_F32)
+        return err_set(ERR_SHAPE, "transformer output: %s %s for input %s",
+                       kn_shape_str(out, s1, sizeof s1), kn_dtype_name(out->dtype),
+                       kn_shape_str(x, s2, sizeof s2));
+    for (int i = 0; i < n_skip; i++)
+        if (skip[i] < 0 || skip[i] >= c->num_layers)
+            return err_set(ERR_RANGE, "skip layer %d outside the transformer's blocks 0..%d",
+                           skip[i], c->num_layers - 1);
+    return 0;
+}
+
+static bool skipped(const int *skip, int n_skip, int i)
+{
+    for (int j = 0; j < n_skip; j++)
+        if (skip[j] == i) return true;
+    return false;
+}
+
+int mmdit_forward(mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
+                  const kn_tensor *pooled, const int *skip, int n_skip, kn_tensor *out)
+{
+    int rc = check_io(m, x, t, ctx_in, pooled, skip, n_skip, out);
+    if (rc < 0) return rc;
+    const int64_t p = m->cfg.patch_size;
+    acts a = {.B = x->shape[0], .N = (x->shape[2] / p) * (x->shape[3] / p), .S = ctx_in->shape[1]};
+    if ((rc = ensure_arena(m, &a)) < 0 || (rc = embed(m, &a, x, t, ctx_in, pooled)) < 0) return rc;
+    for (int i = 0; i < m->cfg.num_layers; i++) {
+        if (skipped(skip, n_skip, i)) continue;
+        if ((rc = run_block(m, &m->blocks[i], &a)) < 0)
+            return err_prefix(rc, "transformer block %d: ", i);
+    }
+    return head(m, &a, out);
+}

@@ -1,0 +1,47 @@
+/* The SD3 diffusion transformer (diffusers' SD3Transformer2DModel: MMDiT, and MMDiT-X with
+ * dual attention layers and qk RMSNorm), loaded from `<model>/transformer/` and run through the
+ * kernels interface only, so the same code serves the CPU and CUDA backends.
+ *
+ * Not here: classifier-free guidance, the scheduler and the step loop (the sampler owns them);
+ * one forward is one call to mmdit_forward on a batch the caller has already assembled. */
+#ifndef FOCUS_ENGINE_MMDIT_H
+#define FOCUS_ENGINE_MMDIT_H
+
+#include "engine/model_config.h"
+#include "kernels/kn.h"
+
+#include <stdint.h>
+
+typedef struct mmdit mmdit;
+
+/* Maps (CPU) or uploads (CUDA) every weight of `mc->path/transformer`, checking each tensor's
+ * shape against mc->mmdit. A config that contradicts the weights (a shape, a missing tensor, a
+ * tensor the config has no place for) fails with a message naming the file and the tensor. */
+int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out);
+void mmdit_free(mmdit *m);
+const mmdit_config *mmdit_get_config(const mmdit *m);
+
+/* Whether the transformer can take a latent of h x w (the VAE latent grid, pixels / 8): both
+ * positive, divisible by patch_size, and a patch grid within pos_embed_max_size. Returns 0, or
+ * ERR_RANGE with a message saying which limit is broken. The daemon calls this at submission;
+ * mmdit_forward calls it too. */
+int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w);
+
+/* One forward pass, all tensors F32 on the model's device:
+ *   x       [B, in_channels, h, w]                 latents
+ *   t       B host floats                          the scheduler's timesteps (e.g. 1000.0)
+ *   ctx_in  [B, S, joint_attention_dim]            prompt embeddings (S is free, e.g. 333)
+ *   pooled  [B, pooled_projection_dim]
+ *   out     [B, out_channels, h, w]                the velocity prediction
+ * skip lists n_skip block indices that are not executed (skip-layer guidance: their inputs pass
+ * through unchanged); NULL / 0 runs every block. Scratch memory is kept in the model and grows
+ * to the largest (B, h, w, S) seen, so repeated steps of one shape allocate nothing. */
+int mmdit_forward(mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
+                  const kn_tensor *pooled, const int *skip, int n_skip, kn_tensor *out);
+
+/* The 256-wide sinusoidal timestep projection that the time embedder consumes (diffusers
+ * Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)), in float32 as torch computes
+ * it: out[0..128) = cos(t * f_k), out[128..256) = sin(t * f_k). */
+void mmdit_timestep_proj(float t, float out[256]);
+
+#endif

@@ -1,0 +1,82 @@
+/* The step-level text-to-image engine: what focus-run and the daemon's workers drive.
+ *
+ * An engine is one loaded SD3 pipeline directory (tokenizers, text encoders, MMDiT, VAE,
+ * scheduler) resident on one device. A job is one request: engine_job_prepare() tokenizes and
+ * encodes its prompts (reusing cached encodings: the empty negative prompt and repeated prompts
+ * are encoded once) and draws its initial noise exactly as torch.randn with a CPU generator;
+ * engine_step() advances one or several jobs by one denoising step, batching jobs of the same
+ * size into one forward pass; engine_job_decode() turns the final latents into 8-bit RGB images.
+ * Callers interleave, cancel and report progress between steps. The engine is not thread-safe:
+ * one thread drives one engine. It knows nothing of sockets or queues. */
+#ifndef FOCUS_ENGINE_PIPELINE_H
+#define FOCUS_ENGINE_PIPELINE_H
+
+#include "engine/model_config.h"
+#include "kernels/kn.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ENGINE_MAX_SLG_LAYERS 16
+
+typedef struct engine_options {
+    kn_device device;
+    int device_index;
+    int encode_cache_entries; /* prompt encodings kept (LRU); 0 = a default of 16 */
+} engine_options;
+
+typedef struct gen_params {
+    const char *prompt;          /* required; UTF-8 */
+    const char *negative_prompt; /* NULL or "" = the empty negative prompt */
+    uint64_t seed;               /* torch.Generator("cpu").manual_seed(seed) */
+    int steps;                   /* >= 1 */
+    float guidance;              /* classifier-free guidance scale; <= 1 means no CFG pass */
+    int width, height;           /* pixels; multiples of 8 x patch size */
+    int max_seq;                 /* T5 tokens, 1..512 */
+    int count;                   /* images per prompt, >= 1 */
+    /* Skip-layer guidance: off when slg_count == 0. */
+    int slg_layers[ENGINE_MAX_SLG_LAYERS];
+    int slg_count;
+    float slg_scale, slg_start, slg_stop;
+} gen_params;
+
+/* The defaults of the FOCUS model card: 28 steps, guidance 4.5, 512x512, max_seq 77, count 1,
+ * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given). */
+void gen_params_defaults(gen_params *p);
+
+typedef struct sd3_engine sd3_engine;
+typedef struct gen_job gen_job;
+
+int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **out);
+void engine_free(sd3_engine *e);
+const model_config *engine_model_config(const sd3_engine *e);
+/* Bytes of weight files the engine maps (for memory reports). */
+uint64_t engine_weight_bytes(const sd3_engine *e);
+
+/* Checks parameters without doing any work: sizes the model cannot take, out-of-range values.
+ * The daemon calls it at submission. The message names the parameter. */
+int engine_check_params(const sd3_engine *e, const gen_params *p);
+
+/* Tokenizes and encodes (or reuses cached encodings), draws the noise, sets up the schedule. */
+int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out);
+/* Advances each job by one denoising step. Jobs of equal size and CFG setting share one
+ * batched forward pass. A finished job must not be passed again. */
+int engine_step(sd3_engine *e, gen_job **jobs, int n);
+/* True when both jobs can share a forward pass (same size and guidance on/off). */
+bool engine_jobs_batchable(const gen_job *a, const gen_job *b);
+int engine_job_steps(const gen_job *j);
+int engine_job_step_index(const gen_job *j); /* steps done so far */
+bool engine_job_done(const gen_job *j);
+/* Decodes a finished job: rgb receives count * height * width * 3 bytes (allocated with malloc,
+ * freed by the caller), images one after another, rows top to bottom. */
+int engine_job_decode(sd3_engine *e, gen_job *j, uint8_t **rgb);
+/* The job's latents (count, 16, h/8, w/8) as float32: before the first step they are the
+ * initial noise; after the last, the final latents. */
+int engine_job_latents(const gen_job *j, float *out, size_t n);
+/* The decoded image in [0,1], NHWC, float32 (count * height * width * 3), as the pipeline's
+ * output_type="np" returns it; only after engine_job_decode. */
+int engine_job_image(const gen_job *j, float *out, size_t n);
+void engine_job_free(gen_job *j);
+
+#endif

@@ -1,0 +1,106 @@
+/* Argument checks shared by the op front-ends (see kn_check.h). */
+#include "kernels/kn_check.h"
+#include "kernels/kn_backend.h"
+
+#include "common/err.h"
+
+#include <string.h>
+
+#define SHAPE_BUF 96
+
+static int check_present(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t)
+{
+    if (!t)
+        return err_set(ERR_INVALID, "%s: %s is missing", op, name);
+    if (t->device != ctx->device)
+        return err_set(ERR_INVALID, "%s: %s lives on %s, the context on %s", op, name,
+                       t->device == KN_CUDA ? "CUDA" : "the CPU",
+                       ctx->device == KN_CUDA ? "CUDA" : "the CPU");
+    if (!t->data && kn_numel(t) > 0)
+        return err_set(ERR_INVALID, "%s: %s has no data", op, name);
+    return 0;
+}
+
+int kn_check_act(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t,
+                 const kn_tensor *like)
+{
+    int rc = check_present(ctx, op, name, t);
+    if (rc < 0)
+        return rc;
+    int ok = t->dtype == KN_F32 ||
+             (ctx->device == KN_CUDA && (t->dtype == KN_F16 || t->dtype == KN_BF16));
+    if (!ok)
+        return err_set(ERR_INVALID, "%s: %s is a %s tensor; this backend computes in %s", op,
+                       name, kn_dtype_name(t->dtype),
+                       ctx->device == KN_CUDA ? "F32, F16 or BF16" : "F32");
+    if (like && like->dtype != t->dtype)
+        return err_set(ERR_INVALID, "%s: %s is %s but the other activations are %s", op, name,
+                       kn_dtype_name(t->dtype), kn_dtype_name(like->dtype));
+    return 0;
+}
+
+int kn_check_weight(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t,
+                    int ndim)
+{
+    char buf[SHAPE_BUF];
+    int rc = check_present(ctx, op, name, t);
+    if (rc < 0)
+        return rc;
+    if (!kn_dtype_is_float(t->dtype))
+        return err_set(ERR_INVALID, "%s: %s is a %s tensor, not a float one", op, name,
+                       kn_dtype_name(t->dtype));
+    if (ndim >= 0 && t->ndim != ndim)
+        return err_set(ERR_SHAPE, "%s: %s has shape %s, expected %d dimensions", op, name,
+                       kn_shape_str(t, buf, sizeof buf), ndim);
+    return 0;
+}
+
+int kn_check_f32(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t)
+{
+    int rc = check_present(ctx, op, name, t);
+    if (rc == 0 && t->dtype != KN_F32)
+        rc = err_set(ERR_INVALID, "%s: %s is a %s tensor, expected F32", op, name,
+                     kn_dtype_name(t->dtype));
+    return rc;
+}
+
+int kn_check_vec(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t,
+                 int64_t n)
+{
+    if (!t)
+        return 0;
+    int rc = kn_check_weight(ctx, op, name, t, -1);
+    return rc < 0 ? rc : kn_check_shape(op, name, t, 1, &n);
+}
+
+int kn_check_same(const char *op, const char *na, const kn_tensor *a, const char *nb,
+                  const kn_tensor *b)
+{
+    char sa[SHAPE_BUF], sb[SHAPE_BUF];
+    if (!kn_same_shape(a, b))
+        return err_set(ERR_SHAPE, "%s: %s %s and %s %s differ in shape", op, na,
+                       kn_shape_str(a, sa, sizeof sa), nb, kn_shape_str(b, sb, sizeof sb));
+    return 0;
+}
+
+int kn_check_shape(const char *op, const char *name, const kn_tensor *t, int ndim,
+                   const int64_t *dims)
+{
+    char have[SHAPE_BUF], want[SHAPE_BUF];
+    kn_tensor expect = {.ndim = ndim};
+    memcpy(expect.shape, dims, (size_t)ndim * sizeof *dims);
+    if (!kn_same_shape(t, &expect))
+        return err_set(ERR_SHAPE, "%s: %s has shape %s, expected %s", op, name,
+                       kn_shape_str(t, have, sizeof have), kn_shape_str(&expect, want, sizeof want));
+    return 0;
+}
+
+int kn_check_no_alias(const char *op, const char *nout, const kn_tensor *out, const char *nin,
+                      const kn_tensor *in)
+{
+    const char *o0 = out->data, *i0 = in->data;
+    if (o0 && i0 && o0 < i0 + kn_nbytes(in) && i0 < o0 + kn_nbytes(out))
+        return err_set(ERR_INVALID, "%s: %s overlaps %s; this op cannot run in place", op, nout,
+                       nin);
+    return 0;
+}

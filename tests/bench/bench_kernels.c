@@ -1,0 +1,102 @@
+/* Benchmark of the CPU backend's linear layer against plain BLAS on the transformer's main
+ * shape (M = 2 x (1024 + 154) tokens, K = 1536, N = 6144: the first feed-forward projection
+ * of SD3.5-medium with classifier-free guidance), for F32 and BF16 weights, plus the
+ * single-row case of the pooled projections. Prints GFLOP/s, the best of a few runs, and the
+ * ratio to sgemm measured in the same run. Not a test: it checks nothing and is not part of
+ * `make test`. Usage: bench_kernels [repeats] */
+#include "kernels/kn_convert.h"
+#include "kernels/kn_ops.h"
+
+#include "common/err.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+struct bench {
+    kn_ctx *ctx;
+    int64_t M, K, N;
+    int repeats;
+    kn_tensor x, y, w32, w16;
+};
+
+/* Best time of `repeats` runs of one kn_linear (or of sgemm when w is NULL). */
+static double time_linear(struct bench *b, const kn_tensor *w)
+{
+    double best = 1e30;
+    for (int r = 0; r < b->repeats; r++) {
+        double t0 = now();
+        if (w) {
+            if (kn_linear(b->ctx, &b->y, &b->x, w, NULL) != 0) {
+                fprintf(stderr, "kn_linear: %s\n", err_msg());
+                exit(1);
+            }
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->M, (int)b->N, (int)b->K,
+                        1.0f, b->x.data, (int)b->K, b->w32.data, (int)b->K, 0.0f, b->y.data,
+                        (int)b->N);
+        }
+        double t = now() - t0;
+        if (t < best)
+            best = t;
+    }
+    return best;
+}
+
+static void run_shape(kn_ctx *ctx, int64_t M, int64_t K, int64_t N, int repeats)
+{
+    struct bench b = {.ctx = ctx, .M = M, .K = K, .N = N, .repeats = repeats};
+    int64_t xs[2] = {M, K}, ys[2] = {M, N}, ws[2] = {N, K};
+    if (kn_alloc(ctx, &b.x, KN_F32, 2, xs) || kn_alloc(ctx, &b.y, KN_F32, 2, ys) ||
+        kn_alloc(ctx, &b.w32, KN_F32, 2, ws) || kn_alloc(ctx, &b.w16, KN_BF16, 2, ws)) {
+        fprintf(stderr, "allocation: %s\n", err_msg());
+        exit(1);
+    }
+    float *xd = b.x.data, *wd = b.w32.data;
+    for (int64_t i = 0; i < M * K; i++)
+        xd[i] = (float)((i * 7919) % 2003) / 2003.0f - 0.5f;
+    for (int64_t i = 0; i < N * K; i++)
+        wd[i] = (float)((i * 104729) % 4001) / 40010.0f - 0.05f;
+    kn_convert_from_f32(b.w16.data, wd, KN_BF16, (size_t)(N * K));
+
+    time_linear(&b, &b.w16); /* warm-up: scratch allocation, BLAS threads */
+    double flop = 2.0 * (double)M * (double)N * (double)K;
+    double t_ref = time_linear(&b, NULL);
+    double t_f32 = time_linear(&b, &b.w32);
+    double t_bf16 = time_linear(&b, &b.w16);
+    printf("M=%lld K=%lld N=%lld (best of %d)\n", (long long)M, (long long)K, (long long)N,
+           repeats);
+    printf("  cblas_sgemm            %8.1f GFLOP/s  %8.3f ms\n", flop / t_ref * 1e-9, t_ref * 1e3);
+    printf("  kn_linear F32 weights  %8.1f GFLOP/s  %8.3f ms  %5.1f%% of sgemm\n",
+           flop / t_f32 * 1e-9, t_f32 * 1e3, 100.0 * t_ref / t_f32);
+    printf("  kn_linear BF16 weights %8.1f GFLOP/s  %8.3f ms  %5.1f%% of sgemm\n",
+           flop / t_bf16 * 1e-9, t_bf16 * 1e3, 100.0 * t_ref / t_bf16);
+    kn_free(ctx, &b.x);
+    kn_free(ctx, &b.y);
+    kn_free(ctx, &b.w32);
+    kn_free(ctx, &b.w16);
+}
+
+int main(int argc, char **argv)
+{
+    int repeats = argc > 1 ? atoi(argv[1]) : 5;
+    if (repeats < 1)
+        repeats = 1;
+    kn_ctx *ctx;
+    if (kn_ctx_create(KN_CPU, 0, &ctx) != 0) {
+        fprintf(stderr, "kn_ctx_create: %s\n", err_msg());
+        return 1;
+    }
+    run_shape(ctx, 2356, 1536, 6144, repeats);
+    run_shape(ctx, 1, 1536, 6144, repeats * 20);
+    kn_ctx_destroy(ctx);
+    return 0;
+}
