@@ -67,13 +67,14 @@ struct mmdit {
 
     kn_tensor **loaded; /* every weight tensor, for kn_free */
     int n_loaded, cap_loaded;
-    const void **used; /* host data pointers of the loaded tensors, for the unused-tensor check */
+    const void **used; /* host data pointers of the loaded tensors, while loading */
 
     lin patch, t1, t2, p1, p2, ctx_emb, norm_out, proj_out;
     kn_tensor pos_embed; /* [1, G*G, D] */
     block *blocks;
 
     kn_tensor arena;
+    float *tproj_host;           /* [cap_b, 256]: the timestep projections before upload */
     int64_t cap_b, cap_n, cap_s; /* sizes the arena regions are laid out for */
     int64_t pos_gh, pos_gw;      /* crop held in the pos region; 0 when none */
 };
@@ -288,7 +289,10 @@ static int load_all(mmdit *m)
              c->out_channels);
     if ((rc = load_lin(m, &m->proj_out, "proj_out", p * p * c->out_channels, D, why)) < 0)
         return rc;
-    return check_unused(m);
+    rc = check_unused(m);
+    free(m->used);
+    m->used = NULL;
+    return rc;
 }
 
 int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out)
@@ -332,6 +336,7 @@ void mmdit_free(mmdit *m)
     kn_free(m->ctx, &m->arena);
     free(m->loaded);
     free(m->used);
+    free(m->tproj_host);
     free(m->blocks);
     st_archive_close(m->ar);
     free(m);
@@ -346,16 +351,14 @@ int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w)
         return err_set(ERR_RANGE, "latent size %lldx%lld is empty", (long long)h, (long long)w);
     if (h % p || w % p)
         return err_set(ERR_RANGE,
-                       "latent size %lldx%lld is not a multiple of the transformer's patch size "
-                       "%d (image sides must be multiples of %d pixels with an 8x VAE)",
-                       (long long)h, (long long)w, p, 8 * p);
+                       "latent size %lldx%lld is not a multiple of the transformer's patch size %d",
+                       (long long)h, (long long)w, p);
     if (h / p > G || w / p > G)
         return err_set(ERR_RANGE,
                        "latent size %lldx%lld gives a %lldx%lld patch grid, larger than the "
-                       "transformer's position table of %dx%d (at most %dx%d latent, %dx%d "
-                       "pixels with an 8x VAE)",
+                       "transformer's %dx%d position table (at most %dx%d latent)",
                        (long long)h, (long long)w, (long long)(h / p), (long long)(w / p), G, G,
-                       G * p, G * p, 8 * G * p, 8 * G * p);
+                       G * p, G * p);
     return 0;
 }
 
@@ -424,6 +427,7 @@ static int ensure_arena(mmdit *m, acts *a)
                               "tokens: ",
                               (long long)B, (long long)N, (long long)S);
         m->cap_b = B, m->cap_n = N, m->cap_s = S;
+        m->tproj_host = xrealloc(m->tproj_host, (size_t)B * MMDIT_TPROJ * sizeof(float));
     }
     layout(m, m->cap_b, m->cap_n, m->cap_s, a, &m->arena);
     return 0;
@@ -604,11 +608,9 @@ static int embed(mmdit *m, acts *a, const kn_tensor *x, const float *t, const kn
     }
 
     /* temb = timestep_embedder(proj(t)) + text_embedder(pooled); every block uses SiLU(temb). */
-    float *proj = xmalloc((size_t)B * MMDIT_TPROJ * sizeof(float));
     for (int64_t b = 0; b < B; b++)
-        mmdit_timestep_proj(t[b], proj + b * MMDIT_TPROJ);
-    rc = kn_write(m->ctx, &a->tproj, proj, (size_t)B * MMDIT_TPROJ * sizeof(float));
-    free(proj);
+        mmdit_timestep_proj(t[b], m->tproj_host + b * MMDIT_TPROJ);
+    rc = kn_write(m->ctx, &a->tproj, m->tproj_host, (size_t)B * MMDIT_TPROJ * sizeof(float));
     if (rc < 0 || (rc = kn_linear(m->ctx, &a->tmp, &a->tproj, &m->t1.w, &m->t1.b)) < 0 ||
         (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
         (rc = kn_linear(m->ctx, &a->temb, &a->tmp, &m->t2.w, &m->t2.b)) < 0 ||

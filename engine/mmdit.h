@@ -23,8 +23,8 @@ const mmdit_config *mmdit_get_config(const mmdit *m);
 
 /* Whether the transformer can take a latent of h x w (the VAE latent grid, pixels / 8): both
  * positive, divisible by patch_size, and a patch grid within pos_embed_max_size. Returns 0, or
- * ERR_RANGE with a message saying which limit is broken. The daemon calls this at submission;
- * mmdit_forward calls it too. */
+ * ERR_RANGE with a message saying which limit is broken, in latent units (the caller adds the
+ * pixel size it was asked for). The daemon calls this at submission; mmdit_forward calls it too. */
 int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w);
 
 /* One forward pass, all tensors F32 on the model's device:

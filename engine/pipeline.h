@@ -19,6 +19,12 @@
 #include <stdint.h>
 
 #define ENGINE_MAX_SLG_LAYERS 16
+/* Upper bounds engine_check_params enforces, so that one request cannot tie a worker up
+ * indefinitely or allocate without bound. */
+#define ENGINE_MAX_STEPS 1000
+#define ENGINE_MAX_COUNT 64
+/* The sampler's name, as PNG metadata and logs report it. */
+#define ENGINE_SAMPLER_NAME "FlowMatchEulerDiscrete"
 
 typedef struct engine_options {
     kn_device device;
@@ -40,6 +46,8 @@ typedef struct gen_params {
     int slg_count;
     float slg_scale, slg_start, slg_stop;
 } gen_params;
+/* Skip-layer guidance follows the later diffusers SD3 pipelines (0.31.0 has none): it acts only
+ * with CFG on (guidance > 1) and is ignored otherwise, as there. */
 
 /* The defaults of the FOCUS model card: 28 steps, guidance 4.5, 512x512, max_seq 77, count 1,
  * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given). */
@@ -54,16 +62,21 @@ const model_config *engine_model_config(const sd3_engine *e);
 /* Bytes of weight files the engine maps (for memory reports). */
 uint64_t engine_weight_bytes(const sd3_engine *e);
 
+/* Texts encoded so far: lookups the prompt-encoding cache could not answer. */
+uint64_t engine_encode_count(const sd3_engine *e);
+
 /* Checks parameters without doing any work: sizes the model cannot take, out-of-range values.
  * The daemon calls it at submission. The message names the parameter. */
 int engine_check_params(const sd3_engine *e, const gen_params *p);
 
 /* Tokenizes and encodes (or reuses cached encodings), draws the noise, sets up the schedule. */
 int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out);
-/* Advances each job by one denoising step. Jobs of equal size and CFG setting share one
- * batched forward pass. A finished job must not be passed again. */
+/* Advances each job by one denoising step; each job may be at its own step index. Batchable
+ * jobs (engine_jobs_batchable) share one forward pass. A finished job must not be passed again,
+ * nor one job twice in one call. On error the jobs may be left partly stepped: free them. */
 int engine_step(sd3_engine *e, gen_job **jobs, int n);
-/* True when both jobs can share a forward pass (same size and guidance on/off). */
+/* True when both jobs can share a forward pass: same size, guidance on/off, max_seq (the
+ * prompt length the transformer attends over) and skip-layer list. */
 bool engine_jobs_batchable(const gen_job *a, const gen_job *b);
 int engine_job_steps(const gen_job *j);
 int engine_job_step_index(const gen_job *j); /* steps done so far */

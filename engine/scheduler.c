@@ -11,7 +11,6 @@
 #include "common/err.h"
 
 #include <float.h>
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -60,7 +59,7 @@ int fm_set_timesteps(const scheduler_config *cfg, int num_steps, double mu, fm_s
 {
     out->num_steps = 0;
     out->sigmas = out->timesteps = NULL;
-    if (num_steps < 1 || num_steps > INT_MAX - 1)
+    if (num_steps < 1)
         return err_set(ERR_RANGE, "scheduler: num_inference_steps %d is not positive", num_steps);
     if (cfg->num_train_timesteps < 1)
         return err_set(ERR_RANGE, "scheduler: num_train_timesteps %d is not positive", cfg->num_train_timesteps);

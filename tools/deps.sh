@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the Debian packages that focusd's build and tests need. Idempotent: when every
-# package is present it only asks dpkg and returns.
+# Installs the Debian packages that focusd's build and tests need, and the Python environment
+# of the integration tests (build/pyenv). Idempotent: when everything is present it only asks
+# dpkg and Python, and returns.
 set -eu
 PACKAGES="make gcc pkg-config python3 python3-venv
 libjansson-dev libutf8proc-dev libpcre2-dev libopenblas-dev libpng-dev
@@ -11,10 +12,18 @@ for p in $PACKAGES; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
         missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
+if [ -n "$missing" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    echo "installing:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
-echo "installing:$missing"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+# The integration tests and the Python client run in their own environment under build/.
+PYENV=${BUILD:-build}/pyenv
+PYPKGS="pyzmq msgpack pytest"
+if ! "$PYENV/bin/python" -c "import zmq, msgpack, pytest" 2>/dev/null; then
+    python3 -m venv "$PYENV"
+    "$PYENV/bin/pip" install -q $PYPKGS
+fi

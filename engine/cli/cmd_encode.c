@@ -99,11 +99,11 @@ static int encode_run(const cli_args *a)
     } else {
         double t1 = cli_now();
         if (encode_one(te, ctx, prompt, max_seq, images, dump, "prompt_embeds",
-                       "pooled_prompt_embeds") < 0)
+                       "pooled") < 0)
             rc = cli_fail(a, "prompt");
         else if (cfg_on &&
                  encode_one(te, ctx, negative, max_seq, images, dump, "negative_prompt_embeds",
-                            "negative_pooled_prompt_embeds") < 0)
+                            "negative_pooled") < 0)
             rc = cli_fail(a, "negative prompt");
         else if (kn_sync(ctx) < 0)
             rc = cli_fail(a, "device");
@@ -124,9 +124,9 @@ const cli_cmd cli_cmd_encode = {
     .details =
         "Writes float32 .npy files into the --dump directory and prints each path and shape:\n"
         "  prompt_embeds.npy                  [N, 77 + max_seq, D]  (77 + 77 without T5)\n"
-        "  pooled_prompt_embeds.npy           [N, P_L + P_G]\n"
+        "  pooled.npy                         [N, P_L + P_G]\n"
         "  negative_prompt_embeds.npy         the same for the negative prompt,\n"
-        "  negative_pooled_prompt_embeds.npy  unless --no-cfg\n"
+        "  negative_pooled.npy                unless --no-cfg\n"
         "N is --images. D is the T5 width (the transformer's joint_attention_dim without T5).\n"
         "The pipeline encodes the negative prompt whenever guidance is on (guidance_scale > 1,\n"
         "its default), as \"\" when none is given, so this command does too. The load and\n"

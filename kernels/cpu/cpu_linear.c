@@ -6,13 +6,12 @@
 #include "kernels/kn_convert.h"
 
 #include <cblas.h>
-#include <stdlib.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
-/* The scalar F16 decoder is branchy; F16C decodes eight values per instruction, which keeps
- * the conversion of F16 weights (CLIP-L, the VAE) well below the cost of the GEMM. */
+/* The scalar F16 decoder is branchy; F16C decodes eight values per instruction. With few
+ * activation rows the product is bound by this widening, so BF16 gets a vector twin too. */
 __attribute__((target("f16c,avx"))) static void widen_f16_f16c(float *dst, const uint16_t *src,
                                                                   size_t n)
 {
@@ -23,20 +22,41 @@ __attribute__((target("f16c,avx"))) static void widen_f16_f16c(float *dst, const
         dst[i] = kn_f16_to_f32(src[i]);
 }
 
-static int have_f16c(void)
+__attribute__((target("avx2"))) static void widen_bf16_avx2(float *dst, const uint16_t *src,
+                                                             size_t n)
 {
-    static int cached = -1;
-    if (cached < 0)
-        cached = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-    return cached;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(h, 16));
+    }
+    for (; i < n; i++)
+        dst[i] = kn_bf16_to_f32(src[i]);
+}
+
+static int have_f16c, have_avx2;
+
+static void detect_cpu(void)
+{
+    static int done;
+    if (done)
+        return;
+    have_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    have_avx2 = __builtin_cpu_supports("avx2");
+    done = 1;
 }
 #endif
 
 static void widen(float *dst, const void *src, kn_dtype dt, size_t n)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (dt == KN_F16 && have_f16c()) {
+    detect_cpu();
+    if (dt == KN_F16 && have_f16c) {
         widen_f16_f16c(dst, src, n);
+        return;
+    }
+    if (dt == KN_BF16 && have_avx2) {
+        widen_bf16_avx2(dst, src, n);
         return;
     }
 #endif
@@ -53,17 +73,12 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
     return dst;
 }
 
-/* y[M, N] (row stride ldy) = x[M, K] . w[N, K]^T. A single row is a matrix-vector product,
- * which BLAS does at memory speed instead of padding it out to a GEMM tile. */
+/* y[M, N] (row stride ldy) = x[M, K] . w[N, K]^T. */
 static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float *w, float *y,
                     int64_t ldy)
 {
-    if (M == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w, (int)K, x, 1, 0.0f, y,
-                    1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x,
-                    (int)K, w, (int)K, 0.0f, y, (int)ldy);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K,
+                w, (int)K, 0.0f, y, (int)ldy);
 }
 
 /* Rows of w widened per panel. With few activation rows the product is memory bound and a
@@ -73,9 +88,6 @@ static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float
 static int64_t panel_rows(int64_t M, int64_t N, int64_t K)
 {
     int64_t floats = M <= 16 ? ((int64_t)64 << 10) : ((int64_t)4 << 20);
-    const char *env = getenv("KN_PANEL_FLOATS");
-    if (env)
-        floats = atoll(env);
     int64_t per = floats / K > 16 ? floats / K : 16;
     int64_t panels = (N + per - 1) / per;
     int64_t rows = (N + panels - 1) / panels;
@@ -93,11 +105,16 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     if (K == 0) {
         for (int64_t i = 0; i < M * N; i++)
             yd[i] = 0.0f;
+    } else if (w->dtype == KN_F32 && M == 1) {
+        /* One row against a float32 weight streams the weight once at memory speed. */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w->data, (int)K, xd, 1,
+                    0.0f, yd, 1);
     } else {
         /* A large float32 product is one BLAS call on the weight's own memory. Small M runs
          * panel by panel whatever the dtype: OpenBLAS's sgemm with a handful of rows and a
          * wide weight runs at a fraction of memory speed (measured 2.9 GB/s for 2 x 1536 x
-         * 13824), while panels that fit in L2 run several times faster. */
+         * 13824), while panels that fit in L2 run several times faster. (sgemv on such
+         * panels measured slower and less steady than sgemm.) */
         int64_t step = w->dtype == KN_F32 && M > 16 ? N : panel_rows(M, N, K);
         for (int64_t n0 = 0; n0 < N; n0 += step) {
             int64_t nn = N - n0 < step ? N - n0 : step;

@@ -52,8 +52,8 @@ check "tokenize t5 has 256 ids" test "$(sed -n 's/^t5: //p' "$TMP/out" | wc -w)"
 
 expect 0 "encode" -- "$RUN" encode --model "$MODEL" --prompt "a cat" --dump "$TMP/d" --max-seq 77 --images 2
 check "prompt_embeds shape" test "$(npy_shape "$TMP/d/prompt_embeds.npy")" = "(2, 154, 128)"
-check "pooled shape" test "$(npy_shape "$TMP/d/pooled_prompt_embeds.npy")" = "(2, 80)"
-check "negative written" test -f "$TMP/d/negative_prompt_embeds.npy" -a -f "$TMP/d/negative_pooled_prompt_embeds.npy"
+check "pooled shape" test "$(npy_shape "$TMP/d/pooled.npy")" = "(2, 80)"
+check "negative written" test -f "$TMP/d/negative_prompt_embeds.npy" -a -f "$TMP/d/negative_pooled.npy"
 
 expect 0 "encode --no-cfg" -- "$RUN" encode --model "$MODEL" --prompt "" --dump "$TMP/n" --no-cfg
 check "no negative with --no-cfg" test ! -e "$TMP/n/negative_prompt_embeds.npy"

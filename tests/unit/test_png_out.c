@@ -298,8 +298,8 @@ static void test_round_half_even(void)
     CHECK(png_out_unit_to_u8(0.0f) == 0 && png_out_unit_to_u8(1.0f) == 255 && png_out_unit_to_u8(NAN) == 0);
 }
 
-/* numpy's rounding of the pipeline's float images: every case of golden/pipeline/cases.json,
- * <case>/image.npy against <case>/image_u8.npy. */
+/* numpy's rounding of the pipeline's float images: <case>/image.npy against <case>/image_u8.npy
+ * for each case of golden/pipeline/cases.json that keeps its float image (at least one). */
 static void test_pipeline_golden_rounding(void)
 {
     char p[1024];
@@ -309,10 +309,14 @@ static void test_pipeline_golden_rounding(void)
     CHECKF(json_array_size(cases) > 0, "%s: %s", p, jerr.text);
     size_t c;
     json_t *e;
+    int compared = 0;
     json_array_foreach(cases, c, e) {
         const char *name = json_string_value(json_object_get(e, "name"));
         npy_array img, u8;
         snprintf(p, sizeof p, "%s/golden/pipeline/%s/image.npy", fixtures_dir(), name ? name : "?");
+        if (access(p, F_OK) != 0)
+            continue;
+        compared++;
         int rc = npy_read_f32(p, &img);
         CHECKF(rc == 0, "%s", err_msg());
         snprintf(p, sizeof p, "%s/golden/pipeline/%s/image_u8.npy", fixtures_dir(), name ? name : "?");
@@ -330,6 +334,7 @@ static void test_pipeline_golden_rounding(void)
         if (rc2 == 0)
             npy_array_free(&u8);
     }
+    CHECK(compared >= 1);
     json_decref(cases);
 }
 
