@@ -21,7 +21,7 @@ BUILD ?= build
 SAN_FLAGS =
 endif
 
-PKGS = jansson libutf8proc libpcre2-8 openblas libpng libzmq msgpack libsystemd sqlite3
+PKGS = jansson libutf8proc libpcre2-8 openblas libpng libzmq msgpack libsystemd sqlite3 libmd
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 
@@ -54,8 +54,13 @@ PROGRAMS := $(BUILD)/focus-run
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test deps clean
-all: $(LIB) $(PROGRAMS) $(TEST_BIN)
+BENCH_SRC := $(wildcard tests/bench/*.c)
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+# Full-size SD3.5-medium shapes with random weights (about 16 GB), made once by a tool.
+BENCH_MODEL ?= $(BUILD)/bench-model
+
+.PHONY: all test deps clean bench bench-kernels bench-encode bench-model
+all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -77,6 +82,21 @@ $(BUILD)/focus-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard engine/cli/*.c)) $(LI
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BENCH_MODEL)/model_index.json:
+	$(BUILD)/pyenv/bin/python tools/make_bench_model.py $(BENCH_MODEL)
+
+bench-model: deps $(BENCH_MODEL)/model_index.json
+
+bench-kernels: $(BUILD)/bench/bench_kernels
+	$(BUILD)/bench/bench_kernels
+
+bench-encode: $(BUILD)/bench/bench_encode bench-model
+	$(BUILD)/bench/bench_encode $(BENCH_MODEL)
 
 test: all
 	BUILD=$(BUILD) tests/run

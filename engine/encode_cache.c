@@ -25,8 +25,7 @@ struct encode_cache {
 
 int encode_cache_create(text_encoder *te, kn_ctx *ctx, int capacity, encode_cache **out)
 {
-    if (!te || !ctx)
-        return err_set(ERR_INVALID, "encode cache: no text encoder or context");
+    if (!te || !ctx) return err_set(ERR_INVALID, "encode cache: no text encoder or context");
     encode_cache *c = xcalloc(1, sizeof *c);
     c->te = te;
     c->ctx = ctx;
@@ -46,11 +45,9 @@ static void entry_clear(encode_cache *c, cache_entry *e)
 
 void encode_cache_free(encode_cache *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     for (int i = 0; i < c->capacity; i++)
-        if (c->entries[i].text)
-            entry_clear(c, &c->entries[i]);
+        if (c->entries[i].text) entry_clear(c, &c->entries[i]);
     free(c->entries);
     free(c);
 }
@@ -58,8 +55,7 @@ void encode_cache_free(encode_cache *c)
 int encode_cache_get(encode_cache *c, const char *text, int max_seq, const kn_tensor **seq,
                      const kn_tensor **pooled)
 {
-    if (!text)
-        return err_set(ERR_INVALID, "encode cache: no text");
+    if (!text) return err_set(ERR_INVALID, "encode cache: no text");
     cache_entry *victim = &c->entries[0];
     for (int i = 0; i < c->capacity; i++) {
         cache_entry *e = &c->entries[i];
@@ -71,15 +67,12 @@ int encode_cache_get(encode_cache *c, const char *text, int max_seq, const kn_te
             return 0;
         }
         /* A free slot has last_use 0, so it is taken before any entry is evicted. */
-        if (e->last_use < victim->last_use)
-            victim = e;
+        if (e->last_use < victim->last_use) victim = e;
     }
     kn_tensor s, p;
     int rc = text_encode(c->te, text, max_seq, &s, &p);
-    if (rc < 0)
-        return rc;
-    if (victim->text)
-        entry_clear(c, victim);
+    if (rc < 0) return rc;
+    if (victim->text) entry_clear(c, victim);
     victim->text = xstrdup(text);
     victim->max_seq = max_seq;
     victim->last_use = ++c->clock;

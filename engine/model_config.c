@@ -94,11 +94,12 @@ static int get_int(const cfg *c, const char *key, int def, int lo, int hi, int *
     return 0;
 }
 
-static int get_float(const cfg *c, const char *key, double def, double lo, double hi, float *out)
+static int get_double(const cfg *c, const char *key, double def, double lo, double hi,
+                      double *out)
 {
     const json_t *v = json_object_get(c->root, key);
     if (!v) {
-        *out = (float)def;
+        *out = def;
         return 0;
     }
     if (!json_is_number(v))
@@ -107,8 +108,17 @@ static int get_float(const cfg *c, const char *key, double def, double lo, doubl
     if (!(x >= lo && x <= hi))
         return err_set(ERR_RANGE, "%s: key \"%s\": %g is outside [%g, %g]", c->path, key, x, lo,
                        hi);
-    *out = (float)x;
+    *out = x;
     return 0;
+}
+
+static int get_float(const cfg *c, const char *key, double def, double lo, double hi, float *out)
+{
+    double x = def;
+    int rc = get_double(c, key, def, lo, hi, &x);
+    if (rc == 0)
+        *out = (float)x;
+    return rc;
 }
 
 static int get_bool(const cfg *c, const char *key, bool def, bool *out)
@@ -433,10 +443,10 @@ static int load_vae(const char *dir, vae_config *o)
 
 /* FlowMatchEulerDiscreteScheduler's Optional[...] values: null is allowed where the value goes
  * unused (without dynamic shifting) and is kept as NAN or -1 so that a use would show. */
-static int get_float_opt(const cfg *c, const char *key, double def, bool needed, float *out)
+static int get_double_opt(const cfg *c, const char *key, double def, bool needed, double *out)
 {
     if (!json_is_null(json_object_get(c->root, key)))
-        return get_float(c, key, def, -1e30, 1e30, out);
+        return get_double(c, key, def, -1e30, 1e30, out);
     *out = NAN;
     return needed ? err_set(ERR_RANGE, "%s: key \"%s\" is null but use_dynamic_shifting needs it",
                             c->path, key)
@@ -460,14 +470,14 @@ static int load_scheduler(const char *dir, scheduler_config *o)
     if (!rc)
         rc = get_int(&c, "num_train_timesteps", 1000, 1, 1 << 24, &o->num_train_timesteps);
     if (!rc)
-        rc = get_float(&c, "shift", 1.0, 1e-30, 1e30, &o->shift);
+        rc = get_double(&c, "shift", 1.0, 1e-30, 1e30, &o->shift);
     if (!rc)
         rc = get_bool(&c, "use_dynamic_shifting", false, &o->use_dynamic_shifting);
     bool dyn = o->use_dynamic_shifting;
     if (!rc)
-        rc = get_float_opt(&c, "base_shift", 0.5, dyn, &o->base_shift);
+        rc = get_double_opt(&c, "base_shift", 0.5, dyn, &o->base_shift);
     if (!rc)
-        rc = get_float_opt(&c, "max_shift", 1.15, dyn, &o->max_shift);
+        rc = get_double_opt(&c, "max_shift", 1.15, dyn, &o->max_shift);
     if (!rc)
         rc = get_int_opt(&c, "base_image_seq_len", 256, dyn, &o->base_image_seq_len);
     if (!rc)

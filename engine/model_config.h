@@ -40,10 +40,10 @@ typedef struct vae_config { /* vae/ config.json */
 
 typedef struct scheduler_config { /* scheduler/ scheduler_config.json */
     int num_train_timesteps;
-    float shift;
+    double shift; /* double: Python floats, as diffusers computes with them */
     bool use_dynamic_shifting;
     /* NAN / -1 where the file has null, which it may only without dynamic shifting */
-    float base_shift, max_shift;
+    double base_shift, max_shift;
     int base_image_seq_len, max_image_seq_len;
 } scheduler_config;
 

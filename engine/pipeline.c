@@ -52,15 +52,16 @@ struct sd3_engine {
 
 struct gen_job {
     sd3_engine *e;
-    gen_params p;        /* prompt strings owned (copies) */
-    bool cfg;            /* guidance > 1 */
-    int lh, lw;          /* latent grid */
-    kn_tensor latents;   /* [count, C, lh, lw] */
-    kn_tensor emb;       /* [rows, S, D]: rows = 2 count with CFG (negative copies first), else count */
-    kn_tensor pooled;    /* [rows, P] */
+    gen_params p; /* prompt strings owned (copies) */
+    bool cfg;     /* guidance > 1 */
+    int lh, lw;   /* latent grid */
+    kn_tensor latents;
+    /* [rows, S, D] and [rows, P]: rows = 2 count with CFG (the negative copies first), else
+     * count */
+    kn_tensor emb, pooled;
     fm_schedule sched;
-    int step;            /* steps done */
-    float *image;        /* count x H x W x 3 in [0, 1] after decode; NULL before */
+    int step;     /* steps done */
+    float *image; /* count x H x W x 3 in [0, 1] after decode; NULL before */
 };
 
 void gen_params_defaults(gen_params *p)
@@ -72,8 +73,8 @@ void gen_params_defaults(gen_params *p)
     p->max_seq = 77;
     p->count = 1;
     p->slg_scale = 2.8f;
-    p->slg_start = 0.01f;
-    p->slg_stop = 0.2f;
+    p->slg_start = 0.01;
+    p->slg_stop = 0.2;
 }
 
 /* ---- scratch ---- */
@@ -88,8 +89,7 @@ static int scratch_view(kn_ctx *ctx, scratch_buf *b, int ndim, const int64_t *sh
         kn_free(ctx, &b->t);
         b->cap = 0;
         int rc = kn_alloc(ctx, &b->t, KN_F32, 1, (int64_t[]){n});
-        if (rc < 0)
-            return err_prefix(rc, "engine scratch of %lld floats: ", (long long)n);
+        if (rc < 0) return err_prefix(rc, "engine scratch of %lld floats: ", (long long)n);
         b->cap = n;
     }
     *view = kn_view(&b->t, 0, ndim, shape);
@@ -122,8 +122,7 @@ static int component_bytes(const model_config *cfg, const char *sub, const char 
     snprintf(dir, sizeof dir, "%s/%s", cfg->path, sub);
     st_archive *a;
     int rc = st_archive_open(dir, stem, &a);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     *total += st_file_bytes(a);
     st_archive_close(a);
     return 0;
@@ -144,12 +143,10 @@ static int weight_bytes(const model_config *cfg, uint64_t *total)
 int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **out)
 {
     engine_options def = {.device = KN_CPU};
-    if (!opts)
-        opts = &def;
+    if (!opts) opts = &def;
     sd3_engine *e = xcalloc(1, sizeof *e);
     int rc;
-    if ((rc = model_config_load(model_dir, &e->cfg)) < 0)
-        goto fail;
+    if ((rc = model_config_load(model_dir, &e->cfg)) < 0) goto fail;
     if (e->cfg->vae.out_channels != 3) {
         rc = err_set(ERR_RANGE, "%s/vae/config.json: out_channels %d, the engine writes RGB (3)",
                      model_dir, e->cfg->vae.out_channels);
@@ -158,25 +155,25 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
     if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0 ||
         (rc = weight_bytes(e->cfg, &e->weight_bytes)) < 0 ||
         (rc = text_encoder_load(e->ctx, e->cfg, &e->te)) < 0 ||
-        (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 || (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0)
+        (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 ||
+        (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0)
         goto fail;
-    int entries = opts->encode_cache_entries > 0 ? opts->encode_cache_entries : DEFAULT_CACHE_ENTRIES;
-    if ((rc = encode_cache_create(e->te, e->ctx, entries, &e->cache)) < 0)
-        goto fail;
+    int entries =
+        opts->encode_cache_entries > 0 ? opts->encode_cache_entries : DEFAULT_CACHE_ENTRIES;
+    if ((rc = encode_cache_create(e->te, e->ctx, entries, &e->cache)) < 0) goto fail;
     *out = e;
     return 0;
 fail:
-    err_prefix(rc, "loading %s: ", model_dir);
     engine_free(e);
     return rc;
 }
 
 void engine_free(sd3_engine *e)
 {
-    if (!e)
-        return;
+    if (!e) return;
     if (e->ctx) {
-        scratch_buf *bufs[] = {&e->x, &e->emb, &e->pooled, &e->out, &e->skip_out, &e->diff, &e->image};
+        scratch_buf *bufs[] = {&e->x,        &e->emb,  &e->pooled, &e->out,
+                               &e->skip_out, &e->diff, &e->image};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             scratch_free(e->ctx, bufs[i]);
     }
@@ -184,8 +181,7 @@ void engine_free(sd3_engine *e)
     vae_free(e->vae);
     mmdit_free(e->dit);
     text_encoder_free(e->te);
-    if (e->ctx)
-        kn_ctx_destroy(e->ctx);
+    if (e->ctx) kn_ctx_destroy(e->ctx);
     model_config_free(e->cfg);
     free(e->tvec);
     free(e);
@@ -221,12 +217,10 @@ int engine_check_params(const sd3_engine *e, const gen_params *p)
     const mmdit_config *mc = &e->cfg->mmdit;
     const int f = vae_scale_factor(e->vae), multiple = f * mc->patch_size;
     int rc;
-    if (!p->prompt)
-        return err_set(ERR_INVALID, "prompt: missing");
+    if (!p->prompt) return err_set(ERR_INVALID, "prompt: missing");
     if (p->steps < 1 || p->steps > ENGINE_MAX_STEPS)
         return err_set(ERR_RANGE, "steps: %d is outside 1..%d", p->steps, ENGINE_MAX_STEPS);
-    if (!isfinite(p->guidance))
-        return err_set(ERR_RANGE, "guidance: not a finite number");
+    if (!isfinite(p->guidance)) return err_set(ERR_RANGE, "guidance: not a finite number");
     if ((rc = check_side("width", p->width, multiple)) < 0 ||
         (rc = check_side("height", p->height, multiple)) < 0)
         return rc;
@@ -241,9 +235,11 @@ int engine_check_params(const sd3_engine *e, const gen_params *p)
                        ENGINE_MAX_SLG_LAYERS);
     for (int i = 0; i < p->slg_count; i++)
         if (p->slg_layers[i] < 0 || p->slg_layers[i] >= mc->num_layers)
-            return err_set(ERR_RANGE, "slg_layers[%d]: %d is outside the transformer's blocks 0..%d",
-                           i, p->slg_layers[i], mc->num_layers - 1);
-    if (p->slg_count > 0 && (!isfinite(p->slg_scale) || !isfinite(p->slg_start) || !isfinite(p->slg_stop)))
+            return err_set(ERR_RANGE,
+                           "slg_layers[%d]: %d is outside the transformer's blocks 0..%d", i,
+                           p->slg_layers[i], mc->num_layers - 1);
+    if (p->slg_count > 0 &&
+        (!isfinite(p->slg_scale) || !isfinite(p->slg_start) || !isfinite(p->slg_stop)))
         return err_set(ERR_RANGE, "slg_scale, slg_start, slg_stop: not all finite numbers");
     return 0;
 }
@@ -263,8 +259,7 @@ static int job_encode(sd3_engine *e, gen_job *j)
     if ((rc = encode_cache_get(e->cache, j->p.prompt, j->p.max_seq, &seq[n], &pooled[n])) < 0)
         return err_prefix(rc, "prompt: ");
     n++;
-    if ((rc = text_embeds_stack(e->ctx, &j->emb, seq, n, j->p.count)) < 0)
-        return rc;
+    if ((rc = text_embeds_stack(e->ctx, &j->emb, seq, n, j->p.count)) < 0) return rc;
     return text_embeds_stack(e->ctx, &j->pooled, pooled, n, j->p.count);
 }
 
@@ -274,8 +269,7 @@ static int job_noise(sd3_engine *e, gen_job *j)
     int64_t shape[4] = {j->p.count, e->cfg->mmdit.in_channels, j->lh, j->lw};
     size_t n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
     float *host = malloc(n * sizeof *host);
-    if (!host)
-        return err_set(ERR_NOMEM, "initial latents: out of memory");
+    if (!host) return err_set(ERR_NOMEM, "initial latents: out of memory");
     torch_gen g;
     torch_gen_seed(&g, j->p.seed);
     int rc = torch_randn(&g, host, n, KN_F32);
@@ -302,8 +296,7 @@ static int job_schedule(sd3_engine *e, gen_job *j)
 int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out)
 {
     int rc = engine_check_params(e, p);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     gen_job *j = xcalloc(1, sizeof *j);
     j->e = e;
     j->p = *p;
@@ -326,11 +319,9 @@ int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out)
 
 static bool same_slg(const gen_params *a, const gen_params *b)
 {
-    if (a->slg_count != b->slg_count)
-        return false;
+    if (a->slg_count != b->slg_count) return false;
     for (int i = 0; i < a->slg_count; i++)
-        if (a->slg_layers[i] != b->slg_layers[i])
-            return false;
+        if (a->slg_layers[i] != b->slg_layers[i]) return false;
     return true;
 }
 
@@ -442,7 +433,8 @@ static int job_update(sd3_engine *e, gen_job *j, const kn_tensor *v_rows, const 
                      (rc = kn_add_scaled(e->ctx, &v, &v, j->p.slg_scale, &diff)) < 0))
             return rc;
     }
-    if ((rc = kn_add_scaled(e->ctx, &j->latents, &j->latents, fm_step_dt(&j->sched, j->step), &v)) < 0)
+    if ((rc = kn_add_scaled(e->ctx, &j->latents, &j->latents, fm_step_dt(&j->sched, j->step), &v)) <
+        0)
         return rc;
     j->step++;
     return 0;
@@ -464,8 +456,7 @@ static int step_group(sd3_engine *e, gen_job *const *jobs, int m, gen_job **slg)
     /* The jobs inside their skip-layer window get one more pass, batched together. */
     int n_slg = 0;
     for (int i = 0; i < m; i++)
-        if (slg_now(jobs[i]))
-            slg[n_slg++] = jobs[i];
+        if (slg_now(jobs[i])) slg[n_slg++] = jobs[i];
     kn_tensor skip_out = {0};
     if (n_slg > 0 && (rc = slg_forward(e, slg, n_slg, &skip_out)) < 0)
         return err_prefix(rc, "skip-layer guidance pass: ");
@@ -480,8 +471,7 @@ static int step_group(sd3_engine *e, gen_job *const *jobs, int m, gen_job **slg)
             skip = rows_of(&skip_out, skip_off, j->p.count);
             skip_off += j->p.count;
         }
-        if ((rc = job_update(e, j, &v_rows, with_skip ? &skip : NULL)) < 0)
-            return rc;
+        if ((rc = job_update(e, j, &v_rows, with_skip ? &skip : NULL)) < 0) return rc;
         off += rows;
     }
     return 0;
@@ -489,8 +479,7 @@ static int step_group(sd3_engine *e, gen_job *const *jobs, int m, gen_job **slg)
 
 int engine_step(sd3_engine *e, gen_job **jobs, int n)
 {
-    if (n < 1)
-        return err_set(ERR_INVALID, "engine_step: no jobs");
+    if (n < 1) return err_set(ERR_INVALID, "engine_step: no jobs");
     for (int i = 0; i < n; i++) {
         if (!jobs[i] || jobs[i]->e != e)
             return err_set(ERR_INVALID, "engine_step: job %d does not belong to this engine", i);
@@ -506,8 +495,7 @@ int engine_step(sd3_engine *e, gen_job **jobs, int n)
     bool *taken = xcalloc((size_t)n, sizeof *taken);
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
-        if (taken[i])
-            continue;
+        if (taken[i]) continue;
         int m = 0;
         for (int k = i; k < n; k++)
             if (!taken[k] && engine_jobs_batchable(jobs[i], jobs[k])) {
@@ -552,13 +540,13 @@ int engine_job_decode(sd3_engine *e, gen_job *j, uint8_t **rgb)
     uint8_t *bytes = malloc((size_t)j->p.count * 3 * pixels);
     int rc = chw && unit && bytes ? 0 : err_set(ERR_NOMEM, "decoding %dx%d: out of memory", W, H);
     kn_tensor img;
-    if (rc == 0)
-        rc = scratch_view(e->ctx, &e->image, 4, (int64_t[]){1, 3, H, W}, &img);
+    if (rc == 0) rc = scratch_view(e->ctx, &e->image, 4, (int64_t[]){1, 3, H, W}, &img);
     /* One image at a time: the VAE's activations at full resolution dwarf the latents, and
      * each image decodes independently. */
     for (int i = 0; i < j->p.count && rc == 0; i++) {
         kn_tensor z = rows_of(&j->latents, i, 1);
-        if ((rc = vae_decode_latents(e->vae, &z, &img)) == 0 && (rc = kn_read_f32(e->ctx, &img, chw)) == 0)
+        if ((rc = vae_decode_latents(e->vae, &z, &img)) == 0 &&
+            (rc = kn_read_f32(e->ctx, &img, chw)) == 0)
             rc = png_out_postprocess(chw, W, H, KN_F32, unit + (size_t)i * 3 * pixels,
                                      bytes + (size_t)i * 3 * pixels);
     }
@@ -574,30 +562,34 @@ int engine_job_decode(sd3_engine *e, gen_job *j, uint8_t **rgb)
     return 0;
 }
 
+void engine_job_latent_shape(const gen_job *j, int64_t shape[4])
+{
+    memcpy(shape, j->latents.shape, 4 * sizeof *shape);
+}
+
 int engine_job_latents(const gen_job *j, float *out, size_t n)
 {
     if (n != (size_t)kn_numel(&j->latents))
-        return err_set(ERR_INVALID, "engine_job_latents: room for %zu floats, the latents hold %lld",
-                       n, (long long)kn_numel(&j->latents));
+        return err_set(ERR_INVALID,
+                       "engine_job_latents: room for %zu floats, the latents hold %lld", n,
+                       (long long)kn_numel(&j->latents));
     return kn_read(j->e->ctx, &j->latents, out, n * sizeof *out);
 }
 
 int engine_job_image(const gen_job *j, float *out, size_t n)
 {
     const size_t want = (size_t)j->p.count * (size_t)j->p.height * (size_t)j->p.width * 3;
-    if (!j->image)
-        return err_set(ERR_INVALID, "engine_job_image: the job has not been decoded");
+    if (!j->image) return err_set(ERR_INVALID, "engine_job_image: the job has not been decoded");
     if (n != want)
-        return err_set(ERR_INVALID, "engine_job_image: room for %zu floats, the image holds %zu",
-                       n, want);
+        return err_set(ERR_INVALID, "engine_job_image: room for %zu floats, the image holds %zu", n,
+                       want);
     memcpy(out, j->image, want * sizeof *out);
     return 0;
 }
 
 void engine_job_free(gen_job *j)
 {
-    if (!j)
-        return;
+    if (!j) return;
     kn_ctx *ctx = j->e->ctx;
     kn_free(ctx, &j->latents);
     kn_free(ctx, &j->emb);

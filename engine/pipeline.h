@@ -44,18 +44,21 @@ typedef struct gen_params {
     /* Skip-layer guidance: off when slg_count == 0. */
     int slg_layers[ENGINE_MAX_SLG_LAYERS];
     int slg_count;
-    float slg_scale, slg_start, slg_stop;
+    float slg_scale;
+    double slg_start, slg_stop; /* fractions of the steps; double as Python compares them */
 } gen_params;
 /* Skip-layer guidance follows the later diffusers SD3 pipelines (0.31.0 has none): it acts only
  * with CFG on (guidance > 1) and is ignored otherwise, as there. */
 
 /* The defaults of the FOCUS model card: 28 steps, guidance 4.5, 512x512, max_seq 77, count 1,
- * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given). */
+ * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given). The prompts are left
+ * NULL: the caller sets the prompt. */
 void gen_params_defaults(gen_params *p);
 
 typedef struct sd3_engine sd3_engine;
 typedef struct gen_job gen_job;
 
+/* opts may be NULL: the CPU and the default cache size. */
 int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **out);
 void engine_free(sd3_engine *e);
 const model_config *engine_model_config(const sd3_engine *e);
@@ -84,12 +87,16 @@ bool engine_job_done(const gen_job *j);
 /* Decodes a finished job: rgb receives count * height * width * 3 bytes (allocated with malloc,
  * freed by the caller), images one after another, rows top to bottom. */
 int engine_job_decode(sd3_engine *e, gen_job *j, uint8_t **rgb);
+/* The shape of the job's latents: count, latent channels, height / f, width / f (f = the VAE's
+ * scale factor, 8 for SD3). */
+void engine_job_latent_shape(const gen_job *j, int64_t shape[4]);
 /* The job's latents (count, 16, h/8, w/8) as float32: before the first step they are the
  * initial noise; after the last, the final latents. */
 int engine_job_latents(const gen_job *j, float *out, size_t n);
 /* The decoded image in [0,1], NHWC, float32 (count * height * width * 3), as the pipeline's
  * output_type="np" returns it; only after engine_job_decode. */
 int engine_job_image(const gen_job *j, float *out, size_t n);
+/* Frees a job (any time; NULL is allowed); jobs must be freed before their engine. */
 void engine_job_free(gen_job *j);
 
 #endif

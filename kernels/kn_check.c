@@ -10,14 +10,12 @@
 
 static int check_present(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t)
 {
-    if (!t)
-        return err_set(ERR_INVALID, "%s: %s is missing", op, name);
+    if (!t) return err_set(ERR_INVALID, "%s: %s is missing", op, name);
     if (t->device != ctx->device)
         return err_set(ERR_INVALID, "%s: %s lives on %s, the context on %s", op, name,
                        t->device == KN_CUDA ? "CUDA" : "the CPU",
                        ctx->device == KN_CUDA ? "CUDA" : "the CPU");
-    if (!t->data && kn_numel(t) > 0)
-        return err_set(ERR_INVALID, "%s: %s has no data", op, name);
+    if (!t->data && kn_numel(t) > 0) return err_set(ERR_INVALID, "%s: %s has no data", op, name);
     return 0;
 }
 
@@ -25,13 +23,12 @@ int kn_check_act(const kn_ctx *ctx, const char *op, const char *name, const kn_t
                  const kn_tensor *like)
 {
     int rc = check_present(ctx, op, name, t);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     int ok = t->dtype == KN_F32 ||
              (ctx->device == KN_CUDA && (t->dtype == KN_F16 || t->dtype == KN_BF16));
     if (!ok)
-        return err_set(ERR_INVALID, "%s: %s is a %s tensor; this backend computes in %s", op,
-                       name, kn_dtype_name(t->dtype),
+        return err_set(ERR_INVALID, "%s: %s is a %s tensor; this backend computes in %s", op, name,
+                       kn_dtype_name(t->dtype),
                        ctx->device == KN_CUDA ? "F32, F16 or BF16" : "F32");
     if (like && like->dtype != t->dtype)
         return err_set(ERR_INVALID, "%s: %s is %s but the other activations are %s", op, name,
@@ -44,8 +41,7 @@ int kn_check_weight(const kn_ctx *ctx, const char *op, const char *name, const k
 {
     char buf[SHAPE_BUF];
     int rc = check_present(ctx, op, name, t);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     if (!kn_dtype_is_float(t->dtype))
         return err_set(ERR_INVALID, "%s: %s is a %s tensor, not a float one", op, name,
                        kn_dtype_name(t->dtype));
@@ -64,11 +60,9 @@ int kn_check_f32(const kn_ctx *ctx, const char *op, const char *name, const kn_t
     return rc;
 }
 
-int kn_check_vec(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t,
-                 int64_t n)
+int kn_check_vec(const kn_ctx *ctx, const char *op, const char *name, const kn_tensor *t, int64_t n)
 {
-    if (!t)
-        return 0;
+    if (!t) return 0;
     int rc = kn_check_weight(ctx, op, name, t, -1);
     return rc < 0 ? rc : kn_check_shape(op, name, t, 1, &n);
 }
@@ -91,7 +85,8 @@ int kn_check_shape(const char *op, const char *name, const kn_tensor *t, int ndi
     memcpy(expect.shape, dims, (size_t)ndim * sizeof *dims);
     if (!kn_same_shape(t, &expect))
         return err_set(ERR_SHAPE, "%s: %s has shape %s, expected %s", op, name,
-                       kn_shape_str(t, have, sizeof have), kn_shape_str(&expect, want, sizeof want));
+                       kn_shape_str(t, have, sizeof have),
+                       kn_shape_str(&expect, want, sizeof want));
     return 0;
 }
 

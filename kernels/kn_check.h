@@ -8,11 +8,10 @@
 #include "kernels/kn.h"
 
 /* Returns from the calling function when a check fails. */
-#define KN_TRY(expr)            \
-    do {                        \
-        int kn_try_rc_ = (expr); \
-        if (kn_try_rc_ < 0)     \
-            return kn_try_rc_;  \
+#define KN_TRY(expr)                                                                               \
+    do {                                                                                           \
+        int kn_try_rc_ = (expr);                                                                   \
+        if (kn_try_rc_ < 0) return kn_try_rc_;                                                     \
     } while (0)
 
 /* An activation: present, on ctx's device, of a dtype the backend computes in (F32 on the

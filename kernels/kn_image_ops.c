@@ -16,8 +16,8 @@ static int check_nchw(const char *op, const char *name, const kn_tensor *t)
     return 0;
 }
 
-int kn_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
-              const kn_tensor *b, int stride, int pad)
+int kn_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b,
+              int stride, int pad)
 {
     static const char op[] = "kn_conv2d";
     char sx[SHAPE_BUF], sw[SHAPE_BUF];
@@ -58,8 +58,7 @@ int kn_group_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
         return err_set(ERR_INVALID, "kn_group_norm: the affine %s is missing", w ? "b" : "w");
     KN_TRY(kn_check_vec(ctx, op, "w", w, C));
     KN_TRY(kn_check_vec(ctx, op, "b", b, C));
-    if (kn_numel(x) == 0)
-        return 0;
+    if (kn_numel(x) == 0) return 0;
     return KN_DISPATCH(ctx, group_norm, y, x, w, b, groups, eps);
 }
 
@@ -93,8 +92,8 @@ int kn_transpose(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
 }
 
 /* x [B, S, D] against mod [B, C, D], and each chunk index within C. */
-static int check_modulation(kn_ctx *ctx, const char *op, const kn_tensor *x,
-                            const kn_tensor *mod, int idx_a, int idx_b)
+static int check_modulation(kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
+                            int idx_a, int idx_b)
 {
     char sx[SHAPE_BUF], sm[SHAPE_BUF];
     KN_TRY(kn_check_act(ctx, op, "mod", mod, x));
@@ -119,13 +118,11 @@ int kn_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
     KN_TRY(kn_check_same(op, "y", y, "x", x));
     KN_TRY(check_modulation(ctx, op, x, mod, shift_idx, scale_idx));
     KN_TRY(kn_check_no_alias(op, "y", y, "mod", mod));
-    if (kn_numel(x) == 0)
-        return 0;
+    if (kn_numel(x) == 0) return 0;
     return KN_DISPATCH(ctx, ln_modulate, y, x, mod, shift_idx, scale_idx, eps);
 }
 
-int kn_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod,
-                int gate_idx)
+int kn_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod, int gate_idx)
 {
     static const char op[] = "kn_gate_add";
     KN_TRY(kn_check_act(ctx, op, "x", x, NULL));
@@ -133,7 +130,6 @@ int kn_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *
     KN_TRY(kn_check_same(op, "y", y, "x", x));
     KN_TRY(check_modulation(ctx, op, x, mod, gate_idx, gate_idx));
     KN_TRY(kn_check_no_alias(op, "x", x, "mod", mod));
-    if (kn_numel(x) == 0)
-        return 0;
+    if (kn_numel(x) == 0) return 0;
     return KN_DISPATCH(ctx, gate_add, x, y, mod, gate_idx);
 }

@@ -5,8 +5,7 @@
 
 #include "common/err.h"
 
-int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
-              const kn_tensor *b)
+int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b)
 {
     static const char op[] = "kn_linear";
     KN_TRY(kn_check_act(ctx, op, "x", x, NULL));
@@ -127,8 +126,7 @@ int kn_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor 
 {
     static const char op[] = "kn_attention";
     char sq[96];
-    if (!args)
-        return err_set(ERR_INVALID, "kn_attention: no arguments");
+    if (!args) return err_set(ERR_INVALID, "kn_attention: no arguments");
     KN_TRY(kn_check_act(ctx, op, "q", q, NULL));
     KN_TRY(kn_check_act(ctx, op, "k", k, q));
     KN_TRY(kn_check_act(ctx, op, "v", v, q));

@@ -171,7 +171,7 @@ void proto_submit_init(struct proto_submit *s);
 struct proto_request {
     struct proto_id id;
     enum proto_op op;
-    union {
+    union proto_op_params { /* submit first: proto_submit's offsets are the union's */
         struct { char client[PROTO_MAX_NAME + 1]; } hello;  /* "" when absent */
         struct proto_submit submit;
         struct { char job[PROTO_MAX_NAME + 1]; } job;       /* watch, cancel, job */
@@ -324,7 +324,7 @@ struct proto_incoming {
 };
 
 /* Validates with proto_server_limits and decodes the envelope ("v", "id", "ok", "error") or
- * the whole event. */
+ * the whole event. On failure nothing is left to free. */
 int proto_parse_incoming(const void *buf, size_t len, struct proto_incoming *in,
                          struct proto_error *perr);
 void proto_incoming_free(struct proto_incoming *in);

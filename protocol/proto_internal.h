@@ -52,6 +52,10 @@ extern const struct proto_table proto_image_table;
 extern const struct proto_table proto_model_table;
 extern const struct proto_table proto_stats_table;
 
+/* Checks the "v" of a message: bad_field when missing or not an integer, else
+ * unsupported_version unless it is PROTO_VERSION. */
+int proto_check_version(const msgpack_object *map, struct proto_error *perr);
+
 /* The event kind named s, or -1. */
 int proto_event_parse_name(const char *s, size_t len);
 

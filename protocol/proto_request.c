@@ -42,7 +42,7 @@ static int parse_id(const msgpack_object *map, struct proto_id *id, struct proto
     return rc;
 }
 
-static int parse_version(const msgpack_object *map, struct proto_error *perr)
+int proto_check_version(const msgpack_object *map, struct proto_error *perr)
 {
     bool dup;
     const msgpack_object *o = proto_map_get(map, "v", &dup);
@@ -54,7 +54,7 @@ static int parse_version(const msgpack_object *map, struct proto_error *perr)
         return proto_fail(perr, PROTO_E_BAD_FIELD, "v", "must be an integer");
     if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 != PROTO_VERSION)
         return proto_fail(perr, PROTO_E_UNSUPPORTED_VERSION, "v",
-                          "this daemon speaks protocol version %d", PROTO_VERSION);
+                          "only protocol version %d is supported", PROTO_VERSION);
     return 0;
 }
 
@@ -81,7 +81,7 @@ static int parse_fields(const msgpack_object *map, struct proto_request *req,
      * own error comes after the version's. */
     struct proto_error id_err;
     int id_rc = parse_id(map, &req->id, &id_err);
-    int rc = parse_version(map, perr);
+    int rc = proto_check_version(map, perr);
     if (rc)
         return rc;
     if (id_rc)
@@ -94,7 +94,7 @@ static int parse_fields(const msgpack_object *map, struct proto_request *req,
     proto_request_init(req, op);
     req->id = id;
     uint32_t set;
-    rc = proto_table_decode(&proto_op_tables[op], map, req, &set, perr);
+    rc = proto_table_decode(&proto_op_tables[op], map, &req->u, &set, perr);
     if (rc)
         return rc;
     if (op == PROTO_OP_SUBMIT)
@@ -167,6 +167,6 @@ int proto_encode_request(msgpack_sbuffer *sb, const struct proto_request *req)
     proto_pack_envelope_id(&w.pk, &req->id);
     proto_pack_cstr(&w.pk, "op");
     proto_pack_cstr(&w.pk, proto_op_name(req->op));
-    proto_table_encode(t, req, set, &w.pk);
+    proto_table_encode(t, &req->u, set, &w.pk);
     return proto_writer_finish(&w);
 }

@@ -150,21 +150,21 @@ const struct proto_table proto_event_table = {event_fields,
                                               sizeof event_fields / sizeof *event_fields};
 
 static const struct proto_field hello_req_fields[] = {
-    NAMED_STR("client", struct proto_request, u.hello.client, PROTO_MAX_NAME, 1, false),
+    NAMED_STR("client", union proto_op_params, hello.client, PROTO_MAX_NAME, 1, false),
 };
 static const struct proto_field jobref_fields[] = {
-    NAMED_STR("job", struct proto_request, u.job.job, PROTO_MAX_NAME, 0, true),
+    NAMED_STR("job", union proto_op_params, job.job, PROTO_MAX_NAME, 0, true),
 };
 static const struct proto_field jobs_req_fields[] = {
-    {"state", PF_STATE, offsetof(struct proto_request, u.jobs.state), 0, 0, 0, 0, 0, 0, 1, false},
-    NAMED_U32("limit", struct proto_request, u.jobs.limit, 1, PROTO_JOBS_LIMIT_MAX, 0, 2, false),
+    {"state", PF_STATE, offsetof(union proto_op_params, jobs.state), 0, 0, 0, 0, 0, 0, 1, false},
+    NAMED_U32("limit", union proto_op_params, jobs.limit, 1, PROTO_JOBS_LIMIT_MAX, 0, 2, false),
 };
 static const struct proto_field fetch_req_fields[] = {
-    NAMED_STR("job", struct proto_request, u.fetch.job, PROTO_MAX_NAME, 0, true),
-    NAMED_U32("index", struct proto_request, u.fetch.index, 0, PROTO_COUNT_MAX - 1, 0, 1,
+    NAMED_STR("job", union proto_op_params, fetch.job, PROTO_MAX_NAME, 0, true),
+    NAMED_U32("index", union proto_op_params, fetch.index, 0, PROTO_COUNT_MAX - 1, 0, 1,
               false),
 };
-/* Indexed by enum proto_op; ops without fields have an empty table. */
+/* Indexed by enum proto_op, over union proto_op_params; ops without fields have none. */
 const struct proto_table proto_op_tables[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {hello_req_fields, 1},
     [PROTO_OP_SUBMIT] = {submit_fields, sizeof submit_fields / sizeof *submit_fields},

@@ -14,8 +14,9 @@ const struct proto_limits proto_request_limits = {
     .max_bytes = PROTO_MAX_REQUEST,
     .max_depth = 4,
     .max_entries = 64,
-    .max_str = PROTO_MAX_PROMPT,
-    .max_bin = PROTO_MAX_PROMPT,
+    /* Above every field's own limit, so that a long prompt is a bad_field naming it. */
+    .max_str = 2 * PROTO_MAX_PROMPT,
+    .max_bin = 2 * PROTO_MAX_PROMPT,
 };
 
 const struct proto_limits proto_server_limits = {

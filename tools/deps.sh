@@ -5,7 +5,8 @@
 set -eu
 PACKAGES="make gcc pkg-config python3 python3-venv
 libjansson-dev libutf8proc-dev libpcre2-dev libopenblas-dev libpng-dev
-libzmq3-dev libmsgpack-dev libsystemd-dev libsqlite3-dev mandoc"
+libzmq3-dev libmsgpack-dev libsystemd-dev libsqlite3-dev libmd-dev mandoc
+clang-14 libclang-rt-14-dev"
 
 missing=""
 for p in $PACKAGES; do
@@ -22,8 +23,8 @@ fi
 
 # The integration tests and the Python client run in their own environment under build/.
 PYENV=${BUILD:-build}/pyenv
-PYPKGS="pyzmq msgpack pytest"
-if ! "$PYENV/bin/python" -c "import zmq, msgpack, pytest" 2>/dev/null; then
+PYPKGS="pyzmq msgpack pytest numpy"
+if ! "$PYENV/bin/python" -c "import zmq, msgpack, pytest, numpy" 2>/dev/null; then
     python3 -m venv "$PYENV"
     "$PYENV/bin/pip" install -q $PYPKGS
 fi

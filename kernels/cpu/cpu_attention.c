@@ -16,8 +16,7 @@ static float softmax_row(float *row, int64_t lim, int64_t n)
 {
     float mx = row[0];
     for (int64_t j = 1; j < lim; j++)
-        if (row[j] > mx)
-            mx = row[j];
+        if (row[j] > mx) mx = row[j];
     float sum = 0.0f;
     for (int64_t j = 0; j < lim; j++) {
         row[j] = expf(row[j] - mx);
@@ -37,12 +36,9 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
     int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1], HD = q->shape[2];
     int64_t H = args->heads, Dh = HD / H;
     int64_t block = ATTN_BLOCK_FLOATS / Sk;
-    if (block < 1)
-        block = 1;
-    if (block > Sq)
-        block = Sq;
-    if (Sq == 0)
-        return 0;
+    if (block < 1) block = 1;
+    if (block > Sq) block = Sq;
+    if (Sq == 0) return 0;
     float *S = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(block * Sk) * sizeof(float));
     const float *bias = args->bias ? args->bias->data : NULL;
     float *lse = args->lse ? args->lse->data : NULL;
@@ -69,8 +65,7 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
                     }
                     int64_t lim = args->causal && qi + 1 < nk ? qi + 1 : nk;
                     float l = softmax_row(row, lim, nk);
-                    if (lse)
-                        lse[(b * H + h) * Sq + qi] = l;
+                    if (lse) lse[(b * H + h) * Sq + qi] = l;
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)Dh, (int)nk,
                             1.0f, S, (int)nk, vp, (int)HD, 0.0f, op, (int)HD);

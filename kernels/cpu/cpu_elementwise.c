@@ -38,7 +38,7 @@ int cpu_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act)
     int64_t n = kn_numel(x);
     const float *xd = x->data;
     float *yd = y->data;
-    float (*f)(float) = act == KN_ACT_SILU       ? act_silu
+    float (*f)(float) = act == KN_ACT_SILU        ? act_silu
                         : act == KN_ACT_GELU_ERF  ? act_gelu_erf
                         : act == KN_ACT_GELU_TANH ? act_gelu_tanh
                                                   : act_quick_gelu;
@@ -104,8 +104,7 @@ int cpu_scale(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s)
     return 0;
 }
 
-int cpu_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod,
-                 int gate_idx)
+int cpu_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod, int gate_idx)
 {
     (void)ctx;
     int64_t B = x->shape[0], D = kn_cols(x), S = kn_numel(x) / (B * D), C = mod->shape[1];

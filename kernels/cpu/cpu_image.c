@@ -27,8 +27,7 @@ static void im2col_rows(float *col, const float *x, const struct conv_geom *g, i
                 int64_t off = kx - g->pad;
                 int64_t lo = off >= 0 ? 0 : (-off + g->stride - 1) / g->stride;
                 int64_t hi = g->W - 1 - off < 0 ? -1 : (g->W - 1 - off) / g->stride;
-                if (hi > g->Wo - 1)
-                    hi = g->Wo - 1;
+                if (hi > g->Wo - 1) hi = g->Wo - 1;
                 for (int64_t r = 0; r < nr; r++) {
                     float *d = dst + r * g->Wo;
                     int64_t iy = (oy0 + r) * g->stride - g->pad + ky;
@@ -55,22 +54,25 @@ static void im2col_rows(float *col, const float *x, const struct conv_geom *g, i
 int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                const kn_tensor *b, int stride, int pad)
 {
-    struct conv_geom g = {.C = x->shape[1], .H = x->shape[2], .W = x->shape[3],
-                          .kh = w->shape[2], .kw = w->shape[3], .Ho = y->shape[2],
-                          .Wo = y->shape[3], .stride = stride, .pad = pad};
+    struct conv_geom g = {.C = x->shape[1],
+                          .H = x->shape[2],
+                          .W = x->shape[3],
+                          .kh = w->shape[2],
+                          .kw = w->shape[3],
+                          .Ho = y->shape[2],
+                          .Wo = y->shape[3],
+                          .stride = stride,
+                          .pad = pad};
     int64_t B = x->shape[0], O = w->shape[0], CK = g.C * g.kh * g.kw, P = g.Ho * g.Wo;
-    if (B == 0 || O == 0 || P == 0)
-        return 0;
+    if (B == 0 || O == 0 || P == 0) return 0;
     /* Conv weights are at most a few million elements, so the whole of one is widened. */
     const float *wd = cpu_f32_span(ctx, CPU_SLOT_WEIGHT, w, 0, O * CK);
     int direct = g.kh == 1 && g.kw == 1 && stride == 1 && pad == 0;
     int64_t rows = CONV_COL_FLOATS / (CK * g.Wo > 0 ? CK * g.Wo : 1);
-    if (rows < 1)
-        rows = 1;
-    if (rows > g.Ho)
-        rows = g.Ho;
-    float *col = direct ? NULL
-                        : cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(rows * g.Wo * CK) * sizeof(float));
+    if (rows < 1) rows = 1;
+    if (rows > g.Ho) rows = g.Ho;
+    float *col =
+        direct ? NULL : cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(rows * g.Wo * CK) * sizeof(float));
     for (int64_t n = 0; n < B; n++) {
         const float *xn = (const float *)x->data + n * g.C * g.H * g.W;
         float *yn = (float *)y->data + n * O * P;
@@ -83,8 +85,8 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
             int64_t nr = g.Ho - oy0 < rows ? g.Ho - oy0 : rows;
             int64_t np = nr * g.Wo;
             im2col_rows(col, xn, &g, oy0, nr);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)np, (int)CK,
-                        1.0f, wd, (int)CK, col, (int)np, 0.0f, yn + oy0 * g.Wo, (int)P);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)np, (int)CK, 1.0f,
+                        wd, (int)CK, col, (int)np, 0.0f, yn + oy0 * g.Wo, (int)P);
         }
     }
     if (b) {

@@ -13,7 +13,7 @@
 /* The scalar F16 decoder is branchy; F16C decodes eight values per instruction. With few
  * activation rows the product is bound by this widening, so BF16 gets a vector twin too. */
 __attribute__((target("f16c,avx"))) static void widen_f16_f16c(float *dst, const uint16_t *src,
-                                                                  size_t n)
+                                                               size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -23,7 +23,7 @@ __attribute__((target("f16c,avx"))) static void widen_f16_f16c(float *dst, const
 }
 
 __attribute__((target("avx2"))) static void widen_bf16_avx2(float *dst, const uint16_t *src,
-                                                             size_t n)
+                                                            size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -39,8 +39,7 @@ static int have_f16c, have_avx2;
 static void detect_cpu(void)
 {
     static int done;
-    if (done)
-        return;
+    if (done) return;
     have_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
     have_avx2 = __builtin_cpu_supports("avx2");
     done = 1;
@@ -65,11 +64,9 @@ static void widen(float *dst, const void *src, kn_dtype dt, size_t n)
 
 const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off, int64_t n)
 {
-    if (t->dtype == KN_F32)
-        return (const float *)t->data + off;
+    if (t->dtype == KN_F32) return (const float *)t->data + off;
     float *dst = cpu_scratch(ctx, slot, (size_t)(n > 0 ? n : 1) * sizeof(float));
-    widen(dst, (const char *)t->data + (size_t)off * kn_dtype_size(t->dtype), t->dtype,
-          (size_t)n);
+    widen(dst, (const char *)t->data + (size_t)off * kn_dtype_size(t->dtype), t->dtype, (size_t)n);
     return dst;
 }
 
@@ -77,8 +74,8 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
 static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float *w, float *y,
                     int64_t ldy)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K,
-                w, (int)K, 0.0f, y, (int)ldy);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w,
+                (int)K, 0.0f, y, (int)ldy);
 }
 
 /* Rows of w widened per panel. With few activation rows the product is memory bound and a
@@ -100,15 +97,14 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
     float *yd = y->data;
     const float *xd = x->data;
-    if (M == 0 || N == 0)
-        return 0;
+    if (M == 0 || N == 0) return 0;
     if (K == 0) {
         for (int64_t i = 0; i < M * N; i++)
             yd[i] = 0.0f;
     } else if (w->dtype == KN_F32 && M == 1) {
         /* One row against a float32 weight streams the weight once at memory speed. */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w->data, (int)K, xd, 1,
-                    0.0f, yd, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w->data, (int)K, xd, 1, 0.0f,
+                    yd, 1);
     } else {
         /* A large float32 product is one BLAS call on the weight's own memory. Small M runs
          * panel by panel whatever the dtype: OpenBLAS's sgemm with a handful of rows and a

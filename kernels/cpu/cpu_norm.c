@@ -32,10 +32,8 @@ static void layer_norm_row(float *y, const float *x, int64_t D, const float *w, 
     float bias = -rstd * mean;
     for (int64_t j = 0; j < D; j++) {
         float t = x[j] * rstd + bias;
-        if (w)
-            t *= w[j];
-        if (b)
-            t += b[j];
+        if (w) t *= w[j];
+        if (b) t += b[j];
         y[j] = t;
     }
 }

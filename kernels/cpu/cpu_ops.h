@@ -44,7 +44,6 @@ int cpu_upsample_nearest2x(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 int cpu_transpose(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x);
 int cpu_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *mod,
                     int shift_idx, int scale_idx, float eps);
-int cpu_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod,
-                 int gate_idx);
+int cpu_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod, int gate_idx);
 
 #endif

@@ -28,27 +28,25 @@ struct bench {
     kn_tensor x, y, w32, w16;
 };
 
-/* Best time of `repeats` runs of one kn_linear (or of sgemm when w is NULL). */
+/* Time of one kn_linear (or of sgemm when w is NULL). */
 static double time_linear(struct bench *b, const kn_tensor *w)
 {
-    double best = 1e30;
-    for (int r = 0; r < b->repeats; r++) {
-        double t0 = now();
-        if (w) {
-            if (kn_linear(b->ctx, &b->y, &b->x, w, NULL) != 0) {
-                fprintf(stderr, "kn_linear: %s\n", err_msg());
-                exit(1);
-            }
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->M, (int)b->N, (int)b->K,
-                        1.0f, b->x.data, (int)b->K, b->w32.data, (int)b->K, 0.0f, b->y.data,
-                        (int)b->N);
+    double t0 = now();
+    if (w) {
+        if (kn_linear(b->ctx, &b->y, &b->x, w, NULL) != 0) {
+            fprintf(stderr, "kn_linear: %s\n", err_msg());
+            exit(1);
         }
-        double t = now() - t0;
-        if (t < best)
-            best = t;
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->M, (int)b->N, (int)b->K, 1.0f,
+                    b->x.data, (int)b->K, b->w32.data, (int)b->K, 0.0f, b->y.data, (int)b->N);
     }
-    return best;
+    return now() - t0;
+}
+
+static double min2(double a, double b)
+{
+    return a < b ? a : b;
 }
 
 static void run_shape(kn_ctx *ctx, int64_t M, int64_t K, int64_t N, int repeats)
@@ -69,9 +67,13 @@ static void run_shape(kn_ctx *ctx, int64_t M, int64_t K, int64_t N, int repeats)
 
     time_linear(&b, &b.w16); /* warm-up: scratch allocation, BLAS threads */
     double flop = 2.0 * (double)M * (double)N * (double)K;
-    double t_ref = time_linear(&b, NULL);
-    double t_f32 = time_linear(&b, &b.w32);
-    double t_bf16 = time_linear(&b, &b.w16);
+    /* Rounds interleave the three so that load from other processes hits them alike. */
+    double t_ref = 1e30, t_f32 = 1e30, t_bf16 = 1e30;
+    for (int r = 0; r < repeats; r++) {
+        t_ref = min2(t_ref, time_linear(&b, NULL));
+        t_f32 = min2(t_f32, time_linear(&b, &b.w32));
+        t_bf16 = min2(t_bf16, time_linear(&b, &b.w16));
+    }
     printf("M=%lld K=%lld N=%lld (best of %d)\n", (long long)M, (long long)K, (long long)N,
            repeats);
     printf("  cblas_sgemm            %8.1f GFLOP/s  %8.3f ms\n", flop / t_ref * 1e-9, t_ref * 1e3);
@@ -88,8 +90,7 @@ static void run_shape(kn_ctx *ctx, int64_t M, int64_t K, int64_t N, int repeats)
 int main(int argc, char **argv)
 {
     int repeats = argc > 1 ? atoi(argv[1]) : 5;
-    if (repeats < 1)
-        repeats = 1;
+    if (repeats < 1) repeats = 1;
     kn_ctx *ctx;
     if (kn_ctx_create(KN_CPU, 0, &ctx) != 0) {
         fprintf(stderr, "kn_ctx_create: %s\n", err_msg());

@@ -91,8 +91,7 @@ static int close_all(const float *got, const double *ref, const double *scale, i
 
 /* ---- kn_linear ---- */
 
-static void linear_case(kn_dtype wdt, int64_t M, int64_t K, int64_t N, int with_bias,
-                        kn_dtype bdt)
+static void linear_case(kn_dtype wdt, int64_t M, int64_t K, int64_t N, int with_bias, kn_dtype bdt)
 {
     int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N}, bs[1] = {N};
     float *xv = rand_buf(M * K, 1.0f), *wv = rand_buf(N * K, 0.5f), *bv = rand_buf(N, 1.0f);
@@ -132,8 +131,8 @@ static void test_linear_dtypes(void)
 {
     static const kn_dtype dts[] = {KN_F32, KN_F16, KN_BF16, KN_F8_E4M3};
     for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
-        linear_case(dts[i], 1, 37, 53, 1, KN_F32);   /* one row: the matrix-vector path */
-        linear_case(dts[i], 5, 300, 1000, 1, KN_F16); /* small M: 5 panels, the last short */
+        linear_case(dts[i], 1, 37, 53, 1, KN_F32);      /* one row: the matrix-vector path */
+        linear_case(dts[i], 5, 300, 1000, 1, KN_F16);   /* small M: 5 panels, the last short */
         linear_case(dts[i], 33, 1100, 1000, 0, KN_F32); /* large M: one panel */
         linear_case(dts[i], 20, 2100, 2100, 1, KN_F32); /* large M: two uneven panels */
         linear_case(dts[i], 3, 1, 7, 1, KN_BF16);
@@ -161,8 +160,8 @@ static void test_embedding(void)
 
 /* ---- norms ---- */
 
-static void ref_layer_norm(double *out, const float *x, int64_t D, const float *w,
-                           const float *b, double eps)
+static void ref_layer_norm(double *out, const float *x, int64_t D, const float *w, const float *b,
+                           double eps)
 {
     double m = 0, v = 0;
     for (int64_t j = 0; j < D; j++)
@@ -411,8 +410,11 @@ static void attention_case(const struct attn_case *c)
     float *vv = rand_buf(c->B * c->Sk * HD, 1.0f), *bv = rand_buf(c->H * c->Sq * c->Sk, 2.0f);
     kn_tensor q = make_f32(3, qs, qv), k = make_f32(3, ks, kv), v = make_f32(3, ks, vv);
     kn_tensor bias = make_f32(3, bs, bv), lse = zeros(3, ls), o = zeros(3, qs);
-    kn_attn_args args = {.heads = (int)c->H, .scale = c->scale, .causal = c->causal,
-                         .bias = c->bias ? &bias : NULL, .lse = c->lse ? &lse : NULL};
+    kn_attn_args args = {.heads = (int)c->H,
+                         .scale = c->scale,
+                         .causal = c->causal,
+                         .bias = c->bias ? &bias : NULL,
+                         .lse = c->lse ? &lse : NULL};
     CHECKF(kn_attention(ctx, &o, &q, &k, &v, &args) == 0, "%s", err_msg());
 
     double *ref = malloc((size_t)(c->B * c->Sq * HD) * sizeof(double));
@@ -430,8 +432,7 @@ static void attention_case(const struct attn_case *c)
                     for (int64_t d = 0; d < c->Dh; d++)
                         s += (double)qi[d] * kj[d];
                     s *= c->scale;
-                    if (c->bias)
-                        s += bv[(h * c->Sq + i) * c->Sk + j];
+                    if (c->bias) s += bv[(h * c->Sq + i) * c->Sk + j];
                     sc[j] = s;
                     mx = s > mx ? s : mx;
                 }
@@ -521,8 +522,7 @@ static void conv_case(const struct conv_case *c)
                             for (int64_t kx = 0; kx < c->k; kx++) {
                                 int64_t iy = oy * c->stride - c->pad + ky;
                                 int64_t ix = ox * c->stride - c->pad + kx;
-                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W)
-                                    continue;
+                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
                                 double p = (double)xv[((bi * c->C + ci) * c->H + iy) * c->W + ix] *
                                            wv[((o * c->C + ci) * c->k + ky) * c->k + kx];
                                 s += p;
@@ -547,13 +547,13 @@ static void conv_case(const struct conv_case *c)
 static void test_conv2d(void)
 {
     static const struct conv_case cases[] = {
-        {2, 3, 11, 9, 5, 3, 1, 1, 1, KN_F32},  /* 3x3 pad 1 */
+        {2, 3, 11, 9, 5, 3, 1, 1, 1, KN_F32}, /* 3x3 pad 1 */
         {1, 4, 8, 10, 6, 3, 1, 1, 1, KN_F16},
-        {2, 7, 5, 6, 3, 1, 1, 0, 1, KN_F32},   /* 1x1: direct GEMM */
-        {1, 5, 8, 12, 7, 2, 2, 0, 1, KN_BF16}, /* 2x2 stride 2: patch embedding */
-        {1, 3, 9, 11, 4, 3, 2, 1, 0, KN_F32},  /* 3x3 stride 2 pad 1 */
-        {1, 2, 7, 7, 3, 3, 1, 0, 1, KN_F32},   /* no padding */
-        {1, 3, 7, 6, 2, 5, 3, 2, 1, KN_F32},   /* 5x5 stride 3 pad 2 */
+        {2, 7, 5, 6, 3, 1, 1, 0, 1, KN_F32},      /* 1x1: direct GEMM */
+        {1, 5, 8, 12, 7, 2, 2, 0, 1, KN_BF16},    /* 2x2 stride 2: patch embedding */
+        {1, 3, 9, 11, 4, 3, 2, 1, 0, KN_F32},     /* 3x3 stride 2 pad 1 */
+        {1, 2, 7, 7, 3, 3, 1, 0, 1, KN_F32},      /* no padding */
+        {1, 3, 7, 6, 2, 5, 3, 2, 1, KN_F32},      /* 5x5 stride 3 pad 2 */
         {1, 64, 30, 1000, 4, 3, 1, 1, 1, KN_F16}, /* im2col split into row blocks */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

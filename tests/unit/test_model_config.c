@@ -135,11 +135,16 @@ static int jint(const json_t *o, const char *key)
     return (int)json_integer_value(v);
 }
 
-static float jnum(const json_t *o, const char *key)
+static double jdouble(const json_t *o, const char *key)
 {
     const json_t *v = json_object_get(o, key);
     CHECKF(json_is_number(v), "fixture key %s", key);
-    return (float)json_number_value(v);
+    return json_number_value(v);
+}
+
+static float jnum(const json_t *o, const char *key)
+{
+    return (float)jdouble(o, key);
 }
 
 static void check_clip(const clip_config *c, const char *rel, act_kind_cfg act)
@@ -221,7 +226,7 @@ static void test_fixture_values(void)
     CHECK(s->num_train_timesteps == jint(j, "num_train_timesteps"));
     CHECK(s->shift == jnum(j, "shift") && s->shift == 3.0f);
     CHECK(s->use_dynamic_shifting == json_is_true(json_object_get(j, "use_dynamic_shifting")));
-    CHECK(s->base_shift == jnum(j, "base_shift") && s->max_shift == jnum(j, "max_shift"));
+    CHECK(s->base_shift == jdouble(j, "base_shift") && s->max_shift == jdouble(j, "max_shift"));
     CHECK(s->base_image_seq_len == jint(j, "base_image_seq_len"));
     CHECK(s->max_image_seq_len == jint(j, "max_image_seq_len"));
     json_decref(j);
@@ -267,7 +272,7 @@ static void test_defaults(void)
     CHECK(v->use_post_quant_conv && v->mid_block_add_attention);
     const scheduler_config *s = &m->scheduler;
     CHECK(s->num_train_timesteps == 1000 && s->shift == 1.0f && !s->use_dynamic_shifting);
-    CHECK(s->base_shift == 0.5f && s->max_shift == 1.15f);
+    CHECK(s->base_shift == 0.5 && s->max_shift == 1.15);
     CHECK(s->base_image_seq_len == 256 && s->max_image_seq_len == 4096);
     model_config_free(m);
 }

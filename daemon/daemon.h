@@ -1,0 +1,63 @@
+/* The daemon's state as the reactor thread holds it, shared by the event loop (reactor.c),
+ * the request handlers (ops.c) and the job lifecycle (jobs.c). Every field belongs to the
+ * reactor thread; the workers see only their own struct worker and the jobs handed to them.
+ * Not a public API: focusd.c starts the reactor through reactor_run(). */
+#ifndef FOCUS_DAEMON_DAEMON_H
+#define FOCUS_DAEMON_DAEMON_H
+
+#include "daemon/config.h"
+#include "daemon/sched.h"
+#include "daemon/session.h"
+#include "daemon/store.h"
+#include "daemon/worker.h"
+#include "protocol/proto.h"
+
+#include <msgpack.h>
+#include <stdbool.h>
+
+struct daemon {
+    struct config *cfg;
+    const struct config_overrides *ov;
+    void *zctx, *router_ipc, *router_tcp, *zap;
+    int sigfd;
+    char *socket_path;       /* the ipc socket file we created; NULL when inherited */
+    struct store *store;
+    struct worker *workers;
+    msgpack_sbuffer sb;      /* scratch for encoding one message */
+    double t_start;          /* monotonic */
+    bool stopping, ready;
+};
+
+extern struct daemon D;
+
+double now_wall(void);
+double now_mono(void);
+
+/* jobs.c: the lifecycle of live jobs. */
+struct worker *daemon_worker(const char *model); /* a configured, not retiring model */
+void jobs_status(const struct djob *j, struct proto_job_status *st);
+void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st);
+void jobs_emit(struct djob *j, const struct proto_event *ev);
+void jobs_watch(struct djob *j, struct session *s);
+/* Admits a durable job into its model's queue and the index (state queued). */
+void jobs_enqueue(struct djob *j, struct worker *w);
+/* Ends a live job: persists its final state, tells its watchers, frees it. */
+void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
+void jobs_worker_event(struct wevent *e);
+/* Loads the store's queued jobs of a model that are not in memory yet (start: first turns
+ * interrupted running jobs back into queued ones). */
+int jobs_recover(struct worker *w, bool at_start);
+/* Jobs queued and running, over all models. */
+void jobs_counts(uint32_t *queued, uint32_t *running);
+/* A stopped worker's jobs: the active ones are queued again in the store; all are freed. */
+void jobs_release_worker(struct worker *w);
+
+/* ops.c: one request from a session. */
+void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user);
+void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
+                     const char *field, const char *message);
+
+/* reactor.c */
+int reactor_run(struct config *cfg, const struct config_overrides *ov);
+
+#endif

@@ -1,0 +1,255 @@
+/* The lifecycle of live jobs in the reactor: queueing, status, events to watchers, the
+ * transitions the workers report, and recovery from the store. Persisting goes through the
+ * store's grouped transaction, so a state change and the event announcing it leave together
+ * after the commit at the end of the reactor turn. */
+#include "daemon/daemon.h"
+
+#include "common/err.h"
+#include "daemon/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct worker *daemon_worker(const char *model)
+{
+    for (struct worker *w = D.workers; w; w = w->next)
+        if (strcmp(w->sm.name, model) == 0 && !w->sm.retire)
+            return w;
+    return NULL;
+}
+
+void jobs_counts(uint32_t *queued, uint32_t *running)
+{
+    *queued = *running = 0;
+    for (struct worker *w = D.workers; w; w = w->next) {
+        pthread_mutex_lock(&w->sm.lock);
+        *queued += w->sm.n_queued;
+        *running += (uint32_t)w->sm.n_active;
+        pthread_mutex_unlock(&w->sm.lock);
+    }
+}
+
+void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
+{
+    memset(st, 0, sizeof *st);
+    snprintf(st->job, sizeof st->job, "%s", sj->id);
+    st->state = sj->state;
+    st->step = sj->step;
+    st->steps = sj->steps;
+    st->images = sj->state == PROTO_STATE_DONE ? sj->images : 0;
+    st->created = sj->created;
+    st->started = sj->started;
+    st->finished = sj->finished;
+    st->params = sj->params;
+    st->params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    st->error = sj->error;
+}
+
+void jobs_status(const struct djob *j, struct proto_job_status *st)
+{
+    jobs_status_stored(&j->sj, st);
+    struct sched_model *m = j->model;
+    pthread_mutex_lock(&m->lock);
+    st->state = j->sj.state;
+    st->step = j->sj.step;
+    if (st->state == PROTO_STATE_QUEUED)
+        st->position = sched_position(m, j);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void jobs_emit(struct djob *j, const struct proto_event *ev)
+{
+    msgpack_sbuffer_clear(&D.sb);
+    if (proto_event_encode(&D.sb, ev) < 0) {
+        log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind),
+                err_msg());
+        return;
+    }
+    for (size_t i = 0; i < j->n_watchers; i++) {
+        struct session *s = session_by_name(j->watchers[i]);
+        if (s)
+            session_send(s, D.sb.data, D.sb.size,
+                         ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL, D.cfg->client_buffer);
+    }
+}
+
+void jobs_watch(struct djob *j, struct session *s)
+{
+    if (djob_add_watcher(j, s->name))
+        s->watching++;
+}
+
+void jobs_enqueue(struct djob *j, struct worker *w)
+{
+    j->model = &w->sm;
+    sched_index_add(j);
+    pthread_mutex_lock(&w->sm.lock);
+    sched_push(&w->sm, j);
+    pthread_cond_signal(&w->sm.wake);
+    pthread_mutex_unlock(&w->sm.lock);
+}
+
+static void event_init(struct proto_event *ev, enum proto_event_kind kind, const struct djob *j)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->kind = kind;
+    snprintf(ev->job, sizeof ev->job, "%s", j->sj.id);
+}
+
+static void unwatch_all(struct djob *j)
+{
+    for (size_t i = 0; i < j->n_watchers; i++) {
+        struct session *s = session_by_name(j->watchers[i]);
+        if (s && s->watching)
+            s->watching--;
+    }
+}
+
+void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err)
+{
+    j->sj.state = state;
+    j->sj.finished = now_wall();
+    if (err)
+        j->sj.error = *err;
+    if (store_update(D.store, &j->sj) < 0)
+        log_err("job %s: %s", j->sj.id, err_msg());
+    struct proto_event ev;
+    static const enum proto_event_kind kinds[PROTO_STATE_COUNT] = {
+        [PROTO_STATE_DONE] = PROTO_EV_DONE, [PROTO_STATE_FAILED] = PROTO_EV_FAILED,
+        [PROTO_STATE_CANCELED] = PROTO_EV_CANCELED};
+    event_init(&ev, kinds[state], j);
+    ev.images = state == PROTO_STATE_DONE ? j->sj.images : 0;
+    ev.elapsed = j->sj.started > 0 ? j->sj.finished - j->sj.started : 0;
+    if (err)
+        ev.error = *err;
+    jobs_emit(j, &ev);
+    log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
+            proto_state_name(state), err ? ": " : "", err ? err->message : "");
+    unwatch_all(j);
+    sched_index_del(j);
+    djob_free(j);
+}
+
+static void on_done(struct djob *j)
+{
+    int rc = 0;
+    char path[PROTO_MAX_TEXT + 1];
+    for (uint32_t i = 0; !rc && i < j->sj.params.count; i++) {
+        snprintf(path, sizeof path, "%s-%u.png", j->sj.id, i);
+        rc = store_add_image(D.store, j->sj.id, i, path, j->sha256[i], j->bytes[i]);
+    }
+    if (rc) {
+        struct proto_error e = {.code = PROTO_E_INTERNAL};
+        snprintf(e.message, sizeof e.message, "%s", err_msg());
+        jobs_finish(j, PROTO_STATE_FAILED, &e);
+        return;
+    }
+    j->sj.images = j->sj.params.count;
+    j->sj.step = j->sj.steps;
+    jobs_finish(j, PROTO_STATE_DONE, NULL);
+}
+
+void jobs_worker_event(struct wevent *e)
+{
+    struct djob *j = e->job;
+    struct proto_event ev;
+    switch (e->kind) {
+    case WEV_STARTED:
+        j->sj.started = now_wall();
+        if (store_update(D.store, &j->sj) < 0)
+            log_err("job %s: %s", j->sj.id, err_msg());
+        event_init(&ev, PROTO_EV_STARTED, j);
+        ev.steps = j->sj.steps;
+        jobs_emit(j, &ev);
+        break;
+    case WEV_PROGRESS:
+        event_init(&ev, PROTO_EV_PROGRESS, j);
+        ev.step = e->step;
+        ev.steps = e->steps;
+        ev.elapsed = e->elapsed;
+        ev.eta = e->step ? e->elapsed / e->step * (e->steps - e->step) : 0;
+        jobs_emit(j, &ev);
+        break;
+    case WEV_DONE:
+        on_done(j);
+        break;
+    case WEV_FAILED:
+        jobs_finish(j, PROTO_STATE_FAILED, &e->error);
+        break;
+    case WEV_CANCELED: {
+        struct proto_error err = {.code = PROTO_E_CANCELED};
+        snprintf(err.message, sizeof err.message, "canceled");
+        jobs_finish(j, PROTO_STATE_CANCELED, &err);
+        break;
+    }
+    case WEV_LOADED:
+        break;
+    case WEV_LOAD_FAILED:
+        log_err("model %s: %s", e->w->sm.name, e->error.message);
+        break;
+    case WEV_EXITED:
+        worker_join(e->w);
+        break;
+    }
+}
+
+struct recover_ctx {
+    struct worker *w; /* NULL: any configured model */
+    unsigned loaded, orphans;
+};
+
+static void recover_one(void *ctx, const struct store_job *sj)
+{
+    struct recover_ctx *rc = ctx;
+    if (sched_find(sj->id))
+        return;
+    struct worker *w = rc->w ? rc->w : daemon_worker(sj->params.model);
+    if (!w || strcmp(w->sm.name, sj->params.model) != 0) {
+        rc->orphans += rc->w == NULL;
+        return;
+    }
+    jobs_enqueue(djob_new(sj), w);
+    rc->loaded++;
+}
+
+int jobs_recover(struct worker *w, bool at_start)
+{
+    struct recover_ctx ctx = {w, 0, 0};
+    int rc = at_start ? store_recover(D.store, recover_one, &ctx)
+                      : store_list(D.store, true, PROTO_STATE_QUEUED, UINT32_MAX >> 1,
+                                   recover_one, &ctx);
+    if (ctx.loaded)
+        log_info("job store: %u queued job(s) resumed", ctx.loaded);
+    if (ctx.orphans)
+        log_warn("job store: %u queued job(s) wait for a model that is not configured",
+                 ctx.orphans);
+    return rc;
+}
+
+static void release(struct djob *j)
+{
+    sched_index_del(j);
+    djob_free(j);
+}
+
+void jobs_release_worker(struct worker *w)
+{
+    struct sched_model *m = &w->sm;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n_active; i++) {
+        struct djob *j = m->active[i];
+        j->sj.state = PROTO_STATE_QUEUED;
+        j->sj.step = 0;
+        j->sj.started = 0;
+        if (store_update(D.store, &j->sj) < 0)
+            log_err("job %s: %s", j->sj.id, err_msg());
+        release(j);
+    }
+    m->n_active = 0;
+    struct djob *j;
+    while (m->n_queues && (j = m->queues[0].head)) {
+        sched_remove(m, j);
+        release(j);
+    }
+    pthread_mutex_unlock(&m->lock);
+}

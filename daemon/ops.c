@@ -1,0 +1,366 @@
+/* The request handlers: a frame from a session is validated and decoded by the protocol
+ * library (size, then structure, then types and ranges), then dispatched by op. Every request
+ * gets exactly one reply, an error naming the field when it cannot be served; nothing a
+ * client sends can make the reactor block or compute. */
+#include "daemon/daemon.h"
+
+#include "common/err.h"
+#include "common/xalloc.h"
+#include "daemon/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void send_sb(struct session *s)
+{
+    session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
+}
+
+void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
+                     const char *field, const char *message)
+{
+    msgpack_sbuffer_clear(&D.sb);
+    if (proto_reply_error(&D.sb, id, code, field, message) == 0)
+        send_sb(s);
+}
+
+/* An encoder's failure (out of memory, an image over the frame limit) becomes an internal
+ * error reply rather than silence. */
+static void finish_reply(struct session *s, const struct proto_id *id, int rc)
+{
+    if (rc == 0) {
+        send_sb(s);
+        return;
+    }
+    char msg[PROTO_MAX_TEXT + 1];
+    snprintf(msg, sizeof msg, "%s", err_msg());
+    ops_reply_error(s, id, PROTO_E_INTERNAL, "", msg);
+}
+
+static void op_hello(struct session *s, const struct proto_request *r)
+{
+    if (r->u.hello.client[0])
+        snprintf(s->client, sizeof s->client, "%s", r->u.hello.client);
+    struct proto_hello_reply h = {.protocol = PROTO_VERSION, .max_queue = D.cfg->max_queue};
+    snprintf(h.server, sizeof h.server, "focusd");
+    snprintf(h.version, sizeof h.version, "%s", FOCUSD_VERSION);
+    snprintf(h.session, sizeof h.session, "%s", s->name);
+    snprintf(h.default_model, sizeof h.default_model, "%s", D.cfg->default_model);
+    const char *names[64];
+    for (size_t i = 0; i < D.cfg->n_models && i < 64; i++)
+        names[h.n_models++] = D.cfg->models[i].name;
+    h.models = names;
+    msgpack_sbuffer_clear(&D.sb);
+    finish_reply(s, &r->id, proto_reply_hello(&D.sb, &r->id, &h));
+}
+
+/* The parameter an engine message is about, for the error's field. */
+static const char *field_of(const char *msg)
+{
+    static const char *const names[] = {"negative_prompt", "prompt", "steps", "guidance",
+                                         "width", "height", "max_seq", "count", "seed"};
+    const char *best = "", *at = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const char *p = strstr(msg, names[i]);
+        if (p && (!at || p < at)) {
+            at = p;
+            best = names[i];
+        }
+    }
+    return best;
+}
+
+static void new_job_id(char *id, size_t cap)
+{
+    uint8_t r[8];
+    if (getrandom(r, sizeof r, 0) != sizeof r) {
+        /* Without entropy, time and a counter still give unique ids. */
+        static uint32_t serial;
+        uint64_t t = (uint64_t)(now_wall() * 1e6);
+        memcpy(r, &t, 4);
+        serial++;
+        memcpy(r + 4, &serial, 4);
+    }
+    snprintf(id, cap, "j%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5],
+             r[6], r[7]);
+}
+
+static void op_submit(struct session *s, const struct proto_request *r, const char *user)
+{
+    const struct proto_submit *in = &r->u.submit;
+    const char *model = in->model[0] ? in->model : D.cfg->default_model;
+    struct worker *w = daemon_worker(model);
+    if (!w)
+        return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "model", "no such model");
+    if (D.stopping)
+        return ops_reply_error(s, &r->id, PROTO_E_UNAVAILABLE, "", "the daemon is stopping");
+    if (!atomic_load(&w->loaded))
+        return ops_reply_error(s, &r->id, PROTO_E_UNAVAILABLE, "model",
+                               w->exited ? "the model failed to load" : "the model is loading");
+    struct store_job sj = {0};
+    sj.params = *in;
+    snprintf(sj.params.model, sizeof sj.params.model, "%s", model);
+    sj.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    sj.params.watch = false;
+    const struct proto_submit *p = &sj.params;
+    uint64_t px = (uint64_t)p->width * p->height;
+    if (px * p->count > D.cfg->max_job_pixels) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%ux%u x %u images exceed the %llu pixels a job may take",
+                 p->width, p->height, p->count, (unsigned long long)D.cfg->max_job_pixels);
+        return ops_reply_error(s, &r->id, PROTO_E_TOO_LARGE,
+                               px > D.cfg->max_job_pixels ? "width" : "count", msg);
+    }
+    struct djob *j = djob_new(&sj);
+    if (engine_check_params(w->engine, &j->gp) < 0) {
+        char msg[PROTO_MAX_TEXT + 1];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        djob_free(j);
+        return ops_reply_error(s, &r->id, PROTO_E_BAD_FIELD, field_of(msg), msg);
+    }
+    uint32_t queued, running;
+    jobs_counts(&queued, &running);
+    pthread_mutex_lock(&w->sm.lock);
+    uint32_t mine = sched_session_queued(&w->sm, s->name);
+    pthread_mutex_unlock(&w->sm.lock);
+    if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_session) {
+        djob_free(j);
+        return ops_reply_error(s, &r->id, PROTO_E_BUSY, "",
+                               queued >= D.cfg->max_queue ? "the queue is full"
+                                                          : "this session's queue is full");
+    }
+    new_job_id(j->sj.id, sizeof j->sj.id);
+    snprintf(j->sj.session, sizeof j->sj.session, "%s", s->name);
+    j->sj.state = PROTO_STATE_QUEUED;
+    j->sj.created = now_wall();
+    j->sj.steps = p->steps;
+    snprintf(j->owner, sizeof j->owner, "%s", user);
+    /* The reply waits in the session's queue for the commit at the end of this turn. */
+    if (store_insert(D.store, &j->sj) < 0) {
+        char msg[PROTO_MAX_TEXT + 1];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        djob_free(j);
+        log_err("%s", msg);
+        return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    }
+    jobs_enqueue(j, w);
+    msgpack_sbuffer_clear(&D.sb);
+    finish_reply(s, &r->id, proto_reply_submit(&D.sb, &r->id, j->sj.id));
+    if (in->watch) {
+        jobs_watch(j, s);
+        struct proto_event ev = {.kind = PROTO_EV_QUEUED};
+        snprintf(ev.job, sizeof ev.job, "%s", j->sj.id);
+        pthread_mutex_lock(&w->sm.lock);
+        ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
+        pthread_mutex_unlock(&w->sm.lock);
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_event_encode(&D.sb, &ev) == 0)
+            send_sb(s);
+    }
+}
+
+/* watch, cancel and job: the job's status, live or stored. */
+static void op_job(struct session *s, const struct proto_request *r, const char *user)
+{
+    struct proto_job_status st;
+    struct djob *j = sched_find(r->u.job.job);
+    if (j) {
+        if (r->op == PROTO_OP_CANCEL && j->owner[0] && *user && strcmp(j->owner, user) != 0)
+            return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
+                                   "the job belongs to another user");
+        if (r->op == PROTO_OP_WATCH)
+            jobs_watch(j, s);
+        jobs_status(j, &st);
+        if (r->op == PROTO_OP_CANCEL) {
+            struct sched_model *m = j->model;
+            pthread_mutex_lock(&m->lock);
+            bool removed = sched_remove(m, j);
+            if (!removed)
+                j->cancel = true; /* running: the worker stops it at the next step */
+            pthread_mutex_unlock(&m->lock);
+            if (removed) {
+                struct proto_error err = {.code = PROTO_E_CANCELED};
+                snprintf(err.message, sizeof err.message, "canceled while queued");
+                st.state = PROTO_STATE_CANCELED;
+                st.position = 0;
+                st.error = err;
+                st.finished = now_wall();
+                jobs_finish(j, PROTO_STATE_CANCELED, &err);
+            }
+        }
+    } else {
+        struct store_job *sj = xmalloc(sizeof *sj);
+        int rc = store_get(D.store, r->u.job.job, sj);
+        if (rc == 0)
+            jobs_status_stored(sj, &st);
+        free(sj);
+        if (rc == ERR_MISSING)
+            return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+        if (rc)
+            return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    }
+    msgpack_sbuffer_clear(&D.sb);
+    finish_reply(s, &r->id, proto_reply_job(&D.sb, &r->id, &st));
+}
+
+struct list_ctx {
+    struct proto_job_status *st;
+    size_t n;
+};
+
+static void list_one(void *ctx, const struct store_job *sj)
+{
+    struct list_ctx *lc = ctx;
+    struct djob *j = sched_find(sj->id);
+    if (j)
+        jobs_status(j, &lc->st[lc->n]);
+    else
+        jobs_status_stored(sj, &lc->st[lc->n]);
+    lc->n++;
+}
+
+static void op_jobs(struct session *s, const struct proto_request *r)
+{
+    struct list_ctx lc = {xcalloc(r->u.jobs.limit, sizeof *lc.st), 0};
+    /* The store lags behind memory for live jobs; they are listed as they are now. */
+    int rc = store_list(D.store, r->u.jobs.has_state, r->u.jobs.state, r->u.jobs.limit,
+                        list_one, &lc);
+    msgpack_sbuffer_clear(&D.sb);
+    if (rc)
+        ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    else
+        finish_reply(s, &r->id, proto_reply_jobs(&D.sb, &r->id, lc.st, lc.n));
+    free(lc.st);
+}
+
+static int read_file(const char *path, uint64_t expect, uint8_t **out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || (uint64_t)st.st_size != expect) {
+        if (fd >= 0)
+            close(fd);
+        return err_set(ERR_IO, "%s: %s", path, fd < 0 ? strerror(errno) : "size changed");
+    }
+    uint8_t *buf = malloc(expect ? expect : 1);
+    ssize_t n = buf ? read(fd, buf, expect) : -1;
+    close(fd);
+    if (n < 0 || (uint64_t)n != expect) {
+        free(buf);
+        return err_set(ERR_IO, "%s: short read", path);
+    }
+    *out = buf;
+    return 0;
+}
+
+static void op_fetch(struct session *s, const struct proto_request *r)
+{
+    struct store_job *sj = xmalloc(sizeof *sj);
+    struct store_image img;
+    int rc = store_get(D.store, r->u.fetch.job, sj);
+    if (rc == ERR_MISSING) {
+        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+    } else if (rc) {
+        ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    } else if (sj->state != PROTO_STATE_DONE) {
+        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job",
+                        sched_find(sj->id) ? "the job has not finished" : "the job has no images");
+    } else if (r->u.fetch.index >= sj->images) {
+        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "no image with this index");
+    } else if (store_image(D.store, sj->id, r->u.fetch.index, &img) < 0) {
+        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image is gone");
+    } else {
+        uint8_t *png = NULL;
+        if (read_file(img.path, img.bytes, &png) < 0) {
+            log_err("fetch: %s", err_msg());
+            ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image file is gone");
+        } else {
+            struct proto_image pi = {.index = r->u.fetch.index, .png = png,
+                                     .png_len = img.bytes, .width = sj->params.width,
+                                     .height = sj->params.height, .seed = sj->params.seed,
+                                     .params = sj->params};
+            snprintf(pi.job, sizeof pi.job, "%s", sj->id);
+            memcpy(pi.sha256, img.sha256, 32);
+            pi.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+            msgpack_sbuffer_clear(&D.sb);
+            finish_reply(s, &r->id, proto_reply_fetch(&D.sb, &r->id, &pi));
+            free(png);
+        }
+    }
+    free(sj);
+}
+
+static void op_models(struct session *s, const struct proto_request *r)
+{
+    struct proto_model_info *mi = xcalloc(D.cfg->n_models + 1, sizeof *mi);
+    size_t n = 0;
+    for (size_t i = 0; i < D.cfg->n_models; i++) {
+        const struct config_model *cm = &D.cfg->models[i];
+        struct worker *w = daemon_worker(cm->name);
+        struct proto_model_info *m = &mi[n++];
+        snprintf(m->name, sizeof m->name, "%s", cm->name);
+        snprintf(m->path, sizeof m->path, "%s", cm->path);
+        bool loaded = w && atomic_load(&w->loaded);
+        snprintf(m->device, sizeof m->device, "%s",
+                 loaded ? w->resolved : config_model_device(D.cfg, cm));
+        /* The CPU backend computes in fp32; the GPU one in bf16 with fp32 accumulation. */
+        snprintf(m->dtype, sizeof m->dtype, "%s",
+                 loaded && strncmp(w->resolved, "cuda", 4) == 0 ? "bf16" : "fp32");
+        m->memory = loaded ? engine_weight_bytes(w->engine) : 0;
+        m->loaded = loaded;
+    }
+    msgpack_sbuffer_clear(&D.sb);
+    finish_reply(s, &r->id, proto_reply_models(&D.sb, &r->id, mi, n));
+    free(mi);
+}
+
+static void op_stats(struct session *s, const struct proto_request *r)
+{
+    struct proto_stats st = {0};
+    uint32_t queued, running;
+    jobs_counts(&queued, &running);
+    st.queued = queued;
+    st.running = running;
+    if (store_count(D.store, PROTO_STATE_DONE, &st.done) < 0 ||
+        store_count(D.store, PROTO_STATE_FAILED, &st.failed) < 0 ||
+        store_count(D.store, PROTO_STATE_CANCELED, &st.canceled) < 0)
+        return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    st.sessions = session_count(now_mono(), D.cfg->session_timeout);
+    st.uptime = now_mono() - D.t_start;
+    msgpack_sbuffer_clear(&D.sb);
+    finish_reply(s, &r->id, proto_reply_stats(&D.sb, &r->id, &st));
+}
+
+void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user)
+{
+    static struct proto_request r; /* large (two prompts); the reactor is one thread */
+    struct proto_error perr = {0};
+    if (proto_parse_request(buf, len, &r, &perr) < 0) {
+        log_debug("session %s: refused request: %s", s->name, err_msg());
+        return ops_reply_error(s, &r.id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE,
+                               perr.field, perr.message);
+    }
+    switch (r.op) {
+    case PROTO_OP_HELLO: op_hello(s, &r); break;
+    case PROTO_OP_SUBMIT: op_submit(s, &r, user); break;
+    case PROTO_OP_WATCH:
+    case PROTO_OP_CANCEL:
+    case PROTO_OP_JOB: op_job(s, &r, user); break;
+    case PROTO_OP_JOBS: op_jobs(s, &r); break;
+    case PROTO_OP_FETCH: op_fetch(s, &r); break;
+    case PROTO_OP_MODELS: op_models(s, &r); break;
+    case PROTO_OP_STATS: op_stats(s, &r); break;
+    case PROTO_OP_PING:
+        msgpack_sbuffer_clear(&D.sb);
+        finish_reply(s, &r.id, proto_reply_pong(&D.sb, &r.id));
+        break;
+    default:
+        ops_reply_error(s, &r.id, PROTO_E_UNKNOWN_OP, "op", "unknown op");
+    }
+}

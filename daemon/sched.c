@@ -1,0 +1,259 @@
+/* Fair per-session queues of live jobs and the job index; see sched.h. */
+#include "daemon/sched.h"
+
+#include "common/xalloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void sched_model_init(struct sched_model *m, const char *name, uint32_t batch_max)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->wake, NULL);
+    m->max_active = batch_max < SCHED_MAX_ACTIVE ? batch_max : SCHED_MAX_ACTIVE;
+    m->active = xcalloc(SCHED_MAX_ACTIVE, sizeof *m->active);
+}
+
+void sched_model_destroy(struct sched_model *m)
+{
+    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->wake);
+    free(m->queues);
+    free(m->active);
+}
+
+static struct sched_queue *find_queue(const struct sched_model *m, const char *session,
+                                      size_t *index)
+{
+    for (size_t i = 0; i < m->n_queues; i++)
+        if (strcmp(m->queues[i].session, session) == 0) {
+            if (index)
+                *index = i;
+            return &m->queues[i];
+        }
+    return NULL;
+}
+
+/* Higher priority first, then older (lower seq). */
+static bool before(const struct djob *a, const struct djob *b)
+{
+    if (a->sj.params.priority != b->sj.params.priority)
+        return a->sj.params.priority > b->sj.params.priority;
+    return a->sj.seq < b->sj.seq;
+}
+
+void sched_push(struct sched_model *m, struct djob *j)
+{
+    struct sched_queue *q = find_queue(m, j->sj.session, NULL);
+    if (!q) {
+        /* A new session joins at the end of the current round. */
+        m->queues = xrealloc(m->queues, (m->n_queues + 1) * sizeof *m->queues);
+        size_t at = m->n_queues ? m->rr : 0;
+        memmove(&m->queues[at + 1], &m->queues[at], (m->n_queues - at) * sizeof *m->queues);
+        m->n_queues++;
+        if (m->n_queues > 1)
+            m->rr = (m->rr + 1) % m->n_queues;
+        q = &m->queues[at];
+        memset(q, 0, sizeof *q);
+        snprintf(q->session, sizeof q->session, "%s", j->sj.session);
+    }
+    j->sj.state = PROTO_STATE_QUEUED;
+    j->qnext = NULL;
+    if (!q->head) {
+        q->head = q->tail = j;
+    } else if (!before(j, q->tail)) {
+        q->tail->qnext = j;
+        q->tail = j;
+    } else if (before(j, q->head)) {
+        j->qnext = q->head;
+        q->head = j;
+    } else {
+        struct djob *p = q->head;
+        while (p->qnext && !before(j, p->qnext))
+            p = p->qnext;
+        j->qnext = p->qnext;
+        p->qnext = j;
+    }
+    q->n++;
+    m->n_queued++;
+}
+
+static void drop_queue(struct sched_model *m, size_t i)
+{
+    memmove(&m->queues[i], &m->queues[i + 1], (m->n_queues - i - 1) * sizeof *m->queues);
+    m->n_queues--;
+    if (i < m->rr)
+        m->rr--;
+    if (m->rr >= m->n_queues)
+        m->rr = 0;
+}
+
+bool sched_remove(struct sched_model *m, struct djob *j)
+{
+    size_t qi;
+    struct sched_queue *q = find_queue(m, j->sj.session, &qi);
+    if (!q || j->sj.state != PROTO_STATE_QUEUED)
+        return false;
+    struct djob *prev = NULL;
+    for (struct djob *p = q->head; p; prev = p, p = p->qnext) {
+        if (p != j)
+            continue;
+        if (prev)
+            prev->qnext = p->qnext;
+        else
+            q->head = p->qnext;
+        if (q->tail == p)
+            q->tail = prev;
+        q->n--;
+        m->n_queued--;
+        if (q->n == 0)
+            drop_queue(m, qi);
+        return true;
+    }
+    return false;
+}
+
+struct djob *sched_pop(struct sched_model *m)
+{
+    if (m->n_queues == 0)
+        return NULL;
+    size_t qi = m->rr % m->n_queues;
+    struct sched_queue *q = &m->queues[qi];
+    struct djob *j = q->head;
+    q->head = j->qnext;
+    if (!q->head)
+        q->tail = NULL;
+    q->n--;
+    m->n_queued--;
+    if (q->n == 0)
+        drop_queue(m, qi); /* rr now names the session after it */
+    else
+        m->rr = (qi + 1) % m->n_queues;
+    j->qnext = NULL;
+    j->sj.state = PROTO_STATE_RUNNING;
+    m->active[m->n_active++] = j;
+    return j;
+}
+
+void sched_deactivate(struct sched_model *m, struct djob *j)
+{
+    for (size_t i = 0; i < m->n_active; i++)
+        if (m->active[i] == j) {
+            memmove(&m->active[i], &m->active[i + 1], (m->n_active - i - 1) * sizeof *m->active);
+            m->n_active--;
+            return;
+        }
+}
+
+uint32_t sched_position(const struct sched_model *m, const struct djob *j)
+{
+    size_t qi;
+    const struct sched_queue *q = find_queue(m, j->sj.session, &qi);
+    if (!q)
+        return 0;
+    uint32_t k = 0;
+    for (const struct djob *p = q->head; p && p != j; p = p->qnext)
+        k++;
+    /* Each round serves every session once, starting at rr: a session served before j's in
+     * the round gets k + 1 of its jobs in ahead of j, one after it gets k. */
+    uint32_t pos = k;
+    size_t n = m->n_queues, mine = (qi + n - m->rr) % n;
+    for (size_t i = 0; i < n; i++) {
+        if (i == qi)
+            continue;
+        uint32_t ahead = k + ((i + n - m->rr) % n < mine ? 1 : 0);
+        pos += m->queues[i].n < ahead ? m->queues[i].n : ahead;
+    }
+    return pos;
+}
+
+uint32_t sched_session_queued(const struct sched_model *m, const char *session)
+{
+    const struct sched_queue *q = find_queue(m, session, NULL);
+    return q ? q->n : 0;
+}
+
+/* ---- Job index ---- */
+
+#define INDEX_BUCKETS 4096
+static struct djob *index_buckets[INDEX_BUCKETS];
+static size_t index_count;
+
+static size_t bucket_of(const char *id)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (uint8_t)*id) * 16777619u;
+    return h % INDEX_BUCKETS;
+}
+
+void sched_index_add(struct djob *j)
+{
+    size_t b = bucket_of(j->sj.id);
+    j->hnext = index_buckets[b];
+    index_buckets[b] = j;
+    index_count++;
+}
+
+void sched_index_del(struct djob *j)
+{
+    for (struct djob **p = &index_buckets[bucket_of(j->sj.id)]; *p; p = &(*p)->hnext)
+        if (*p == j) {
+            *p = j->hnext;
+            index_count--;
+            return;
+        }
+}
+
+struct djob *sched_find(const char *id)
+{
+    for (struct djob *j = index_buckets[bucket_of(id)]; j; j = j->hnext)
+        if (strcmp(j->sj.id, id) == 0)
+            return j;
+    return NULL;
+}
+
+size_t sched_index_count(void)
+{
+    return index_count;
+}
+
+struct djob *djob_new(const struct store_job *sj)
+{
+    struct djob *j = xcalloc(1, sizeof *j);
+    j->sj = *sj;
+    const struct proto_submit *p = &j->sj.params;
+    gen_params_defaults(&j->gp);
+    j->gp.prompt = p->prompt;
+    j->gp.negative_prompt = p->negative_prompt;
+    j->gp.seed = p->seed;
+    j->gp.steps = (int)p->steps;
+    j->gp.guidance = (float)p->guidance;
+    j->gp.width = (int)p->width;
+    j->gp.height = (int)p->height;
+    j->gp.max_seq = (int)p->max_seq;
+    j->gp.count = (int)p->count;
+    return j;
+}
+
+void djob_free(struct djob *j)
+{
+    if (!j)
+        return;
+    if (j->gj)
+        engine_job_free(j->gj);
+    free(j->watchers);
+    free(j);
+}
+
+bool djob_add_watcher(struct djob *j, const char *session)
+{
+    for (size_t i = 0; i < j->n_watchers; i++)
+        if (strcmp(j->watchers[i], session) == 0)
+            return false;
+    j->watchers = xrealloc(j->watchers, (j->n_watchers + 1) * sizeof *j->watchers);
+    snprintf(j->watchers[j->n_watchers++], PROTO_MAX_NAME + 1, "%s", session);
+    return true;
+}

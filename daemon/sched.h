@@ -1,0 +1,84 @@
+/* The in-memory side of the job queue: live jobs (queued or running), their per-model queues
+ * and the fair choice of what runs next. Each model has one queue per client session; the next
+ * job comes from the sessions in round-robin order, and within a session by priority, then
+ * age. Up to batch_max jobs of a model are active (prepared and stepping) at once.
+ *
+ * Locking: one mutex per model guards its queues, its active list and the scheduling fields of
+ * its jobs (state, step, cancel). The reactor takes it briefly to queue, cancel or read a job;
+ * the worker takes it between steps, never across one. The job index (sched_find) belongs to
+ * the reactor thread alone. Not for durability (store.h) or for running the engine
+ * (worker.h). */
+#ifndef FOCUS_DAEMON_SCHED_H
+#define FOCUS_DAEMON_SCHED_H
+
+#include "daemon/store.h"
+#include "engine/pipeline.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define SCHED_MAX_ACTIVE 64 /* the most batch_max may be */
+
+struct sched_model;
+
+struct djob {
+    struct store_job sj;        /* state, step guarded by the model's lock once queued */
+    gen_params gp;              /* strings point into sj.params */
+    struct sched_model *model;
+    gen_job *gj;                /* the worker's */
+    bool cancel;                /* asked to stop at the next step boundary */
+    char owner[PROTO_MAX_NAME + 1]; /* the submitter's ZAP User-Id; "" after a restart */
+    double t_start;             /* monotonic seconds when it started */
+    uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
+    uint64_t bytes[PROTO_COUNT_MAX];
+    char (*watchers)[PROTO_MAX_NAME + 1]; /* sessions to tell; the reactor's */
+    size_t n_watchers;
+    struct djob *qnext;         /* in its session queue */
+    struct djob *hnext;         /* in the job index */
+};
+
+struct sched_queue {
+    char session[PROTO_MAX_NAME + 1];
+    struct djob *head, *tail;
+    uint32_t n;
+};
+
+struct sched_model {
+    char name[PROTO_MAX_NAME + 1];
+    pthread_mutex_t lock;
+    pthread_cond_t wake;        /* the worker waits here for work or a stop */
+    struct sched_queue *queues; /* sessions with queued jobs; rr: the next to serve */
+    size_t n_queues, rr;
+    uint32_t n_queued;
+    struct djob **active;       /* running: prepared or about to be */
+    size_t n_active, max_active;
+    bool stop;                  /* finish the current step, then leave */
+    bool retire;                /* leave once idle (the model left the configuration) */
+};
+
+void sched_model_init(struct sched_model *m, const char *name, uint32_t batch_max);
+void sched_model_destroy(struct sched_model *m);
+
+/* Under m->lock: queue a job (state queued); remove a queued job; take the next job in fair
+ * order (NULL when none), which becomes running and active. */
+void sched_push(struct sched_model *m, struct djob *j);
+bool sched_remove(struct sched_model *m, struct djob *j);
+struct djob *sched_pop(struct sched_model *m);
+void sched_deactivate(struct sched_model *m, struct djob *j);
+/* Under m->lock: jobs that would start before j (0: it is next). */
+uint32_t sched_position(const struct sched_model *m, const struct djob *j);
+uint32_t sched_session_queued(const struct sched_model *m, const char *session);
+
+/* The job index: live jobs by id (reactor thread only). */
+void sched_index_add(struct djob *j);
+void sched_index_del(struct djob *j);
+struct djob *sched_find(const char *id);
+size_t sched_index_count(void);
+
+struct djob *djob_new(const struct store_job *sj);
+void djob_free(struct djob *j);
+/* False when the session already watches the job. */
+bool djob_add_watcher(struct djob *j, const char *session);
+
+#endif

@@ -1,0 +1,51 @@
+/* Client sessions: one per ROUTER peer (routing id), with the daemon's name for it, the last
+ * time it spoke, and its outbound queue. Sends never block: a message the peer cannot take
+ * now waits in its queue and is retried each reactor turn; progress events for a job replace
+ * an older one still waiting (a slow client sees the latest value); progress past the
+ * client_buffer limit is dropped, replies and terminal events never are unless the peer is
+ * gone (EHOSTUNREACH), which also discards its queue. Reactor thread only. Not for job
+ * ownership or watching (the jobs keep session names). */
+#ifndef FOCUS_DAEMON_SESSION_H
+#define FOCUS_DAEMON_SESSION_H
+
+#include "protocol/proto.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct outmsg;
+
+struct session {
+    uint8_t rid[256];
+    size_t rid_len;
+    void *sock;                          /* the ROUTER it came in on */
+    char name[PROTO_MAX_NAME + 1];
+    char client[PROTO_MAX_NAME + 1];     /* from hello */
+    char user[PROTO_MAX_NAME + 1];       /* the ZAP User-Id: uid, or the CURVE key */
+    double last_seen;                    /* monotonic seconds */
+    bool gone;
+    unsigned watching;                   /* live jobs it watches: kept while non-zero */
+    struct outmsg *out_head, *out_tail;
+    size_t out_bytes, out_count;
+    struct session *next;
+};
+
+/* Finds or creates the session of a peer. */
+struct session *session_get(void *sock, const void *rid, size_t rid_len, double now);
+struct session *session_by_name(const char *name);
+
+/* Sends or queues one message. progress_job: non-NULL for a progress event of that job
+ * (coalesced, droppable). */
+void session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
+                  size_t limit);
+/* Retries every waiting queue; returns true when something is still waiting. */
+bool session_flush_all(void);
+/* True when the peer has more unsent output than limit: its requests wait unread. */
+bool session_congested(const struct session *s, size_t limit);
+/* Forgets sessions silent for timeout seconds that watch no live job (their queues too). */
+void session_expire(double now, double timeout);
+size_t session_count(double now, double timeout);
+void session_free_all(void);
+
+#endif

@@ -1,0 +1,445 @@
+/* The SQLite job store; see store.h. Image rows keep file names relative to images/ so that a
+ * state directory can be moved; seeds are stored as the int64 with the same bits. */
+#include "daemon/store.h"
+
+#include "common/err.h"
+#include "common/xalloc.h"
+#include "daemon/log.h"
+
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct store {
+    sqlite3 *db;
+    char *dir;
+    char *images;
+    bool in_tx;
+};
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, session TEXT NOT NULL,"
+    " model TEXT NOT NULL, prompt TEXT NOT NULL, negative_prompt TEXT NOT NULL,"
+    " seed INTEGER NOT NULL, steps INTEGER NOT NULL, guidance REAL NOT NULL,"
+    " width INTEGER NOT NULL, height INTEGER NOT NULL, max_seq INTEGER NOT NULL,"
+    " count INTEGER NOT NULL, priority INTEGER NOT NULL, state TEXT NOT NULL,"
+    " created REAL NOT NULL, started REAL NOT NULL DEFAULT 0, finished REAL NOT NULL DEFAULT 0,"
+    " step INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0,"
+    " error_code TEXT NOT NULL DEFAULT '', error_field TEXT NOT NULL DEFAULT '',"
+    " error_message TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);"
+    "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);"
+    "CREATE TABLE IF NOT EXISTS images ("
+    " job TEXT NOT NULL, idx INTEGER NOT NULL, file TEXT NOT NULL, sha256 BLOB NOT NULL,"
+    " bytes INTEGER NOT NULL, PRIMARY KEY (job, idx));";
+
+#define JOB_COLUMNS                                                                         \
+    "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height," \
+    " max_seq, count, priority, state, created, started, finished, step, images,"           \
+    " error_code, error_field, error_message"
+
+static int db_fail(struct store *s, const char *what)
+{
+    return err_set(ERR_IO, "job store %s/jobs.db: %s: %s", s->dir, what, sqlite3_errmsg(s->db));
+}
+
+static int prepare(struct store *s, const char *sql, sqlite3_stmt **st)
+{
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK)
+        return db_fail(s, "prepare");
+    return 0;
+}
+
+/* Steps a statement that returns no rows and finalizes it. */
+static int run_done(struct store *s, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(s, what);
+}
+
+static int begin(struct store *s)
+{
+    if (s->in_tx)
+        return 0;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return db_fail(s, "begin");
+    s->in_tx = true;
+    return 0;
+}
+
+int store_commit(struct store *s)
+{
+    if (!s->in_tx)
+        return 0;
+    s->in_tx = false;
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        int rc = db_fail(s, "commit");
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    return 0;
+}
+
+static int make_dir(const char *path)
+{
+    if (mkdir(path, 0750) != 0 && errno != EEXIST)
+        return err_set(ERR_IO, "state directory %s: %s", path, strerror(errno));
+    return 0;
+}
+
+int store_open(const char *state_dir, struct store **out)
+{
+    struct store *s = xcalloc(1, sizeof *s);
+    s->dir = xstrdup(state_dir);
+    size_t n = strlen(state_dir) + 16;
+    s->images = xmalloc(n);
+    snprintf(s->images, n, "%s/images", state_dir);
+    char *dbpath = xmalloc(n);
+    snprintf(dbpath, n, "%s/jobs.db", state_dir);
+    int rc = make_dir(state_dir);
+    if (!rc)
+        rc = make_dir(s->images);
+    if (!rc && sqlite3_open_v2(dbpath, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                               SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+        rc = err_set(ERR_IO, "job store %s: %s", dbpath,
+                     s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    if (!rc) {
+        sqlite3_busy_timeout(s->db, 5000);
+        if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK)
+            rc = db_fail(s, "schema");
+    }
+    free(dbpath);
+    if (rc) {
+        store_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    if (s->db) {
+        store_commit(s);
+        sqlite3_close(s->db);
+    }
+    free(s->dir);
+    free(s->images);
+    free(s);
+}
+
+const char *store_images_dir(const struct store *s)
+{
+    return s->images;
+}
+
+int store_insert(struct store *s, struct store_job *j)
+{
+    sqlite3_stmt *st;
+    int rc = begin(s);
+    if (rc || (rc = prepare(s,
+                            "INSERT INTO jobs (id, session, model, prompt, negative_prompt, seed,"
+                            " steps, guidance, width, height, max_seq, count, priority, state,"
+                            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", &st)))
+        return rc;
+    const struct proto_submit *p = &j->params;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->session, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, p->model, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, p->prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, p->negative_prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)p->seed);
+    sqlite3_bind_int(st, 7, (int)p->steps);
+    sqlite3_bind_double(st, 8, p->guidance);
+    sqlite3_bind_int(st, 9, (int)p->width);
+    sqlite3_bind_int(st, 10, (int)p->height);
+    sqlite3_bind_int(st, 11, (int)p->max_seq);
+    sqlite3_bind_int(st, 12, (int)p->count);
+    sqlite3_bind_int(st, 13, p->priority);
+    sqlite3_bind_text(st, 14, proto_state_name(j->state), -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 15, j->created);
+    rc = run_done(s, st, "insert");
+    if (!rc)
+        j->seq = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+int store_update(struct store *s, const struct store_job *j)
+{
+    sqlite3_stmt *st;
+    int rc = begin(s);
+    if (rc || (rc = prepare(s,
+                            "UPDATE jobs SET state=?, started=?, finished=?, step=?, images=?,"
+                            " error_code=?, error_field=?, error_message=? WHERE id=?", &st)))
+        return rc;
+    sqlite3_bind_text(st, 1, proto_state_name(j->state), -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, j->started);
+    sqlite3_bind_double(st, 3, j->finished);
+    sqlite3_bind_int(st, 4, (int)j->step);
+    sqlite3_bind_int(st, 5, (int)j->images);
+    sqlite3_bind_text(st, 6, j->error.code ? proto_errcode_name(j->error.code) : "", -1,
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, j->error.field, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 8, j->error.message, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 9, j->id, -1, SQLITE_STATIC);
+    return run_done(s, st, "update");
+}
+
+int store_add_image(struct store *s, const char *job, uint32_t index, const char *path,
+                    const uint8_t sha256[32], uint64_t bytes)
+{
+    const char *slash = strrchr(path, '/');
+    sqlite3_stmt *st;
+    int rc = begin(s);
+    if (rc || (rc = prepare(s, "INSERT OR REPLACE INTO images (job, idx, file, sha256, bytes)"
+                               " VALUES (?,?,?,?,?)", &st)))
+        return rc;
+    sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, (int)index);
+    sqlite3_bind_text(st, 3, slash ? slash + 1 : path, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, sha256, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)bytes);
+    return run_done(s, st, "add image");
+}
+
+static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    snprintf(dst, cap, "%s", t ? (const char *)t : "");
+}
+
+static void read_job(sqlite3_stmt *st, struct store_job *j)
+{
+    memset(j, 0, sizeof *j);
+    struct proto_submit *p = &j->params;
+    proto_submit_init(p);
+    p->set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    j->seq = sqlite3_column_int64(st, 0);
+    copy_col(st, 1, j->id, sizeof j->id);
+    copy_col(st, 2, j->session, sizeof j->session);
+    copy_col(st, 3, p->model, sizeof p->model);
+    copy_col(st, 4, p->prompt, sizeof p->prompt);
+    copy_col(st, 5, p->negative_prompt, sizeof p->negative_prompt);
+    p->seed = (uint64_t)sqlite3_column_int64(st, 6);
+    p->steps = (uint32_t)sqlite3_column_int(st, 7);
+    p->guidance = sqlite3_column_double(st, 8);
+    p->width = (uint32_t)sqlite3_column_int(st, 9);
+    p->height = (uint32_t)sqlite3_column_int(st, 10);
+    p->max_seq = (uint32_t)sqlite3_column_int(st, 11);
+    p->count = (uint32_t)sqlite3_column_int(st, 12);
+    p->priority = sqlite3_column_int(st, 13);
+    const unsigned char *state = sqlite3_column_text(st, 14);
+    for (int i = 0; i < PROTO_STATE_COUNT; i++)
+        if (state && strcmp((const char *)state, proto_state_name(i)) == 0)
+            j->state = (enum proto_state)i;
+    j->created = sqlite3_column_double(st, 15);
+    j->started = sqlite3_column_double(st, 16);
+    j->finished = sqlite3_column_double(st, 17);
+    j->step = (uint32_t)sqlite3_column_int(st, 18);
+    j->steps = p->steps;
+    j->images = (uint32_t)sqlite3_column_int(st, 19);
+    const unsigned char *code = sqlite3_column_text(st, 20);
+    if (code && *code)
+        j->error.code = proto_errcode_parse((const char *)code, strlen((const char *)code));
+    copy_col(st, 21, j->error.field, sizeof j->error.field);
+    copy_col(st, 22, j->error.message, sizeof j->error.message);
+}
+
+int store_get(struct store *s, const char *id, struct store_job *j)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, "SELECT " JOB_COLUMNS " FROM jobs WHERE id=?", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        read_job(st, j);
+    else if (r == SQLITE_DONE)
+        rc = err_set(ERR_MISSING, "no job \"%s\"", id);
+    else
+        rc = db_fail(s, "get");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int store_image(struct store *s, const char *job, uint32_t index, struct store_image *img)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, "SELECT file, sha256, bytes FROM images WHERE job=? AND idx=?", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, (int)index);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW && sqlite3_column_bytes(st, 1) == 32) {
+        snprintf(img->path, sizeof img->path, "%s/%s", s->images,
+                 (const char *)sqlite3_column_text(st, 0));
+        memcpy(img->sha256, sqlite3_column_blob(st, 1), 32);
+        img->bytes = (uint64_t)sqlite3_column_int64(st, 2);
+    } else if (r == SQLITE_ROW || r == SQLITE_DONE) {
+        rc = err_set(ERR_MISSING, "no image %u of job \"%s\"", index, job);
+    } else {
+        rc = db_fail(s, "image");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int for_each(struct store *s, sqlite3_stmt *st,
+                    void (*fn)(void *ctx, const struct store_job *j), void *ctx)
+{
+    struct store_job *j = xmalloc(sizeof *j);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        read_job(st, j);
+        fn(ctx, j);
+    }
+    free(j);
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? 0 : db_fail(s, "list");
+}
+
+int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t limit,
+               void (*fn)(void *ctx, const struct store_job *j), void *ctx)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, has_state ? "SELECT " JOB_COLUMNS " FROM jobs WHERE state=?1"
+                                    " ORDER BY seq DESC LIMIT ?2"
+                                  : "SELECT " JOB_COLUMNS " FROM jobs ORDER BY seq DESC LIMIT ?2",
+                     &st);
+    if (rc)
+        return rc;
+    if (has_state)
+        sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, (int)limit);
+    return for_each(s, st, fn, ctx);
+}
+
+int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job *j), void *ctx)
+{
+    int rc = begin(s);
+    if (rc)
+        return rc;
+    if (sqlite3_exec(s->db, "UPDATE jobs SET state='queued', step=0 WHERE state='running'",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        return db_fail(s, "requeue");
+    int requeued = sqlite3_changes(s->db);
+    if ((rc = store_commit(s)))
+        return rc;
+    if (requeued)
+        log_info("job store: %d interrupted job(s) queued again", requeued);
+    sqlite3_stmt *st;
+    if ((rc = prepare(s, "SELECT " JOB_COLUMNS " FROM jobs WHERE state='queued' ORDER BY seq",
+                      &st)))
+        return rc;
+    return for_each(s, st, fn, ctx);
+}
+
+/* Removes one job's image files and rows (inside the open transaction). */
+static int delete_job(struct store *s, const char *id, uint64_t *removed)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, "SELECT file FROM images WHERE job=?", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    char path[PATH_MAX];
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(path, sizeof path, "%s/%s", s->images, (const char *)sqlite3_column_text(st, 0));
+        if (unlink(path) != 0 && errno != ENOENT)
+            log_warn("retention: %s: %s", path, strerror(errno));
+    }
+    sqlite3_finalize(st);
+    static const char *const dels[] = {"DELETE FROM images WHERE job=?",
+                                       "DELETE FROM jobs WHERE id=?"};
+    for (int i = 0; i < 2 && !rc; i++) {
+        if ((rc = prepare(s, dels[i], &st)))
+            break;
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        rc = run_done(s, st, "delete");
+    }
+    if (!rc)
+        (*removed)++;
+    return rc;
+}
+
+/* Deletes the jobs that sql selects (its ?1 bound to arg), in batches, or with max_bytes one
+ * at a time until the images total at most max_bytes. */
+static int delete_selected(struct store *s, const char *sql, double arg, uint64_t max_bytes,
+                           uint64_t *removed)
+{
+    char ids[64][PROTO_MAX_NAME + 1];
+    for (;;) {
+        if (max_bytes) {
+            sqlite3_stmt *sum;
+            int rc = prepare(s, "SELECT COALESCE(SUM(bytes), 0) FROM images", &sum);
+            if (rc)
+                return rc;
+            uint64_t total = sqlite3_step(sum) == SQLITE_ROW
+                                 ? (uint64_t)sqlite3_column_int64(sum, 0) : 0;
+            sqlite3_finalize(sum);
+            if (total <= max_bytes)
+                return 0;
+        }
+        sqlite3_stmt *st;
+        int rc = prepare(s, sql, &st);
+        if (rc)
+            return rc;
+        sqlite3_bind_double(st, 1, arg);
+        int n = 0;
+        while (n < (max_bytes ? 1 : 64) && sqlite3_step(st) == SQLITE_ROW)
+            copy_col(st, 0, ids[n++], sizeof ids[0]);
+        sqlite3_finalize(st);
+        if (n == 0)
+            return 0;
+        if ((rc = begin(s)))
+            return rc;
+        for (int i = 0; i < n && !rc; i++)
+            rc = delete_job(s, ids[i], removed);
+        if (!rc)
+            rc = store_commit(s);
+        if (rc)
+            return rc;
+    }
+}
+
+int store_retention(struct store *s, double now, double max_age, uint64_t max_bytes,
+                    uint64_t *removed)
+{
+    *removed = 0;
+    int rc = store_commit(s);
+    if (!rc && max_age > 0)
+        rc = delete_selected(s, "SELECT id FROM jobs WHERE state IN ('done','failed','canceled')"
+                                " AND finished < ? ORDER BY finished LIMIT 64",
+                             now - max_age, 0, removed);
+    if (!rc && max_bytes)
+        rc = delete_selected(s, "SELECT id FROM jobs WHERE finished < ?1 AND id IN"
+                                " (SELECT job FROM images) ORDER BY finished LIMIT 1",
+                             DBL_MAX, max_bytes, removed);
+    return rc;
+}
+
+int store_count(struct store *s, enum proto_state state, uint64_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, "SELECT COUNT(*) FROM jobs WHERE state=?", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
+    *n = sqlite3_step(st) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return 0;
+}

@@ -1,0 +1,374 @@
+/* The model workers and their event queue towards the reactor; see worker.h. */
+#include "daemon/worker.h"
+
+#include "common/err.h"
+#include "common/xalloc.h"
+#include "daemon/config.h"
+#include "daemon/log.h"
+#include "engine/png_out.h"
+#include "kernels/kn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- Events ---- */
+
+static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct wevent *ev_head, *ev_tail;
+static int ev_fd = -1;
+
+int worker_events_init(void)
+{
+    ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ev_fd < 0)
+        return err_set(ERR_IO, "eventfd: %s", strerror(errno));
+    return 0;
+}
+
+int worker_events_fd(void)
+{
+    return ev_fd;
+}
+
+static void post(struct worker *w, enum wev_kind kind, struct djob *job, const struct wevent *tpl)
+{
+    struct wevent *e = xcalloc(1, sizeof *e);
+    if (tpl)
+        *e = *tpl;
+    e->kind = kind;
+    e->w = w;
+    e->job = job;
+    e->next = NULL;
+    pthread_mutex_lock(&ev_lock);
+    if (ev_tail)
+        ev_tail->next = e;
+    else
+        ev_head = e;
+    ev_tail = e;
+    pthread_mutex_unlock(&ev_lock);
+    uint64_t one = 1;
+    ssize_t r = write(ev_fd, &one, sizeof one);
+    (void)r; /* EAGAIN only when the counter is saturated: the reactor is woken anyway */
+}
+
+static void post_error(struct worker *w, enum wev_kind kind, struct djob *job,
+                       enum proto_errcode code, const char *msg)
+{
+    struct wevent tpl = {0};
+    tpl.error.code = code;
+    snprintf(tpl.error.message, sizeof tpl.error.message, "%s", msg);
+    post(w, kind, job, &tpl);
+}
+
+struct wevent *worker_events_take(void)
+{
+    uint64_t n;
+    ssize_t r = read(ev_fd, &n, sizeof n);
+    (void)r;
+    pthread_mutex_lock(&ev_lock);
+    struct wevent *e = ev_head;
+    ev_head = ev_tail = NULL;
+    pthread_mutex_unlock(&ev_lock);
+    return e;
+}
+
+/* ---- Running jobs ---- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* PNG text chunks as focus-run generate writes them, the model named as the daemon knows it. */
+static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uint32_t index)
+{
+    const gen_params *p = &j->gp;
+    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], idx[16];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
+    snprintf(steps, sizeof steps, "%d", p->steps);
+    snprintf(guidance, sizeof guidance, "%g", (double)p->guidance);
+    snprintf(size, sizeof size, "%dx%d", p->width, p->height);
+    snprintf(max_seq, sizeof max_seq, "%d", p->max_seq);
+    snprintf(count, sizeof count, "%d", p->count);
+    snprintf(idx, sizeof idx, "%u", index);
+    const png_out_kv kv[] = {
+        {"prompt", p->prompt},
+        {"negative_prompt", p->negative_prompt ? p->negative_prompt : ""},
+        {"seed", seed},
+        {"steps", steps},
+        {"guidance", guidance},
+        {"size", size},
+        {"max_sequence_length", max_seq},
+        {"model", w->sm.name},
+        {"sampler", ENGINE_SAMPLER_NAME},
+        {"Software", "focusd " FOCUSD_VERSION},
+        {"count", count},
+        {"index", idx},
+    };
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s-%u.png", w->images_dir, j->sj.id, index);
+    int rc = png_out_write(path, rgb, p->width, p->height, kv, (int)(sizeof kv / sizeof *kv));
+    if (rc)
+        return rc;
+    /* The checksum is of the bytes as stored, read back rather than encoded twice. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        rc = err_set(ERR_IO, "%s: %s", path, strerror(errno));
+    } else {
+        uint8_t *buf = malloc((size_t)st.st_size + 1);
+        if (!buf)
+            rc = err_set(ERR_NOMEM, "%s: out of memory", path);
+        else if (read(fd, buf, (size_t)st.st_size) != st.st_size)
+            rc = err_set(ERR_IO, "%s: short read", path);
+        else {
+            proto_sha256(buf, (size_t)st.st_size, j->sha256[index]);
+            j->bytes[index] = (uint64_t)st.st_size;
+        }
+        free(buf);
+    }
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static int finish_job(struct worker *w, struct djob *j)
+{
+    uint8_t *rgb = NULL;
+    int rc = engine_job_decode(w->engine, j->gj, &rgb);
+    size_t bytes = (size_t)j->gp.width * (size_t)j->gp.height * 3;
+    for (int i = 0; !rc && i < j->gp.count; i++)
+        rc = write_image(w, j, rgb + (size_t)i * bytes, (uint32_t)i);
+    free(rgb);
+    return rc;
+}
+
+/* Under the lock: drops canceled active jobs into *gone and fills free slots from the queue
+ * into *fresh. Returns false when the worker should leave. */
+static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, struct djob **fresh,
+                      size_t *n_fresh)
+{
+    struct sched_model *m = &w->sm;
+    for (;;) {
+        if (m->stop)
+            return false;
+        if (m->n_active || m->n_queued)
+            break;
+        if (m->retire)
+            return false;
+        pthread_cond_wait(&m->wake, &m->lock);
+    }
+    for (size_t i = 0; i < m->n_active;) {
+        struct djob *j = m->active[i];
+        if (j->cancel) {
+            sched_deactivate(m, j);
+            gone[(*n_gone)++] = j;
+        } else {
+            i++;
+        }
+    }
+    struct djob *j;
+    while (m->n_active < m->max_active && (j = sched_pop(m)))
+        fresh[(*n_fresh)++] = j;
+    return true;
+}
+
+static void run(struct worker *w)
+{
+    struct sched_model *m = &w->sm;
+    struct djob *gone[SCHED_MAX_ACTIVE], *fresh[SCHED_MAX_ACTIVE], *batch[SCHED_MAX_ACTIVE];
+    size_t lead = 0;
+    for (;;) {
+        size_t n_gone = 0, n_fresh = 0, n_batch = 0;
+        pthread_mutex_lock(&m->lock);
+        bool go = take_work(w, gone, &n_gone, fresh, &n_fresh);
+        pthread_mutex_unlock(&m->lock);
+        for (size_t i = 0; i < n_gone; i++) {
+            engine_job_free(gone[i]->gj);
+            gone[i]->gj = NULL;
+            post(w, WEV_CANCELED, gone[i], NULL);
+        }
+        if (!go)
+            break;
+        for (size_t i = 0; i < n_fresh; i++) {
+            struct djob *j = fresh[i];
+            j->t_start = mono_now();
+            post(w, WEV_STARTED, j, NULL);
+            if (engine_job_prepare(w->engine, &j->gp, &j->gj) < 0) {
+                j->gj = NULL;
+                pthread_mutex_lock(&m->lock);
+                sched_deactivate(m, j);
+                pthread_mutex_unlock(&m->lock);
+                post_error(w, WEV_FAILED, j, PROTO_E_FAILED, err_msg());
+            }
+        }
+        /* The batch: the jobs compatible with a leader that rotates over the active list, so
+         * that incompatible jobs take turns. Only this thread changes the active list now. */
+        pthread_mutex_lock(&m->lock);
+        if (m->n_active) {
+            struct djob *leader = m->active[lead++ % m->n_active];
+            for (size_t i = 0; i < m->n_active; i++)
+                if (m->active[i] == leader ||
+                    engine_jobs_batchable(leader->gj, m->active[i]->gj))
+                    batch[n_batch++] = m->active[i];
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (n_batch == 0)
+            continue;
+        gen_job *gj[SCHED_MAX_ACTIVE];
+        for (size_t i = 0; i < n_batch; i++)
+            gj[i] = batch[i]->gj;
+        int rc = engine_step(w->engine, gj, (int)n_batch);
+        double now = mono_now();
+        for (size_t i = 0; i < n_batch; i++) {
+            struct djob *j = batch[i];
+            bool done = !rc && engine_job_done(j->gj);
+            struct wevent tpl = {0};
+            tpl.step = (uint32_t)(rc ? 0 : engine_job_step_index(j->gj));
+            tpl.steps = (uint32_t)engine_job_steps(j->gj);
+            tpl.elapsed = now - j->t_start;
+            pthread_mutex_lock(&m->lock);
+            j->sj.step = tpl.step;
+            if (rc || done)
+                sched_deactivate(m, j);
+            pthread_mutex_unlock(&m->lock);
+            if (!rc)
+                post(w, WEV_PROGRESS, j, &tpl);
+            if (!rc && !done)
+                continue;
+            /* The engine's memory is released on this thread, the one that drives it. */
+            int frc = rc ? rc : finish_job(w, j);
+            engine_job_free(j->gj);
+            j->gj = NULL;
+            if (frc < 0)
+                post_error(w, WEV_FAILED, j, rc ? PROTO_E_FAILED : PROTO_E_INTERNAL, err_msg());
+            else
+                post(w, WEV_DONE, j, &tpl);
+        }
+        if (rc)
+            log_err("model %s: engine step failed: %s", m->name, err_msg());
+    }
+    /* Stopping: the jobs still active are left for the reactor to queue again. */
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n_active; i++) {
+        engine_job_free(m->active[i]->gj);
+        m->active[i]->gj = NULL;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* "auto" is the first CUDA device when there is one, else the CPU. */
+static int resolve_device(const char *dev, engine_options *o, char *name, size_t cap)
+{
+    memset(o, 0, sizeof *o);
+    o->device = KN_CPU;
+    if (strncmp(dev, "cuda", 4) == 0 || strcmp(dev, "auto") == 0) {
+        int index = strncmp(dev, "cuda:", 5) == 0 ? atoi(dev + 5) : 0;
+        kn_ctx *probe;
+        if (kn_ctx_create(KN_CUDA, index, &probe) == 0) {
+            kn_ctx_destroy(probe);
+            o->device = KN_CUDA;
+            o->device_index = index;
+        } else if (strcmp(dev, "auto") != 0) {
+            return err_prefix(ERR_DEVICE, "device %s: ", dev);
+        }
+    }
+    if (o->device == KN_CUDA)
+        snprintf(name, cap, "cuda:%d", o->device_index);
+    else
+        snprintf(name, cap, "cpu");
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    engine_options opts;
+    double t0 = mono_now();
+    int rc = resolve_device(w->device, &opts, w->resolved, sizeof w->resolved);
+    if (!rc)
+        rc = engine_load(w->path, &opts, &w->engine);
+    if (rc) {
+        w->engine = NULL;
+        post_error(w, WEV_LOAD_FAILED, NULL, PROTO_E_UNAVAILABLE, err_msg());
+        post(w, WEV_EXITED, NULL, NULL);
+        return NULL;
+    }
+    log_info("model %s: loaded %s on %s in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
+             w->resolved, mono_now() - t0, (double)engine_weight_bytes(w->engine) / 1e9);
+    atomic_store(&w->loaded, true);
+    post(w, WEV_LOADED, NULL, NULL);
+    run(w);
+    post(w, WEV_EXITED, NULL, NULL);
+    return NULL;
+}
+
+int worker_start(const char *name, const char *path, const char *device, uint32_t batch_max,
+                 const char *images_dir, struct worker **out)
+{
+    struct worker *w = xcalloc(1, sizeof *w);
+    sched_model_init(&w->sm, name, batch_max);
+    w->path = xstrdup(path);
+    snprintf(w->device, sizeof w->device, "%s", device);
+    w->images_dir = xstrdup(images_dir);
+    atomic_init(&w->loaded, false);
+    /* The thread inherits the reactor's blocked signals: only signalfd sees them. */
+    int e = pthread_create(&w->thread, NULL, worker_main, w);
+    if (e) {
+        sched_model_destroy(&w->sm);
+        free(w->path);
+        free(w->images_dir);
+        free(w);
+        return err_set(ERR_IO, "model %s: starting its worker thread: %s", name, strerror(e));
+    }
+    *out = w;
+    return 0;
+}
+
+static void wake(struct worker *w, bool stop)
+{
+    pthread_mutex_lock(&w->sm.lock);
+    if (stop)
+        w->sm.stop = true;
+    else
+        w->sm.retire = true;
+    pthread_cond_signal(&w->sm.wake);
+    pthread_mutex_unlock(&w->sm.lock);
+}
+
+void worker_stop(struct worker *w)
+{
+    wake(w, true);
+}
+
+void worker_retire(struct worker *w)
+{
+    wake(w, false);
+}
+
+void worker_join(struct worker *w)
+{
+    if (!w->exited)
+        pthread_join(w->thread, NULL);
+    w->exited = true;
+}
+
+void worker_free(struct worker *w)
+{
+    if (w->engine)
+        engine_free(w->engine);
+    sched_model_destroy(&w->sm);
+    free(w->path);
+    free(w->images_dir);
+    free(w);
+}

@@ -1,0 +1,316 @@
+/* focus-run generate: one text-to-image run through the step-level engine, as
+ * StableDiffusion3Pipeline(prompt, ...) with a CPU generator seeded with --seed would make it,
+ * written as PNG files carrying the generation parameters as text chunks. Progress goes to
+ * stderr per step; --dump also writes the noise, the final latents and the float image as .npy
+ * for comparison with the reference. Not a server: one job, then exit. */
+#include "engine/cli/cli_common.h"
+
+#include "common/err.h"
+#include "engine/npy.h"
+#include "engine/pipeline.h"
+#include "engine/png_out.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* The Makefile may pass the release; a plain build reports this one. */
+#ifndef FOCUS_VERSION
+#define FOCUS_VERSION "0.1.0"
+#endif
+
+/* The defaults stated here are gen_params_defaults()'s (the FOCUS model card). */
+static const cli_opt generate_opts[] = {
+    {"model", "DIR", "diffusers-layout model directory (required)"},
+    {"prompt", "TEXT", "the prompt (required; may be empty)"},
+    {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)"},
+    {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)"},
+    {"steps", "N", "denoising steps, 1..1000 (default 28)"},
+    {"cfg", "G", "classifier-free guidance scale; <= 1 turns CFG off (default 4.5)"},
+    {"width", "W", "image width in pixels, a multiple of 16 (default 512)"},
+    {"height", "H", "image height in pixels, a multiple of 16 (default 512)"},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 77)"},
+    {"count", "N", "images from one prompt and seed, 1..64 (default 1)"},
+    {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)"},
+    {"slg-scale", "S", "skip-layer guidance scale (default 2.8)"},
+    {"slg-start", "F",
+     "skip-layer guidance starts after this fraction of the steps (default 0.01)"},
+    {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)"},
+    {"output", "FILE", "the PNG to write (required); see below for --count > 1"},
+    {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)"},
+    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)"},
+    {NULL, NULL, NULL},
+};
+
+/* A finite number option, or def when absent. */
+static int opt_number(const cli_args *a, const char *name, double def, double *out)
+{
+    const char *v = cli_str(a, name, NULL);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(d) || fabs(d) > 1e30)
+        return cli_usage_error(a, "--%s: '%s' is not a finite number", name, v);
+    *out = d;
+    return 0;
+}
+
+static int opt_seed(const cli_args *a, uint64_t *out)
+{
+    const char *v = cli_str(a, "seed", NULL);
+    if (!v) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 0);
+    if (end == v || *end || errno || strchr(v, '-'))
+        return cli_usage_error(a, "--seed: '%s' is not an integer in 0..2^64-1", v);
+    *out = n;
+    return 0;
+}
+
+/* "7,8,9" into p->slg_layers; range checks are the engine's. */
+static int opt_slg_layers(const cli_args *a, gen_params *p)
+{
+    const char *v = cli_str(a, "slg", NULL);
+    if (!v) return 0;
+    const char *s = v;
+    do {
+        char *end;
+        errno = 0;
+        long n = strtol(s, &end, 10);
+        if (end == s || errno || n < 0 || n > 1000 || (*end && *end != ','))
+            return cli_usage_error(a, "--slg: '%s' is not a comma-separated list of block indices",
+                                   v);
+        if (p->slg_count == ENGINE_MAX_SLG_LAYERS)
+            return cli_usage_error(a, "--slg: more than %d blocks", ENGINE_MAX_SLG_LAYERS);
+        p->slg_layers[p->slg_count++] = (int)n;
+        s = *end ? end + 1 : end;
+    } while (*s);
+    return 0;
+}
+
+static int parse_params(const cli_args *a, gen_params *p)
+{
+    gen_params_defaults(p);
+    p->prompt = cli_str(a, "prompt", NULL);
+    if (!p->prompt) return cli_usage_error(a, "--prompt is required");
+    p->negative_prompt = cli_str(a, "negative", NULL);
+    double guidance, slg_scale;
+    int rc;
+    if ((rc = opt_seed(a, &p->seed)) ||
+        (rc = cli_int(a, "steps", p->steps, 1, ENGINE_MAX_STEPS, &p->steps)) ||
+        (rc = opt_number(a, "cfg", p->guidance, &guidance)) ||
+        (rc = cli_int(a, "width", p->width, 16, 1 << 16, &p->width)) ||
+        (rc = cli_int(a, "height", p->height, 16, 1 << 16, &p->height)) ||
+        (rc = cli_int(a, "max-seq", p->max_seq, 1, 512, &p->max_seq)) ||
+        (rc = cli_int(a, "count", p->count, 1, ENGINE_MAX_COUNT, &p->count)) ||
+        (rc = opt_slg_layers(a, p)) ||
+        (rc = opt_number(a, "slg-scale", p->slg_scale, &slg_scale)) ||
+        (rc = opt_number(a, "slg-start", p->slg_start, &p->slg_start)) ||
+        (rc = opt_number(a, "slg-stop", p->slg_stop, &p->slg_stop)))
+        return rc;
+    p->guidance = (float)guidance;
+    p->slg_scale = (float)slg_scale;
+    return 0;
+}
+
+/* Image i of a batch goes to path for i = 0, else to the path with "-i" before its extension:
+ * out.png, out-1.png, out-2.png, ... */
+static void image_path(const char *path, int i, char *buf, size_t n)
+{
+    if (i == 0) {
+        snprintf(buf, n, "%s", path);
+        return;
+    }
+    const char *slash = strrchr(path, '/'), *dot = strrchr(path, '.');
+    if (!dot || (slash && dot < slash) || dot == (slash ? slash + 1 : path))
+        dot = path + strlen(path);
+    snprintf(buf, n, "%.*s-%d%s", (int)(dot - path), path, i, dot);
+}
+
+static int write_images(const cli_args *a, const gen_params *p, const char *model,
+                        const uint8_t *rgb)
+{
+    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], index[16], slg[160];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
+    snprintf(steps, sizeof steps, "%d", p->steps);
+    snprintf(guidance, sizeof guidance, "%g", (double)p->guidance);
+    snprintf(size, sizeof size, "%dx%d", p->width, p->height);
+    snprintf(max_seq, sizeof max_seq, "%d", p->max_seq);
+    snprintf(count, sizeof count, "%d", p->count);
+    int n = 0;
+    for (int i = 0; i < p->slg_count; i++)
+        n += snprintf(slg + n, sizeof slg - (size_t)n, "%s%d", i ? "," : "", p->slg_layers[i]);
+    if (p->slg_count)
+        snprintf(slg + n, sizeof slg - (size_t)n, " scale %g window %g..%g", (double)p->slg_scale,
+                 (double)p->slg_start, (double)p->slg_stop);
+    png_out_kv kv[] = {
+        {"prompt", p->prompt},
+        {"negative_prompt", p->negative_prompt ? p->negative_prompt : ""},
+        {"seed", seed},
+        {"steps", steps},
+        {"guidance", guidance},
+        {"size", size},
+        {"max_sequence_length", max_seq},
+        {"model", model},
+        {"sampler", ENGINE_SAMPLER_NAME},
+        {"Software", "focus-run " FOCUS_VERSION},
+        {"count", count},
+        {"index", index},
+        {"skip_layer_guidance", slg},
+    };
+    const int nkv = (int)(sizeof kv / sizeof kv[0]) - (p->slg_count ? 0 : 1);
+    const size_t bytes = (size_t)p->width * (size_t)p->height * 3;
+    const char *out = cli_str(a, "output", NULL);
+    for (int i = 0; i < p->count; i++) {
+        char path[4096];
+        image_path(out, i, path, sizeof path);
+        snprintf(index, sizeof index, "%d", i);
+        if (png_out_write(path, rgb + (size_t)i * bytes, p->width, p->height, kv, nkv) < 0)
+            return cli_fail(a, "writing the image");
+        printf("%s\n", path);
+    }
+    return CLI_EXIT_OK;
+}
+
+static int dump_npy(const char *dir, const char *name, const float *data, int ndim,
+                    const int64_t *shape)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return npy_write_f32(path, data, ndim, shape);
+}
+
+/* Reads the job's latents and writes them as DIR/name. */
+static int dump_latents(const gen_job *j, const char *dir, const char *name)
+{
+    int64_t shape[4];
+    engine_job_latent_shape(j, shape);
+    size_t n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+    float *x = malloc(n * sizeof *x);
+    if (!x) return err_set(ERR_NOMEM, "%s: out of memory", name);
+    int rc = engine_job_latents(j, x, n);
+    if (rc == 0) rc = dump_npy(dir, name, x, 4, shape);
+    free(x);
+    return rc;
+}
+
+static int dump_image(const gen_job *j, const gen_params *p, const char *dir)
+{
+    int64_t shape[4] = {p->count, p->height, p->width, 3};
+    size_t n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+    float *x = malloc(n * sizeof *x);
+    if (!x) return err_set(ERR_NOMEM, "image.npy: out of memory");
+    int rc = engine_job_image(j, x, n);
+    if (rc == 0) rc = dump_npy(dir, "image.npy", x, 4, shape);
+    free(x);
+    return rc;
+}
+
+/* prepare, step to the end with progress, decode, write. */
+static int run_job(const cli_args *a, sd3_engine *e, const gen_params *p, const char *model)
+{
+    const char *dump = cli_str(a, "dump", NULL);
+    gen_job *j;
+    double t0 = cli_now();
+    if (engine_job_prepare(e, p, &j) < 0) return cli_fail(a, "preparing the job");
+    fprintf(stderr, "prepared in %.2f s (%s, seed %llu, %dx%d, %d step%s, guidance %g)\n",
+            cli_now() - t0, engine_model_config(e)->path, (unsigned long long)p->seed, p->width,
+            p->height, p->steps, p->steps == 1 ? "" : "s", (double)p->guidance);
+    int rc = CLI_EXIT_OK;
+    if (dump && dump_latents(j, dump, "noise.npy") < 0) rc = cli_fail(a, "--dump");
+    double start = cli_now();
+    while (rc == CLI_EXIT_OK && !engine_job_done(j)) {
+        double ts = cli_now();
+        if (engine_step(e, &j, 1) < 0) {
+            rc = cli_fail(a, "denoising");
+            break;
+        }
+        double now = cli_now();
+        int k = engine_job_step_index(j);
+        fprintf(stderr, "step %d/%d  %.2f s/it  (%.1f s elapsed)\n", k, p->steps, now - ts,
+                now - start);
+    }
+    uint8_t *rgb = NULL;
+    if (rc == CLI_EXIT_OK && dump && dump_latents(j, dump, "latents.npy") < 0)
+        rc = cli_fail(a, "--dump");
+    if (rc == CLI_EXIT_OK) {
+        double td = cli_now();
+        if (engine_job_decode(e, j, &rgb) < 0)
+            rc = cli_fail(a, "decoding");
+        else
+            fprintf(stderr, "decoded in %.2f s\n", cli_now() - td);
+    }
+    if (rc == CLI_EXIT_OK && dump && dump_image(j, p, dump) < 0) rc = cli_fail(a, "--dump");
+    if (rc == CLI_EXIT_OK) rc = write_images(a, p, model, rgb);
+    free(rgb);
+    engine_job_free(j);
+    return rc;
+}
+
+static int generate_run(const cli_args *a)
+{
+    const char *model = cli_required(a, "model");
+    if (!model || !cli_required(a, "output")) return CLI_EXIT_USAGE;
+    gen_params p;
+    int rc = parse_params(a, &p);
+    if (rc) return rc;
+    const char *dump = cli_str(a, "dump", NULL);
+    if (dump && mkdir(dump, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "focus-run generate: %s: cannot create: %s\n", dump, strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    /* The engine opens its own context: this one only validates --device and reports an
+     * unusable device before the model is read. */
+    kn_ctx *probe;
+    if ((rc = cli_open_device(a, &probe)) != 0) return rc;
+    engine_options opts = {.device = kn_ctx_device(probe)};
+    kn_ctx_destroy(probe);
+    const char *d = cli_str(a, "device", "cpu");
+    if (strncmp(d, "cuda:", 5) == 0) opts.device_index = atoi(d + 5);
+
+    sd3_engine *e;
+    double t0 = cli_now();
+    if (engine_load(model, &opts, &e) < 0) return cli_fail(a, "loading the model");
+    fprintf(stderr, "loaded in %.2f s (%.2f GB of weights)\n", cli_now() - t0,
+            (double)engine_weight_bytes(e) / 1e9);
+    /* The command line's own ranges are wide; the model decides the sizes it can take. */
+    if (engine_check_params(e, &p) < 0) {
+        fprintf(stderr, "focus-run generate: %s\n(see focus-run generate --help)\n", err_msg());
+        engine_free(e);
+        return CLI_EXIT_USAGE;
+    }
+    rc = run_job(a, e, &p, model);
+    engine_free(e);
+    return rc;
+}
+
+const cli_cmd cli_cmd_generate = {
+    .name = "generate",
+    .usage = "--model DIR --prompt TEXT --output FILE [OPTIONS]",
+    .summary = "generate images as StableDiffusion3Pipeline does; write PNG files",
+    .details =
+        "The run matches diffusers' StableDiffusion3Pipeline in float32 with\n"
+        "generator=torch.Generator(\"cpu\").manual_seed(SEED): the same seed gives the same\n"
+        "initial noise, bit for bit. With --count N > 1 all N images come from one draw of\n"
+        "that generator (num_images_per_prompt=N) and are written to FILE, then FILE with\n"
+        "-1, -2, ... before its extension (out.png, out-1.png, out-2.png). Each PNG carries\n"
+        "text chunks: prompt, negative_prompt, seed, steps, guidance, size, max_sequence_length,\n"
+        "model, sampler, Software, count, index (and skip_layer_guidance when used). The paths\n"
+        "written go to stdout; per-step progress and timings go to stderr.\n"
+        "--dump DIR writes float32 .npy files: noise.npy (the initial latents, [N, 16, H/8,\n"
+        "W/8]), latents.npy (the final latents, before decoding) and image.npy (the decoded\n"
+        "images in [0, 1], [N, H, W, 3], as output_type=\"np\" returns them).\n"
+        "Skip-layer guidance follows later diffusers pipelines and acts only with CFG on.",
+    .opts = generate_opts,
+    .min_pos = 0,
+    .max_pos = 0,
+    .run = generate_run,
+};
