@@ -50,7 +50,9 @@ endif
 
 LIB := $(BUILD)/libfocus.a
 
-PROGRAMS := $(BUILD)/focus-run
+DAEMON_SRC := $(wildcard daemon/*.c)
+CLIENT_SRC := $(wildcard client/*.c)
+PROGRAMS := $(BUILD)/focus-run $(if $(DAEMON_SRC),$(BUILD)/focusd) $(if $(CLIENT_SRC),$(BUILD)/focus)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -77,6 +79,12 @@ $(LIB): $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
 $(BUILD)/focus-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard engine/cli/*.c)) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/focusd: $(DAEMON_SRC:%.c=$(BUILD)/%.o) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/focus: $(CLIENT_SRC:%.c=$(BUILD)/%.o) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
@@ -106,5 +114,9 @@ deps:
 
 clean:
 	rm -rf build
+
+# Objects are kept: they are intermediate in the pattern chains above, but rebuilding them on
+# every run would make each `make test` a full build.
+.SECONDARY:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -11,8 +11,9 @@
 #include <string.h>
 
 static const struct fc_opt global_opts[] = {
-    {"socket", 's', "ENDPOINT", "the daemon's endpoint (default $FOCUS_SOCKET, else\n"
-                                "                             " FC_DEFAULT_SOCKET ")"},
+    {"socket", 's', "ENDPOINT",
+     "the daemon's endpoint (default $FOCUS_SOCKET, else\n"
+     "                             " FC_DEFAULT_SOCKET ")"},
     {"timeout", 0, "SECONDS", "how long the daemon has to answer (default 5)"},
     {"json", 0, NULL, "one JSON object per line on stdout"},
     {"quiet", 'q', NULL, "no progress display"},
@@ -52,13 +53,10 @@ int fc_find_command(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
-        if (strcmp(s, "--") == 0)
-            return i + 1 < argc ? i + 1 : 0;
-        if (s[0] != '-' || s[1] == 0)
-            return i;
+        if (strcmp(s, "--") == 0) return i + 1 < argc ? i + 1 : 0;
+        if (s[0] != '-' || s[1] == 0) return i;
         for (const struct fc_opt *o = global_opts; o->name; o++) {
-            if (!o->arg)
-                continue;
+            if (!o->arg) continue;
             bool takes_next = (s[1] == '-' && strcmp(s + 2, o->name) == 0) ||
                               (o->short_name && s[1] == o->short_name && s[2] == 0);
             if (takes_next) {
@@ -74,8 +72,7 @@ static void print_opts(FILE *f, const struct fc_opt *opts)
 {
     for (const struct fc_opt *o = opts; o->name; o++) {
         char shrt[8] = "    ", left[48];
-        if (o->short_name)
-            snprintf(shrt, sizeof shrt, "-%c, ", o->short_name);
+        if (o->short_name) snprintf(shrt, sizeof shrt, "-%c, ", o->short_name);
         snprintf(left, sizeof left, "%s--%s%s%s", shrt, o->name, o->arg ? " " : "",
                  o->arg ? o->arg : "");
         fprintf(f, "  %-26s %s\n", left, o->help);
@@ -104,8 +101,7 @@ void fc_print_help(FILE *f, const struct fc_cmd *cmd)
     }
     fprintf(f, "\nglobal options:\n");
     print_opts(f, global_opts);
-    if (cmd->details)
-        fprintf(f, "\n%s\n", cmd->details);
+    if (cmd->details) fprintf(f, "\n%s\n", cmd->details);
     fprintf(f, "\n%s", exit_statuses);
 }
 
@@ -113,8 +109,7 @@ static int set_global(struct fc_ctx *ctx, int g, const char *val)
 {
     switch (g) {
     case G_SOCKET:
-        if (!*val)
-            return fc_fail(ctx, FC_EXIT_USAGE, "--socket: empty endpoint");
+        if (!*val) return fc_fail(ctx, FC_EXIT_USAGE, "--socket: empty endpoint");
         ctx->endpoint = val;
         return 0;
     case G_TIMEOUT: {
@@ -127,8 +122,12 @@ static int set_global(struct fc_ctx *ctx, int g, const char *val)
         ctx->timeout = t;
         return 0;
     }
-    case G_JSON: ctx->json = true; return 0;
-    case G_QUIET: ctx->quiet = true; return 0;
+    case G_JSON:
+        ctx->json = true;
+        return 0;
+    case G_QUIET:
+        ctx->quiet = true;
+        return 0;
     }
     return 0;
 }
@@ -158,8 +157,7 @@ int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv
                                        NULL, 256 + n};
             if (tab[i].short_name) {
                 shorts[ns++] = tab[i].short_name;
-                if (tab[i].arg)
-                    shorts[ns++] = ':';
+                if (tab[i].arg) shorts[ns++] = ':';
             }
         }
     }
@@ -170,13 +168,11 @@ int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv
     opterr = 0;
     for (;;) {
         int c = getopt_long(argc, argv, shorts, longs, NULL);
-        if (c == -1)
-            break;
+        if (c == -1) break;
         if (c == '?' || c == ':') {
             /* getopt_long has stepped past the offending argument. */
             const char *bad = optind > 0 && optind <= argc ? argv[optind - 1] : "";
-            if (c == ':')
-                return fc_fail(ctx, FC_EXIT_USAGE, "option '%s' needs a value", bad);
+            if (c == ':') return fc_fail(ctx, FC_EXIT_USAGE, "option '%s' needs a value", bad);
             if (optopt && optopt < 256)
                 return fc_fail(ctx, FC_EXIT_USAGE, "unknown option '-%c'", optopt);
             return fc_fail(ctx, FC_EXIT_USAGE, "unknown or ambiguous option '%s'", bad);
@@ -186,16 +182,14 @@ int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv
             if (i < N_GLOBAL ? global_opts[i].short_name == c
                              : cmd->opts[i - N_GLOBAL].short_name == c)
                 k = i;
-        if (k < 0)
-            return fc_fail(ctx, FC_EXIT_USAGE, "unknown option '-%c'", c);
+        if (k < 0) return fc_fail(ctx, FC_EXIT_USAGE, "unknown option '-%c'", c);
         if (k == G_HELP) {
             fc_print_help(stdout, cmd);
             return FC_HELP_SHOWN;
         }
         if (k < N_GLOBAL) {
             int rc = set_global(ctx, k, optarg ? optarg : "");
-            if (rc)
-                return rc;
+            if (rc) return rc;
         } else {
             out->val[k - N_GLOBAL] = optarg ? optarg : "";
         }
@@ -216,8 +210,7 @@ int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv
 static int opt_index(const struct fc_args *a, const char *name)
 {
     for (int i = 0; a->cmd->opts && a->cmd->opts[i].name; i++)
-        if (strcmp(a->cmd->opts[i].name, name) == 0)
-            return i;
+        if (strcmp(a->cmd->opts[i].name, name) == 0) return i;
     fprintf(stderr, "focus %s: internal error: no option --%s\n", a->cmd->name, name);
     abort();
 }
@@ -240,8 +233,7 @@ static bool parse_int(const char *s, bool is_signed, long long *sv, unsigned lon
     if (is_signed) {
         *sv = strtoll(s, &end, 10);
     } else {
-        if (strchr(s, '-'))
-            return false;
+        if (strchr(s, '-')) return false;
         *uv = strtoull(s, &end, 10);
     }
     return end != s && *end == 0 && errno == 0;
@@ -250,20 +242,18 @@ static bool parse_int(const char *s, bool is_signed, long long *sv, unsigned lon
 static int range_error(struct fc_ctx *ctx, const char *name, const char *val, long long lo,
                        long long hi)
 {
-    return fc_fail(ctx, FC_EXIT_USAGE, "--%s: '%s' is not an integer in %lld..%lld", name, val,
-                   lo, hi);
+    return fc_fail(ctx, FC_EXIT_USAGE, "--%s: '%s' is not an integer in %lld..%lld", name, val, lo,
+                   hi);
 }
 
 int fc_arg_u32(struct fc_ctx *ctx, const struct fc_args *a, const char *name, uint32_t lo,
                uint32_t hi, uint32_t *out)
 {
     const char *s = fc_arg_str(a, name);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     long long sv;
     unsigned long long v;
-    if (!parse_int(s, false, &sv, &v) || v < lo || v > hi)
-        return range_error(ctx, name, s, lo, hi);
+    if (!parse_int(s, false, &sv, &v) || v < lo || v > hi) return range_error(ctx, name, s, lo, hi);
     *out = (uint32_t)v;
     return 1;
 }
@@ -272,12 +262,10 @@ int fc_arg_i32(struct fc_ctx *ctx, const struct fc_args *a, const char *name, in
                int32_t hi, int32_t *out)
 {
     const char *s = fc_arg_str(a, name);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     long long v;
     unsigned long long uv;
-    if (!parse_int(s, true, &v, &uv) || v < lo || v > hi)
-        return range_error(ctx, name, s, lo, hi);
+    if (!parse_int(s, true, &v, &uv) || v < lo || v > hi) return range_error(ctx, name, s, lo, hi);
     *out = (int32_t)v;
     return 1;
 }
@@ -285,8 +273,7 @@ int fc_arg_i32(struct fc_ctx *ctx, const struct fc_args *a, const char *name, in
 int fc_arg_u64(struct fc_ctx *ctx, const struct fc_args *a, const char *name, uint64_t *out)
 {
     const char *s = fc_arg_str(a, name);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     long long sv;
     unsigned long long v;
     if (!parse_int(s, false, &sv, &v))
@@ -300,14 +287,12 @@ int fc_arg_double(struct fc_ctx *ctx, const struct fc_args *a, const char *name,
                   double hi, double *out)
 {
     const char *s = fc_arg_str(a, name);
-    if (!s)
-        return 0;
+    if (!s) return 0;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || *end || errno || !(v >= lo && v <= hi))
-        return fc_fail(ctx, FC_EXIT_USAGE, "--%s: '%s' is not a number in %g..%g", name, s, lo,
-                       hi);
+        return fc_fail(ctx, FC_EXIT_USAGE, "--%s: '%s' is not a number in %g..%g", name, s, lo, hi);
     *out = v;
     return 1;
 }

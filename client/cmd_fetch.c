@@ -11,8 +11,8 @@ static int not_done(struct fc_ctx *ctx, const struct proto_job_status *st)
 {
     switch (st->state) {
     case PROTO_STATE_FAILED:
-        return fc_fail(ctx, FC_EXIT_FAILED, "job %s failed: %s [%s]", st->job,
-                       st->error.message, proto_errcode_name(st->error.code));
+        return fc_fail(ctx, FC_EXIT_FAILED, "job %s failed: %s [%s]", st->job, st->error.message,
+                       proto_errcode_name(st->error.code));
     case PROTO_STATE_CANCELED:
         return fc_fail(ctx, FC_EXIT_CANCELED, "job %s was canceled", st->job);
     default:
@@ -27,13 +27,11 @@ static int run_fetch(struct fc_ctx *ctx, const struct fc_args *a)
 {
     const char *job;
     int rc = fc_arg_job(ctx, a, &job);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const char *out = fc_arg_str(a, "output");
     uint32_t index = 0;
     int has_index = fc_arg_u32(ctx, a, "index", 0, PROTO_COUNT_MAX - 1, &index);
-    if (has_index < 0)
-        return has_index;
+    if (has_index < 0) return has_index;
     if (out && strcmp(out, "-") == 0 && ctx->json)
         return fc_fail(ctx, FC_EXIT_USAGE, "-o -: standard output cannot take --json output too");
 
@@ -45,21 +43,18 @@ static int run_fetch(struct fc_ctx *ctx, const struct fc_args *a)
             snprintf(path, sizeof path, "%s", out);
         else
             rc = fc_image_path(ctx, NULL, job, index, path, sizeof path);
-        if (!rc)
-            rc = fc_image_fetch(&c, job, index, path);
+        if (!rc) rc = fc_image_fetch(&c, job, index, path);
     } else if (!rc) {
         struct proto_job_status st;
         rc = fc_job_status(&c, job, &st, NULL, NULL);
-        if (!rc && st.state != PROTO_STATE_DONE)
-            rc = not_done(ctx, &st);
+        if (!rc && st.state != PROTO_STATE_DONE) rc = not_done(ctx, &st);
         if (!rc && st.images > 1 && out && strcmp(out, "-") == 0)
             rc = fc_fail(ctx, FC_EXIT_USAGE,
                          "-o -: job %s has %" PRIu32 " images; choose one with --index", job,
                          st.images);
         for (uint32_t i = 0; !rc && i < st.images; i++) {
             rc = fc_image_path(ctx, out, job, i, path, sizeof path);
-            if (!rc)
-                rc = fc_image_fetch(&c, job, i, path);
+            if (!rc) rc = fc_image_fetch(&c, job, i, path);
         }
     }
     fc_conn_close(&c);
@@ -73,12 +68,17 @@ static const struct fc_opt fetch_opts[] = {
 };
 
 const struct fc_cmd fc_cmd_fetch = {
-    "fetch", "JOB [OPTIONS]",
-    "Write the images of a finished job as PNG files, checking their SHA-256.",
-    "Without --index every image is written, named as generate names them: FILE for the\n"
-    "first, then -1, -2, ... before its extension (out.png, out-1.png, out-2.png).\n"
-    "With --index N only image N, to FILE (default JOB.png for image 0, JOB-N.png\n"
-    "otherwise). The file names are printed on stdout;\n"
-    "with --json one object per image: job, index, file, bytes, sha256, width, height, seed.",
-    fetch_opts, 1, 1, run_fetch,
+    .name = "fetch",
+    .usage = "JOB [OPTIONS]",
+    .summary = "Write the images of a finished job as PNG files, checking their SHA-256.",
+    .details =
+        "Without --index every image is written, named as generate names them: FILE for the\n"
+        "first, then -1, -2, ... before its extension (out.png, out-1.png, out-2.png).\n"
+        "With --index N only image N, to FILE (default JOB.png for image 0, JOB-N.png\n"
+        "otherwise). The file names are printed on stdout;\n"
+        "with --json one object per image: job, index, file, bytes, sha256, width, height, seed.",
+    .opts = fetch_opts,
+    .min_pos = 1,
+    .max_pos = 1,
+    .run = run_fetch,
 };

@@ -6,22 +6,12 @@
 #include "client/image.h"
 #include "client/output.h"
 
+#include "common/err.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* The generation parameters, shared by generate and submit; read by submit_params(). */
-#define SUBMIT_OPTS                                                                               \
-    {"seed", 0, "N", "seed of the initial noise (default: the daemon picks one)"}, \
-    {"steps", 0, "N", "denoising steps, 1..200 (default: the daemon's, 28)"},                     \
-    {"cfg", 0, "G", "classifier-free guidance scale, 0..30 (default: the daemon's, 4.5)"},        \
-    {"size", 0, "WxH", "multiples of 16 in 64..2048; N means NxN (default 512x512)"}, \
-    {"negative", 0, "TEXT", "negative prompt (default empty)"},                                   \
-    {"model", 0, "NAME", "model to use (default: the daemon's default model)"},                   \
-    {"count", 0, "N", "images of the one prompt, 1..8 (default 1)"},         \
-    {"priority", 0, "N", "priority among this client's jobs, -10..10 (default 0)"},               \
-    {"max-seq", 0, "N", "T5 sequence length, 1..512 (default: the daemon's, 77)"}
 
 static int parse_size(struct fc_ctx *ctx, const char *s, uint32_t *w, uint32_t *h)
 {
@@ -30,8 +20,7 @@ static int parse_size(struct fc_ctx *ctx, const char *s, uint32_t *w, uint32_t *
     if (end != s && (*end == 'x' || *end == 'X')) {
         const char *t = end + 1;
         b = strtoul(t, &end, 10);
-        if (end == t)
-            end = (char *)s;
+        if (end == t) end = (char *)s;
     }
     bool ok = end != s && *end == 0 && s[0] >= '0' && s[0] <= '9';
     for (int i = 0; ok && i < 2; i++) {
@@ -39,21 +28,18 @@ static int parse_size(struct fc_ctx *ctx, const char *s, uint32_t *w, uint32_t *
         ok = v >= PROTO_SIZE_MIN && v <= PROTO_SIZE_MAX && v % PROTO_SIZE_STEP == 0;
     }
     if (!ok)
-        return fc_fail(ctx, FC_EXIT_USAGE,
-                       "--size: '%s' is not WxH with multiples of %d in %d..%d", s,
-                       PROTO_SIZE_STEP, PROTO_SIZE_MIN, PROTO_SIZE_MAX);
+        return fc_fail(ctx, FC_EXIT_USAGE, "--size: '%s' is not WxH with multiples of %d in %d..%d",
+                       s, PROTO_SIZE_STEP, PROTO_SIZE_MIN, PROTO_SIZE_MAX);
     *w = (uint32_t)a;
     *h = (uint32_t)b;
     return 0;
 }
 
-static int copy_text(struct fc_ctx *ctx, const char *what, const char *src, char *dst,
-                     size_t cap)
+static int copy_text(struct fc_ctx *ctx, const char *what, const char *src, char *dst, size_t cap)
 {
     size_t n = strlen(src);
     if (n > cap)
-        return fc_fail(ctx, FC_EXIT_USAGE, "%s: %zu bytes exceed the limit of %zu", what, n,
-                       cap);
+        return fc_fail(ctx, FC_EXIT_USAGE, "%s: %zu bytes exceed the limit of %zu", what, n, cap);
     memcpy(dst, src, n + 1);
     return 0;
 }
@@ -82,22 +68,18 @@ static int submit_params(struct fc_ctx *ctx, const struct fc_args *a, struct pro
     if (!rc) {
         got[0] = fc_arg_u64(ctx, a, "seed", &s->seed);
         got[1] = fc_arg_u32(ctx, a, "steps", PROTO_STEPS_MIN, PROTO_STEPS_MAX, &s->steps);
-        got[2] = fc_arg_double(ctx, a, "cfg", PROTO_GUIDANCE_MIN, PROTO_GUIDANCE_MAX,
-                               &s->guidance);
+        got[2] = fc_arg_double(ctx, a, "cfg", PROTO_GUIDANCE_MIN, PROTO_GUIDANCE_MAX, &s->guidance);
         got[3] = fc_arg_u32(ctx, a, "count", PROTO_COUNT_MIN, PROTO_COUNT_MAX, &s->count);
-        got[4] = fc_arg_i32(ctx, a, "priority", PROTO_PRIORITY_MIN, PROTO_PRIORITY_MAX,
-                            &s->priority);
-        got[5] = fc_arg_u32(ctx, a, "max-seq", PROTO_MAX_SEQ_MIN, PROTO_MAX_SEQ_MAX,
-                            &s->max_seq);
+        got[4] =
+            fc_arg_i32(ctx, a, "priority", PROTO_PRIORITY_MIN, PROTO_PRIORITY_MAX, &s->priority);
+        got[5] = fc_arg_u32(ctx, a, "max-seq", PROTO_MAX_SEQ_MIN, PROTO_MAX_SEQ_MAX, &s->max_seq);
     }
-    static const uint32_t bits[6] = {PROTO_SUBMIT_SEED,  PROTO_SUBMIT_STEPS,
+    static const uint32_t bits[6] = {PROTO_SUBMIT_SEED,     PROTO_SUBMIT_STEPS,
                                      PROTO_SUBMIT_GUIDANCE, PROTO_SUBMIT_COUNT,
                                      PROTO_SUBMIT_PRIORITY, PROTO_SUBMIT_MAX_SEQ};
     for (int i = 0; i < 6; i++) {
-        if (got[i] < 0 && !rc)
-            rc = got[i];
-        if (got[i] > 0)
-            s->set |= bits[i];
+        if (got[i] < 0 && !rc) rc = got[i];
+        if (got[i] > 0) s->set |= bits[i];
     }
     return rc;
 }
@@ -112,8 +94,7 @@ static int submit_job(struct fc_conn *c, const struct proto_submit *s, bool watc
     req.u.submit.set |= PROTO_SUBMIT_WATCH;
     struct fc_msg reply;
     int rc = fc_conn_call(c, &req, "submit", &reply, NULL, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct proto_error perr;
     rc = proto_decode_submit(&reply.in, job, &perr);
     fc_msg_free(&reply);
@@ -131,8 +112,7 @@ static void on_sigint(int sig)
  * started the client (a background job of a script) stays ignored. */
 static bool catch_sigint(struct sigaction *old)
 {
-    if (sigaction(SIGINT, NULL, old) != 0 || old->sa_handler == SIG_IGN)
-        return false;
+    if (sigaction(SIGINT, NULL, old) != 0 || old->sa_handler == SIG_IGN) return false;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
@@ -158,8 +138,7 @@ static int run_generate(struct fc_ctx *ctx, const struct fc_args *a)
 {
     struct proto_submit s;
     int rc = submit_params(ctx, a, &s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const char *out = fc_arg_str(a, "output");
     if (out && strcmp(out, "-") == 0 && (s.count > 1 || ctx->json))
         return fc_fail(ctx, FC_EXIT_USAGE,
@@ -167,25 +146,20 @@ static int run_generate(struct fc_ctx *ctx, const struct fc_args *a)
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
     char job[PROTO_MAX_NAME + 1];
-    if (!rc)
-        rc = submit_job(&c, &s, true, job);
+    if (!rc) rc = submit_job(&c, &s, true, job);
     uint32_t images = 0;
     if (!rc) {
-        if (ctx->json)
-            fc_out_json(json_pack("{s:s,s:s}", "event", "submitted", "job", job));
+        if (ctx->json) fc_out_json(json_pack("{s:s,s:s}", "event", "submitted", "job", job));
         struct sigaction old;
         bool caught = catch_sigint(&old);
         rc = fc_follow(&c, job, NULL, &images);
-        if (rc && fc_interrupted)
-            rc = cancel_after_interrupt(&c, job);
-        if (caught)
-            sigaction(SIGINT, &old, NULL);
+        if (rc && fc_interrupted) rc = cancel_after_interrupt(&c, job);
+        if (caught) sigaction(SIGINT, &old, NULL);
     }
     for (uint32_t i = 0; !rc && i < images; i++) {
         char path[4096];
         rc = fc_image_path(ctx, out, job, i, path, sizeof path);
-        if (!rc)
-            rc = fc_image_fetch(&c, job, i, path);
+        if (!rc) rc = fc_image_fetch(&c, job, i, path);
     }
     fc_conn_close(&c);
     return rc;
@@ -195,13 +169,11 @@ static int run_submit(struct fc_ctx *ctx, const struct fc_args *a)
 {
     struct proto_submit s;
     int rc = submit_params(ctx, a, &s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
     char job[PROTO_MAX_NAME + 1];
-    if (!rc)
-        rc = submit_job(&c, &s, false, job);
+    if (!rc) rc = submit_job(&c, &s, false, job);
     if (!rc) {
         if (ctx->json)
             fc_out_json(json_pack("{s:s}", "job", job));
@@ -216,8 +188,7 @@ static int run_watch(struct fc_ctx *ctx, const struct fc_args *a)
 {
     const char *job;
     int rc = fc_arg_job(ctx, a, &job);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
     struct fc_msg reply = {0};
@@ -234,50 +205,76 @@ static int run_watch(struct fc_ctx *ctx, const struct fc_args *a)
             rc = fc_conn_bad_reply(&c, "watch reply");
     }
     uint32_t images;
-    if (!rc)
-        rc = fc_follow(&c, job, &st, &images);
+    if (!rc) rc = fc_follow(&c, job, &st, &images);
     fc_msg_free(&reply);
-    /* The end as a status object, whether or not events told of it. */
-    struct proto_job_status end;
-    if (ctx->json && (rc == 0 || ctx->exit_status == FC_EXIT_FAILED ||
-                      ctx->exit_status == FC_EXIT_CANCELED) &&
-        fc_job_status(&c, job, &end, NULL, NULL) == 0)
-        fc_out_json(fc_json_status(&end));
+    /* The end as a status object, whether or not events told of it; a failure to get it
+     * leaves the outcome (and its message) as the job's end made it. */
+    if (ctx->json &&
+        (rc == 0 || ctx->exit_status == FC_EXIT_FAILED || ctx->exit_status == FC_EXIT_CANCELED)) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        int status = ctx->exit_status;
+        struct proto_job_status end;
+        if (fc_job_status(&c, job, &end, NULL, NULL) == 0) fc_out_json(fc_json_status(&end));
+        ctx->exit_status = status;
+        err_set(rc, "%s", msg);
+    }
     fc_conn_close(&c);
     return rc;
 }
 
+/* Submit's options are generate's but the first: the generation parameters that
+ * submit_params() reads. */
 static const struct fc_opt generate_opts[] = {
     {"output", 'o', "FILE", "write the image to FILE, '-' for stdout (default JOB.png)"},
-    SUBMIT_OPTS,
+    {"seed", 0, "N", "seed of the initial noise (default: the daemon picks one)"},
+    {"steps", 0, "N", "denoising steps, 1..200 (default: the daemon's, 28)"},
+    {"cfg", 0, "G", "classifier-free guidance scale, 0..30 (default: the daemon's, 4.5)"},
+    {"size", 0, "WxH", "multiples of 16 in 64..2048; N means NxN (default 512x512)"},
+    {"negative", 0, "TEXT", "negative prompt (default empty)"},
+    {"model", 0, "NAME", "model to use (default: the daemon's default model)"},
+    {"count", 0, "N", "images of the one prompt, 1..8 (default 1)"},
+    {"priority", 0, "N", "priority among this client's jobs, -10..10 (default 0)"},
+    {"max-seq", 0, "N", "T5 sequence length, 1..512 (default: the daemon's, 77)"},
     {NULL, 0, NULL, NULL},
 };
 
-static const struct fc_opt submit_opts[] = {SUBMIT_OPTS, {NULL, 0, NULL, NULL}};
-
 const struct fc_cmd fc_cmd_generate = {
-    "generate", "PROMPT [OPTIONS]",
-    "Generate an image: submit the job, show its progress and write the PNG.",
-    "Progress goes to stderr: a bar redrawn in place on a terminal, one line per step\n"
-    "otherwise, none with --quiet. With --count N the first image goes to FILE, the others\n"
-    "to FILE with -1, -2, ... before its extension (out.png, out-1.png, out-2.png). Each\n"
-    "image's SHA-256 is checked against the daemon's. The file names are printed on stdout.\n"
-    "Ctrl-C cancels the job.\n"
-    "With --json: the events as they come, then one object per image written.",
-    generate_opts, 1, 1, run_generate,
+    .name = "generate",
+    .usage = "PROMPT [OPTIONS]",
+    .summary = "Generate an image: submit the job, show its progress and write the PNG.",
+    .details =
+        "Progress goes to stderr: a bar redrawn in place on a terminal, plain lines (at most\n"
+        "one a second) otherwise, none with --quiet. With --count N the first image goes to FILE,\n"
+        "the others to FILE with -1, -2, ... before its extension (out.png, out-1.png, "
+        "out-2.png).\n"
+        "Each image's SHA-256 is checked against the daemon's. The file names go to stdout.\n"
+        "Ctrl-C cancels the job.\n"
+        "With --json: the events as they come, then one object per image written.",
+    .opts = generate_opts,
+    .min_pos = 1,
+    .max_pos = 1,
+    .run = run_generate,
 };
 
 const struct fc_cmd fc_cmd_submit = {
-    "submit", "PROMPT [OPTIONS]",
-    "Submit a job and print its id without waiting for it.",
-    "Follow it with 'focus watch JOB' and get the images with 'focus fetch JOB'.",
-    submit_opts, 1, 1, run_submit,
+    .name = "submit",
+    .usage = "PROMPT [OPTIONS]",
+    .summary = "Submit a job and print its id without waiting for it.",
+    .details = "Follow it with 'focus watch JOB' and get the images with 'focus fetch JOB'.",
+    .opts = generate_opts + 1,
+    .min_pos = 1,
+    .max_pos = 1,
+    .run = run_submit,
 };
 
 const struct fc_cmd fc_cmd_watch = {
-    "watch", "JOB",
-    "Show a job's progress until it ends; the exit status says how it ended.",
-    "Exit status 0 when the job is done, 1 when it failed, 4 when it was canceled.\n"
-    "With --json: the events as they come, then the job's final status.",
-    NULL, 1, 1, run_watch,
+    .name = "watch",
+    .usage = "JOB",
+    .summary = "Show a job's progress until it ends; the exit status says how it ended.",
+    .details = "Exit status 0 when the job is done, 1 when it failed, 4 when it was canceled.\n"
+               "With --json: the events as they come, then the job's final status.",
+    .min_pos = 1,
+    .max_pos = 1,
+    .run = run_watch,
 };

@@ -20,8 +20,7 @@ static int get_stats(struct fc_conn *c, struct proto_stats *st)
 {
     struct fc_msg reply;
     int rc = simple_call(c, PROTO_OP_STATS, &reply);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct proto_error perr;
     rc = proto_decode_stats(&reply.in, st, &perr);
     fc_msg_free(&reply);
@@ -50,23 +49,21 @@ static int daemon_summary(struct fc_conn *c)
 {
     struct proto_stats st;
     int rc = get_stats(c, &st);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const struct proto_hello_reply *h = &c->hello;
     if (c->ctx->json) {
         json_t *models = json_array();
         for (size_t i = 0; i < h->n_models; i++)
             json_array_append_new(models, json_string(h->models[i]));
-        fc_out_json(json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:I,s:o,s:o}", "endpoint",
-                              c->ctx->endpoint, "server", h->server, "version", h->version,
-                              "protocol", (json_int_t)h->protocol, "session", h->session,
-                              "default_model", h->default_model, "max_queue",
-                              (json_int_t)h->max_queue, "models", models, "stats",
-                              json_stats(&st)));
+        fc_out_json(json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:I,s:o,s:o}", "endpoint", c->ctx->endpoint,
+                              "server", h->server, "version", h->version, "protocol",
+                              (json_int_t)h->protocol, "session", h->session, "default_model",
+                              h->default_model, "max_queue", (json_int_t)h->max_queue, "models",
+                              models, "stats", json_stats(&st)));
         return 0;
     }
-    printf("daemon:    %s %s at %s (protocol %" PRIu32 ")\nsession:   %s\nmodels:   ",
-           h->server, h->version, c->ctx->endpoint, h->protocol, h->session);
+    printf("daemon:    %s %s at %s (protocol %" PRIu32 ")\nsession:   %s\nmodels:   ", h->server,
+           h->version, c->ctx->endpoint, h->protocol, h->session);
     for (size_t i = 0; i < h->n_models; i++)
         printf(" %s%s", h->models[i], strcmp(h->models[i], h->default_model) ? "" : " (default)");
     printf("\nqueue:     at most %" PRIu32 " jobs\n", h->max_queue);
@@ -78,15 +75,12 @@ static int run_status(struct fc_ctx *ctx, const struct fc_args *a)
 {
     const char *job = NULL;
     int rc = a->npos ? fc_arg_job(ctx, a, &job) : 0;
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
-    if (!rc && !job)
-        rc = daemon_summary(&c);
+    if (!rc && !job) rc = daemon_summary(&c);
     struct proto_job_status st;
-    if (!rc && job)
-        rc = fc_job_status(&c, job, &st, NULL, NULL);
+    if (!rc && job) rc = fc_job_status(&c, job, &st, NULL, NULL);
     if (!rc && job) {
         if (ctx->json)
             fc_out_json(fc_json_status(&st));
@@ -108,15 +102,14 @@ static int parse_state(struct fc_ctx *ctx, const char *s, enum proto_state *out)
                    "--state: '%s' is not one of queued, running, done, failed, canceled", s);
 }
 
-static void print_job_row(const struct proto_job_status *st)
+static void print_job_row(const struct proto_job_status *st, int job_width)
 {
     char progress[24], created[32], size[24];
     snprintf(progress, sizeof progress, "%" PRIu32 "/%" PRIu32, st->step, st->steps);
     snprintf(size, sizeof size, "%" PRIu32 "x%" PRIu32, st->params.width, st->params.height);
     fc_format_time(st->created, created, sizeof created);
-    printf("%-16s %-9s %-8s %-10s %-19s %.48s%s\n", st->job, proto_state_name(st->state),
-           progress, size, created, st->params.prompt,
-           strlen(st->params.prompt) > 48 ? "..." : "");
+    printf("%-*s %-9s %-8s %-10s %-19s %.48s%s\n", job_width, st->job, proto_state_name(st->state),
+           progress, size, created, st->params.prompt, strlen(st->params.prompt) > 48 ? "..." : "");
 }
 
 static int run_jobs(struct fc_ctx *ctx, const struct fc_args *a)
@@ -130,26 +123,27 @@ static int run_jobs(struct fc_ctx *ctx, const struct fc_args *a)
         int got = fc_arg_u32(ctx, a, "limit", 1, PROTO_JOBS_LIMIT_MAX, &req.u.jobs.limit);
         rc = got < 0 ? got : 0;
     }
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
     struct fc_msg reply = {0};
-    if (!rc)
-        rc = fc_conn_call(&c, &req, "jobs", &reply, NULL, NULL);
+    if (!rc) rc = fc_conn_call(&c, &req, "jobs", &reply, NULL, NULL);
     struct proto_job_status *jobs = NULL;
     size_t n = 0;
     struct proto_error perr;
     if (!rc && proto_decode_jobs(&reply.in, &jobs, &n, &perr))
         rc = fc_conn_bad_reply(&c, "jobs reply");
+    int job_width = 3;
+    for (size_t i = 0; !rc && i < n; i++)
+        if ((int)strlen(jobs[i].job) > job_width) job_width = (int)strlen(jobs[i].job);
     if (!rc && !ctx->json && n > 0)
-        printf("%-16s %-9s %-8s %-10s %-19s %s\n", "JOB", "STATE", "STEP", "SIZE", "CREATED",
-               "PROMPT");
+        printf("%-*s %-9s %-8s %-10s %-19s %s\n", job_width, "JOB", "STATE", "STEP", "SIZE",
+               "CREATED", "PROMPT");
     for (size_t i = 0; !rc && i < n; i++) {
         if (ctx->json)
             fc_out_json(fc_json_status(&jobs[i]));
         else
-            print_job_row(&jobs[i]);
+            print_job_row(&jobs[i], job_width);
     }
     fc_msg_free(&reply);
     fc_conn_close(&c);
@@ -160,8 +154,7 @@ static int run_cancel(struct fc_ctx *ctx, const struct fc_args *a)
 {
     const char *job;
     int rc = fc_arg_job(ctx, a, &job);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
     struct fc_msg reply = {0};
@@ -175,8 +168,7 @@ static int run_cancel(struct fc_ctx *ctx, const struct fc_args *a)
     }
     struct proto_job_status st;
     struct proto_error perr;
-    if (!rc && proto_decode_job(&reply.in, &st, &perr))
-        rc = fc_conn_bad_reply(&c, "cancel reply");
+    if (!rc && proto_decode_job(&reply.in, &st, &perr)) rc = fc_conn_bad_reply(&c, "cancel reply");
     if (!rc) {
         if (ctx->json)
             fc_out_json(fc_json_status(&st));
@@ -196,8 +188,7 @@ static int run_models(struct fc_ctx *ctx, const struct fc_args *a)
     struct fc_conn c;
     int rc = fc_conn_open(&c, ctx);
     struct fc_msg reply = {0};
-    if (!rc)
-        rc = simple_call(&c, PROTO_OP_MODELS, &reply);
+    if (!rc) rc = simple_call(&c, PROTO_OP_MODELS, &reply);
     struct proto_model_info *m = NULL;
     size_t n = 0;
     struct proto_error perr;
@@ -210,9 +201,9 @@ static int run_models(struct fc_ctx *ctx, const struct fc_args *a)
         bool is_default = strcmp(m[i].name, c.hello.default_model) == 0;
         if (ctx->json) {
             fc_out_json(json_pack("{s:s,s:s,s:s,s:s,s:I,s:b,s:b}", "name", m[i].name, "path",
-                                  m[i].path, "device", m[i].device, "dtype", m[i].dtype,
-                                  "memory", (json_int_t)m[i].memory, "loaded", m[i].loaded,
-                                  "default", is_default));
+                                  m[i].path, "device", m[i].device, "dtype", m[i].dtype, "memory",
+                                  (json_int_t)m[i].memory, "loaded", m[i].loaded, "default",
+                                  is_default));
             continue;
         }
         char name[PROTO_MAX_NAME + 4], mem[24];
@@ -232,8 +223,7 @@ static int run_stats(struct fc_ctx *ctx, const struct fc_args *a)
     struct fc_conn c;
     int rc = fc_conn_open(&c, ctx);
     struct proto_stats st;
-    if (!rc)
-        rc = get_stats(&c, &st);
+    if (!rc) rc = get_stats(&c, &st);
     if (!rc) {
         if (ctx->json)
             fc_out_json(json_stats(&st));
@@ -251,8 +241,7 @@ static int run_ping(struct fc_ctx *ctx, const struct fc_args *a)
     int rc = fc_conn_open(&c, ctx);
     double t0 = fc_now();
     struct fc_msg reply = {0};
-    if (!rc)
-        rc = simple_call(&c, PROTO_OP_PING, &reply);
+    if (!rc) rc = simple_call(&c, PROTO_OP_PING, &reply);
     double ms = (fc_now() - t0) * 1000.0;
     if (!rc) {
         if (ctx->json)
@@ -275,35 +264,51 @@ static const struct fc_opt jobs_opts[] = {
 };
 
 const struct fc_cmd fc_cmd_status = {
-    "status", "[JOB]", "Show one job's status, or without JOB the daemon's summary.",
-    "With --json one object: the job's status, or the daemon's identity and job counts.",
-    NULL, 0, 1, run_status,
+    .name = "status",
+    .usage = "[JOB]",
+    .summary = "Show one job's status, or without JOB the daemon's summary.",
+    .details = "With --json one object: the job's status, or the daemon's identity and job counts.",
+    .max_pos = 1,
+    .run = run_status,
 };
 
 const struct fc_cmd fc_cmd_jobs = {
-    "jobs", "[OPTIONS]", "List jobs.",
-    "With --json one status object per job.",
-    jobs_opts, 0, 0, run_jobs,
+    .name = "jobs",
+    .usage = "[OPTIONS]",
+    .summary = "List jobs.",
+    .details = "With --json one status object per job.",
+    .opts = jobs_opts,
+    .run = run_jobs,
 };
 
 const struct fc_cmd fc_cmd_cancel = {
-    "cancel", "JOB", "Cancel a job; a running job stops at its next step.",
-    "Prints the job's state after the request; with --json its status object.",
-    NULL, 1, 1, run_cancel,
+    .name = "cancel",
+    .usage = "JOB",
+    .summary = "Cancel a job; a running job stops at its next step.",
+    .details = "Prints the job's state after the request; with --json its status object.",
+    .min_pos = 1,
+    .max_pos = 1,
+    .run = run_cancel,
 };
 
 const struct fc_cmd fc_cmd_models = {
-    "models", "", "List the daemon's models (* marks the default).", NULL,
-    NULL, 0, 0, run_models,
+    .name = "models",
+    .usage = "",
+    .summary = "List the daemon's models (* marks the default).",
+    .run = run_models,
 };
 
 const struct fc_cmd fc_cmd_stats = {
-    "stats", "", "Show the daemon's job counts, sessions and uptime.", NULL,
-    NULL, 0, 0, run_stats,
+    .name = "stats",
+    .usage = "",
+    .summary = "Show the daemon's job counts, sessions and uptime.",
+    .run = run_stats,
 };
 
 const struct fc_cmd fc_cmd_ping = {
-    "ping", "", "Check that the daemon answers and print the round-trip time.",
-    "The time is that of one ping request after the hello handshake.",
-    NULL, 0, 0, run_ping,
+    .name = "ping",
+    .usage = "",
+    .summary = "Check that the daemon answers and print the round-trip time.",
+    .details = "The time is that of one ping request after the hello handshake.",
+    .run = run_ping,
 };

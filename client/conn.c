@@ -22,8 +22,7 @@ double fc_now(void)
 
 void fc_msg_free(struct fc_msg *m)
 {
-    if (!m->live)
-        return;
+    if (!m->live) return;
     proto_incoming_free(&m->in);
     zmq_msg_close(&m->frame);
     m->live = false;
@@ -37,8 +36,8 @@ static int timeout_ms(double seconds)
 
 static int unreachable(struct fc_conn *c, const char *why)
 {
-    return fc_fail(c->ctx, FC_EXIT_UNREACHABLE, "daemon not reachable at %s: %s",
-                   c->ctx->endpoint, why);
+    return fc_fail(c->ctx, FC_EXIT_UNREACHABLE, "daemon not reachable at %s: %s", c->ctx->endpoint,
+                   why);
 }
 
 static int timed_out(struct fc_conn *c, const char *what)
@@ -64,11 +63,9 @@ static int recv_one(struct fc_conn *c, struct fc_msg *m, bool *got)
     memset(m, 0, sizeof *m);
     zmq_msg_init(&m->frame);
     for (;;) {
-        if (zmq_msg_recv(&m->frame, c->sock, ZMQ_DONTWAIT) >= 0)
-            break;
+        if (zmq_msg_recv(&m->frame, c->sock, ZMQ_DONTWAIT) >= 0) break;
         int e = errno;
-        if (e == EINTR)
-            continue;
+        if (e == EINTR) continue;
         zmq_msg_close(&m->frame);
         return e == EAGAIN ? 0 : unreachable(c, zmq_strerror(e));
     }
@@ -97,15 +94,12 @@ static int wait_readable(struct fc_conn *c, double deadline, bool *ready)
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
         int n = zmq_poll(&item, 1, timeout_ms(deadline - fc_now()));
         if (n < 0 && errno == EINTR) {
-            if (fc_interrupted)
-                return fc_fail(c->ctx, FC_EXIT_CANCELED, "interrupted");
+            if (fc_interrupted) return fc_fail(c->ctx, FC_EXIT_CANCELED, "interrupted");
             continue;
         }
-        if (n < 0)
-            return unreachable(c, zmq_strerror(errno));
+        if (n < 0) return unreachable(c, zmq_strerror(errno));
         *ready = n > 0;
-        if (*ready || fc_now() >= deadline)
-            return 0;
+        if (*ready || fc_now() >= deadline) return 0;
     }
 }
 
@@ -115,17 +109,14 @@ int fc_conn_next_event(struct fc_conn *c, int wait_ms, struct fc_msg *ev, bool *
     for (;;) {
         bool ready;
         int rc = wait_readable(c, deadline, &ready);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (!ready) {
             *got = false;
             return 0;
         }
         rc = recv_one(c, ev, got);
-        if (rc)
-            return rc;
-        if (*got && ev->in.is_event)
-            return 0;
+        if (rc) return rc;
+        if (*got && ev->in.is_event) return 0;
         fc_msg_free(ev);
     }
 }
@@ -144,12 +135,9 @@ static int send_request(struct fc_conn *c, struct proto_request *req, const char
     int n = zmq_send(c->sock, sb.data, sb.size, 0);
     int e = errno;
     msgpack_sbuffer_destroy(&sb);
-    if (n >= 0)
-        return 0;
-    if (e == EAGAIN)
-        return timed_out(c, what);
-    if (e == EINTR && fc_interrupted)
-        return fc_fail(c->ctx, FC_EXIT_CANCELED, "interrupted");
+    if (n >= 0) return 0;
+    if (e == EAGAIN) return timed_out(c, what);
+    if (e == EINTR && fc_interrupted) return fc_fail(c->ctx, FC_EXIT_CANCELED, "interrupted");
     return unreachable(c, zmq_strerror(e));
 }
 
@@ -158,7 +146,8 @@ static int send_request(struct fc_conn *c, struct proto_request *req, const char
 static bool answers(const struct fc_msg *m, uint64_t id)
 {
     const struct proto_id *rid = &m->in.id;
-    return (rid->kind == PROTO_ID_UINT && rid->u == id) || (rid->kind == PROTO_ID_NONE && !m->in.ok);
+    return (rid->kind == PROTO_ID_UINT && rid->u == id) ||
+           (rid->kind == PROTO_ID_NONE && !m->in.ok);
 }
 
 int fc_conn_call(struct fc_conn *c, struct proto_request *req, const char *what,
@@ -166,26 +155,19 @@ int fc_conn_call(struct fc_conn *c, struct proto_request *req, const char *what,
 {
     double deadline = fc_now() + c->ctx->timeout;
     int rc = send_request(c, req, what);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     for (;;) {
         bool ready, got;
         rc = wait_readable(c, deadline, &ready);
-        if (rc)
-            return rc;
-        if (!ready)
-            return timed_out(c, what);
+        if (rc) return rc;
+        if (!ready) return timed_out(c, what);
         rc = recv_one(c, reply, &got);
-        if (rc)
-            return rc;
-        if (!got)
-            continue;
+        if (rc) return rc;
+        if (!got) continue;
         if (reply->in.is_event) {
-            if (on_event)
-                on_event(&reply->in.event, arg);
+            if (on_event) on_event(&reply->in.event, arg);
         } else if (answers(reply, req->id.u)) {
-            if (reply->in.ok)
-                return 0;
+            if (reply->in.ok) return 0;
             rc = fc_fail_daemon(c->ctx, &reply->in.error, what);
             fc_msg_free(reply);
             return rc;
@@ -199,11 +181,9 @@ int fc_conn_call(struct fc_conn *c, struct proto_request *req, const char *what,
 static int check_ipc_path(struct fc_conn *c)
 {
     const char *ep = c->ctx->endpoint;
-    if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@')
-        return 0;
+    if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@') return 0;
     struct stat st;
-    if (stat(ep + 6, &st) == 0)
-        return 0;
+    if (stat(ep + 6, &st) == 0) return 0;
     char why[PROTO_MAX_TEXT];
     snprintf(why, sizeof why, "%s: %s", ep + 6, strerror(errno));
     return unreachable(c, why);
@@ -214,14 +194,11 @@ int fc_conn_open(struct fc_conn *c, struct fc_ctx *ctx)
     memset(c, 0, sizeof *c);
     c->ctx = ctx;
     int rc = check_ipc_path(c);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     c->zctx = zmq_ctx_new();
-    if (!c->zctx)
-        return unreachable(c, zmq_strerror(errno));
+    if (!c->zctx) return unreachable(c, zmq_strerror(errno));
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
-    if (!c->sock)
-        return unreachable(c, zmq_strerror(errno));
+    if (!c->sock) return unreachable(c, zmq_strerror(errno));
     int zero = 0, one = 1, send_ms = timeout_ms(ctx->timeout);
     int64_t max_msg = PROTO_MAX_SERVER;
     if (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) ||
@@ -241,8 +218,7 @@ int fc_conn_open(struct fc_conn *c, struct fc_ctx *ctx)
     proto_request_init(&req, PROTO_OP_HELLO);
     snprintf(req.u.hello.client, sizeof req.u.hello.client, "focus/" FC_VERSION);
     rc = fc_conn_call(c, &req, "hello", &c->hello_msg, NULL, NULL);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct proto_error perr;
     if (proto_decode_hello(&c->hello_msg.in, &c->hello, &perr)) {
         memset(&c->hello, 0, sizeof c->hello);
@@ -257,9 +233,7 @@ int fc_conn_open(struct fc_conn *c, struct fc_ctx *ctx)
 void fc_conn_close(struct fc_conn *c)
 {
     fc_msg_free(&c->hello_msg);
-    if (c->sock)
-        zmq_close(c->sock);
-    if (c->zctx)
-        zmq_ctx_term(c->zctx);
+    if (c->sock) zmq_close(c->sock);
+    if (c->zctx) zmq_ctx_term(c->zctx);
     c->sock = c->zctx = NULL;
 }

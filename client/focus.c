@@ -19,20 +19,27 @@ static const struct fc_cmd *const commands[] = {
 int fc_exit_for_code(enum proto_errcode code)
 {
     switch (code) {
-    case PROTO_E_NONE: return FC_EXIT_OK;
+    case PROTO_E_NONE:
+        return FC_EXIT_OK;
     case PROTO_E_BAD_MESSAGE:
     case PROTO_E_UNSUPPORTED_VERSION:
-    case PROTO_E_UNKNOWN_OP: return FC_EXIT_PROTOCOL;
-    case PROTO_E_BAD_FIELD: return FC_EXIT_USAGE;
-    case PROTO_E_NOT_FOUND: return FC_EXIT_NOT_FOUND;
+    case PROTO_E_UNKNOWN_OP:
+        return FC_EXIT_PROTOCOL;
+    case PROTO_E_BAD_FIELD:
+        return FC_EXIT_USAGE;
+    case PROTO_E_NOT_FOUND:
+        return FC_EXIT_NOT_FOUND;
     case PROTO_E_BUSY:
     case PROTO_E_TOO_LARGE:
     case PROTO_E_FORBIDDEN:
-    case PROTO_E_UNAVAILABLE: return FC_EXIT_REFUSED;
-    case PROTO_E_CANCELED: return FC_EXIT_CANCELED;
+    case PROTO_E_UNAVAILABLE:
+        return FC_EXIT_REFUSED;
+    case PROTO_E_CANCELED:
+        return FC_EXIT_CANCELED;
     case PROTO_E_FAILED:
     case PROTO_E_INTERNAL:
-    case PROTO_E_COUNT: break;
+    case PROTO_E_COUNT:
+        break;
     }
     return FC_EXIT_FAILED;
 }
@@ -42,12 +49,18 @@ int fc_exit_for_code(enum proto_errcode code)
 static int err_for_exit(int status)
 {
     switch (status) {
-    case FC_EXIT_USAGE: return ERR_INVALID;
-    case FC_EXIT_UNREACHABLE: return ERR_IO;
-    case FC_EXIT_CANCELED: return ERR_CANCELED;
-    case FC_EXIT_NOT_FOUND: return ERR_MISSING;
-    case FC_EXIT_REFUSED: return ERR_RANGE;
-    case FC_EXIT_PROTOCOL: return ERR_FORMAT;
+    case FC_EXIT_USAGE:
+        return ERR_INVALID;
+    case FC_EXIT_UNREACHABLE:
+        return ERR_IO;
+    case FC_EXIT_CANCELED:
+        return ERR_CANCELED;
+    case FC_EXIT_NOT_FOUND:
+        return ERR_MISSING;
+    case FC_EXIT_REFUSED:
+        return ERR_RANGE;
+    case FC_EXIT_PROTOCOL:
+        return ERR_FORMAT;
     }
     return ERR_IO;
 }
@@ -79,8 +92,7 @@ int fc_fail_daemon(struct fc_ctx *ctx, const struct proto_error *e, const char *
 static const struct fc_cmd *find_cmd(const char *name)
 {
     for (size_t i = 0; i < N_COMMANDS; i++)
-        if (strcmp(commands[i]->name, name) == 0)
-            return commands[i];
+        if (strcmp(commands[i]->name, name) == 0) return commands[i];
     return NULL;
 }
 
@@ -114,11 +126,9 @@ static int help_command(int argc, char **argv, int k)
 
 static int report(struct fc_ctx *ctx)
 {
-    if (ctx->exit_status == FC_EXIT_OK)
-        ctx->exit_status = FC_EXIT_FAILED;
+    if (ctx->exit_status == FC_EXIT_OK) ctx->exit_status = FC_EXIT_FAILED;
     fprintf(stderr, "focus %s: %s\n", ctx->cmd, err_msg());
-    if (ctx->json)
-        fc_out_error(ctx, err_msg());
+    if (ctx->json) fc_out_error(ctx, err_msg());
     return ctx->exit_status;
 }
 
@@ -127,10 +137,8 @@ int main(int argc, char **argv)
     struct fc_ctx ctx;
     fc_ctx_init(&ctx);
     int k = fc_find_command(argc, argv);
-    if (k == 0)
-        return no_command(argc, argv);
-    if (strcmp(argv[k], "help") == 0)
-        return help_command(argc, argv, k);
+    if (k == 0) return no_command(argc, argv);
+    if (strcmp(argv[k], "help") == 0) return help_command(argc, argv, k);
     const struct fc_cmd *cmd = find_cmd(argv[k]);
     if (!cmd) {
         fprintf(stderr, "focus: unknown command '%s' (see 'focus --help')\n", argv[k]);
@@ -144,21 +152,18 @@ int main(int argc, char **argv)
     int n = 0;
     args[n++] = argv[k];
     for (int i = 1; i < argc; i++)
-        if (i != k)
-            args[n++] = argv[i];
+        if (i != k) args[n++] = argv[i];
     args[n] = NULL;
 
     struct fc_args a;
     int rc = fc_parse(&ctx, cmd, n, args, &a);
-    if (rc == FC_HELP_SHOWN)
-        return FC_EXIT_OK;
-    if (rc == 0)
-        rc = cmd->run(&ctx, &a);
+    if (rc == FC_HELP_SHOWN) return FC_EXIT_OK;
+    if (rc == 0) rc = cmd->run(&ctx, &a);
     if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout)))
         rc = fc_fail(&ctx, FC_EXIT_FAILED, "error writing to standard output");
     if (rc < 0) {
         int status = report(&ctx);
-        if (status == FC_EXIT_USAGE && ctx.exit_status == FC_EXIT_USAGE && !ctx.json)
+        if (status == FC_EXIT_USAGE && !ctx.json)
             fprintf(stderr, "(see 'focus %s --help')\n", cmd->name);
         return status;
     }

@@ -49,9 +49,9 @@ struct fc_args;
 
 struct fc_cmd {
     const char *name;
-    const char *usage;   /* after "focus NAME " */
-    const char *summary; /* one line for the command list */
-    const char *details; /* paragraph after the options in --help; may be NULL */
+    const char *usage;         /* after "focus NAME " */
+    const char *summary;       /* one line for the command list */
+    const char *details;       /* paragraph after the options in --help; may be NULL */
     const struct fc_opt *opts; /* the command's own options, ended by a NULL name */
     int min_pos, max_pos;
     int (*run)(struct fc_ctx *ctx, const struct fc_args *a); /* 0 or a negative err.h code */

@@ -22,10 +22,8 @@ struct follow {
 static void on_event(const struct proto_event *ev, void *arg)
 {
     struct follow *f = arg;
-    if (f->ended || strcmp(ev->job, f->job) != 0)
-        return;
-    if (f->c->ctx->json)
-        fc_out_json(fc_json_event(ev));
+    if (f->ended || strcmp(ev->job, f->job) != 0) return;
+    if (f->c->ctx->json) fc_out_json(fc_json_event(ev));
     fc_progress_event(&f->progress, ev);
     switch (ev->kind) {
     case PROTO_EV_DONE:
@@ -49,8 +47,7 @@ static void on_event(const struct proto_event *ev, void *arg)
 
 static void on_status(struct follow *f, const struct proto_job_status *st)
 {
-    if (f->ended)
-        return;
+    if (f->ended) return;
     fc_progress_status(&f->progress, st);
     if (st->state == PROTO_STATE_DONE || st->state == PROTO_STATE_FAILED ||
         st->state == PROTO_STATE_CANCELED) {
@@ -71,8 +68,7 @@ int fc_job_status(struct fc_conn *c, const char *job, struct proto_job_status *s
     snprintf(what, sizeof what, "job %s", job);
     struct fc_msg reply;
     int rc = fc_conn_call(c, &req, what, &reply, on_ev, arg);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     struct proto_error perr;
     rc = proto_decode_job(&reply.in, st, &perr);
     fc_msg_free(&reply);
@@ -89,8 +85,8 @@ static int outcome(struct follow *f, uint32_t *images)
     case PROTO_STATE_CANCELED:
         return fc_fail(ctx, FC_EXIT_CANCELED, "job %s was canceled", f->job);
     default:
-        return fc_fail(ctx, FC_EXIT_FAILED, "job %s failed: %s%s%s [%s]", f->job,
-                       f->error.field, f->error.field[0] ? ": " : "",
+        return fc_fail(ctx, FC_EXIT_FAILED, "job %s failed: %s%s%s [%s]", f->job, f->error.field,
+                       f->error.field[0] ? ": " : "",
                        f->error.message[0] ? f->error.message : "(no message)",
                        proto_errcode_name(f->error.code));
     }
@@ -101,16 +97,14 @@ int fc_follow(struct fc_conn *c, const char *job, const struct proto_job_status 
 {
     struct follow f = {.c = c, .job = job};
     fc_progress_init(&f.progress, c->ctx, job);
-    if (st)
-        on_status(&f, st);
+    if (st) on_status(&f, st);
     double poll_s = c->ctx->timeout < FOLLOW_POLL_S ? c->ctx->timeout : FOLLOW_POLL_S;
     int rc = 0;
     while (!f.ended && rc == 0) {
         struct fc_msg m;
         bool got;
         rc = fc_conn_next_event(c, (int)(poll_s * 1000), &m, &got);
-        if (rc)
-            break;
+        if (rc) break;
         if (got) {
             on_event(&m.in.event, &f);
             fc_msg_free(&m);
@@ -118,8 +112,7 @@ int fc_follow(struct fc_conn *c, const char *job, const struct proto_job_status 
         }
         struct proto_job_status now;
         rc = fc_job_status(c, job, &now, on_event, &f);
-        if (rc == 0)
-            on_status(&f, &now);
+        if (rc == 0) on_status(&f, &now);
     }
     fc_progress_end(&f.progress);
     return rc ? rc : outcome(&f, images);

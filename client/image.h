@@ -10,8 +10,8 @@
 #include <stddef.h>
 
 /* The file name of image index under the naming above; out has room for n bytes. */
-int fc_image_path(struct fc_ctx *ctx, const char *file, const char *job, uint32_t index,
-                  char *out, size_t n);
+int fc_image_path(struct fc_ctx *ctx, const char *file, const char *job, uint32_t index, char *out,
+                  size_t n);
 
 /* Fetches image index of job (the daemon's sha256 is checked against the bytes), writes it to
  * path atomically (a temporary file renamed into place) and reports it: the path on stdout,

@@ -11,10 +11,9 @@
 
 void fc_out_json(json_t *obj)
 {
-    if (!obj)
-        return;
+    if (!obj) return;
     char *s = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER |
-                                   JSON_REAL_PRECISION(15));
+                                  JSON_REAL_PRECISION(15));
     if (s) {
         fputs(s, stdout);
         fputc('\n', stdout);
@@ -26,8 +25,8 @@ void fc_out_json(json_t *obj)
 
 void fc_out_error(const struct fc_ctx *ctx, const char *message)
 {
-    fc_out_json(json_pack("{s:{s:i,s:s}}", "error", "status", ctx->exit_status, "message",
-                          message));
+    fc_out_json(
+        json_pack("{s:{s:i,s:s}}", "error", "status", ctx->exit_status, "message", message));
 }
 
 json_t *fc_json_seconds(double s)
@@ -37,8 +36,7 @@ json_t *fc_json_seconds(double s)
 
 json_t *fc_json_u64(uint64_t v)
 {
-    if (v <= INT64_MAX)
-        return json_integer((json_int_t)v);
+    if (v <= INT64_MAX) return json_integer((json_int_t)v);
     char buf[24];
     snprintf(buf, sizeof buf, "%" PRIu64, v);
     return json_string(buf);
@@ -46,12 +44,12 @@ json_t *fc_json_u64(uint64_t v)
 
 json_t *fc_json_params(const struct proto_submit *p)
 {
-    return json_pack("{s:s,s:s,s:s,s:o,s:I,s:f,s:I,s:I,s:I,s:I,s:I}", "model", p->model,
-                     "prompt", p->prompt, "negative_prompt", p->negative_prompt, "seed",
-                     fc_json_u64(p->seed), "steps", (json_int_t)p->steps, "guidance",
-                     p->guidance, "width", (json_int_t)p->width, "height",
-                     (json_int_t)p->height, "max_seq", (json_int_t)p->max_seq, "count",
-                     (json_int_t)p->count, "priority", (json_int_t)p->priority);
+    return json_pack("{s:s,s:s,s:s,s:o,s:I,s:f,s:I,s:I,s:I,s:I,s:I}", "model", p->model, "prompt",
+                     p->prompt, "negative_prompt", p->negative_prompt, "seed", fc_json_u64(p->seed),
+                     "steps", (json_int_t)p->steps, "guidance", p->guidance, "width",
+                     (json_int_t)p->width, "height", (json_int_t)p->height, "max_seq",
+                     (json_int_t)p->max_seq, "count", (json_int_t)p->count, "priority",
+                     (json_int_t)p->priority);
 }
 
 static json_t *json_error(const struct proto_error *e)
@@ -69,11 +67,11 @@ static json_t *json_time(double t)
 json_t *fc_json_status(const struct proto_job_status *st)
 {
     json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:o,s:o,s:o,s:o}", "job", st->job, "state",
-                          proto_state_name(st->state), "position", (json_int_t)st->position,
-                          "step", (json_int_t)st->step, "steps", (json_int_t)st->steps,
-                          "images", (json_int_t)st->images, "created", json_time(st->created),
-                          "started", json_time(st->started), "finished",
-                          json_time(st->finished), "params", fc_json_params(&st->params));
+                          proto_state_name(st->state), "position", (json_int_t)st->position, "step",
+                          (json_int_t)st->step, "steps", (json_int_t)st->steps, "images",
+                          (json_int_t)st->images, "created", json_time(st->created), "started",
+                          json_time(st->started), "finished", json_time(st->finished), "params",
+                          fc_json_params(&st->params));
     if (o && (st->state == PROTO_STATE_FAILED || st->state == PROTO_STATE_CANCELED) &&
         st->error.code != PROTO_E_NONE)
         json_object_set_new(o, "error", json_error(&st->error));
@@ -83,8 +81,7 @@ json_t *fc_json_status(const struct proto_job_status *st)
 json_t *fc_json_event(const struct proto_event *ev)
 {
     json_t *o = json_pack("{s:s,s:s}", "event", proto_event_name(ev->kind), "job", ev->job);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     switch (ev->kind) {
     case PROTO_EV_QUEUED:
         json_object_set_new(o, "position", json_integer(ev->position));
@@ -179,14 +176,13 @@ void fc_print_status(FILE *f, const struct proto_job_status *st)
     else if (st->state == PROTO_STATE_RUNNING)
         fprintf(f, " (step %u/%u)", st->step, st->steps);
     fprintf(f, "\nmodel:     %s\nprompt:    %s\n", p->model, p->prompt);
-    if (p->negative_prompt[0])
-        fprintf(f, "negative:  %s\n", p->negative_prompt);
+    if (p->negative_prompt[0]) fprintf(f, "negative:  %s\n", p->negative_prompt);
     fprintf(f,
             "seed:      %" PRIu64 "\nsize:      %ux%u\nsteps:     %u\ncfg:       %g\n"
             "max-seq:   %u\ncount:     %u\npriority:  %d\nimages:    %u\ncreated:   %s\n"
             "started:   %s\nfinished:  %s\n",
-            p->seed, p->width, p->height, p->steps, p->guidance, p->max_seq, p->count,
-            p->priority, st->images, created, started, finished);
+            p->seed, p->width, p->height, p->steps, p->guidance, p->max_seq, p->count, p->priority,
+            st->images, created, started, finished);
     if (st->error.code != PROTO_E_NONE)
         fprintf(f, "error:     %s%s%s [%s]\n", st->error.field, st->error.field[0] ? ": " : "",
                 st->error.message, proto_errcode_name(st->error.code));

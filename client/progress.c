@@ -26,8 +26,7 @@ void fc_progress_init(struct fc_progress *p, const struct fc_ctx *ctx, const cha
 static int term_columns(void)
 {
     struct winsize ws;
-    if (ioctl(fileno(stderr), TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
-        return ws.ws_col;
+    if (ioctl(fileno(stderr), TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20) return ws.ws_col;
     return 80;
 }
 
@@ -35,11 +34,9 @@ static int term_columns(void)
  * elsewhere it is printed as a line of its own unless it repeats the last one. */
 static void show(struct fc_progress *p, const char *text)
 {
-    if (!p->on)
-        return;
+    if (!p->on) return;
     if (!p->tty) {
-        if (strcmp(text, p->last) == 0)
-            return;
+        if (strcmp(text, p->last) == 0) return;
         snprintf(p->last, sizeof p->last, "%s", text);
         fprintf(p->f, "%s\n", text);
         fflush(p->f);
@@ -47,8 +44,7 @@ static void show(struct fc_progress *p, const char *text)
     }
     size_t len = strlen(text);
     fprintf(p->f, "\r%s", text);
-    if (p->drawn > len)
-        fprintf(p->f, "%*s\r%s", (int)(p->drawn - len), "", text);
+    if (p->drawn > len) fprintf(p->f, "%*s\r%s", (int)(p->drawn - len), "", text);
     fflush(p->f);
     p->drawn = len;
 }
@@ -57,8 +53,7 @@ static void show_steps(struct fc_progress *p, uint32_t step, uint32_t steps, dou
                        double eta)
 {
     char rate[32] = "", left[48] = "";
-    if (step > 0 && elapsed > 0)
-        snprintf(rate, sizeof rate, "%.2f it/s", step / elapsed);
+    if (step > 0 && elapsed > 0) snprintf(rate, sizeof rate, "%.2f it/s", step / elapsed);
     if (step < steps && eta > 0) {
         char d[24];
         fc_format_duration(eta, d, sizeof d);
@@ -67,8 +62,7 @@ static void show_steps(struct fc_progress *p, uint32_t step, uint32_t steps, dou
     char text[256];
     if (!p->tty) {
         double now = fc_now();
-        if (step < steps && step > 0 && now - p->last_step_line < PLAIN_INTERVAL_S)
-            return;
+        if (step < steps && step > 0 && now - p->last_step_line < PLAIN_INTERVAL_S) return;
         p->last_step_line = now;
         snprintf(text, sizeof text, "%s: step %u/%u%s%s%s%s", p->job, step, steps,
                  rate[0] ? ", " : "", rate, left[0] ? ", " : "", left);
@@ -138,8 +132,7 @@ void fc_progress_status(struct fc_progress *p, const struct proto_job_status *st
         break;
     case PROTO_STATE_RUNNING: {
         double elapsed = st->started > 0 ? (double)time(NULL) - st->started : 0;
-        double eta = st->step > 0 && elapsed > 0 ? elapsed / st->step * (st->steps - st->step)
-                                                 : 0;
+        double eta = st->step > 0 && elapsed > 0 ? elapsed / st->step * (st->steps - st->step) : 0;
         show_steps(p, st->step, st->steps, elapsed, eta);
         break;
     }

@@ -15,7 +15,7 @@ struct fc_progress {
     bool tty;     /* redraw in place */
     size_t drawn; /* characters of the line now on the terminal */
     char job[PROTO_MAX_NAME + 1];
-    char last[256]; /* the last plain line, so that repeats are not printed */
+    char last[256];        /* the last plain line, so that repeats are not printed */
     double last_step_line; /* when the last plain step line was printed (fc_now()) */
 };
 

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
@@ -380,8 +381,27 @@ static void reload(void)
     log_info("configuration reloaded");
 }
 
+static pid_t reactor_tid;
+
+/* Threads that a library started before main (OpenBLAS's pool) do not block the signals, and
+ * the kernel may deliver a process-directed signal to one of them: pass it on to the reactor
+ * thread, where it stays pending for the signalfd. */
+static void forward_signal(int sig)
+{
+    int saved = errno;
+    syscall(SYS_tgkill, getpid(), reactor_tid, sig);
+    errno = saved;
+}
+
 static int signals_open(void)
 {
+    reactor_tid = (pid_t)syscall(SYS_gettid);
+    struct sigaction sa = {.sa_handler = forward_signal};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);

@@ -25,6 +25,10 @@ int cpu_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src
 void *cpu_scratch(kn_ctx *ctx, int slot, size_t n);
 #define CPU_SCRATCH_SLOTS 4
 
+#ifdef FOCUS_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
 /* Dispatch helper for op front-ends: `KN_DISPATCH(ctx, op, args...)` calls cpu_op or cuda_op. */
 #ifdef FOCUS_HAVE_CUDA
 #define KN_DISPATCH(ctx, op, ...)                                                          \

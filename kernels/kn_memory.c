@@ -1,4 +1,5 @@
-/* Contexts and data movement: the front-ends of kn.h's memory functions. */
+/* Contexts and data movement: the front-ends of kn.h's memory functions, dispatching to the CPU
+ * backend or, in a build with FOCUS_HAVE_CUDA, to the CUDA one. */
 #include "kernels/kn_backend.h"
 #include "kernels/kn_convert.h"
 
@@ -11,12 +12,18 @@
 int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
 {
     *out = NULL;
+#ifndef FOCUS_HAVE_CUDA
     if (dev == KN_CUDA)
         return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
+#endif
     kn_ctx *ctx = xcalloc(1, sizeof *ctx);
     ctx->device = dev;
     ctx->index = index;
+#ifdef FOCUS_HAVE_CUDA
+    int rc = dev == KN_CUDA ? cuda_ctx_init(ctx) : cpu_ctx_init(ctx);
+#else
     int rc = cpu_ctx_init(ctx);
+#endif
     if (rc < 0) {
         free(ctx);
         return rc;
@@ -29,7 +36,12 @@ void kn_ctx_destroy(kn_ctx *ctx)
 {
     if (!ctx)
         return;
-    cpu_ctx_fini(ctx);
+#ifdef FOCUS_HAVE_CUDA
+    if (ctx->device == KN_CUDA)
+        cuda_ctx_fini(ctx);
+    else
+#endif
+        cpu_ctx_fini(ctx);
     free(ctx);
 }
 
@@ -40,6 +52,9 @@ kn_device kn_ctx_device(const kn_ctx *ctx)
 
 int kn_sync(kn_ctx *ctx)
 {
+#ifdef FOCUS_HAVE_CUDA
+    if (ctx->device == KN_CUDA) return cuda_sync(ctx);
+#endif
     (void)ctx;
     return 0;
 }
@@ -54,13 +69,13 @@ int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *sh
     *t = (kn_tensor){.dtype = dt, .device = ctx->device, .ndim = ndim, .owned = 1};
     for (int i = 0; i < ndim; i++)
         t->shape[i] = shape[i];
-    return cpu_alloc(ctx, t);
+    return KN_DISPATCH(ctx, alloc, t);
 }
 
 void kn_free(kn_ctx *ctx, kn_tensor *t)
 {
     if (t->owned && t->data)
-        cpu_free(ctx, t);
+        KN_DISPATCH(ctx, free, t);
     memset(t, 0, sizeof *t);
 }
 
@@ -68,6 +83,9 @@ int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
 {
     if (host->device != KN_CPU)
         return err_set(ERR_INVALID, "kn_weight expects a host tensor");
+#ifdef FOCUS_HAVE_CUDA
+    if (ctx->device == KN_CUDA) return cuda_weight(ctx, dst, host);
+#endif
     (void)ctx;
     *dst = *host;
     dst->owned = 0;
@@ -84,8 +102,11 @@ static int check_bytes(const kn_tensor *t, size_t nbytes)
 
 int kn_write(kn_ctx *ctx, kn_tensor *dst, const void *host, size_t nbytes)
 {
-    (void)ctx;
     int rc = check_bytes(dst, nbytes);
+#ifdef FOCUS_HAVE_CUDA
+    if (rc == 0 && nbytes && ctx->device == KN_CUDA) return cuda_write(ctx, dst, host, nbytes);
+#endif
+    (void)ctx;
     if (rc == 0 && nbytes)
         memcpy(dst->data, host, nbytes);
     return rc;
@@ -93,8 +114,11 @@ int kn_write(kn_ctx *ctx, kn_tensor *dst, const void *host, size_t nbytes)
 
 int kn_read(kn_ctx *ctx, const kn_tensor *src, void *host, size_t nbytes)
 {
-    (void)ctx;
     int rc = check_bytes(src, nbytes);
+#ifdef FOCUS_HAVE_CUDA
+    if (rc == 0 && nbytes && ctx->device == KN_CUDA) return cuda_read(ctx, src, host, nbytes);
+#endif
+    (void)ctx;
     if (rc == 0 && nbytes)
         memcpy(host, src->data, nbytes);
     return rc;
@@ -102,10 +126,23 @@ int kn_read(kn_ctx *ctx, const kn_tensor *src, void *host, size_t nbytes)
 
 int kn_read_f32(kn_ctx *ctx, const kn_tensor *src, float *host)
 {
-    (void)ctx;
     if (!kn_dtype_is_float(src->dtype))
         return err_set(ERR_INVALID, "kn_read_f32 of a %s tensor", kn_dtype_name(src->dtype));
-    kn_convert_to_f32(host, src->data, src->dtype, (size_t)kn_numel(src));
+    size_t n = (size_t)kn_numel(src);
+#ifdef FOCUS_HAVE_CUDA
+    /* Device bytes come to the host as they are and are widened there. */
+    if (ctx->device == KN_CUDA) {
+        if (src->dtype == KN_F32) return kn_read(ctx, src, host, n * sizeof(float));
+        void *raw = malloc(kn_nbytes(src) ? kn_nbytes(src) : 1);
+        if (!raw) return err_set(ERR_NOMEM, "kn_read_f32: cannot allocate %zu bytes", kn_nbytes(src));
+        int rc = kn_read(ctx, src, raw, kn_nbytes(src));
+        if (rc == 0) kn_convert_to_f32(host, raw, src->dtype, n);
+        free(raw);
+        return rc;
+    }
+#endif
+    (void)ctx;
+    kn_convert_to_f32(host, src->data, src->dtype, n);
     return 0;
 }
 

@@ -22,7 +22,7 @@ if [ -n "$missing" ]; then
 fi
 
 # The integration tests and the Python client run in their own environment under build/.
-PYENV=${BUILD:-build}/pyenv
+PYENV=build/pyenv
 PYPKGS="pyzmq msgpack pytest numpy"
 if ! "$PYENV/bin/python" -c "import zmq, msgpack, pytest, numpy" 2>/dev/null; then
     python3 -m venv "$PYENV"

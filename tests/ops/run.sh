@@ -14,9 +14,10 @@ BUILD=${BUILD:-build}
 MAKE=${MAKE:-make}
 FOCUSD=$BUILD/focusd
 FOCUS=$BUILD/focus
-# The highest systemd-analyze security exposure accepted for focusd.service. 2.0 is the
-# level the unit was written to (it is 1.7 with MemoryDenyWriteExecute= off for oneDNN):
-# anything that loosens the sandbox past it must come with a reason and a change here.
+# The highest systemd-analyze security exposure accepted for focusd.service (0 is a sealed
+# box, 10 no sandbox). The unit scores 1.7: what is left open is what CUDA and the network
+# endpoint need (devices, netlink, @resources, the host's network and users). 2.0 leaves room
+# for one such need more; anything past it must come with a reason and a change here.
 MAX_EXPOSURE=2.0
 # A model small enough to load in a second on the CPU.
 MODEL=tests/fixtures/tiny-sd35
@@ -159,8 +160,10 @@ test_conf_keys() {
     for k in $page_keys; do
         "$FOCUSD" --set "$k=1" 2>&1 | grep -q 'unknown key' && bad="$bad $k"
     done
+    # A default_model that names no model makes the file fail after every key is read, so
+    # that focusd never starts serving here.
     for k in $model_keys; do
-        printf '[model m]\n%s = cpu\n' "$k" > "$T/model.conf"
+        printf 'default_model = none\n[model m]\npath = x\n%s = cpu\n' "$k" > "$T/model.conf"
         "$FOCUSD" --config "$T/model.conf" 2>&1 | grep -q 'unknown key' && bad="$bad [model] $k"
     done
     check "focusd accepts every key of focusd.conf(5)" "refused:$bad" test -z "$bad"
@@ -170,8 +173,9 @@ test_conf_keys() {
 test_mandoc() {
     local page lint
     for page in man/focus.1 man/focusd.8 man/focusd.conf.5; do
-        # Cross-references between this project's pages resolve once they are installed.
-        lint=$(mandoc -Tlint "$page" 2>&1 | grep -v 'referenced manual not found: Xr focus')
+        # Whether a cross-referenced page is installed here says nothing about this one.
+        lint=$(mandoc -Tlint "$page" 2>&1 |
+            grep -v -e 'referenced manual not found' -e 'mandoc.db')
         check "mandoc -Tlint $page" "$lint" test -z "$lint"
     done
 }
@@ -203,8 +207,8 @@ test_install() {
         "${tmpfilesdir:-/usr/lib/tmpfiles.d}/focusd.conf" \
         "${compdir:-/usr/share/bash-completion/completions}/focus" \
         /etc/focusd/focusd.conf)
-    [ -e man/focusd-protocol.7 ] && expected="$expected
-    /usr/share/man/man7/focusd-protocol.7"
+    [ -e man/focusd-protocol.7 ] &&
+        expected=$(printf '%s\n%s\n' "$expected" /usr/share/man/man7/focusd-protocol.7)
     got=$(cd "$stage" 2>/dev/null && find . -type f | sed 's|^\.||')
     same "installed file tree" "$(sort <<< "$expected")" "$(sort <<< "$got")" \
         "the expected tree" "the installed one"
@@ -255,6 +259,11 @@ test_units() {
     exposure=$(systemd-analyze security --offline=true --no-pager "$root/units/focusd.service" \
         2>/dev/null | sed -n 's/.*Overall exposure level for focusd.service: \([0-9.]*\).*/\1/p')
     echo "   systemd-analyze security exposure of focusd.service: ${exposure:-unknown}"
+    # oneDNN generates x86 kernels at run time, which MemoryDenyWriteExecute= forbids.
+    check "MemoryDenyWriteExecute=yes only while focusd links no run-time code generator" \
+        "focusd links oneDNN: set MemoryDenyWriteExecute=no in focusd.service" \
+        sh -c "! ldd '$FOCUSD' | grep -q libdnnl ||
+               ! grep -qx 'MemoryDenyWriteExecute=yes' '$root/units/focusd.service'"
     check "focusd.service exposure ${exposure:-unknown} <= $MAX_EXPOSURE" "over the limit" \
         awk -v e="${exposure:-99}" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e <= m) }'
 }
@@ -333,7 +342,9 @@ test_activation() {
     check "socket activation: focusd adopted the socket (same inode)" \
         "inode $inode became $(stat -c %i "$sock" 2>/dev/null)" \
         test "$inode" = "$(stat -c %i "$sock" 2>/dev/null)"
-    check "sd_notify: READY=1 once the model is loaded" "$(cat "$T/notify.log")" \
+    # The ping is answered while the model loads; READY=1 follows once it is resident.
+    for _ in $(seq 600); do grep -qx 'READY=1' "$T/notify.log" && break; sleep 0.1; done
+    check "sd_notify: READY=1 once the model is loaded" "$(sort -u "$T/notify.log")" \
         grep -qx 'READY=1' "$T/notify.log"
     sleep 2.5
     check "sd_notify: WATCHDOG=1 pings at WATCHDOG_USEC/2" "$(sort -u "$T/notify.log")" \

@@ -274,9 +274,16 @@ PIPE_CASES = [
 ]
 
 
+# Skip-layer-guidance arguments: a case that has them passes them to the pipeline (gen_slg.py's cases only;
+# the pinned diffusers has no SLG).
+SLG_KEYS = ("skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start",
+            "skip_layer_guidance_stop")
+
+
 @torch.no_grad()
-def gen_pipeline(pipe):
-    d = fresh("pipeline")
+def pipeline_case(pipe, c, d, keep_float):
+    """Run case c with latent and with np output, check that both agree, write d/<name>/ and return the
+    case's cases.json entry."""
     captured = []
     orig = pipe.prepare_latents
 
@@ -287,12 +294,11 @@ def gen_pipeline(pipe):
 
     pipe.prepare_latents = capture
     pipe.set_progress_bar_config(disable=True)
-    listing = []
-    for c in PIPE_CASES:
-        kw = dict(prompt=c["prompt"], negative_prompt=c["negative_prompt"], height=c["height"], width=c["width"],
-                  num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"],
-                  num_images_per_prompt=c["num_images_per_prompt"], max_sequence_length=c["max_sequence_length"])
-        captured.clear()
+    kw = dict(prompt=c["prompt"], negative_prompt=c["negative_prompt"], height=c["height"], width=c["width"],
+              num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"],
+              num_images_per_prompt=c["num_images_per_prompt"], max_sequence_length=c["max_sequence_length"],
+              **{k: c[k] for k in SLG_KEYS if k in c})
+    try:
         lat = pipe(**kw, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="latent").images
         noise = captured[0]
         dec = pipe.vae.decode(lat / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor,
@@ -301,19 +307,25 @@ def gen_pipeline(pipe):
         captured.clear()
         ref = pipe(**kw, generator=torch.Generator("cpu").manual_seed(c["seed"]), output_type="np").images
         assert np.array_equal(ref, img) and torch.equal(captured[0], noise), c["name"]
-        u8 = (img * 255).round().astype(np.uint8)
-        pil = pipe.image_processor.numpy_to_pil(img)
-        assert all(np.array_equal(np.asarray(p), u) for p, u in zip(pil, u8))
-        cd = os.path.join(d, c["name"])
-        save(cd, "noise.npy", f32(noise))
-        save(cd, "latents.npy", f32(lat))
-        if not listing:  # the float image of one case is enough to check --dump; the rest is uint8
-            save(cd, "image.npy", f32(img))
-        save(cd, "image_u8.npy", u8)
-        sat = float(np.mean((img <= 0) | (img >= 1)))
-        listing.append({**c, "shapes": {"noise": list(noise.shape), "image": list(img.shape)},
-                        "saturated_fraction": round(sat, 4)})
-    pipe.prepare_latents = orig
+    finally:
+        pipe.prepare_latents = orig
+    u8 = (img * 255).round().astype(np.uint8)
+    pil = pipe.image_processor.numpy_to_pil(img)
+    assert all(np.array_equal(np.asarray(p), u) for p, u in zip(pil, u8))
+    cd = os.path.join(d, c["name"])
+    save(cd, "noise.npy", f32(noise))
+    save(cd, "latents.npy", f32(lat))
+    if keep_float:
+        save(cd, "image.npy", f32(img))
+    save(cd, "image_u8.npy", u8)
+    sat = float(np.mean((img <= 0) | (img >= 1)))
+    return {**c, "shapes": {"noise": list(noise.shape), "image": list(img.shape)}, "saturated_fraction": round(sat, 4)}
+
+
+def gen_pipeline(pipe):
+    d = fresh("pipeline")
+    # The float image of one case is enough to check --dump; the rest is uint8.
+    listing = [pipeline_case(pipe, c, d, keep_float=(i == 0)) for i, c in enumerate(PIPE_CASES)]
     write_json(os.path.join(d, "cases.json"), listing)
     return len(listing)
 

@@ -1,0 +1,159 @@
+"""Fixtures for the integration tests: each test runs the real build/focusd (or $FOCUSD) on
+a temporary ipc socket and state directory with the fixture model tests/fixtures/tiny-sd35,
+and talks to it over real ZeroMQ sockets with client/python/focusd_client.py.
+
+Needs pyzmq, msgpack and pytest. Run from the repository root: pytest tests/integration."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+import focusd_client  # noqa: E402
+
+BUILD = os.environ.get("BUILD", "build")
+FOCUSD = os.environ.get("FOCUSD", os.path.join(ROOT, BUILD, "focusd"))
+MODEL = os.path.join(ROOT, "tests", "fixtures", "tiny-sd35")
+# The cheapest job the fixture model runs: CFG off, one step, the smallest size.
+TINY = dict(steps=1, width=64, height=64, guidance=0.0)
+
+
+class Daemon:
+    """One focusd process. args: extra command-line arguments; conf: focusd.conf text."""
+
+    def __init__(self, workdir, args=(), conf=None, env=None):
+        self.dir = workdir
+        self.sock = os.path.join(workdir, "focusd.sock")
+        self.endpoint = "ipc://" + self.sock
+        self.state = os.path.join(workdir, "state")
+        self.log = os.path.join(workdir, "focusd.log")
+        self.conf = None
+        if conf is not None:
+            self.conf = os.path.join(workdir, "focusd.conf")
+            with open(self.conf, "w") as f:
+                f.write(conf)
+        self.args = list(args)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc = None
+        self.clients = []
+
+    def command(self):
+        cmd = [FOCUSD, "--listen", self.endpoint, "--state-dir", self.state, "--device", "cpu"]
+        if self.conf:
+            cmd += ["--config", self.conf]
+        else:
+            cmd += ["--model", "tiny=" + MODEL]
+        return cmd + self.args
+
+    def start(self, wait=True):
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=logf, env=self.env)
+        logf.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"focusd exited with {self.proc.returncode}:\n{self.read_log()}"
+            if "<6>ready" in self.read_log():
+                return
+            time.sleep(0.05)
+        raise AssertionError("focusd did not become ready:\n" + self.read_log())
+
+    def read_log(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def client(self, timeout=30.0):
+        c = focusd_client.Client(self.endpoint, timeout=timeout)
+        self.clients.append(c)
+        return c
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=30):
+        """SIGTERM, then the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def close_clients(self):
+        for c in self.clients:
+            c.close()
+        self.clients = []
+
+
+@pytest.fixture
+def workdir():
+    # ipc paths must fit sun_path (108 bytes): keep the directory short.
+    with tempfile.TemporaryDirectory(prefix="focusd-it-") as d:
+        yield d
+
+
+@pytest.fixture
+def make_daemon(workdir):
+    made = []
+
+    def make(args=(), conf=None, env=None, start=True, sub=None):
+        d = workdir if sub is None else os.path.join(workdir, sub)
+        os.makedirs(d, exist_ok=True)
+        dm = Daemon(d, args, conf, env)
+        made.append(dm)
+        return dm.start() if start else dm
+
+    yield make
+    for dm in made:
+        dm.close_clients()
+        if dm.proc and dm.proc.poll() is None:
+            dm.proc.kill()
+            dm.proc.wait(10)
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon()
+
+
+def wait_for(pred, timeout=30.0, step=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_state(client, job, states=("done",), timeout=60.0):
+    return wait_for(lambda: client.job(job)["state"] in states and client.job(job), timeout,
+                    what=f"job {job} in {states}")
+
+
+def notify_socket(path):
+    """A datagram socket bound where NOTIFY_SOCKET will point, as systemd's is."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(0.2)
+    return s

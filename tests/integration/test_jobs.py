@@ -1,0 +1,182 @@
+"""Jobs through the real daemon: submit, watch, fetch, the PNG bytes and their checksum,
+refusals at submission, cancellation, and a client that disconnects mid-job."""
+
+import hashlib
+import os
+import struct
+import subprocess
+import zlib
+
+import pytest
+import zmq
+
+from conftest import MODEL, ROOT, BUILD, TINY, wait_state, focusd_client
+
+
+def png_chunks(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    pos, chunks = 8, []
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in chunk {kind}"
+        chunks.append((kind, body))
+        pos += 12 + n
+    return chunks
+
+
+def png_pixels(data):
+    """(width, height, raw scanlines): the decompressed IDAT stream of an 8-bit RGB PNG."""
+    chunks = png_chunks(data)
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    w, h, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (depth, color) == (8, 2), "expected 8-bit RGB"
+    raw = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
+    assert len(raw) == h * (1 + 3 * w)
+    return w, h, raw
+
+
+def png_text(data):
+    return dict(b.split(b"\0", 1) for k, b in png_chunks(data) if k == b"tEXt")
+
+
+def test_submit_watch_fetch(daemon):
+    c = daemon.client()
+    hello = c.hello()
+    assert hello["server"] == "focusd" and hello["protocol"] == 1
+    assert hello["models"] == ["tiny"] and hello["default_model"] == "tiny"
+    job = c.submit("a red fox in the snow", seed=7, count=2, watch=True, **TINY)
+    events = list(c.events(job, timeout=30))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "done", kinds
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1]
+    assert events[-1]["images"] == 2
+    st = c.job(job)
+    assert st["state"] == "done" and st["images"] == 2 and st["step"] == 1
+    assert st["params"]["seed"] == 7 and st["params"]["prompt"] == "a red fox in the snow"
+    assert st["created"] <= st["started"] <= st["finished"]
+    for i in range(2):
+        img = c.fetch(job, i)
+        assert hashlib.sha256(img["png"]).digest() == img["sha256"]
+        w, h, _ = png_pixels(img["png"])
+        assert (w, h) == (64, 64) == (img["width"], img["height"])
+        text = png_text(img["png"])
+        assert text[b"seed"] == b"7" and text[b"index"] == str(i).encode()
+        # The file in the state directory is what was sent.
+        with open(os.path.join(daemon.state, "images", f"{job}-{i}.png"), "rb") as f:
+            assert f.read() == img["png"]
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.fetch(job, 2)
+    assert e.value.code == "not_found" and e.value.field == "index"
+    assert c.stats()["done"] == 1
+    assert any(j["job"] == job for j in c.jobs(state="done"))
+    (m,) = c.models()
+    assert m["name"] == "tiny" and m["loaded"] and m["device"] == "cpu" and m["memory"] > 0
+
+
+def test_png_matches_focus_run(daemon, workdir):
+    params = dict(seed=3, steps=2, width=64, height=64, guidance=4.5)
+    c = daemon.client()
+    job = c.submit("a lighthouse at dawn", watch=True, **params)
+    list(c.events(job, timeout=30))
+    ours = c.fetch(job)["png"]
+    focus_run = os.path.join(ROOT, BUILD, "focus-run")
+    probe = subprocess.run([focus_run, "generate", "--help"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("focus-run generate is not built yet: cannot compare the PNG with it")
+    out = os.path.join(workdir, "ref.png")
+    subprocess.run([focus_run, "generate", "--model", MODEL, "--prompt", "a lighthouse at dawn",
+                    "--seed", "3", "--steps", "2", "--width", "64", "--height", "64",
+                    "--cfg", "4.5", "--device", "cpu", "--output", out], check=True,
+                   capture_output=True)
+    with open(out, "rb") as f:
+        ref = f.read()
+    # Same pixels, same encoder settings: the image data is byte-identical. The text chunks
+    # differ only where they name the program and the model.
+    assert png_pixels(ours) == png_pixels(ref)
+    assert [c for c in png_chunks(ours) if c[0] != b"tEXt"] == \
+        [c for c in png_chunks(ref) if c[0] != b"tEXt"]
+    differ = {k for k, v in png_text(ours).items() if png_text(ref).get(k) != v}
+    assert differ <= {b"Software", b"model"}, differ
+
+
+def test_submit_refusals(daemon):
+    c = daemon.client()
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("x", width=2048, height=2048, count=8)
+    assert e.value.code == "too_large"
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("x", model="nope")
+    assert (e.value.code, e.value.field) == ("not_found", "model")
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("x", steps=0)
+    assert (e.value.code, e.value.field) == ("bad_field", "steps")
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("x", width=72)
+    assert (e.value.code, e.value.field) == ("bad_field", "width")
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.job("jdoesnotexist")
+    assert (e.value.code, e.value.field) == ("not_found", "job")
+    assert c.stats()["queued"] == 0
+
+
+def test_busy_when_queue_full(make_daemon):
+    d = make_daemon(args=["--set", "max_queue=5", "--set", "batch_max=1"])
+    c = d.client()
+    jobs = [c.submit("slow", steps=50, width=64, height=64) for _ in range(6)]
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("one too many", **TINY)
+    assert e.value.code == "busy"
+    for j in jobs:
+        c.cancel(j)
+
+
+def test_cancel_queued_and_running(make_daemon):
+    d = make_daemon(args=["--set", "batch_max=1"])
+    c = d.client()
+    running = c.submit("long", steps=200, width=64, height=64, watch=True)
+    queued = c.submit("waiting", watch=True, **TINY)
+    st = wait_state(c, running, ("running",))
+    assert c.job(queued)["state"] == "queued" and c.job(queued)["position"] == 0
+    # A queued job is canceled at once, in the reply itself.
+    r = c.cancel(queued)
+    assert r["state"] == "canceled" and r["error"]["code"] == "canceled"
+    # A running one stops at the next step boundary.
+    c.cancel(running)
+    evs = list(c.events(running, timeout=30))
+    assert evs[-1]["event"] == "canceled"
+    st = c.job(running)
+    assert st["state"] == "canceled" and st["step"] < 200
+    kinds = {e["job"]: e["event"] for e in c._events}
+    assert c.job(queued)["state"] == "canceled" and kinds.get(queued, "canceled") == "canceled"
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.fetch(running)
+    assert e.value.code == "not_found"
+
+
+def test_client_disconnects_mid_job(daemon):
+    c = daemon.client()
+    job = c.submit("unattended", steps=30, width=64, height=64, watch=True)
+    wait_state(c, job, ("running", "done"))
+    c.close()
+    daemon.clients.remove(c)
+    c2 = daemon.client()
+    st = wait_state(c2, job, ("done",))
+    assert st["images"] == 1
+    img = c2.fetch(job)
+    assert hashlib.sha256(img["png"]).digest() == img["sha256"]
+    c2.ping()
+
+
+def test_priority_within_session(make_daemon):
+    d = make_daemon(args=["--set", "batch_max=1"])
+    c = d.client()
+    blocker = c.submit("blocker", steps=20, width=64, height=64)
+    wait_state(c, blocker, ("running",))
+    low = [c.submit(f"low {i}", priority=-1, **TINY) for i in range(3)]
+    high = c.submit("high", priority=5, **TINY)
+    for j in low + [high]:
+        wait_state(c, j)
+    starts = {j: c.job(j)["started"] for j in low + [high]}
+    assert starts[high] < min(starts[j] for j in low)

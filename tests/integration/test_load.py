@@ -1,0 +1,94 @@
+"""Many clients at once: nothing lost, sessions served in turn; and a client that never reads
+its replies cannot stall the daemon or make it grow."""
+
+import threading
+import time
+
+import msgpack
+import zmq
+
+from conftest import TINY, focusd_client
+
+CLIENTS, JOBS = 16, 200
+
+
+def test_many_clients_none_lost_and_fair(make_daemon):
+    d = make_daemon(args=["--set", "max_queue=4000", "--set", "batch_max=8"])
+    submitted = [[] for _ in range(CLIENTS)]
+    done = [set() for _ in range(CLIENTS)]
+    errors = []
+    # Client 0 queues all its jobs before the others start: first come, first served would
+    # run them all before anyone else's.
+    first_batch = threading.Event()
+
+    def run(i):
+        try:
+            c = focusd_client.Client(d.endpoint, timeout=60)
+            if i:
+                first_batch.wait(30)
+            for k in range(JOBS):
+                submitted[i].append(c.submit(f"client {i} job {k}", seed=k, watch=True, **TINY))
+            if i == 0:
+                first_batch.set()
+            for ev in c.events(timeout=60):
+                if ev["event"] == "done":
+                    done[i].add(ev["job"])
+                elif ev["event"] in ("failed", "canceled"):
+                    errors.append(ev)
+                if len(done[i]) == JOBS:
+                    break
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    elapsed = time.monotonic() - t0
+    assert not errors, errors[:5]
+    for i in range(CLIENTS):
+        assert len(submitted[i]) == JOBS and done[i] == set(submitted[i]), f"client {i}"
+    c = d.client()
+    st = c.stats()
+    assert st["done"] == CLIENTS * JOBS and st["queued"] == 0 and st["running"] == 0
+    # Fairness: once every session has work queued, the next starts visit every session.
+    owner = {j: i for i in range(CLIENTS) for j in submitted[i]}
+    status = {j: c.job(j) for j in owner}
+    all_waiting = max(min(status[j]["created"] for j in submitted[i]) for i in range(CLIENTS))
+    later = sorted((s["started"], owner[j]) for j, s in status.items()
+                   if s["started"] > all_waiting)
+    window = [o for _, o in later[:3 * CLIENTS]]
+    counts = [window.count(i) for i in range(CLIENTS)]
+    assert min(counts) >= 2, f"start order not round-robin: {counts}"
+    print(f"\n{CLIENTS * JOBS} jobs from {CLIENTS} clients in {elapsed:.1f} s")
+
+
+def test_client_that_never_reads(make_daemon):
+    d = make_daemon(args=["--set", "client_buffer=1M"])
+    ctx = zmq.Context.instance()
+    deaf = ctx.socket(zmq.DEALER)
+    deaf.setsockopt(zmq.RCVHWM, 10)
+    deaf.setsockopt(zmq.SNDHWM, 100000)
+    deaf.setsockopt(zmq.LINGER, 0)
+    deaf.connect(d.endpoint)
+    c = d.client(timeout=5)
+    c.ping()
+    payload = msgpack.packb({"v": 1, "op": "stats", "id": 1, "pad": "x" * 2000})
+    rss = []
+    for rnd in range(5):
+        for k in range(4000):
+            deaf.send(payload, zmq.NOBLOCK)
+        t = time.monotonic()
+        c.ping()  # answered promptly although the deaf peer's replies pile up
+        assert time.monotonic() - t < 1.0
+        time.sleep(0.2)
+        rss.append(d.rss_kib())
+    # Its backlog is bounded by client_buffer: memory does not follow the flood.
+    assert rss[-1] - rss[1] < 16 * 1024, rss
+    job = c.submit("still working", **TINY)
+    deaf.close()
+    from conftest import wait_state
+    assert wait_state(c, job)["images"] == 1
