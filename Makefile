@@ -61,7 +61,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 # Full-size SD3.5-medium shapes with random weights (about 16 GB), made once by a tool.
 BENCH_MODEL ?= $(BUILD)/bench-model
 
-.PHONY: all test deps clean bench bench-kernels bench-encode bench-model
+.PHONY: all test deps demo clean bench bench-kernels bench-encode bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
@@ -111,6 +111,9 @@ test: all
 
 deps:
 	tools/deps.sh
+
+demo: deps all
+	BUILD=$(BUILD) tools/demo.sh
 
 clean:
 	rm -rf build

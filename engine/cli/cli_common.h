@@ -50,6 +50,7 @@ struct cli_args {
 
 extern const cli_cmd cli_cmd_tokenize;
 extern const cli_cmd cli_cmd_encode;
+extern const cli_cmd cli_cmd_generate;
 
 /* Parses argv (argv[0] is the subcommand name). "--opt value", "--opt=value" and "--" are
  * understood. Returns 0 to run the command, CLI_DONE after printing --help to stdout, or

@@ -9,6 +9,7 @@
 static const cli_cmd *const commands[] = {
     &cli_cmd_tokenize,
     &cli_cmd_encode,
+    &cli_cmd_generate,
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
