@@ -9,7 +9,8 @@
 # The systemd directories default to what pkg-config says systemd reads, the completion
 # directory to bash-completion's under DATADIR. The example configuration is installed only
 # where there is none yet, and uninstalled only while it is unchanged: an administrator's
-# edits survive both.
+# edits survive both. Installing to the live system (no DESTDIR) ends with the commands that
+# create the user and directories and load the units; the Debian package runs them itself.
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -54,6 +55,10 @@ install: $(BUILD)/focusd $(BUILD)/focus $(BUILD)/focus-run
 		echo "keeping $(DESTDIR)$(SYSCONFDIR)/focusd/focusd.conf"; \
 	else \
 		$(INSTALL) -m 0644 etc/focusd.conf $(DESTDIR)$(SYSCONFDIR)/focusd/focusd.conf; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		echo "next: systemd-sysusers && systemd-tmpfiles --create focusd.conf &&"; \
+		echo "      systemctl daemon-reload && systemctl enable --now focusd.socket focusd"; \
 	fi
 
 uninstall:

@@ -148,6 +148,17 @@ static __device__ __forceinline__ float load_any(const void *p, kn_dtype dt, int
     }
 }
 
+/* Stores v rounded to activation dtype dt (F32, F16 or BF16) as element i of p. */
+static __device__ __forceinline__ void store_act(void *p, kn_dtype dt, int64_t i, float v)
+{
+    if (dt == KN_F16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else if (dt == KN_BF16)
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    else
+        ((float *)p)[i] = v;
+}
+
 /* Calls f(T()) with T the element type of activation dtype dt. */
 template <typename F> static int with_act(kn_dtype dt, F &&f)
 {

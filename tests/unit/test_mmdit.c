@@ -176,6 +176,30 @@ static void test_skip_layers(void)
     mmdit_free(m);
 }
 
+/* Skip-layer guidance's conditional pass: blocks not executed, their inputs passed on, against
+ * diffusers 0.32's transformer(..., skip_layers=[...]) on the square golden inputs. */
+static void test_skip_layers_golden(void)
+{
+    static const struct {
+        const char *file;
+        int skip[2], n;
+    } cases[] = {{"output_skip1", {1}, 1}, {"output_skip0_2", {0, 2}, 2}};
+    mmdit *m = NULL;
+    golden g;
+    CHECKF(mmdit_load(ctx, mc, &m) == 0, "%s", err_msg());
+    CHECK(golden_load("transformer", &g) == 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0] && !check_current_failed; i++) {
+        npy_array_free(&g.out);
+        CHECK(read_npy("transformer_skip", cases[i].file, &g.out) == 0);
+        if (check_current_failed)
+            break;
+        double e = forward_err(m, &g, cases[i].skip, cases[i].n, NULL);
+        CHECKF(e <= TOL_REL, "%s: relative max error %.3g", cases[i].file, e);
+    }
+    golden_free(&g);
+    mmdit_free(m);
+}
+
 static void test_size_refused(void)
 {
     const mmdit_config *c = &mc->mmdit;
@@ -292,6 +316,7 @@ int main(void)
     RUN(test_forward_nonsquare);
     RUN(test_shape_changes);
     RUN(test_skip_layers);
+    RUN(test_skip_layers_golden);
     RUN(test_size_refused);
     RUN(test_config_contradicts_weights);
     model_config_free(mc);

@@ -1,8 +1,8 @@
 """Skip-layer-guidance (SLG) goldens: components/transformer_skip/ and the SLG cases of pipeline/.
 
-Needs diffusers 0.32.0, the first release with SLG (StableDiffusion3Pipeline's skip_guidance_layers,
-SD3Transformer2DModel.forward's skip_layers); everything else as in requirements.txt.  The pinned 0.31.0
-stays for the other goldens because 0.32.0 saves different config files (see README.md).  Run it after
+Needs the diffusers of requirements-slg.txt (0.32.0, the first release with SLG: StableDiffusion3Pipeline's
+skip_guidance_layers, SD3Transformer2DModel.forward's skip_layers); everything else as in requirements.txt.
+The main pin stays 0.31.0 because 0.32.0 saves different config files (see README.md).  Run it after
 gen_goldens.py: it reads the components/transformer/ inputs and adds its cases to pipeline/cases.json,
 both of which gen_goldens.py rewrites.  Not for the goldens that need no SLG.
 """
@@ -18,7 +18,8 @@ from diffusers import StableDiffusion3Pipeline
 
 import gen_goldens as g
 
-SLG_DIFFUSERS = "0.32.0"
+with open(os.path.join(g.HERE, "requirements-slg.txt"), encoding="utf-8") as _f:
+    SLG_DIFFUSERS = next(ln.split("==")[1].strip() for ln in _f if ln.startswith("diffusers=="))
 
 SLG = {"skip_guidance_layers": [1], "skip_layer_guidance_scale": 2.8, "skip_layer_guidance_start": 0.01,
        "skip_layer_guidance_stop": 0.2}

@@ -1,19 +1,28 @@
 #!/bin/sh
 # Regenerate the fixture model (tests/fixtures/tiny-sd35) and every golden (tests/fixtures/golden)
-# from scratch.  Needs python3 (3.11 was used) and PyPI; creates tools/reference/.venv on first use.
-# Set REF_VENV to reuse another virtual environment with the same pinned packages.
+# from scratch.  Needs python3 (3.11 was used) and PyPI; creates tools/reference/.venv on first use,
+# and tools/reference/.venv/slg (the same packages with requirements-slg.txt's diffusers) for gen_slg.py.
+# Set REF_VENV and REF_SLG_VENV to reuse other virtual environments holding those packages.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 venv=${REF_VENV:-$here/.venv}
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --upgrade pip
-    "$venv/bin/pip" install -r "$here/requirements.txt"
-fi
-if "$venv/bin/python" -c "import ftfy" 2>/dev/null; then
-    echo "run.sh: ftfy is installed in $venv; the CLIP goldens assume it is absent" >&2
-    exit 1
-fi
+slg_venv=${REF_SLG_VENV:-$here/.venv/slg}
+setup() {  # $1: venv directory; $2: optional file of pins installed on top with --no-deps
+    if [ ! -x "$1/bin/python" ]; then
+        python3 -m venv "$1"
+        "$1/bin/pip" install --upgrade pip
+        "$1/bin/pip" install -r "$here/requirements.txt"
+        if [ -n "${2:-}" ]; then
+            "$1/bin/pip" install --no-deps -r "$2"
+        fi
+    fi
+    if "$1/bin/python" -c "import ftfy" 2>/dev/null; then
+        echo "run.sh: ftfy is installed in $1; the CLIP goldens assume it is absent" >&2
+        exit 1
+    fi
+}
+setup "$venv"
+setup "$slg_venv" "$here/requirements-slg.txt"
 # OpenAI's CLIP BPE merges ship inside the open_clip_torch wheel; the package itself is never imported.
 wheels=$here/.venv/wheels
 wheel=$wheels/open_clip_torch-3.3.0-py3-none-any.whl
@@ -24,3 +33,4 @@ cd "$here"
 "$venv/bin/python" gen_tokenizers.py "$wheel"
 "$venv/bin/python" gen_model.py
 "$venv/bin/python" gen_goldens.py
+"$slg_venv/bin/python" gen_slg.py

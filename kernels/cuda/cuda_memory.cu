@@ -97,8 +97,9 @@ int cuda_ctx_init(kn_ctx *ctx)
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)
-        return err_set(ERR_DEVICE, "no usable CUDA device: %s", cudaGetErrorString(e));
-    if (count == 0) return err_set(ERR_DEVICE, "no usable CUDA device: none found");
+        return err_set(ERR_DEVICE, "no usable CUDA device (cudaGetDeviceCount: %s)",
+                       cudaGetErrorString(e));
+    if (count == 0) return err_set(ERR_DEVICE, "no usable CUDA device (none found)");
     if (ctx->index < 0 || ctx->index >= count)
         return err_set(ERR_DEVICE, "CUDA device %d requested; %d present", ctx->index, count);
     cudaDeviceProp prop;

@@ -28,11 +28,12 @@ struct attn_dims {
 };
 
 /* Thread (r, lane) owns query row r of the block, the keys lane + 4t of each tile and the output
- * dims lane + 4t; the four lanes of a row are adjacent in the warp and combine by shuffles. */
-template <typename T>
+ * dims lane + 4t; the four lanes of a row are adjacent in the warp and combine by shuffles.
+ * The dtype is a run-time argument: the kernel is large once unrolled, and the loads convert to
+ * float32 on their way into registers and shared memory, where a branch costs nothing. */
 __global__ void __launch_bounds__(FA_THREADS)
-    flash64_kernel(T *o, const T *q, const T *k, const T *v, attn_dims a, const float *bias,
-                   float *lse)
+    flash64_kernel(void *o, const void *q, const void *k, const void *v, kn_dtype dt, attn_dims a,
+                   const float *bias, float *lse)
 {
     __shared__ float ks[FA_BK][FA_D + 1]; /* the K tile, then the tile's probabilities */
     __shared__ float vs[FA_BK][FA_D + 1];
@@ -40,13 +41,12 @@ __global__ void __launch_bounds__(FA_THREADS)
     const int r = threadIdx.x / FA_LANES, lane = threadIdx.x % FA_LANES;
     const int64_t q0 = (int64_t)blockIdx.x * FA_BQ, qi = q0 + r;
     const bool valid = qi < a.Sq;
-    const T *kb = k + (int64_t)b * a.Sk * a.HD + h * FA_D;
-    const T *vb = v + (int64_t)b * a.Sk * a.HD + h * FA_D;
+    const int64_t kvb = (int64_t)b * a.Sk * a.HD + h * FA_D;
 
     float qr[FA_D], acc[FA_PER];
     #pragma unroll
     for (int d = 0; d < FA_D; d++)
-        qr[d] = valid ? to_f(q[((int64_t)b * a.Sq + qi) * a.HD + h * FA_D + d]) : 0.0f;
+        qr[d] = valid ? load_any(q, dt, ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D + d) : 0.0f;
     #pragma unroll
     for (int t = 0; t < FA_PER; t++)
         acc[t] = 0.0f;
@@ -58,8 +58,8 @@ __global__ void __launch_bounds__(FA_THREADS)
         for (int e = threadIdx.x; e < FA_BK * FA_D; e += FA_THREADS) {
             int row = e / FA_D, d = e % FA_D;
             int64_t kj = k0 + row;
-            ks[row][d] = kj < a.Sk ? to_f(kb[kj * a.HD + d]) : 0.0f;
-            vs[row][d] = kj < a.Sk ? to_f(vb[kj * a.HD + d]) : 0.0f;
+            ks[row][d] = kj < a.Sk ? load_any(k, dt, kvb + kj * a.HD + d) : 0.0f;
+            vs[row][d] = kj < a.Sk ? load_any(v, dt, kvb + kj * a.HD + d) : 0.0f;
         }
         __syncthreads();
         float s[FA_PER], mx = -INFINITY;
@@ -110,10 +110,10 @@ __global__ void __launch_bounds__(FA_THREADS)
     }
     if (!valid) return;
     float inv = 1.0f / l;
-    T *orow = o + ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D;
+    int64_t orow = ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D;
     #pragma unroll
     for (int t = 0; t < FA_PER; t++)
-        orow[lane + FA_LANES * t] = from_f<T>(acc[t] * inv);
+        store_act(o, dt, orow + lane + FA_LANES * t, acc[t] * inv);
     if (lse && lane == 0) lse[((int64_t)b * a.H + h) * a.Sq + qi] = m + logf(l);
 }
 
@@ -225,11 +225,7 @@ int cuda_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tenso
     cudaStream_t s = cuda_st(ctx)->stream;
     const float *bias = args->bias ? (const float *)args->bias->data : NULL;
     float *lse = args->lse ? (float *)args->lse->data : NULL;
-    return with_act(q->dtype, [&](auto tag) {
-        using T = decltype(tag);
-        flash64_kernel<T><<<grid, FA_THREADS, 0, s>>>((T *)o->data, (const T *)q->data,
-                                                      (const T *)k->data, (const T *)v->data, a,
-                                                      bias, lse);
-        return cuda_launched("kn_attention");
-    });
+    flash64_kernel<<<grid, FA_THREADS, 0, s>>>(o->data, q->data, k->data, v->data, q->dtype, a,
+                                               bias, lse);
+    return cuda_launched("kn_attention");
 }

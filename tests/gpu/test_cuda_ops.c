@@ -1,0 +1,618 @@
+/* Tests of the CUDA backend against its CPU twin: every op runs on the same random inputs on
+ * both backends and the results are compared with stated tolerances (relative to the magnitude
+ * of the sum computed where a reduction is involved; exact where the CPU twin's formula is
+ * reproduced operation by operation). GPU outputs are poisoned with NaN first, so an element
+ * the kernel never writes fails. Shapes are the CPU tests' (tests/unit/test_kernels.c) plus the
+ * GPU paths' own boundaries: head size 64 (the fused attention kernel), 16-bit activations and
+ * a weight larger than the upload staging buffers.
+ * Without a usable CUDA device this prints a SKIP line and reports no tests, never a pass. */
+#include "kernels/kn_convert.h"
+#include "kernels/kn_image.h"
+#include "kernels/kn_ops.h"
+#include "kernels/kn_patch.h"
+#ifdef FOCUS_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+#include "common/err.h"
+#include "tests/unit/check.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static kn_ctx *cpu, *gpu;
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static float urand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static float *rand_buf(int64_t n, float amp)
+{
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        p[i] = urand() * amp;
+    return p;
+}
+
+/* One tensor on each backend holding the same bytes. */
+typedef struct pair {
+    kn_tensor c, g;
+} pair;
+
+/* A pair of dtype dt holding vals rounded to dt (F8_E4M3: random non-NaN codes of magnitude at
+ * most 4); vals is updated to what the ops see. `weight` uploads the GPU side with kn_weight,
+ * the path models take, instead of kn_write. */
+static pair make_pair(kn_dtype dt, int ndim, const int64_t *shape, float *vals, int weight)
+{
+    pair p;
+    CHECK(kn_alloc(cpu, &p.c, dt, ndim, shape) == 0);
+    size_t n = (size_t)kn_numel(&p.c);
+    if (dt == KN_F8_E4M3) {
+        uint8_t *raw = p.c.data;
+        for (size_t i = 0; i < n; i++) {
+            uint8_t v;
+            do
+                v = (uint8_t)(urand() * 127.0f + 128.0f);
+            while ((v & 0x7f) == 0x7f || (v & 0x78) > 0x48);
+            raw[i] = v;
+        }
+    } else {
+        kn_convert_from_f32(p.c.data, vals, dt, n);
+    }
+    if (vals) kn_convert_to_f32(vals, p.c.data, dt, n);
+    if (weight) {
+        kn_tensor host = kn_host_tensor(p.c.data, dt, ndim, shape);
+        CHECKF(kn_weight(gpu, &p.g, &host) == 0, "%s", err_msg());
+    } else {
+        CHECK(kn_alloc(gpu, &p.g, dt, ndim, shape) == 0);
+        CHECKF(kn_write(gpu, &p.g, p.c.data, kn_nbytes(&p.c)) == 0, "%s", err_msg());
+    }
+    return p;
+}
+
+static pair rand_pair(kn_dtype dt, int ndim, const int64_t *shape, float amp)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    float *v = rand_buf(n, amp);
+    pair p = make_pair(dt, ndim, shape, v, 0);
+    free(v);
+    return p;
+}
+
+/* An output pair: zeros on the CPU, NaN on the GPU. */
+static pair out_pair(kn_dtype cdt, kn_dtype gdt, int ndim, const int64_t *shape)
+{
+    pair p;
+    CHECK(kn_alloc(cpu, &p.c, cdt, ndim, shape) == 0);
+    CHECK(kn_alloc(gpu, &p.g, gdt, ndim, shape) == 0);
+    CHECK(kn_fill(cpu, &p.c, 0.0f) == 0);
+    CHECKF(kn_fill(gpu, &p.g, NAN) == 0, "%s", err_msg());
+    return p;
+}
+
+static void free_pair(pair *p)
+{
+    kn_free(cpu, &p->c);
+    kn_free(gpu, &p->g);
+}
+
+/* max over i of |gpu - cpu| / (abs_tol + rel_tol * scale[i]) must stay <= 1, scale[i] being
+ * |cpu[i]| when no scale is given; NaN fails. */
+static int close_pair(const pair *p, const double *scale, double abs_tol, double rel_tol,
+                      const char *what)
+{
+    int64_t n = kn_numel(&p->c);
+    float *c = malloc((size_t)(n ? n : 1) * sizeof(float)), *g = malloc((size_t)(n ? n : 1) * 4);
+    int ok = kn_read_f32(cpu, &p->c, c) == 0;
+    int rc = kn_read_f32(gpu, &p->g, g);
+    CHECKF(rc == 0, "%s: %s", what, err_msg());
+    double worst = 0.0;
+    int64_t at = 0;
+    for (int64_t i = 0; ok && rc == 0 && i < n; i++) {
+        double s = scale ? scale[i] : fabs((double)c[i]);
+        double e = fabs((double)g[i] - c[i]) / (abs_tol + rel_tol * s);
+        if (!(e <= worst)) {
+            worst = e;
+            at = i;
+        }
+    }
+    ok = ok && rc == 0 && worst <= 1.0;
+    if (!ok && n)
+        fprintf(stderr, "  %s: element %lld is %.9g on CUDA, %.9g on the CPU (%.3g of tolerance)\n",
+                what, (long long)at, (double)g[at], (double)c[at], worst);
+    free(c);
+    free(g);
+    return ok;
+}
+
+static int exact_pair(const pair *p, const char *what)
+{
+    return close_pair(p, NULL, 0.0, 0.0, what);
+}
+
+/* ---- linear ---- */
+
+/* Sum of |x_ik w_jk| (+ |b_j|) per output: the scale of a float32 dot product's rounding. */
+static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M, int64_t K,
+                          int64_t N)
+{
+    float *xv = malloc((size_t)(M * K + 1) * 4), *wv = malloc((size_t)(N * K + 1) * 4);
+    float *bv = malloc((size_t)(N + 1) * 4);
+    double *mag = malloc((size_t)(M * N + 1) * sizeof(double));
+    kn_read_f32(cpu, &x->c, xv);
+    kn_read_f32(cpu, &w->c, wv);
+    if (b) kn_read_f32(cpu, &b->c, bv);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double a = b ? fabs((double)bv[j]) : 0.0;
+            for (int64_t k = 0; k < K; k++)
+                a += fabs((double)xv[i * K + k] * wv[j * K + k]);
+            mag[i * N + j] = a;
+        }
+    free(xv);
+    free(wv);
+    free(bv);
+    return mag;
+}
+
+/* x in activation dtype adt, w in wdt: the GPU result against the CPU's float32 result on the
+ * same (rounded) values. 16-bit outputs allow two roundings of the output dtype. */
+static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
+                        kn_dtype bdt)
+{
+    int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N}, bs[1] = {N};
+    float *xv = rand_buf(M * K, 1.0f), *wv = rand_buf(N * K, 0.5f), *bv = rand_buf(N, 1.0f);
+    pair x = make_pair(adt, 3, xs, xv, 0), w = make_pair(wdt, 2, ws, wv, 1);
+    pair b = make_pair(bdt, 1, bs, bv, 1), y = out_pair(KN_F32, adt, 3, ys);
+    if (adt != KN_F32) { /* the CPU computes in float32 on the same rounded values */
+        kn_free(cpu, &x.c);
+        CHECK(kn_alloc(cpu, &x.c, KN_F32, 3, xs) == 0);
+        kn_convert_from_f32(x.c.data, xv, KN_F32, (size_t)(M * K));
+    }
+    CHECKF(kn_linear(cpu, &y.c, &x.c, &w.c, bias ? &b.c : NULL) == 0, "%s", err_msg());
+    CHECKF(kn_linear(gpu, &y.g, &x.g, &w.g, bias ? &b.g : NULL) == 0, "%s", err_msg());
+    double *mag = linear_mag(&x, &w, bias ? &b : NULL, M, K, N);
+    char what[96];
+    snprintf(what, sizeof what, "linear %s x %s %lldx%lldx%lld", kn_dtype_name(adt),
+             kn_dtype_name(wdt), (long long)M, (long long)K, (long long)N);
+    double eps = adt == KN_BF16 ? 1.0 / 256 : adt == KN_F16 ? 1.0 / 2048 : 1e-5;
+    CHECK(close_pair(&y, mag, 1e-30, eps * 2, what));
+    free(mag);
+    free(xv);
+    free(wv);
+    free(bv);
+    free_pair(&x);
+    free_pair(&w);
+    free_pair(&b);
+    free_pair(&y);
+}
+
+static void test_linear(void)
+{
+    static const kn_dtype dts[] = {KN_F32, KN_F16, KN_BF16, KN_F8_E4M3};
+    for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
+        linear_case(KN_F32, dts[i], 1, 37, 53, 1, KN_F32);
+        linear_case(KN_F32, dts[i], 5, 300, 1000, 1, KN_F16);
+        linear_case(KN_F32, dts[i], 33, 1100, 1000, 0, KN_F32);
+        linear_case(KN_F32, dts[i], 20, 2100, 2100, 1, KN_F32);
+        linear_case(KN_F32, dts[i], 3, 1, 7, 1, KN_BF16);
+    }
+}
+
+/* 16-bit activations: cuBLASLt with the bias epilogue, weights of the same or another dtype. */
+static void test_linear_16bit(void)
+{
+    static const kn_dtype adts[] = {KN_BF16, KN_F16};
+    for (size_t i = 0; i < 2; i++) {
+        linear_case(adts[i], adts[i], 5, 300, 1000, 1, adts[i]);
+        linear_case(adts[i], adts[i], 33, 1100, 1000, 0, KN_F32);
+        linear_case(adts[i], KN_F32, 1, 37, 53, 1, KN_F32);
+        linear_case(adts[i], KN_F8_E4M3, 7, 64, 96, 1, KN_F16);
+    }
+}
+
+/* A weight of about 100 MB: three staging buffers' worth and a partial one. */
+static void test_weight_upload_large(void)
+{
+    linear_case(KN_F32, KN_F16, 2, 12289, 4096, 1, KN_F32);
+}
+
+#ifdef FOCUS_HAVE_CUDA
+/* TF32 is off by default (the checks above hold to float32 accuracy); switched on, products
+ * keep 10 mantissa bits of each operand. */
+static void test_tf32(void)
+{
+    cuda_set_tf32(gpu, 1);
+    int64_t xs[2] = {33, 1100}, ws[2] = {1000, 1100}, ys[2] = {33, 1000};
+    pair x = rand_pair(KN_F32, 2, xs, 1.0f), w = rand_pair(KN_F32, 2, ws, 0.5f);
+    pair y = out_pair(KN_F32, KN_F32, 2, ys);
+    CHECK(kn_linear(cpu, &y.c, &x.c, &w.c, NULL) == 0);
+    CHECKF(kn_linear(gpu, &y.g, &x.g, &w.g, NULL) == 0, "%s", err_msg());
+    double *mag = linear_mag(&x, &w, NULL, 33, 1100, 1000);
+    CHECK(close_pair(&y, mag, 1e-30, 2e-3, "linear TF32"));
+    cuda_set_tf32(gpu, 0);
+    free(mag);
+    free_pair(&x);
+    free_pair(&w);
+    free_pair(&y);
+}
+#endif
+
+static void test_embedding(void)
+{
+    int64_t ts[2] = {50, 19}, ys[2] = {4, 19};
+    float *tv = rand_buf(50 * 19, 2.0f);
+    pair table = make_pair(KN_F16, 2, ts, tv, 1), y = out_pair(KN_F32, KN_F32, 2, ys);
+    pair yb = out_pair(KN_F32, KN_BF16, 2, ys);
+    int32_t ids[4] = {49, 0, 7, 7};
+    CHECK(kn_embedding(cpu, &y.c, &table.c, ids, 4) == 0);
+    CHECKF(kn_embedding(gpu, &y.g, &table.g, ids, 4) == 0, "%s", err_msg());
+    CHECK(exact_pair(&y, "embedding"));
+    /* to BF16: one rounding of the F16 value */
+    CHECK(kn_embedding(cpu, &yb.c, &table.c, ids, 4) == 0);
+    CHECKF(kn_embedding(gpu, &yb.g, &table.g, ids, 4) == 0, "%s", err_msg());
+    CHECK(close_pair(&yb, NULL, 0.0, 1.0 / 256, "embedding to BF16"));
+    free(tv);
+    free_pair(&table);
+    free_pair(&y);
+    free_pair(&yb);
+}
+
+/* ---- norms ---- */
+
+static void test_layer_norm(void)
+{
+    static const int64_t dims[][2] = {{7, 300}, {3, 4096}, {5, 17}};
+    for (size_t c = 0; c < 3; c++)
+        for (int affine = 0; affine < 2; affine++) {
+            int64_t xs[2] = {dims[c][0], dims[c][1]}, vs[1] = {dims[c][1]};
+            pair x = rand_pair(KN_F32, 2, xs, 3.0f), y = out_pair(KN_F32, KN_F32, 2, xs);
+            pair w = rand_pair(KN_F16, 1, vs, 1.0f), b = rand_pair(KN_F32, 1, vs, 1.0f);
+            CHECK(kn_layer_norm(cpu, &y.c, &x.c, affine ? &w.c : NULL, affine ? &b.c : NULL,
+                                1e-5f) == 0);
+            CHECKF(kn_layer_norm(gpu, &y.g, &x.g, affine ? &w.g : NULL, affine ? &b.g : NULL,
+                                 1e-5f) == 0, "%s", err_msg());
+            CHECK(close_pair(&y, NULL, 2e-6, 2e-6, "layer_norm"));
+            /* in place */
+            CHECKF(kn_layer_norm(gpu, &x.g, &x.g, affine ? &w.g : NULL, affine ? &b.g : NULL,
+                                 1e-5f) == 0, "%s", err_msg());
+            pair inplace = {y.c, x.g};
+            CHECK(close_pair(&inplace, NULL, 2e-6, 2e-6, "layer_norm in place"));
+            free_pair(&x);
+            free_pair(&y);
+            free_pair(&w);
+            free_pair(&b);
+        }
+}
+
+static void test_rms_norm(void)
+{
+    int64_t xs[2] = {6 * 4, 64}, vs[1] = {64}, big[2] = {3, 4096}, bv[1] = {4096};
+    for (int c = 0; c < 2; c++)
+        for (int with_w = 0; with_w < 2; with_w++) {
+            pair x = rand_pair(KN_F32, 2, c ? big : xs, 2.0f);
+            pair y = out_pair(KN_F32, KN_F32, 2, c ? big : xs);
+            pair w = rand_pair(KN_BF16, 1, c ? bv : vs, 1.0f);
+            CHECK(kn_rms_norm(cpu, &y.c, &x.c, with_w ? &w.c : NULL, 1e-6f) == 0);
+            CHECKF(kn_rms_norm(gpu, &y.g, &x.g, with_w ? &w.g : NULL, 1e-6f) == 0, "%s",
+                   err_msg());
+            CHECK(close_pair(&y, NULL, 1e-6, 2e-6, "rms_norm"));
+            free_pair(&x);
+            free_pair(&y);
+            free_pair(&w);
+        }
+}
+
+static void test_group_norm(void)
+{
+    static const int64_t cases[][5] = {{2, 12, 5, 7, 4}, {1, 64, 128, 128, 32}, {2, 6, 1, 1, 3}};
+    for (size_t c = 0; c < 3; c++) {
+        int64_t xs[4] = {cases[c][0], cases[c][1], cases[c][2], cases[c][3]}, vs[1] = {cases[c][1]};
+        pair x = rand_pair(KN_F32, 4, xs, 2.0f), y = out_pair(KN_F32, KN_F32, 4, xs);
+        pair w = rand_pair(KN_F16, 1, vs, 1.0f), b = rand_pair(KN_F32, 1, vs, 1.0f);
+        CHECK(kn_group_norm(cpu, &y.c, &x.c, &w.c, &b.c, (int)cases[c][4], 1e-6f) == 0);
+        CHECKF(kn_group_norm(gpu, &y.g, &x.g, &w.g, &b.g, (int)cases[c][4], 1e-6f) == 0, "%s",
+               err_msg());
+        CHECK(close_pair(&y, NULL, 4e-6, 4e-6, "group_norm"));
+        free_pair(&x);
+        free_pair(&y);
+        free_pair(&w);
+        free_pair(&b);
+    }
+}
+
+/* ---- elementwise ---- */
+
+static void test_activations(void)
+{
+    static const kn_act acts[] = {KN_ACT_SILU, KN_ACT_GELU_ERF, KN_ACT_GELU_TANH,
+                                  KN_ACT_QUICK_GELU};
+    int64_t s[2] = {3, 4099};
+    for (size_t a = 0; a < 4; a++) {
+        pair x = rand_pair(KN_F32, 2, s, 6.0f), y = out_pair(KN_F32, KN_F32, 2, s);
+        CHECK(kn_activate(cpu, &y.c, &x.c, acts[a]) == 0);
+        CHECKF(kn_activate(gpu, &y.g, &x.g, acts[a]) == 0, "%s", err_msg());
+        /* CUDA's expf, erff and tanhf are within 2 ulp of glibc's */
+        CHECK(close_pair(&y, NULL, 1e-6, 4e-6, "activation"));
+        free_pair(&x);
+        free_pair(&y);
+    }
+}
+
+static void test_elementwise(void)
+{
+    int64_t s[3] = {2, 3, 1031};
+    pair a = rand_pair(KN_F32, 3, s, 3.0f), b = rand_pair(KN_F32, 3, s, 3.0f);
+    pair y = out_pair(KN_F32, KN_F32, 3, s);
+    CHECK(kn_add(cpu, &y.c, &a.c, &b.c) == 0 && kn_add(gpu, &y.g, &a.g, &b.g) == 0);
+    CHECK(exact_pair(&y, "add"));
+    CHECK(kn_sub(cpu, &y.c, &a.c, &b.c) == 0 && kn_sub(gpu, &y.g, &a.g, &b.g) == 0);
+    CHECK(exact_pair(&y, "sub"));
+    CHECK(kn_mul(cpu, &y.c, &a.c, &b.c) == 0 && kn_mul(gpu, &y.g, &a.g, &b.g) == 0);
+    CHECK(exact_pair(&y, "mul"));
+    CHECK(kn_scale(cpu, &y.c, &a.c, -0.37f) == 0 && kn_scale(gpu, &y.g, &a.g, -0.37f) == 0);
+    CHECK(exact_pair(&y, "scale"));
+    /* in place, two roundings: exactly the CPU's */
+    CHECK(kn_add_scaled(cpu, &a.c, &a.c, 0.3f, &b.c) == 0);
+    CHECKF(kn_add_scaled(gpu, &a.g, &a.g, 0.3f, &b.g) == 0, "%s", err_msg());
+    CHECK(exact_pair(&a, "add_scaled"));
+
+    /* BF16: s * b rounds to bf16 before the add, as torch's `a + s * b` on bf16 tensors */
+    enum { N = 4097 };
+    int64_t n1[1] = {N};
+    float *av = rand_buf(N, 3.0f), *bv = rand_buf(N, 3.0f);
+    pair ab = make_pair(KN_BF16, 1, n1, av, 0), bb = make_pair(KN_BF16, 1, n1, bv, 0);
+    CHECKF(kn_add_scaled(gpu, &ab.g, &ab.g, 0.3f, &bb.g) == 0, "%s", err_msg());
+    for (int i = 0; i < N; i++) {
+        float t = kn_bf16_to_f32(kn_f32_to_bf16(0.3f * bv[i]));
+        ((uint16_t *)ab.c.data)[i] = kn_f32_to_bf16(av[i] + t);
+    }
+    CHECK(exact_pair(&ab, "add_scaled BF16"));
+    free(av);
+    free(bv);
+    free_pair(&ab);
+    free_pair(&bb);
+    free_pair(&a);
+    free_pair(&b);
+    free_pair(&y);
+}
+
+static void test_modulation(void)
+{
+    int64_t xs[3] = {2, 5, 1536}, ms[3] = {2, 6, 1536};
+    pair x = rand_pair(KN_F32, 3, xs, 2.0f), mod = rand_pair(KN_F32, 3, ms, 1.0f);
+    pair g = rand_pair(KN_F32, 3, xs, 1.0f), y = out_pair(KN_F32, KN_F32, 3, xs);
+    CHECK(kn_ln_modulate(cpu, &y.c, &x.c, &mod.c, 4, 1, 1e-6f) == 0);
+    CHECKF(kn_ln_modulate(gpu, &y.g, &x.g, &mod.g, 4, 1, 1e-6f) == 0, "%s", err_msg());
+    CHECK(close_pair(&y, NULL, 4e-6, 4e-6, "ln_modulate"));
+    CHECK(kn_gate_add(cpu, &x.c, &g.c, &mod.c, 5) == 0);
+    CHECKF(kn_gate_add(gpu, &x.g, &g.g, &mod.g, 5) == 0, "%s", err_msg());
+    CHECK(exact_pair(&x, "gate_add"));
+    free_pair(&x);
+    free_pair(&mod);
+    free_pair(&g);
+    free_pair(&y);
+}
+
+/* ---- attention ---- */
+
+struct attn_case {
+    int64_t B, Sq, Sk, H, Dh;
+    int causal, bias, lse;
+    float scale;
+};
+
+static void attention_case(const struct attn_case *c, kn_dtype dt)
+{
+    int64_t HD = c->H * c->Dh;
+    int64_t qs[3] = {c->B, c->Sq, HD}, ks[3] = {c->B, c->Sk, HD};
+    int64_t bs[3] = {c->H, c->Sq, c->Sk}, ls[3] = {c->B, c->H, c->Sq};
+    pair q = rand_pair(dt, 3, qs, 1.5f), k = rand_pair(dt, 3, ks, 1.5f);
+    pair v = rand_pair(dt, 3, ks, 1.0f), bias = rand_pair(KN_F32, 3, bs, 2.0f);
+    pair lse = out_pair(KN_F32, KN_F32, 3, ls), o = out_pair(KN_F32, dt, 3, qs);
+    pair qc = {q.c, q.g}, kc = {k.c, k.g}, vc = {v.c, v.g};
+    if (dt != KN_F32) { /* the CPU reference runs in float32 on the rounded values */
+        pair *ps[3] = {&qc, &kc, &vc};
+        for (int i = 0; i < 3; i++) {
+            kn_tensor f;
+            CHECK(kn_alloc(cpu, &f, KN_F32, 3, ps[i]->c.shape) == 0);
+            CHECK(kn_copy(cpu, &f, &ps[i]->c) == 0);
+            ps[i]->c = f;
+        }
+    }
+    kn_attn_args ca = {(int)c->H, c->scale, c->causal, c->bias ? &bias.c : NULL,
+                       c->lse ? &lse.c : NULL};
+    kn_attn_args ga = {(int)c->H, c->scale, c->causal, c->bias ? &bias.g : NULL,
+                       c->lse ? &lse.g : NULL};
+    CHECKF(kn_attention(cpu, &o.c, &qc.c, &kc.c, &vc.c, &ca) == 0, "%s", err_msg());
+    CHECKF(kn_attention(gpu, &o.g, &q.g, &k.g, &v.g, &ga) == 0, "%s", err_msg());
+    char what[128];
+    snprintf(what, sizeof what, "attention %s B%lld Sq%lld Sk%lld H%lld Dh%lld%s%s",
+             kn_dtype_name(dt), (long long)c->B, (long long)c->Sq, (long long)c->Sk,
+             (long long)c->H, (long long)c->Dh, c->causal ? " causal" : "", c->bias ? " bias" : "");
+    /* outputs are convex combinations of values in [-1, 1]: absolute tolerances */
+    CHECK(close_pair(&o, NULL, dt == KN_F32 ? 2e-5 : 2e-2, 0.0, what));
+    if (c->lse) CHECK(close_pair(&lse, NULL, dt == KN_F32 ? 1e-5 : 5e-2, 1e-6, what));
+    if (dt != KN_F32)
+        for (int i = 0; i < 3; i++)
+            kn_free(cpu, i == 0 ? &qc.c : i == 1 ? &kc.c : &vc.c);
+    free_pair(&q);
+    free_pair(&k);
+    free_pair(&v);
+    free_pair(&bias);
+    free_pair(&lse);
+    free_pair(&o);
+}
+
+static void test_attention(void)
+{
+    static const struct attn_case cases[] = {
+        /* the CPU tests' shapes: the generic path, and one query of head size 64 */
+        {2, 13, 29, 3, 8, 0, 0, 1, 0.35355339f},
+        {2, 17, 17, 3, 8, 1, 0, 1, 0.35355339f},
+        {1, 5, 9, 2, 4, 1, 1, 0, 0.5f},
+        {2, 11, 11, 4, 6, 0, 1, 1, 1.0f},
+        {1, 1, 1, 1, 64, 0, 0, 1, 0.125f},
+        {1, 3001, 5000, 2, 4, 0, 0, 1, 0.5f},
+        /* the fused kernel: partial query blocks and key tiles, causal, T5-style bias */
+        {2, 130, 77, 3, 64, 0, 1, 1, 0.125f},
+        {1, 200, 200, 2, 64, 1, 0, 1, 0.125f},
+        {1, 70, 300, 4, 64, 1, 1, 1, 1.0f},
+        {2, 333, 1024, 24, 64, 0, 0, 0, 0.125f},
+        {1, 77, 77, 20, 64, 1, 0, 1, 0.125f},
+        /* the VAE's single 512-wide head */
+        {1, 1024, 1024, 1, 512, 0, 0, 1, 0.04419417f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        attention_case(&cases[i], KN_F32);
+    attention_case(&cases[7], KN_BF16);
+    attention_case(&cases[8], KN_F16);
+    attention_case(&cases[1], KN_BF16);
+}
+
+/* ---- image ops ---- */
+
+struct conv_case {
+    int64_t B, C, H, W, O, k;
+    int stride, pad, bias;
+    kn_dtype wdt;
+};
+
+static void conv_case(const struct conv_case *c)
+{
+    int64_t Ho = (c->H + 2 * c->pad - c->k) / c->stride + 1;
+    int64_t Wo = (c->W + 2 * c->pad - c->k) / c->stride + 1;
+    int64_t xs[4] = {c->B, c->C, c->H, c->W}, ws[4] = {c->O, c->C, c->k, c->k};
+    int64_t ys[4] = {c->B, c->O, Ho, Wo}, bs[1] = {c->O};
+    float *xv = rand_buf(c->B * c->C * c->H * c->W, 1.0f);
+    float *wv = rand_buf(c->O * c->C * c->k * c->k, 0.5f), *bv = rand_buf(c->O, 1.0f);
+    pair x = make_pair(KN_F32, 4, xs, xv, 0), w = make_pair(c->wdt, 4, ws, wv, 1);
+    pair b = make_pair(KN_F32, 1, bs, bv, 1), y = out_pair(KN_F32, KN_F32, 4, ys);
+    CHECK(kn_conv2d(cpu, &y.c, &x.c, &w.c, c->bias ? &b.c : NULL, c->stride, c->pad) == 0);
+    CHECKF(kn_conv2d(gpu, &y.g, &x.g, &w.g, c->bias ? &b.g : NULL, c->stride, c->pad) == 0, "%s",
+           err_msg());
+    int64_t n = kn_numel(&y.c);
+    double *mag = malloc((size_t)n * sizeof(double));
+    for (int64_t bi = 0; bi < c->B; bi++)
+        for (int64_t o = 0; o < c->O; o++)
+            for (int64_t oy = 0; oy < Ho; oy++)
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    double a = c->bias ? fabs((double)bv[o]) : 0.0;
+                    for (int64_t ch = 0; ch < c->C; ch++)
+                        for (int64_t ky = 0; ky < c->k; ky++)
+                            for (int64_t kx = 0; kx < c->k; kx++) {
+                                int64_t iy = oy * c->stride - c->pad + ky;
+                                int64_t ix = ox * c->stride - c->pad + kx;
+                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
+                                a += fabs((double)xv[((bi * c->C + ch) * c->H + iy) * c->W + ix] *
+                                          wv[((o * c->C + ch) * c->k + ky) * c->k + kx]);
+                            }
+                    mag[((bi * c->O + o) * Ho + oy) * Wo + ox] = a;
+                }
+    CHECK(close_pair(&y, mag, 1e-30, 2e-5, "conv2d"));
+    free(mag);
+    free(xv);
+    free(wv);
+    free(bv);
+    free_pair(&x);
+    free_pair(&w);
+    free_pair(&b);
+    free_pair(&y);
+}
+
+static void test_conv2d(void)
+{
+    static const struct conv_case cases[] = {
+        {2, 3, 11, 9, 5, 3, 1, 1, 1, KN_F32},     {1, 4, 8, 10, 6, 3, 1, 1, 1, KN_F16},
+        {2, 7, 5, 6, 3, 1, 1, 0, 1, KN_F32},      {1, 5, 8, 12, 7, 2, 2, 0, 1, KN_BF16},
+        {1, 3, 9, 11, 4, 3, 2, 1, 0, KN_F32},     {1, 2, 7, 7, 3, 3, 1, 0, 1, KN_F32},
+        {1, 3, 7, 6, 2, 5, 3, 2, 1, KN_F32},      {1, 64, 30, 1000, 4, 3, 1, 1, 1, KN_F16},
+        {1, 128, 64, 1024, 8, 3, 1, 1, 1, KN_F16}, /* im2col split into row blocks */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        conv_case(&cases[i]);
+}
+
+static void test_moves(void)
+{
+    int64_t xs[4] = {2, 3, 5, 7}, us[4] = {2, 3, 10, 14};
+    pair x = rand_pair(KN_F32, 4, xs, 1.0f), u = out_pair(KN_F32, KN_F32, 4, us);
+    CHECK(kn_upsample_nearest2x(cpu, &u.c, &x.c) == 0);
+    CHECKF(kn_upsample_nearest2x(gpu, &u.g, &x.g) == 0, "%s", err_msg());
+    CHECK(exact_pair(&u, "upsample"));
+
+    int64_t as[3] = {2, 37, 45}, ts[3] = {2, 45, 37};
+    pair a = rand_pair(KN_BF16, 3, as, 1.0f), t = out_pair(KN_BF16, KN_BF16, 3, ts);
+    CHECK(kn_transpose(cpu, &t.c, &a.c) == ERR_INVALID); /* the CPU computes in F32 only */
+    for (int64_t b = 0; b < 2; b++)
+        for (int64_t i = 0; i < 37; i++)
+            for (int64_t j = 0; j < 45; j++)
+                ((uint16_t *)t.c.data)[(b * 45 + j) * 37 + i] =
+                    ((const uint16_t *)a.c.data)[(b * 37 + i) * 45 + j];
+    CHECKF(kn_transpose(gpu, &t.g, &a.g) == 0, "%s", err_msg());
+    CHECK(exact_pair(&t, "transpose BF16"));
+
+    int64_t ps[3] = {2, 12, 2 * 2 * 16}, is[4] = {2, 16, 6, 8};
+    pair p = rand_pair(KN_F32, 3, ps, 1.0f), img = out_pair(KN_F32, KN_F32, 4, is);
+    CHECK(kn_unpatchify(cpu, &img.c, &p.c, 2) == 0);
+    CHECKF(kn_unpatchify(gpu, &img.g, &p.g, 2) == 0, "%s", err_msg());
+    CHECK(exact_pair(&img, "unpatchify"));
+
+    /* copy with conversion, copy_cols, fill */
+    int64_t ms[2] = {9, 31}, ws[2] = {9, 50};
+    pair m = rand_pair(KN_F32, 2, ms, 4.0f), h = out_pair(KN_F16, KN_F16, 2, ms);
+    pair wide = out_pair(KN_F32, KN_F32, 2, ws);
+    CHECK(kn_copy(cpu, &h.c, &m.c) == 0);
+    CHECKF(kn_copy(gpu, &h.g, &m.g) == 0, "%s", err_msg());
+    CHECK(exact_pair(&h, "copy F32 -> F16"));
+    CHECK(kn_fill(cpu, &wide.c, 0.5f) == 0 && kn_fill(gpu, &wide.g, 0.5f) == 0);
+    CHECK(kn_copy_cols(cpu, &wide.c, 11, &m.c) == 0);
+    CHECKF(kn_copy_cols(gpu, &wide.g, 11, &m.g) == 0, "%s", err_msg());
+    CHECK(exact_pair(&wide, "copy_cols"));
+    CHECKF(kn_sync(gpu) == 0, "%s", err_msg());
+
+    pair *all[] = {&x, &u, &a, &t, &p, &img, &m, &h, &wide};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free_pair(all[i]);
+}
+
+int main(void)
+{
+    if (kn_ctx_create(KN_CPU, 0, &cpu) != 0) {
+        fprintf(stderr, "kn_ctx_create: %s\n", err_msg());
+        return 1;
+    }
+    if (kn_ctx_create(KN_CUDA, 0, &gpu) != 0) {
+        printf("SKIP test_cuda_ops: skipped: %s\n", err_msg());
+        kn_ctx_destroy(cpu);
+        CHECK_DONE();
+    }
+    RUN(test_linear);
+    RUN(test_linear_16bit);
+    RUN(test_weight_upload_large);
+#ifdef FOCUS_HAVE_CUDA
+    RUN(test_tf32);
+#endif
+    RUN(test_embedding);
+    RUN(test_layer_norm);
+    RUN(test_rms_norm);
+    RUN(test_group_norm);
+    RUN(test_activations);
+    RUN(test_elementwise);
+    RUN(test_modulation);
+    RUN(test_attention);
+    RUN(test_conv2d);
+    RUN(test_moves);
+    CHECKF(kn_sync(gpu) == 0, "%s", err_msg());
+    kn_ctx_destroy(gpu);
+    kn_ctx_destroy(cpu);
+    CHECK_DONE();
+}
