@@ -9,6 +9,7 @@
 # Sources are found by directory, so a new file needs no edit here. CUDA objects are built
 # by nvcc from kernels/cuda/*.cu whenever nvcc is found.
 
+VERSION = 0.1.0
 CC ?= cc
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 PKG_CONFIG ?= pkg-config
@@ -27,7 +28,8 @@ PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 
 OPT ?= -O2
 CFLAGS ?= $(OPT) -g
-override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS)
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS) \
+	-DFOCUS_VERSION='"$(VERSION)"'
 override LDFLAGS += $(SAN_FLAGS)
 LDLIBS = $(PKG_LIBS) -lm -lpthread
 
@@ -61,12 +63,14 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 # Full-size SD3.5-medium shapes with random weights (about 16 GB), made once by a tool.
 BENCH_MODEL ?= $(BUILD)/bench-model
 
-.PHONY: all test deps demo clean bench bench-kernels bench-encode bench-model
+include install.mk
+
+.PHONY: all test deps demo clean bench bench-kernels bench-encode bench-step bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
@@ -105,6 +109,11 @@ bench-kernels: $(BUILD)/bench/bench_kernels
 
 bench-encode: $(BUILD)/bench/bench_encode bench-model
 	$(BUILD)/bench/bench_encode $(BENCH_MODEL)
+
+bench-step: $(BUILD)/bench/bench_step bench-model
+	$(BUILD)/bench/bench_step $(BENCH_MODEL)
+
+bench: bench-kernels bench-encode bench-step
 
 test: all
 	BUILD=$(BUILD) tests/run

@@ -23,7 +23,8 @@ pkgvar = $(shell $(PKG_CONFIG) $(3) --variable=$(2) $(1) 2>/dev/null)
 SYSTEMDUNITDIR ?= $(or $(call pkgvar,systemd,systemdsystemunitdir),$(PREFIX)/lib/systemd/system)
 SYSUSERSDIR ?= $(or $(call pkgvar,systemd,sysusersdir),$(PREFIX)/lib/sysusers.d)
 TMPFILESDIR ?= $(or $(call pkgvar,systemd,tmpfilesdir),$(PREFIX)/lib/tmpfiles.d)
-BASHCOMPDIR ?= $(or $(call pkgvar,bash-completion,completionsdir,--define-variable=datadir=$(DATADIR)),$(DATADIR)/bash-completion/completions)
+BASHCOMPDIR ?= $(or $(call pkgvar,bash-completion,completionsdir,\
+                  --define-variable=datadir=$(DATADIR)),$(DATADIR)/bash-completion/completions)
 INSTALL ?= install
 
 INSTALL_UNITS := focusd.service focusd.socket focusd-nvidia.service

@@ -238,6 +238,12 @@ void jobs_release_worker(struct worker *w)
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->n_active; i++) {
         struct djob *j = m->active[i];
+        if (j->cancel) { /* asked before the stop: honoured rather than run again */
+            struct proto_error err = {.code = PROTO_E_CANCELED};
+            snprintf(err.message, sizeof err.message, "canceled");
+            jobs_finish(j, PROTO_STATE_CANCELED, &err);
+            continue;
+        }
         j->sj.state = PROTO_STATE_QUEUED;
         j->sj.step = 0;
         j->sj.started = 0;

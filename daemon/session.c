@@ -105,15 +105,6 @@ void session_send(struct session *s, const void *buf, size_t len, const char *pr
 {
     if (s->gone)
         return;
-    if (!s->out_head) {
-        int r = try_send(s, buf, len);
-        if (r == 0)
-            return;
-        if (r < 0) {
-            mark_gone(s);
-            return;
-        }
-    }
     if (progress_job) {
         for (struct outmsg **p = &s->out_head; *p; p = &(*p)->next) {
             struct outmsg *m = *p;

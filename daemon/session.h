@@ -1,6 +1,6 @@
 /* Client sessions: one per ROUTER peer (routing id), with the daemon's name for it, the last
  * time it spoke, and its outbound queue. Sends never block: a message the peer cannot take
- * now waits in its queue and is retried each reactor turn; progress events for a job replace
+ * now stays in its queue and is retried each reactor turn; progress events for a job replace
  * an older one still waiting (a slow client sees the latest value); progress past the
  * client_buffer limit is dropped, replies and terminal events never are unless the peer is
  * gone (EHOSTUNREACH), which also discards its queue. Reactor thread only. Not for job
@@ -35,8 +35,9 @@ struct session {
 struct session *session_get(void *sock, const void *rid, size_t rid_len, double now);
 struct session *session_by_name(const char *name);
 
-/* Sends or queues one message. progress_job: non-NULL for a progress event of that job
- * (coalesced, droppable). */
+/* Queues one message; session_flush_all() sends it, which the reactor calls only after the
+ * turn's store commit, so that no reply runs ahead of what it announces. progress_job:
+ * non-NULL for a progress event of that job (coalesced, droppable). */
 void session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
                   size_t limit);
 /* Retries every waiting queue; returns true when something is still waiting. */

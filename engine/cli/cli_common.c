@@ -43,9 +43,11 @@ void cli_print_help(const cli_cmd *cmd, FILE *f)
 {
     fprintf(f, "usage: focus-run %s %s\n\n%s\n\noptions:\n", cmd->name, cmd->usage, cmd->summary);
     for (int i = 0; cmd->opts[i].name; i++) {
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", cmd->opts[i].name, cmd->opts[i].arg ? " " : "",
-                 cmd->opts[i].arg ? cmd->opts[i].arg : "");
+        char left[64], short_name[8] = "";
+        if (cmd->opts[i].short_name)
+            snprintf(short_name, sizeof short_name, "-%c, ", cmd->opts[i].short_name);
+        snprintf(left, sizeof left, "%s--%s%s%s", short_name, cmd->opts[i].name,
+                 cmd->opts[i].arg ? " " : "", cmd->opts[i].arg ? cmd->opts[i].arg : "");
         fprintf(f, "  %-22s %s\n", left, cmd->opts[i].help);
     }
     fprintf(f, "  %-22s %s\n", "--help", "print this help and exit");
@@ -95,12 +97,20 @@ int cli_parse(const cli_cmd *cmd, int argc, char **argv, cli_args *out)
             cli_print_help(cmd, stdout);
             return CLI_DONE;
         }
-        if (s[1] != '-') return cli_usage_error(out, "unknown option '%s'", s);
-        const char *name = s + 2;
-        const char *eq = strchr(name, '=');
-        size_t len = eq ? (size_t)(eq - name) : strlen(name);
-        int k = opt_index(cmd, name, len);
-        if (k < 0) return cli_usage_error(out, "unknown option '--%.*s'", (int)len, name);
+        const char *name, *eq = NULL;
+        int k = -1;
+        if (s[1] != '-') { /* -x: a short name, its value in the next argument */
+            for (int j = 0; s[2] == 0 && cmd->opts[j].name; j++)
+                if (cmd->opts[j].short_name == s[1]) k = j;
+            if (k < 0) return cli_usage_error(out, "unknown option '%s'", s);
+            name = cmd->opts[k].name;
+        } else {
+            name = s + 2;
+            eq = strchr(name, '=');
+            size_t len = eq ? (size_t)(eq - name) : strlen(name);
+            k = opt_index(cmd, name, len);
+            if (k < 0) return cli_usage_error(out, "unknown option '--%.*s'", (int)len, name);
+        }
         const cli_opt *o = &cmd->opts[k];
         if (!o->arg) {
             if (eq) return cli_usage_error(out, "option --%s takes no value", o->name);

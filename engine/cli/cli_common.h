@@ -27,6 +27,7 @@ typedef struct cli_opt {
     const char *name; /* long name without the dashes */
     const char *arg;  /* placeholder of the value ("DIR", "N"); NULL for a flag */
     const char *help; /* one line, stating the default */
+    char short_name;  /* 'o' for -o; 0 for none */
 } cli_opt;
 
 typedef struct cli_args cli_args;
@@ -52,8 +53,8 @@ extern const cli_cmd cli_cmd_tokenize;
 extern const cli_cmd cli_cmd_encode;
 extern const cli_cmd cli_cmd_generate;
 
-/* Parses argv (argv[0] is the subcommand name). "--opt value", "--opt=value" and "--" are
- * understood. Returns 0 to run the command, CLI_DONE after printing --help to stdout, or
+/* Parses argv (argv[0] is the subcommand name). "--opt value", "--opt=value", "-o value" (for
+ * options with a short name) and "--" are understood. Returns 0 to run the command, CLI_DONE after printing --help to stdout, or
  * CLI_EXIT_USAGE after printing a usage error to stderr. */
 #define CLI_DONE (-1)
 int cli_parse(const cli_cmd *cmd, int argc, char **argv, cli_args *out);

@@ -17,32 +17,27 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* The Makefile may pass the release; a plain build reports this one. */
-#ifndef FOCUS_VERSION
-#define FOCUS_VERSION "0.1.0"
-#endif
-
 /* The defaults stated here are gen_params_defaults()'s (the FOCUS model card). */
 static const cli_opt generate_opts[] = {
-    {"model", "DIR", "diffusers-layout model directory (required)"},
-    {"prompt", "TEXT", "the prompt (required; may be empty)"},
-    {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)"},
-    {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)"},
-    {"steps", "N", "denoising steps, 1..1000 (default 28)"},
-    {"cfg", "G", "classifier-free guidance scale; <= 1 turns CFG off (default 4.5)"},
-    {"width", "W", "image width in pixels, a multiple of 16 (default 512)"},
-    {"height", "H", "image height in pixels, a multiple of 16 (default 512)"},
-    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 77)"},
-    {"count", "N", "images from one prompt and seed, 1..64 (default 1)"},
-    {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)"},
-    {"slg-scale", "S", "skip-layer guidance scale (default 2.8)"},
+    {"model", "DIR", "diffusers-layout model directory (required)", 0},
+    {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
+    {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)", 0},
+    {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)", 0},
+    {"steps", "N", "denoising steps, 1..1000 (default 28)", 0},
+    {"cfg", "G", "classifier-free guidance scale; <= 1 turns CFG off (default 4.5)", 0},
+    {"width", "W", "image width in pixels, a multiple of 16 (default 512)", 0},
+    {"height", "H", "image height in pixels, a multiple of 16 (default 512)", 0},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 77)", 0},
+    {"count", "N", "images from one prompt and seed, 1..64 (default 1)", 0},
+    {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)", 0},
+    {"slg-scale", "S", "skip-layer guidance scale (default 2.8)", 0},
     {"slg-start", "F",
-     "skip-layer guidance starts after this fraction of the steps (default 0.01)"},
-    {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)"},
-    {"output", "FILE", "the PNG to write (required); see below for --count > 1"},
-    {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)"},
-    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)"},
-    {NULL, NULL, NULL},
+     "skip-layer guidance starts after this fraction of the steps (default 0.01)", 0},
+    {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)", 0},
+    {"output", "FILE", "the PNG to write (required); see below for --count > 1", 'o'},
+    {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)", 0},
+    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0},
+    {NULL, NULL, NULL, 0},
 };
 
 /* A finite number option, or def when absent. */
@@ -294,7 +289,7 @@ static int generate_run(const cli_args *a)
 
 const cli_cmd cli_cmd_generate = {
     .name = "generate",
-    .usage = "--model DIR --prompt TEXT --output FILE [OPTIONS]",
+    .usage = "--model DIR --prompt TEXT -o FILE [OPTIONS]",
     .summary = "generate images as StableDiffusion3Pipeline does; write PNG files",
     .details =
         "The run matches diffusers' StableDiffusion3Pipeline in float32 with\n"

@@ -8,9 +8,9 @@
 #include <stdio.h>
 
 static const cli_opt tokenize_opts[] = {
-    {"model", "DIR", "diffusers-layout model directory (required)"},
-    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)"},
-    {NULL, NULL, NULL},
+    {"model", "DIR", "diffusers-layout model directory (required)", 0},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0},
+    {NULL, NULL, NULL, 0},
 };
 
 static void print_ids(const char *label, const int32_t *ids, int n)

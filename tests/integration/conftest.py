@@ -125,11 +125,24 @@ def make_daemon(workdir):
         return dm.start() if start else dm
 
     yield make
+    problems = []
     for dm in made:
         dm.close_clients()
         if dm.proc and dm.proc.poll() is None:
-            dm.proc.kill()
-            dm.proc.wait(10)
+            # A clean stop at the end of every test, so that a sanitizer build reports leaks.
+            dm.proc.send_signal(signal.SIGTERM)
+            try:
+                dm.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                dm.proc.kill()
+                dm.proc.wait(10)
+                problems.append("focusd did not stop on SIGTERM")
+        if dm.proc:
+            log = dm.read_log()
+            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+                if marker in log:
+                    problems.append(log[log.index(marker) - 200:][:3000])
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture

@@ -135,8 +135,9 @@ chmod -R a+rX "$T"
 install -d -o focusd -g focusd "$T/state"
 # setpriv executes focusd in its own process (runuser would stay as a parent), so that the
 # signal below reaches focusd and its exit status is focusd's.
-setpriv --reuid=focusd --regid=focusd --init-groups /usr/sbin/focusd -c /etc/focusd/focusd.conf -m "tiny=$T/model" \
-    -d cpu -s "$T/state" > "$T/focusd.log" 2>&1 &
+setpriv --reuid=focusd --regid=focusd --init-groups \
+    /usr/sbin/focusd -c /etc/focusd/focusd.conf -m "tiny=$T/model" -d cpu -s "$T/state" \
+    > "$T/focusd.log" 2>&1 &
 daemon=$!
 for _ in $(seq 300); do [ -S /run/focusd/focusd.sock ] && break; sleep 0.1; done
 if focus --timeout 60 ping > "$T/ping.out" 2>&1; then

@@ -48,6 +48,17 @@ static int case_params(const json_t *c, gen_params *p)
     p->height = (int)json_integer_value(json_object_get(c, "height"));
     p->max_seq = (int)json_integer_value(json_object_get(c, "max_sequence_length"));
     p->count = (int)json_integer_value(json_object_get(c, "num_images_per_prompt"));
+    /* Skip-layer guidance cases (made with diffusers 0.32, see tools/reference/README.md). */
+    const json_t *layers = json_object_get(c, "skip_guidance_layers"), *l;
+    size_t i;
+    if (json_array_size(layers) > ENGINE_MAX_SLG_LAYERS)
+        return -1;
+    json_array_foreach(layers, i, l) p->slg_layers[p->slg_count++] = (int)json_integer_value(l);
+    if (p->slg_count) {
+        p->slg_scale = (float)json_number_value(json_object_get(c, "skip_layer_guidance_scale"));
+        p->slg_start = json_number_value(json_object_get(c, "skip_layer_guidance_start"));
+        p->slg_stop = json_number_value(json_object_get(c, "skip_layer_guidance_stop"));
+    }
     return p->prompt && p->steps > 0 ? 0 : -1;
 }
 
