@@ -79,8 +79,7 @@ static void free_list(char **v, size_t n)
 
 void config_free(struct config *c)
 {
-    if (!c)
-        return;
+    if (!c) return;
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         char *base = (char *)c + keys[i].off;
         if (keys[i].kind == K_STR || keys[i].kind == K_STR_OFF || keys[i].kind == K_DEVICE)
@@ -100,13 +99,11 @@ void config_free(struct config *c)
 
 static int parse_u64(const char *v, uint64_t *out, const char **end)
 {
-    if (!isdigit((unsigned char)*v))
-        return ERR_RANGE;
+    if (!isdigit((unsigned char)*v)) return ERR_RANGE;
     errno = 0;
     char *e;
     unsigned long long x = strtoull(v, &e, 10);
-    if (errno)
-        return ERR_RANGE;
+    if (errno) return ERR_RANGE;
     *out = x;
     *end = e;
     return 0;
@@ -121,8 +118,7 @@ static int parse_duration(const char *v, double *out)
     }
     uint64_t x;
     const char *e;
-    if (parse_u64(v, &x, &e))
-        return ERR_RANGE;
+    if (parse_u64(v, &x, &e)) return ERR_RANGE;
     double mul = 1;
     if (*e == 's')
         e++;
@@ -132,8 +128,7 @@ static int parse_duration(const char *v, double *out)
         mul = 3600, e++;
     else if (*e == 'd')
         mul = 86400, e++;
-    if (*e)
-        return ERR_RANGE;
+    if (*e) return ERR_RANGE;
     *out = (double)x * mul;
     return 0;
 }
@@ -147,42 +142,48 @@ static int parse_size(const char *v, uint64_t *out)
     }
     uint64_t x;
     const char *e;
-    if (parse_u64(v, &x, &e))
-        return ERR_RANGE;
+    if (parse_u64(v, &x, &e)) return ERR_RANGE;
     unsigned shift = 0;
     switch (*e) {
-    case 'K': shift = 10; e++; break;
-    case 'M': shift = 20; e++; break;
-    case 'G': shift = 30; e++; break;
-    case 'T': shift = 40; e++; break;
-    default: break;
+    case 'K':
+        shift = 10;
+        e++;
+        break;
+    case 'M':
+        shift = 20;
+        e++;
+        break;
+    case 'G':
+        shift = 30;
+        e++;
+        break;
+    case 'T':
+        shift = 40;
+        e++;
+        break;
+    default:
+        break;
     }
-    if (*e || (shift && x > (UINT64_MAX >> shift)))
-        return ERR_RANGE;
+    if (*e || (shift && x > (UINT64_MAX >> shift))) return ERR_RANGE;
     *out = x << shift;
     return 0;
 }
 
 static bool device_ok(const char *v)
 {
-    if (strcmp(v, "auto") == 0 || strcmp(v, "cpu") == 0 || strcmp(v, "cuda") == 0)
-        return true;
-    if (strncmp(v, "cuda:", 5) != 0 || !isdigit((unsigned char)v[5]))
-        return false;
+    if (strcmp(v, "auto") == 0 || strcmp(v, "cpu") == 0 || strcmp(v, "cuda") == 0) return true;
+    if (strncmp(v, "cuda:", 5) != 0 || !isdigit((unsigned char)v[5])) return false;
     for (const char *p = v + 5; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return false;
+        if (!isdigit((unsigned char)*p)) return false;
     return strlen(v) < 9;
 }
 
 static bool name_ok(const char *v)
 {
     size_t n = strlen(v);
-    if (n == 0 || n > CONFIG_NAME_MAX)
-        return false;
+    if (n == 0 || n > CONFIG_NAME_MAX) return false;
     for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)v[i]) && !strchr("._-", v[i]))
-            return false;
+        if (!isalnum((unsigned char)v[i]) && !strchr("._-", v[i])) return false;
     return true;
 }
 
@@ -202,10 +203,8 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
 {
     const struct key_def *k = NULL;
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
-        if (strcmp(keys[i].name, key) == 0)
-            k = &keys[i];
-    if (!k)
-        return err_set(ERR_INVALID, "%s: unknown key \"%s\"", where, key);
+        if (strcmp(keys[i].name, key) == 0) k = &keys[i];
+    if (!k) return err_set(ERR_INVALID, "%s: unknown key \"%s\"", where, key);
     char *base = (char *)c + k->off;
     const char *why = NULL;
     switch (k->kind) {
@@ -266,16 +265,14 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
         break;
     }
     }
-    if (why)
-        return err_set(ERR_RANGE, "%s: key \"%s\": \"%s\" is %s", where, key, v, why);
+    if (why) return err_set(ERR_RANGE, "%s: key \"%s\": \"%s\" is %s", where, key, v, why);
     return 0;
 }
 
 static struct config_model *model_section(struct config *c, const char *name)
 {
     for (size_t i = 0; i < c->n_models; i++)
-        if (strcmp(c->models[i].name, name) == 0)
-            return &c->models[i];
+        if (strcmp(c->models[i].name, name) == 0) return &c->models[i];
     c->models = xrealloc(c->models, (c->n_models + 1) * sizeof *c->models);
     struct config_model *m = &c->models[c->n_models++];
     memset(m, 0, sizeof *m);
@@ -283,8 +280,7 @@ static struct config_model *model_section(struct config *c, const char *name)
     return m;
 }
 
-static int set_model_key(struct config_model *m, const char *key, const char *v,
-                         const char *where)
+static int set_model_key(struct config_model *m, const char *key, const char *v, const char *where)
 {
     char **dst;
     if (strcmp(key, "path") == 0)
@@ -298,8 +294,10 @@ static int set_model_key(struct config_model *m, const char *key, const char *v,
         return err_set(ERR_RANGE, "%s: [model %s]: key \"%s\": an empty value", where, m->name,
                        key);
     if (dst == &m->device && !device_ok(v))
-        return err_set(ERR_RANGE, "%s: [model %s]: key \"device\": \"%s\" is not auto, cpu, "
-                       "cuda or cuda:N", where, m->name, v);
+        return err_set(ERR_RANGE,
+                       "%s: [model %s]: key \"device\": \"%s\" is not auto, cpu, "
+                       "cuda or cuda:N",
+                       where, m->name, v);
     free(*dst);
     *dst = xstrdup(v);
     return 0;
@@ -318,8 +316,7 @@ static char *trim(char *s)
 static int parse_file(struct config *c, const char *path)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return err_set(ERR_IO, "%s: %s", path, strerror(errno));
     char line[4096], where[1200];
     struct config_model *section = NULL;
     int rc = 0;
@@ -330,15 +327,16 @@ static int parse_file(struct config *c, const char *path)
             break;
         }
         char *s = trim(line);
-        if (!*s || *s == '#' || *s == ';')
-            continue;
+        if (!*s || *s == '#' || *s == ';') continue;
         if (*s == '[') {
             char *close = strchr(s, ']');
             char name[256];
             if (!close || close[1] || sscanf(s, "[model %255[^]]]", name) != 1 ||
                 !name_ok(trim(name))) {
-                rc = err_set(ERR_FORMAT, "%s: expected a section \"[model NAME]\" (NAME: 1-%d "
-                             "of A-Z a-z 0-9 . _ -), got \"%s\"", where, CONFIG_NAME_MAX, s);
+                rc = err_set(ERR_FORMAT,
+                             "%s: expected a section \"[model NAME]\" (NAME: 1-%d "
+                             "of A-Z a-z 0-9 . _ -), got \"%s\"",
+                             where, CONFIG_NAME_MAX, s);
                 break;
             }
             section = model_section(c, trim(name));
@@ -352,8 +350,7 @@ static int parse_file(struct config *c, const char *path)
         *eq = 0;
         char *key = trim(s), *val = trim(eq + 1);
         rc = section ? set_model_key(section, key, val, where) : set_key(c, key, val, where);
-        if (rc)
-            break;
+        if (rc) break;
     }
     fclose(f);
     return rc;
@@ -361,8 +358,7 @@ static int parse_file(struct config *c, const char *path)
 
 static int apply_override(struct config *c, const char *key, const char *value)
 {
-    if (strcmp(key, "model") != 0)
-        return set_key(c, key, value, "command line");
+    if (strcmp(key, "model") != 0) return set_key(c, key, value, "command line");
     const char *eq = strchr(value, '=');
     char name[CONFIG_NAME_MAX + 1];
     if (!eq || (size_t)(eq - value) > CONFIG_NAME_MAX ||
@@ -384,8 +380,10 @@ int config_load(const struct config_overrides *ov, struct config **out)
             rc = err_set(ERR_MISSING, "%s: [model %s]: key \"path\" is missing", src,
                          c->models[i].name);
     if (!rc && c->n_models == 0)
-        rc = err_set(ERR_MISSING, "%s: no model configured: add a [model NAME] section with a "
-                     "path, or --model NAME=DIR", src);
+        rc = err_set(ERR_MISSING,
+                     "%s: no model configured: add a [model NAME] section with a "
+                     "path, or --model NAME=DIR",
+                     src);
     if (!rc && c->default_model && !config_find_model(c, c->default_model))
         rc = err_set(ERR_MISSING, "%s: key \"default_model\": no model named \"%s\"", src,
                      c->default_model);
@@ -395,10 +393,11 @@ int config_load(const struct config_overrides *ov, struct config **out)
     if (!rc && c->tcp && strncmp(c->tcp, "tcp://", 6) != 0)
         rc = err_set(ERR_RANGE, "%s: key \"tcp\": \"%s\" is not a tcp:// endpoint", src, c->tcp);
     if (!rc && c->tcp && (!c->curve_secret_key_file || !c->curve_authorized_keys))
-        rc = err_set(ERR_MISSING, "%s: key \"tcp\" needs curve_secret_key_file and "
-                     "curve_authorized_keys: tcp is served with CURVE only", src);
-    if (!rc && !c->default_model)
-        c->default_model = xstrdup(c->models[0].name);
+        rc = err_set(ERR_MISSING,
+                     "%s: key \"tcp\" needs curve_secret_key_file and "
+                     "curve_authorized_keys: tcp is served with CURVE only",
+                     src);
+    if (!rc && !c->default_model) c->default_model = xstrdup(c->models[0].name);
     if (rc) {
         config_free(c);
         return rc;
@@ -410,8 +409,7 @@ int config_load(const struct config_overrides *ov, struct config **out)
 const struct config_model *config_find_model(const struct config *c, const char *name)
 {
     for (size_t i = 0; i < c->n_models; i++)
-        if (strcmp(c->models[i].name, name) == 0)
-            return &c->models[i];
+        if (strcmp(c->models[i].name, name) == 0) return &c->models[i];
     return NULL;
 }
 
@@ -424,17 +422,16 @@ const char *config_model_device(const struct config *c, const struct config_mode
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: focusd [options]\n"
-            "  -c, --config FILE       read FILE (focusd.conf(5)); without it, defaults only\n"
-            "  -m, --model NAME=DIR    serve the diffusers model directory DIR as NAME\n"
-            "  -l, --listen ENDPOINT   ipc:// endpoint (default ipc:///run/focusd/focusd.sock)\n"
-            "  -s, --state-dir DIR     job store and images (default /var/lib/focusd)\n"
-            "  -d, --device DEV        auto, cpu, cuda or cuda:N\n"
-            "  -o, --set KEY=VALUE     any configuration key, as in the file\n"
-            "  -h, --help              this text\n"
-            "  -V, --version           the version\n"
-            "Command-line settings win over the file and survive a reload (SIGHUP).\n");
+    fprintf(f, "usage: focusd [options]\n"
+               "  -c, --config FILE       read FILE (focusd.conf(5)); without it, defaults only\n"
+               "  -m, --model NAME=DIR    serve the diffusers model directory DIR as NAME\n"
+               "  -l, --listen ENDPOINT   ipc:// endpoint (default ipc:///run/focusd/focusd.sock)\n"
+               "  -s, --state-dir DIR     job store and images (default /var/lib/focusd)\n"
+               "  -d, --device DEV        auto, cpu, cuda or cuda:N\n"
+               "  -o, --set KEY=VALUE     any configuration key, as in the file\n"
+               "  -h, --help              this text\n"
+               "  -V, --version           the version\n"
+               "Command-line settings win over the file and survive a reload (SIGHUP).\n");
 }
 
 static void add_override(struct config_overrides *ov, const char *key, const char *value)
@@ -449,10 +446,14 @@ static void add_override(struct config_overrides *ov, const char *key, const cha
 int config_parse_args(int argc, char **argv, struct config_overrides *ov)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"model", required_argument, NULL, 'm'},
-        {"listen", required_argument, NULL, 'l'}, {"state-dir", required_argument, NULL, 's'},
-        {"device", required_argument, NULL, 'd'}, {"set", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+        {"config", required_argument, NULL, 'c'},
+        {"model", required_argument, NULL, 'm'},
+        {"listen", required_argument, NULL, 'l'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"device", required_argument, NULL, 'd'},
+        {"set", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     memset(ov, 0, sizeof *ov);
@@ -465,10 +466,18 @@ int config_parse_args(int argc, char **argv, struct config_overrides *ov)
             free(ov->config_file);
             ov->config_file = xstrdup(optarg);
             break;
-        case 'm': add_override(ov, "model", optarg); break;
-        case 'l': add_override(ov, "listen", optarg); break;
-        case 's': add_override(ov, "state_dir", optarg); break;
-        case 'd': add_override(ov, "device", optarg); break;
+        case 'm':
+            add_override(ov, "model", optarg);
+            break;
+        case 'l':
+            add_override(ov, "listen", optarg);
+            break;
+        case 's':
+            add_override(ov, "state_dir", optarg);
+            break;
+        case 'd':
+            add_override(ov, "device", optarg);
+            break;
         case 'o': {
             const char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg)

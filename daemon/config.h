@@ -19,28 +19,28 @@ struct config_model {
 };
 
 struct config {
-    char *listen;                 /* ipc:// endpoint */
-    char *tcp;                    /* tcp:// endpoint, NULL when off */
-    char *curve_secret_key_file;  /* Z85 secret key of the server (tcp only) */
-    char *curve_authorized_keys;  /* file of Z85 client public keys (tcp only) */
-    int socket_mode;              /* permission bits of the ipc socket file; -1: leave as bound */
-    char *socket_group;           /* group of the ipc socket file; NULL: leave */
-    char **allow_users;           /* ipc peers admitted; none configured (and no groups): all */
+    char *listen;                /* ipc:// endpoint */
+    char *tcp;                   /* tcp:// endpoint, NULL when off */
+    char *curve_secret_key_file; /* Z85 secret key of the server (tcp only) */
+    char *curve_authorized_keys; /* file of Z85 client public keys (tcp only) */
+    int socket_mode;             /* permission bits of the ipc socket file; -1: leave as bound */
+    char *socket_group;          /* group of the ipc socket file; NULL: leave */
+    char **allow_users;          /* ipc peers admitted; none configured (and no groups): all */
     size_t n_allow_users;
     char **allow_groups;
     size_t n_allow_groups;
     char *state_dir;
-    char *device;                 /* auto, cpu, cuda, cuda:N */
-    char *default_model;          /* NULL: the first model */
-    uint32_t max_queue;           /* queued jobs before submit answers busy */
+    char *device;        /* auto, cpu, cuda, cuda:N */
+    char *default_model; /* NULL: the first model */
+    uint32_t max_queue;  /* queued jobs before submit answers busy */
     uint32_t max_jobs_per_session;
-    uint32_t batch_max;           /* compatible jobs advanced by one engine_step */
-    uint64_t max_job_pixels;      /* width * height * count above which submit is too_large */
-    double retention_age;         /* seconds a finished job and its images are kept; 0: forever */
-    uint64_t retention_bytes;     /* total image bytes kept; 0: no limit */
-    double retention_interval;    /* seconds between retention passes */
-    uint64_t client_buffer;       /* bytes queued towards one slow client */
-    double session_timeout;       /* seconds after which an idle client's session is forgotten */
+    uint32_t batch_max;        /* compatible jobs advanced by one engine_step */
+    uint64_t max_job_pixels;   /* width * height * count above which submit is too_large */
+    double retention_age;      /* seconds a finished job and its images are kept; 0: forever */
+    uint64_t retention_bytes;  /* total image bytes kept; 0: no limit */
+    double retention_interval; /* seconds between retention passes */
+    uint64_t client_buffer;    /* bytes queued towards one slow client */
+    double session_timeout;    /* seconds after which an idle client's session is forgotten */
     int log_level;
     struct config_model *models;
     size_t n_models;

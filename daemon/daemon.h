@@ -20,11 +20,11 @@ struct daemon {
     const struct config_overrides *ov;
     void *zctx, *router_ipc, *router_tcp, *zap;
     int sigfd;
-    char *socket_path;       /* the ipc socket file we created; NULL when inherited */
+    char *socket_path; /* the ipc socket file we created; NULL when inherited */
     struct store *store;
     struct worker *workers;
-    msgpack_sbuffer sb;      /* scratch for encoding one message */
-    double t_start;          /* monotonic */
+    msgpack_sbuffer sb; /* scratch for encoding one message */
+    double t_start;     /* monotonic */
     bool stopping, ready;
 };
 

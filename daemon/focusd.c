@@ -12,8 +12,7 @@ int main(int argc, char **argv)
     struct config_overrides ov;
     int rc = config_parse_args(argc, argv, &ov);
     if (rc) {
-        if (rc < 0)
-            log_err("%s", err_msg());
+        if (rc < 0) log_err("%s", err_msg());
         config_overrides_free(&ov);
         return rc < 0 ? 2 : 0;
     }

@@ -13,8 +13,7 @@
 struct worker *daemon_worker(const char *model)
 {
     for (struct worker *w = D.workers; w; w = w->next)
-        if (strcmp(w->sm.name, model) == 0 && !w->sm.retire)
-            return w;
+        if (strcmp(w->sm.name, model) == 0 && !w->sm.retire) return w;
     return NULL;
 }
 
@@ -52,8 +51,7 @@ void jobs_status(const struct djob *j, struct proto_job_status *st)
     pthread_mutex_lock(&m->lock);
     st->state = j->sj.state;
     st->step = j->sj.step;
-    if (st->state == PROTO_STATE_QUEUED)
-        st->position = sched_position(m, j);
+    if (st->state == PROTO_STATE_QUEUED) st->position = sched_position(m, j);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -61,22 +59,20 @@ void jobs_emit(struct djob *j, const struct proto_event *ev)
 {
     msgpack_sbuffer_clear(&D.sb);
     if (proto_event_encode(&D.sb, ev) < 0) {
-        log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind),
-                err_msg());
+        log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind), err_msg());
         return;
     }
     for (size_t i = 0; i < j->n_watchers; i++) {
         struct session *s = session_by_name(j->watchers[i]);
         if (s)
-            session_send(s, D.sb.data, D.sb.size,
-                         ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL, D.cfg->client_buffer);
+            session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
+                         D.cfg->client_buffer);
     }
 }
 
 void jobs_watch(struct djob *j, struct session *s)
 {
-    if (djob_add_watcher(j, s->name))
-        s->watching++;
+    if (djob_add_watcher(j, s->name)) s->watching++;
 }
 
 void jobs_enqueue(struct djob *j, struct worker *w)
@@ -100,8 +96,7 @@ static void unwatch_all(struct djob *j)
 {
     for (size_t i = 0; i < j->n_watchers; i++) {
         struct session *s = session_by_name(j->watchers[i]);
-        if (s && s->watching)
-            s->watching--;
+        if (s && s->watching) s->watching--;
     }
 }
 
@@ -109,19 +104,17 @@ void jobs_finish(struct djob *j, enum proto_state state, const struct proto_erro
 {
     j->sj.state = state;
     j->sj.finished = now_wall();
-    if (err)
-        j->sj.error = *err;
-    if (store_update(D.store, &j->sj) < 0)
-        log_err("job %s: %s", j->sj.id, err_msg());
+    if (err) j->sj.error = *err;
+    if (store_update(D.store, &j->sj) < 0) log_err("job %s: %s", j->sj.id, err_msg());
     struct proto_event ev;
     static const enum proto_event_kind kinds[PROTO_STATE_COUNT] = {
-        [PROTO_STATE_DONE] = PROTO_EV_DONE, [PROTO_STATE_FAILED] = PROTO_EV_FAILED,
+        [PROTO_STATE_DONE] = PROTO_EV_DONE,
+        [PROTO_STATE_FAILED] = PROTO_EV_FAILED,
         [PROTO_STATE_CANCELED] = PROTO_EV_CANCELED};
     event_init(&ev, kinds[state], j);
     ev.images = state == PROTO_STATE_DONE ? j->sj.images : 0;
     ev.elapsed = j->sj.started > 0 ? j->sj.finished - j->sj.started : 0;
-    if (err)
-        ev.error = *err;
+    if (err) ev.error = *err;
     jobs_emit(j, &ev);
     log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
             proto_state_name(state), err ? ": " : "", err ? err->message : "");
@@ -156,8 +149,7 @@ void jobs_worker_event(struct wevent *e)
     switch (e->kind) {
     case WEV_STARTED:
         j->sj.started = now_wall();
-        if (store_update(D.store, &j->sj) < 0)
-            log_err("job %s: %s", j->sj.id, err_msg());
+        if (store_update(D.store, &j->sj) < 0) log_err("job %s: %s", j->sj.id, err_msg());
         event_init(&ev, PROTO_EV_STARTED, j);
         ev.steps = j->sj.steps;
         jobs_emit(j, &ev);
@@ -201,8 +193,7 @@ struct recover_ctx {
 static void recover_one(void *ctx, const struct store_job *sj)
 {
     struct recover_ctx *rc = ctx;
-    if (sched_find(sj->id))
-        return;
+    if (sched_find(sj->id)) return;
     struct worker *w = rc->w ? rc->w : daemon_worker(sj->params.model);
     if (!w || strcmp(w->sm.name, sj->params.model) != 0) {
         rc->orphans += rc->w == NULL;
@@ -216,10 +207,9 @@ int jobs_recover(struct worker *w, bool at_start)
 {
     struct recover_ctx ctx = {w, 0, 0};
     int rc = at_start ? store_recover(D.store, recover_one, &ctx)
-                      : store_list(D.store, true, PROTO_STATE_QUEUED, UINT32_MAX >> 1,
-                                   recover_one, &ctx);
-    if (ctx.loaded)
-        log_info("job store: %u queued job(s) resumed", ctx.loaded);
+                      : store_list(D.store, true, PROTO_STATE_QUEUED, UINT32_MAX >> 1, recover_one,
+                                   &ctx);
+    if (ctx.loaded) log_info("job store: %u queued job(s) resumed", ctx.loaded);
     if (ctx.orphans)
         log_warn("job store: %u queued job(s) wait for a model that is not configured",
                  ctx.orphans);
@@ -247,8 +237,7 @@ void jobs_release_worker(struct worker *w)
         j->sj.state = PROTO_STATE_QUEUED;
         j->sj.step = 0;
         j->sj.started = 0;
-        if (store_update(D.store, &j->sj) < 0)
-            log_err("job %s: %s", j->sj.id, err_msg());
+        if (store_update(D.store, &j->sj) < 0) log_err("job %s: %s", j->sj.id, err_msg());
         release(j);
     }
     m->n_active = 0;

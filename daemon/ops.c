@@ -26,8 +26,7 @@ void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_er
                      const char *field, const char *message)
 {
     msgpack_sbuffer_clear(&D.sb);
-    if (proto_reply_error(&D.sb, id, code, field, message) == 0)
-        send_sb(s);
+    if (proto_reply_error(&D.sb, id, code, field, message) == 0) send_sb(s);
 }
 
 /* An encoder's failure (out of memory, an image over the frame limit) becomes an internal
@@ -45,8 +44,7 @@ static void finish_reply(struct session *s, const struct proto_id *id, int rc)
 
 static void op_hello(struct session *s, const struct proto_request *r)
 {
-    if (r->u.hello.client[0])
-        snprintf(s->client, sizeof s->client, "%s", r->u.hello.client);
+    if (r->u.hello.client[0]) snprintf(s->client, sizeof s->client, "%s", r->u.hello.client);
     struct proto_hello_reply h = {.protocol = PROTO_VERSION, .max_queue = D.cfg->max_queue};
     snprintf(h.server, sizeof h.server, "focusd");
     snprintf(h.version, sizeof h.version, "%s", FOCUSD_VERSION);
@@ -63,8 +61,8 @@ static void op_hello(struct session *s, const struct proto_request *r)
 /* The parameter an engine message is about, for the error's field. */
 static const char *field_of(const char *msg)
 {
-    static const char *const names[] = {"negative_prompt", "prompt", "steps", "guidance",
-                                         "width", "height", "max_seq", "count", "seed"};
+    static const char *const names[] = {"negative_prompt", "prompt",  "steps", "guidance", "width",
+                                        "height",          "max_seq", "count", "seed"};
     const char *best = "", *at = NULL;
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         const char *p = strstr(msg, names[i]);
@@ -87,8 +85,8 @@ static void new_job_id(char *id, size_t cap)
         serial++;
         memcpy(r + 4, &serial, 4);
     }
-    snprintf(id, cap, "j%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5],
-             r[6], r[7]);
+    snprintf(id, cap, "j%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+             r[7]);
 }
 
 static void op_submit(struct session *s, const struct proto_request *r, const char *user)
@@ -96,8 +94,7 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
     const struct proto_submit *in = &r->u.submit;
     const char *model = in->model[0] ? in->model : D.cfg->default_model;
     struct worker *w = daemon_worker(model);
-    if (!w)
-        return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "model", "no such model");
+    if (!w) return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "model", "no such model");
     if (D.stopping)
         return ops_reply_error(s, &r->id, PROTO_E_UNAVAILABLE, "", "the daemon is stopping");
     if (!atomic_load(&w->loaded))
@@ -160,8 +157,7 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
         ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
         pthread_mutex_unlock(&w->sm.lock);
         msgpack_sbuffer_clear(&D.sb);
-        if (proto_event_encode(&D.sb, &ev) == 0)
-            send_sb(s);
+        if (proto_event_encode(&D.sb, &ev) == 0) send_sb(s);
     }
 }
 
@@ -174,15 +170,13 @@ static void op_job(struct session *s, const struct proto_request *r, const char 
         if (r->op == PROTO_OP_CANCEL && j->owner[0] && *user && strcmp(j->owner, user) != 0)
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
                                    "the job belongs to another user");
-        if (r->op == PROTO_OP_WATCH)
-            jobs_watch(j, s);
+        if (r->op == PROTO_OP_WATCH) jobs_watch(j, s);
         jobs_status(j, &st);
         if (r->op == PROTO_OP_CANCEL) {
             struct sched_model *m = j->model;
             pthread_mutex_lock(&m->lock);
             bool removed = sched_remove(m, j);
-            if (!removed)
-                j->cancel = true; /* running: the worker stops it at the next step */
+            if (!removed) j->cancel = true; /* running: the worker stops it at the next step */
             pthread_mutex_unlock(&m->lock);
             if (removed) {
                 struct proto_error err = {.code = PROTO_E_CANCELED};
@@ -197,13 +191,11 @@ static void op_job(struct session *s, const struct proto_request *r, const char 
     } else {
         struct store_job *sj = xmalloc(sizeof *sj);
         int rc = store_get(D.store, r->u.job.job, sj);
-        if (rc == 0)
-            jobs_status_stored(sj, &st);
+        if (rc == 0) jobs_status_stored(sj, &st);
         free(sj);
         if (rc == ERR_MISSING)
             return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
-        if (rc)
-            return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+        if (rc) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     }
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_job(&D.sb, &r->id, &st));
@@ -229,8 +221,8 @@ static void op_jobs(struct session *s, const struct proto_request *r)
 {
     struct list_ctx lc = {xcalloc(r->u.jobs.limit, sizeof *lc.st), 0};
     /* The store lags behind memory for live jobs; they are listed as they are now. */
-    int rc = store_list(D.store, r->u.jobs.has_state, r->u.jobs.state, r->u.jobs.limit,
-                        list_one, &lc);
+    int rc =
+        store_list(D.store, r->u.jobs.has_state, r->u.jobs.state, r->u.jobs.limit, list_one, &lc);
     msgpack_sbuffer_clear(&D.sb);
     if (rc)
         ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
@@ -244,8 +236,7 @@ static int read_file(const char *path, uint64_t expect, uint8_t **out)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0 || (uint64_t)st.st_size != expect) {
-        if (fd >= 0)
-            close(fd);
+        if (fd >= 0) close(fd);
         return err_set(ERR_IO, "%s: %s", path, fd < 0 ? strerror(errno) : "size changed");
     }
     uint8_t *buf = malloc(expect ? expect : 1);
@@ -281,9 +272,12 @@ static void op_fetch(struct session *s, const struct proto_request *r)
             log_err("fetch: %s", err_msg());
             ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image file is gone");
         } else {
-            struct proto_image pi = {.index = r->u.fetch.index, .png = png,
-                                     .png_len = img.bytes, .width = sj->params.width,
-                                     .height = sj->params.height, .seed = sj->params.seed,
+            struct proto_image pi = {.index = r->u.fetch.index,
+                                     .png = png,
+                                     .png_len = img.bytes,
+                                     .width = sj->params.width,
+                                     .height = sj->params.height,
+                                     .seed = sj->params.seed,
                                      .params = sj->params};
             snprintf(pi.job, sizeof pi.job, "%s", sj->id);
             memcpy(pi.sha256, img.sha256, 32);
@@ -343,19 +337,33 @@ void ops_dispatch(struct session *s, const void *buf, size_t len, const char *us
     struct proto_error perr = {0};
     if (proto_parse_request(buf, len, &r, &perr) < 0) {
         log_debug("session %s: refused request: %s", s->name, err_msg());
-        return ops_reply_error(s, &r.id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE,
-                               perr.field, perr.message);
+        return ops_reply_error(s, &r.id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE, perr.field,
+                               perr.message);
     }
     switch (r.op) {
-    case PROTO_OP_HELLO: op_hello(s, &r); break;
-    case PROTO_OP_SUBMIT: op_submit(s, &r, user); break;
+    case PROTO_OP_HELLO:
+        op_hello(s, &r);
+        break;
+    case PROTO_OP_SUBMIT:
+        op_submit(s, &r, user);
+        break;
     case PROTO_OP_WATCH:
     case PROTO_OP_CANCEL:
-    case PROTO_OP_JOB: op_job(s, &r, user); break;
-    case PROTO_OP_JOBS: op_jobs(s, &r); break;
-    case PROTO_OP_FETCH: op_fetch(s, &r); break;
-    case PROTO_OP_MODELS: op_models(s, &r); break;
-    case PROTO_OP_STATS: op_stats(s, &r); break;
+    case PROTO_OP_JOB:
+        op_job(s, &r, user);
+        break;
+    case PROTO_OP_JOBS:
+        op_jobs(s, &r);
+        break;
+    case PROTO_OP_FETCH:
+        op_fetch(s, &r);
+        break;
+    case PROTO_OP_MODELS:
+        op_models(s, &r);
+        break;
+    case PROTO_OP_STATS:
+        op_stats(s, &r);
+        break;
     case PROTO_OP_PING:
         msgpack_sbuffer_clear(&D.sb);
         finish_reply(s, &r.id, proto_reply_pong(&D.sb, &r.id));

@@ -60,8 +60,7 @@ static int router_new(void **out)
         zmq_setsockopt(r, ZMQ_MAXMSGSIZE, &max, sizeof max) ||
         zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(r, ZMQ_ZAP_DOMAIN, ZAP_DOMAIN, strlen(ZAP_DOMAIN))) {
-        if (r)
-            zmq_close(r);
+        if (r) zmq_close(r);
         return err_set(ERR_IO, "ROUTER socket: %s", zmq_strerror(errno));
     }
     *out = r;
@@ -90,10 +89,8 @@ static int check_not_in_use(const char *path)
     snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int in_use = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    if (fd >= 0)
-        close(fd);
-    if (in_use)
-        return err_set(ERR_IO, "listen: %s is in use by another process", path);
+    if (fd >= 0) close(fd);
+    if (in_use) return err_set(ERR_IO, "listen: %s is in use by another process", path);
     return 0;
 }
 
@@ -101,14 +98,12 @@ static int bind_ipc(void)
 {
     const char *path = D.cfg->listen + strlen("ipc://");
     int rc = check_not_in_use(path);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     /* The socket file is born with the configured mode: no window with looser access. */
     mode_t old = umask(D.cfg->socket_mode >= 0 ? (mode_t)(0777 & ~D.cfg->socket_mode) : 0117);
     rc = zmq_bind(D.router_ipc, D.cfg->listen);
     umask(old);
-    if (rc != 0)
-        return err_set(ERR_IO, "listen %s: %s", D.cfg->listen, zmq_strerror(errno));
+    if (rc != 0) return err_set(ERR_IO, "listen %s: %s", D.cfg->listen, zmq_strerror(errno));
     D.socket_path = xstrdup(path);
     socket_access(path);
     return 0;
@@ -119,8 +114,7 @@ static int bind_tcp_curve(void *r, const char *endpoint, int fd)
     char key[41];
     int one = 1;
     int rc = zap_read_key_file(D.cfg->curve_secret_key_file, key);
-    if (rc)
-        return err_prefix(rc, "curve_secret_key_file: ");
+    if (rc) return err_prefix(rc, "curve_secret_key_file: ");
     if (zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof one) ||
         zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, key, 40) ||
         (fd >= 0 && zmq_setsockopt(r, ZMQ_USE_FD, &fd, sizeof fd)) || zmq_bind(r, endpoint))
@@ -150,17 +144,19 @@ static int adopt_activated(void)
             got_ipc = 1;
         } else if (sd_is_socket_inet(fd, 0, SOCK_STREAM, 1, 0) > 0) {
             if (!D.cfg->curve_secret_key_file || !D.cfg->curve_authorized_keys)
-                return err_set(ERR_MISSING, "inherited TCP socket %d: tcp is served with CURVE "
-                               "only; set curve_secret_key_file and curve_authorized_keys", fd);
+                return err_set(ERR_MISSING,
+                               "inherited TCP socket %d: tcp is served with CURVE "
+                               "only; set curve_secret_key_file and curve_authorized_keys",
+                               fd);
             int rc = D.router_tcp ? 0 : router_new(&D.router_tcp);
-            if (!rc)
-                rc = bind_tcp_curve(D.router_tcp, "tcp://0.0.0.0:0", fd);
-            if (rc)
-                return rc;
+            if (!rc) rc = bind_tcp_curve(D.router_tcp, "tcp://0.0.0.0:0", fd);
+            if (rc) return rc;
             log_info("listening on inherited TCP socket %d with CURVE", fd);
         } else {
-            return err_set(ERR_INVALID, "inherited socket %d is neither a unix nor a TCP stream "
-                           "listener", fd);
+            return err_set(ERR_INVALID,
+                           "inherited socket %d is neither a unix nor a TCP stream "
+                           "listener",
+                           fd);
         }
     }
     return got_ipc;
@@ -169,24 +165,18 @@ static int adopt_activated(void)
 static int open_sockets(void)
 {
     int rc = zap_configure(D.cfg);
-    if (!rc)
-        rc = zap_open(D.zctx, &D.zap);
-    if (!rc)
-        rc = router_new(&D.router_ipc);
+    if (!rc) rc = zap_open(D.zctx, &D.zap);
+    if (!rc) rc = router_new(&D.router_ipc);
     int adopted = rc ? 0 : adopt_activated();
-    if (adopted < 0)
-        return adopted;
+    if (adopted < 0) return adopted;
     if (!rc && !adopted) {
         rc = bind_ipc();
-        if (!rc)
-            log_info("listening on %s", D.cfg->listen);
+        if (!rc) log_info("listening on %s", D.cfg->listen);
     }
     if (!rc && D.cfg->tcp && !D.router_tcp) {
         rc = router_new(&D.router_tcp);
-        if (!rc)
-            rc = bind_tcp_curve(D.router_tcp, D.cfg->tcp, -1);
-        if (!rc)
-            log_info("listening on %s with CURVE", D.cfg->tcp);
+        if (!rc) rc = bind_tcp_curve(D.router_tcp, D.cfg->tcp, -1);
+        if (!rc) log_info("listening on %s with CURVE", D.cfg->tcp);
     }
     return rc;
 }
@@ -210,15 +200,13 @@ static void read_requests(void *sock)
             zmq_msg_init(&x);
             bool more = zmq_msg_recv(&x, sock, 0) >= 0 && zmq_msg_more(&x);
             zmq_msg_close(&x);
-            if (!more)
-                break;
+            if (!more) break;
         }
         double now = now_mono();
         struct session *s = session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid), now);
         s->gone = false;
         const char *user = have_body ? zmq_msg_gets(&body, "User-Id") : NULL;
-        if (user && !s->user[0])
-            snprintf(s->user, sizeof s->user, "%s", user);
+        if (user && !s->user[0]) snprintf(s->user, sizeof s->user, "%s", user);
         struct proto_id none = {.kind = PROTO_ID_NONE};
         if (session_congested(s, D.cfg->client_buffer))
             log_debug("session %s: not reading its replies; request dropped", s->name);
@@ -239,8 +227,7 @@ static int start_worker(const struct config_model *cm, bool recover)
     struct worker *w;
     int rc = worker_start(cm->name, cm->path, config_model_device(D.cfg, cm), D.cfg->batch_max,
                           store_images_dir(D.store), &w);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     w->next = D.workers;
     D.workers = w;
     log_info("model %s: loading %s", cm->name, cm->path);
@@ -259,8 +246,7 @@ static void reap_workers(void)
         }
         *p = w->next;
         jobs_release_worker(w);
-        if (w->engine)
-            log_info("model %s: unloaded", w->sm.name);
+        if (w->engine) log_info("model %s: unloaded", w->sm.name);
         worker_free(w);
     }
 }
@@ -273,15 +259,16 @@ static char status_text[160];
 
 static void notify_status(double now)
 {
-    if (now - last_status < 1.0)
-        return;
+    if (now - last_status < 1.0) return;
     last_status = now;
     uint32_t queued, running;
     jobs_counts(&queued, &running);
     char text[160];
     snprintf(text, sizeof text, "%s%u queued, %u running, %zu client(s)",
-             D.stopping ? "stopping: " : D.ready ? "" : "loading models: ", queued, running,
-             session_count(now, D.cfg->session_timeout));
+             D.stopping ? "stopping: "
+             : D.ready  ? ""
+                        : "loading models: ",
+             queued, running, session_count(now, D.cfg->session_timeout));
     if (strcmp(text, status_text) != 0) {
         snprintf(status_text, sizeof status_text, "%s", text);
         sd_notifyf(0, "STATUS=%s", text);
@@ -291,8 +278,7 @@ static void notify_status(double now)
 /* READY once every model is resident (or has failed to load; at least one must serve). */
 static int check_ready(double now)
 {
-    if (D.ready)
-        return 0;
+    if (D.ready) return 0;
     bool pending = false, any = false;
     for (struct worker *w = D.workers; w; w = w->next) {
         any |= atomic_load(&w->loaded);
@@ -305,8 +291,7 @@ static int check_ready(double now)
         }
         return 0;
     }
-    if (!any)
-        return err_set(ERR_IO, "no model could be loaded");
+    if (!any) return err_set(ERR_IO, "no model could be loaded");
     D.ready = true;
     last_status = 0;
     status_text[0] = 0;
@@ -327,8 +312,7 @@ static void watchdog(double now)
 
 static void begin_stop(const char *why)
 {
-    if (D.stopping)
-        return;
+    if (D.stopping) return;
     log_info("%s: finishing the current steps, then stopping", why);
     D.stopping = true;
     sd_notify(0, "STOPPING=1");
@@ -350,8 +334,7 @@ static void reload(void)
     if (strcmp(old->listen, c->listen) || strcmp(old->state_dir, c->state_dir) ||
         (old->tcp == NULL) != (c->tcp == NULL) || (old->tcp && strcmp(old->tcp, c->tcp)))
         log_warn("reload: listen, tcp and state_dir take effect at the next start");
-    if (D.socket_path)
-        socket_access(D.socket_path);
+    if (D.socket_path) socket_access(D.socket_path);
     for (struct worker **p = &D.workers; *p;) {
         struct worker *w = *p;
         const struct config_model *cm = config_find_model(c, w->sm.name);
@@ -453,32 +436,26 @@ static int loop(void)
         long timeout = waiting ? 10 : 250;
         if (zmq_poll(items, D.router_tcp ? 5 : 4, timeout) < 0 && errno != EINTR)
             return err_set(ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
-        if (items[0].revents)
-            zap_handle(D.zap);
-        if (items[1].revents)
-            read_signals();
+        if (items[0].revents) zap_handle(D.zap);
+        if (items[1].revents) read_signals();
         if (items[2].revents)
             for (struct wevent *e = worker_events_take(), *next; e; e = next) {
                 next = e->next;
                 jobs_worker_event(e);
                 free(e);
             }
-        if (items[3].revents)
-            read_requests(D.router_ipc);
-        if (D.router_tcp && items[4].revents)
-            read_requests(D.router_tcp);
+        if (items[3].revents) read_requests(D.router_ipc);
+        if (D.router_tcp && items[4].revents) read_requests(D.router_tcp);
         if (store_commit(D.store) < 0)
             log_err("%s", err_msg()); /* the replies still go: their rows may be lost */
         waiting = session_flush_all();
         double now = now_mono();
         watchdog(now);
         int rc = check_ready(now);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         notify_status(now);
         reap_workers();
-        if (D.stopping && !D.workers)
-            return store_commit(D.store);
+        if (D.stopping && !D.workers) return store_commit(D.store);
         if (now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) {
             last_retention = now;
             retention();
@@ -502,21 +479,15 @@ static void cleanup(void)
     }
     store_close(D.store);
     session_free_all();
-    if (D.router_ipc)
-        zmq_close(D.router_ipc);
-    if (D.router_tcp)
-        zmq_close(D.router_tcp);
-    if (D.zap)
-        zmq_close(D.zap);
-    if (D.zctx)
-        zmq_ctx_term(D.zctx);
-    if (D.socket_path)
-        unlink(D.socket_path);
+    if (D.router_ipc) zmq_close(D.router_ipc);
+    if (D.router_tcp) zmq_close(D.router_tcp);
+    if (D.zap) zmq_close(D.zap);
+    if (D.zctx) zmq_ctx_term(D.zctx);
+    if (D.socket_path) unlink(D.socket_path);
     free(D.socket_path);
     zap_free();
     msgpack_sbuffer_destroy(&D.sb);
-    if (D.sigfd >= 0)
-        close(D.sigfd);
+    if (D.sigfd >= 0) close(D.sigfd);
 }
 
 int reactor_run(struct config *cfg, const struct config_overrides *ov)
@@ -528,15 +499,12 @@ int reactor_run(struct config *cfg, const struct config_overrides *ov)
     D.t_start = now_mono();
     msgpack_sbuffer_init(&D.sb);
     log_set_level(cfg->log_level);
-    if (sd_watchdog_enabled(0, &watchdog_usec) <= 0)
-        watchdog_usec = 0;
+    if (sd_watchdog_enabled(0, &watchdog_usec) <= 0) watchdog_usec = 0;
     sd_notify(0, "EXTEND_TIMEOUT_USEC=30000000");
     last_extend = now_mono();
     int rc = signals_open();
-    if (!rc)
-        rc = worker_events_init();
-    if (!rc)
-        rc = store_open(cfg->state_dir, &D.store);
+    if (!rc) rc = worker_events_init();
+    if (!rc) rc = store_open(cfg->state_dir, &D.store);
     if (!rc) {
         retention();
         D.zctx = zmq_ctx_new();
@@ -544,10 +512,8 @@ int reactor_run(struct config *cfg, const struct config_overrides *ov)
     }
     for (size_t i = 0; !rc && i < D.cfg->n_models; i++)
         rc = start_worker(&D.cfg->models[i], false);
-    if (!rc)
-        rc = jobs_recover(NULL, true);
-    if (!rc)
-        rc = loop();
+    if (!rc) rc = jobs_recover(NULL, true);
+    if (!rc) rc = loop();
     if (rc)
         log_err("%s", err_msg());
     else

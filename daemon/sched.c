@@ -29,8 +29,7 @@ static struct sched_queue *find_queue(const struct sched_model *m, const char *s
 {
     for (size_t i = 0; i < m->n_queues; i++)
         if (strcmp(m->queues[i].session, session) == 0) {
-            if (index)
-                *index = i;
+            if (index) *index = i;
             return &m->queues[i];
         }
     return NULL;
@@ -53,8 +52,7 @@ void sched_push(struct sched_model *m, struct djob *j)
         size_t at = m->n_queues ? m->rr : 0;
         memmove(&m->queues[at + 1], &m->queues[at], (m->n_queues - at) * sizeof *m->queues);
         m->n_queues++;
-        if (m->n_queues > 1)
-            m->rr = (m->rr + 1) % m->n_queues;
+        if (m->n_queues > 1) m->rr = (m->rr + 1) % m->n_queues;
         q = &m->queues[at];
         memset(q, 0, sizeof *q);
         snprintf(q->session, sizeof q->session, "%s", j->sj.session);
@@ -84,32 +82,26 @@ static void drop_queue(struct sched_model *m, size_t i)
 {
     memmove(&m->queues[i], &m->queues[i + 1], (m->n_queues - i - 1) * sizeof *m->queues);
     m->n_queues--;
-    if (i < m->rr)
-        m->rr--;
-    if (m->rr >= m->n_queues)
-        m->rr = 0;
+    if (i < m->rr) m->rr--;
+    if (m->rr >= m->n_queues) m->rr = 0;
 }
 
 bool sched_remove(struct sched_model *m, struct djob *j)
 {
     size_t qi;
     struct sched_queue *q = find_queue(m, j->sj.session, &qi);
-    if (!q || j->sj.state != PROTO_STATE_QUEUED)
-        return false;
+    if (!q || j->sj.state != PROTO_STATE_QUEUED) return false;
     struct djob *prev = NULL;
     for (struct djob *p = q->head; p; prev = p, p = p->qnext) {
-        if (p != j)
-            continue;
+        if (p != j) continue;
         if (prev)
             prev->qnext = p->qnext;
         else
             q->head = p->qnext;
-        if (q->tail == p)
-            q->tail = prev;
+        if (q->tail == p) q->tail = prev;
         q->n--;
         m->n_queued--;
-        if (q->n == 0)
-            drop_queue(m, qi);
+        if (q->n == 0) drop_queue(m, qi);
         return true;
     }
     return false;
@@ -117,14 +109,12 @@ bool sched_remove(struct sched_model *m, struct djob *j)
 
 struct djob *sched_pop(struct sched_model *m)
 {
-    if (m->n_queues == 0)
-        return NULL;
+    if (m->n_queues == 0) return NULL;
     size_t qi = m->rr % m->n_queues;
     struct sched_queue *q = &m->queues[qi];
     struct djob *j = q->head;
     q->head = j->qnext;
-    if (!q->head)
-        q->tail = NULL;
+    if (!q->head) q->tail = NULL;
     q->n--;
     m->n_queued--;
     if (q->n == 0)
@@ -151,8 +141,7 @@ uint32_t sched_position(const struct sched_model *m, const struct djob *j)
 {
     size_t qi;
     const struct sched_queue *q = find_queue(m, j->sj.session, &qi);
-    if (!q)
-        return 0;
+    if (!q) return 0;
     uint32_t k = 0;
     for (const struct djob *p = q->head; p && p != j; p = p->qnext)
         k++;
@@ -161,8 +150,7 @@ uint32_t sched_position(const struct sched_model *m, const struct djob *j)
     uint32_t pos = k;
     size_t n = m->n_queues, mine = (qi + n - m->rr) % n;
     for (size_t i = 0; i < n; i++) {
-        if (i == qi)
-            continue;
+        if (i == qi) continue;
         uint32_t ahead = k + ((i + n - m->rr) % n < mine ? 1 : 0);
         pos += m->queues[i].n < ahead ? m->queues[i].n : ahead;
     }
@@ -210,8 +198,7 @@ void sched_index_del(struct djob *j)
 struct djob *sched_find(const char *id)
 {
     for (struct djob *j = index_buckets[bucket_of(id)]; j; j = j->hnext)
-        if (strcmp(j->sj.id, id) == 0)
-            return j;
+        if (strcmp(j->sj.id, id) == 0) return j;
     return NULL;
 }
 
@@ -240,10 +227,8 @@ struct djob *djob_new(const struct store_job *sj)
 
 void djob_free(struct djob *j)
 {
-    if (!j)
-        return;
-    if (j->gj)
-        engine_job_free(j->gj);
+    if (!j) return;
+    if (j->gj) engine_job_free(j->gj);
     free(j->watchers);
     free(j);
 }
@@ -251,8 +236,7 @@ void djob_free(struct djob *j)
 bool djob_add_watcher(struct djob *j, const char *session)
 {
     for (size_t i = 0; i < j->n_watchers; i++)
-        if (strcmp(j->watchers[i], session) == 0)
-            return false;
+        if (strcmp(j->watchers[i], session) == 0) return false;
     j->watchers = xrealloc(j->watchers, (j->n_watchers + 1) * sizeof *j->watchers);
     snprintf(j->watchers[j->n_watchers++], PROTO_MAX_NAME + 1, "%s", session);
     return true;

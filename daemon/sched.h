@@ -23,19 +23,19 @@
 struct sched_model;
 
 struct djob {
-    struct store_job sj;        /* state, step guarded by the model's lock once queued */
-    gen_params gp;              /* strings point into sj.params */
+    struct store_job sj; /* state, step guarded by the model's lock once queued */
+    gen_params gp;       /* strings point into sj.params */
     struct sched_model *model;
-    gen_job *gj;                /* the worker's */
-    bool cancel;                /* asked to stop at the next step boundary */
-    char owner[PROTO_MAX_NAME + 1]; /* the submitter's ZAP User-Id; "" after a restart */
-    double t_start;             /* monotonic seconds when it started */
+    gen_job *gj;                         /* the worker's */
+    bool cancel;                         /* asked to stop at the next step boundary */
+    char owner[PROTO_MAX_NAME + 1];      /* the submitter's ZAP User-Id; "" after a restart */
+    double t_start;                      /* monotonic seconds when it started */
     uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
     uint64_t bytes[PROTO_COUNT_MAX];
     char (*watchers)[PROTO_MAX_NAME + 1]; /* sessions to tell; the reactor's */
     size_t n_watchers;
-    struct djob *qnext;         /* in its session queue */
-    struct djob *hnext;         /* in the job index */
+    struct djob *qnext; /* in its session queue */
+    struct djob *hnext; /* in the job index */
 };
 
 struct sched_queue {
@@ -51,10 +51,10 @@ struct sched_model {
     struct sched_queue *queues; /* sessions with queued jobs; rr: the next to serve */
     size_t n_queues, rr;
     uint32_t n_queued;
-    struct djob **active;       /* running: prepared or about to be */
+    struct djob **active; /* running: prepared or about to be */
     size_t n_active, max_active;
-    bool stop;                  /* finish the current step, then leave */
-    bool retire;                /* leave once idle (the model left the configuration) */
+    bool stop;   /* finish the current step, then leave */
+    bool retire; /* leave once idle (the model left the configuration) */
 };
 
 void sched_model_init(struct sched_model *m, const char *name, uint32_t batch_max);

@@ -25,14 +25,12 @@ static uint32_t boot_tag;
 /* 0 sent, 1 the peer cannot take it now, -1 the peer is gone. */
 static int try_send(struct session *s, const void *buf, size_t len)
 {
-    if (s->gone)
-        return -1;
+    if (s->gone) return -1;
     if (zmq_send(s->sock, s->rid, s->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return errno == EAGAIN ? 1 : -1;
     /* With ZMQ_ROUTER_MANDATORY the routing frame is where a full pipe is reported; once it
      * is accepted, the body goes in the same message. */
-    if (zmq_send(s->sock, buf, len, ZMQ_DONTWAIT) < 0)
-        return errno == EAGAIN ? 1 : -1;
+    if (zmq_send(s->sock, buf, len, ZMQ_DONTWAIT) < 0) return errno == EAGAIN ? 1 : -1;
     return 0;
 }
 
@@ -79,8 +77,7 @@ struct session *session_get(void *sock, const void *rid, size_t rid_len, double 
 struct session *session_by_name(const char *name)
 {
     for (struct session *s = sessions; s; s = s->next)
-        if (strcmp(s->name, name) == 0)
-            return s;
+        if (strcmp(s->name, name) == 0) return s;
     return NULL;
 }
 
@@ -103,25 +100,21 @@ static void enqueue(struct session *s, const void *buf, size_t len, const char *
 void session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
                   size_t limit)
 {
-    if (s->gone)
-        return;
+    if (s->gone) return;
     if (progress_job) {
         for (struct outmsg **p = &s->out_head; *p; p = &(*p)->next) {
             struct outmsg *m = *p;
-            if (strcmp(m->job, progress_job) != 0)
-                continue;
+            if (strcmp(m->job, progress_job) != 0) continue;
             /* Replace the stale value in place, keeping its turn in the queue. */
             struct outmsg *n = xrealloc(m, sizeof *m + len);
             s->out_bytes = s->out_bytes - n->len + len;
             n->len = len;
             memcpy(n->data, buf, len);
-            if (s->out_tail == m)
-                s->out_tail = n;
+            if (s->out_tail == m) s->out_tail = n;
             *p = n;
             return;
         }
-        if (s->out_bytes + len > limit)
-            return;
+        if (s->out_bytes + len > limit) return;
     }
     enqueue(s, buf, len, progress_job);
 }
@@ -133,15 +126,13 @@ bool session_flush_all(void)
         while (s->out_head) {
             struct outmsg *m = s->out_head;
             int r = try_send(s, m->data, m->len);
-            if (r > 0)
-                break;
+            if (r > 0) break;
             if (r < 0) {
                 mark_gone(s);
                 break;
             }
             s->out_head = m->next;
-            if (!s->out_head)
-                s->out_tail = NULL;
+            if (!s->out_head) s->out_tail = NULL;
             s->out_bytes -= m->len;
             s->out_count--;
             free(m);

@@ -19,13 +19,13 @@ struct outmsg;
 struct session {
     uint8_t rid[256];
     size_t rid_len;
-    void *sock;                          /* the ROUTER it came in on */
+    void *sock; /* the ROUTER it came in on */
     char name[PROTO_MAX_NAME + 1];
-    char client[PROTO_MAX_NAME + 1];     /* from hello */
-    char user[PROTO_MAX_NAME + 1];       /* the ZAP User-Id: uid, or the CURVE key */
-    double last_seen;                    /* monotonic seconds */
+    char client[PROTO_MAX_NAME + 1]; /* from hello */
+    char user[PROTO_MAX_NAME + 1];   /* the ZAP User-Id: uid, or the CURVE key */
+    double last_seen;                /* monotonic seconds */
     bool gone;
-    unsigned watching;                   /* live jobs it watches: kept while non-zero */
+    unsigned watching; /* live jobs it watches: kept while non-zero */
     struct outmsg *out_head, *out_tail;
     size_t out_bytes, out_count;
     struct session *next;

@@ -42,9 +42,9 @@ static const char schema[] =
     " job TEXT NOT NULL, idx INTEGER NOT NULL, file TEXT NOT NULL, sha256 BLOB NOT NULL,"
     " bytes INTEGER NOT NULL, PRIMARY KEY (job, idx));";
 
-#define JOB_COLUMNS                                                                         \
-    "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height," \
-    " max_seq, count, priority, state, created, started, finished, step, images,"           \
+#define JOB_COLUMNS                                                                                \
+    "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height,"      \
+    " max_seq, count, priority, state, created, started, finished, step, images,"                  \
     " error_code, error_field, error_message"
 
 static int db_fail(struct store *s, const char *what)
@@ -54,8 +54,7 @@ static int db_fail(struct store *s, const char *what)
 
 static int prepare(struct store *s, const char *sql, sqlite3_stmt **st)
 {
-    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK)
-        return db_fail(s, "prepare");
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) return db_fail(s, "prepare");
     return 0;
 }
 
@@ -69,8 +68,7 @@ static int run_done(struct store *s, sqlite3_stmt *st, const char *what)
 
 static int begin(struct store *s)
 {
-    if (s->in_tx)
-        return 0;
+    if (s->in_tx) return 0;
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return db_fail(s, "begin");
     s->in_tx = true;
@@ -79,8 +77,7 @@ static int begin(struct store *s)
 
 int store_commit(struct store *s)
 {
-    if (!s->in_tx)
-        return 0;
+    if (!s->in_tx) return 0;
     s->in_tx = false;
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         int rc = db_fail(s, "commit");
@@ -107,16 +104,15 @@ int store_open(const char *state_dir, struct store **out)
     char *dbpath = xmalloc(n);
     snprintf(dbpath, n, "%s/jobs.db", state_dir);
     int rc = make_dir(state_dir);
-    if (!rc)
-        rc = make_dir(s->images);
-    if (!rc && sqlite3_open_v2(dbpath, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                               SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+    if (!rc) rc = make_dir(s->images);
+    if (!rc && sqlite3_open_v2(dbpath, &s->db,
+                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                               NULL) != SQLITE_OK)
         rc = err_set(ERR_IO, "job store %s: %s", dbpath,
                      s->db ? sqlite3_errmsg(s->db) : "out of memory");
     if (!rc) {
         sqlite3_busy_timeout(s->db, 5000);
-        if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK)
-            rc = db_fail(s, "schema");
+        if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK) rc = db_fail(s, "schema");
     }
     free(dbpath);
     if (rc) {
@@ -129,8 +125,7 @@ int store_open(const char *state_dir, struct store **out)
 
 void store_close(struct store *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     if (s->db) {
         store_commit(s);
         sqlite3_close(s->db);
@@ -152,7 +147,8 @@ int store_insert(struct store *s, struct store_job *j)
     if (rc || (rc = prepare(s,
                             "INSERT INTO jobs (id, session, model, prompt, negative_prompt, seed,"
                             " steps, guidance, width, height, max_seq, count, priority, state,"
-                            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", &st)))
+                            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            &st)))
         return rc;
     const struct proto_submit *p = &j->params;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
@@ -171,8 +167,7 @@ int store_insert(struct store *s, struct store_job *j)
     sqlite3_bind_text(st, 14, proto_state_name(j->state), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 15, j->created);
     rc = run_done(s, st, "insert");
-    if (!rc)
-        j->seq = sqlite3_last_insert_rowid(s->db);
+    if (!rc) j->seq = sqlite3_last_insert_rowid(s->db);
     return rc;
 }
 
@@ -182,7 +177,8 @@ int store_update(struct store *s, const struct store_job *j)
     int rc = begin(s);
     if (rc || (rc = prepare(s,
                             "UPDATE jobs SET state=?, started=?, finished=?, step=?, images=?,"
-                            " error_code=?, error_field=?, error_message=? WHERE id=?", &st)))
+                            " error_code=?, error_field=?, error_message=? WHERE id=?",
+                            &st)))
         return rc;
     sqlite3_bind_text(st, 1, proto_state_name(j->state), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 2, j->started);
@@ -203,8 +199,10 @@ int store_add_image(struct store *s, const char *job, uint32_t index, const char
     const char *slash = strrchr(path, '/');
     sqlite3_stmt *st;
     int rc = begin(s);
-    if (rc || (rc = prepare(s, "INSERT OR REPLACE INTO images (job, idx, file, sha256, bytes)"
-                               " VALUES (?,?,?,?,?)", &st)))
+    if (rc || (rc = prepare(s,
+                            "INSERT OR REPLACE INTO images (job, idx, file, sha256, bytes)"
+                            " VALUES (?,?,?,?,?)",
+                            &st)))
         return rc;
     sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, (int)index);
@@ -261,8 +259,7 @@ int store_get(struct store *s, const char *id, struct store_job *j)
 {
     sqlite3_stmt *st;
     int rc = prepare(s, "SELECT " JOB_COLUMNS " FROM jobs WHERE id=?", &st);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     int r = sqlite3_step(st);
     if (r == SQLITE_ROW)
@@ -279,8 +276,7 @@ int store_image(struct store *s, const char *job, uint32_t index, struct store_i
 {
     sqlite3_stmt *st;
     int rc = prepare(s, "SELECT file, sha256, bytes FROM images WHERE job=? AND idx=?", &st);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, (int)index);
     int r = sqlite3_step(st);
@@ -316,14 +312,13 @@ int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t
                void (*fn)(void *ctx, const struct store_job *j), void *ctx)
 {
     sqlite3_stmt *st;
-    int rc = prepare(s, has_state ? "SELECT " JOB_COLUMNS " FROM jobs WHERE state=?1"
-                                    " ORDER BY seq DESC LIMIT ?2"
-                                  : "SELECT " JOB_COLUMNS " FROM jobs ORDER BY seq DESC LIMIT ?2",
+    int rc = prepare(s,
+                     has_state ? "SELECT " JOB_COLUMNS " FROM jobs WHERE state=?1"
+                                 " ORDER BY seq DESC LIMIT ?2"
+                               : "SELECT " JOB_COLUMNS " FROM jobs ORDER BY seq DESC LIMIT ?2",
                      &st);
-    if (rc)
-        return rc;
-    if (has_state)
-        sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
+    if (rc) return rc;
+    if (has_state) sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, (int)limit);
     return for_each(s, st, fn, ctx);
 }
@@ -331,19 +326,16 @@ int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t
 int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job *j), void *ctx)
 {
     int rc = begin(s);
-    if (rc)
-        return rc;
-    if (sqlite3_exec(s->db, "UPDATE jobs SET state='queued', step=0 WHERE state='running'",
-                     NULL, NULL, NULL) != SQLITE_OK)
+    if (rc) return rc;
+    if (sqlite3_exec(s->db, "UPDATE jobs SET state='queued', step=0 WHERE state='running'", NULL,
+                     NULL, NULL) != SQLITE_OK)
         return db_fail(s, "requeue");
     int requeued = sqlite3_changes(s->db);
-    if ((rc = store_commit(s)))
-        return rc;
-    if (requeued)
-        log_info("job store: %d interrupted job(s) queued again", requeued);
+    if ((rc = store_commit(s))) return rc;
+    if (requeued) log_info("job store: %d interrupted job(s) queued again", requeued);
     sqlite3_stmt *st;
-    if ((rc = prepare(s, "SELECT " JOB_COLUMNS " FROM jobs WHERE state='queued' ORDER BY seq",
-                      &st)))
+    if ((rc =
+             prepare(s, "SELECT " JOB_COLUMNS " FROM jobs WHERE state='queued' ORDER BY seq", &st)))
         return rc;
     return for_each(s, st, fn, ctx);
 }
@@ -353,8 +345,7 @@ static int delete_job(struct store *s, const char *id, uint64_t *removed)
 {
     sqlite3_stmt *st;
     int rc = prepare(s, "SELECT file FROM images WHERE job=?", &st);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     char path[PATH_MAX];
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -366,13 +357,11 @@ static int delete_job(struct store *s, const char *id, uint64_t *removed)
     static const char *const dels[] = {"DELETE FROM images WHERE job=?",
                                        "DELETE FROM jobs WHERE id=?"};
     for (int i = 0; i < 2 && !rc; i++) {
-        if ((rc = prepare(s, dels[i], &st)))
-            break;
+        if ((rc = prepare(s, dels[i], &st))) break;
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         rc = run_done(s, st, "delete");
     }
-    if (!rc)
-        (*removed)++;
+    if (!rc) (*removed)++;
     return rc;
 }
 
@@ -386,33 +375,26 @@ static int delete_selected(struct store *s, const char *sql, double arg, uint64_
         if (max_bytes) {
             sqlite3_stmt *sum;
             int rc = prepare(s, "SELECT COALESCE(SUM(bytes), 0) FROM images", &sum);
-            if (rc)
-                return rc;
-            uint64_t total = sqlite3_step(sum) == SQLITE_ROW
-                                 ? (uint64_t)sqlite3_column_int64(sum, 0) : 0;
+            if (rc) return rc;
+            uint64_t total =
+                sqlite3_step(sum) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(sum, 0) : 0;
             sqlite3_finalize(sum);
-            if (total <= max_bytes)
-                return 0;
+            if (total <= max_bytes) return 0;
         }
         sqlite3_stmt *st;
         int rc = prepare(s, sql, &st);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         sqlite3_bind_double(st, 1, arg);
         int n = 0;
         while (n < (max_bytes ? 1 : 64) && sqlite3_step(st) == SQLITE_ROW)
             copy_col(st, 0, ids[n++], sizeof ids[0]);
         sqlite3_finalize(st);
-        if (n == 0)
-            return 0;
-        if ((rc = begin(s)))
-            return rc;
+        if (n == 0) return 0;
+        if ((rc = begin(s))) return rc;
         for (int i = 0; i < n && !rc; i++)
             rc = delete_job(s, ids[i], removed);
-        if (!rc)
-            rc = store_commit(s);
-        if (rc)
-            return rc;
+        if (!rc) rc = store_commit(s);
+        if (rc) return rc;
     }
 }
 
@@ -422,12 +404,14 @@ int store_retention(struct store *s, double now, double max_age, uint64_t max_by
     *removed = 0;
     int rc = store_commit(s);
     if (!rc && max_age > 0)
-        rc = delete_selected(s, "SELECT id FROM jobs WHERE state IN ('done','failed','canceled')"
-                                " AND finished < ? ORDER BY finished LIMIT 64",
+        rc = delete_selected(s,
+                             "SELECT id FROM jobs WHERE state IN ('done','failed','canceled')"
+                             " AND finished < ? ORDER BY finished LIMIT 64",
                              now - max_age, 0, removed);
     if (!rc && max_bytes)
-        rc = delete_selected(s, "SELECT id FROM jobs WHERE finished < ?1 AND id IN"
-                                " (SELECT job FROM images) ORDER BY finished LIMIT 1",
+        rc = delete_selected(s,
+                             "SELECT id FROM jobs WHERE finished < ?1 AND id IN"
+                             " (SELECT job FROM images) ORDER BY finished LIMIT 1",
                              DBL_MAX, max_bytes, removed);
     return rc;
 }
@@ -436,8 +420,7 @@ int store_count(struct store *s, enum proto_state state, uint64_t *n)
 {
     sqlite3_stmt *st;
     int rc = prepare(s, "SELECT COUNT(*) FROM jobs WHERE state=?", &st);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
     *n = sqlite3_step(st) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
     sqlite3_finalize(st);

@@ -20,10 +20,10 @@ struct store_job {
     char session[PROTO_MAX_NAME + 1];
     struct proto_submit params; /* resolved: model and every field set */
     enum proto_state state;
-    int64_t seq;                /* submission order, across restarts */
+    int64_t seq; /* submission order, across restarts */
     double created, started, finished;
     uint32_t step, steps, images;
-    struct proto_error error;   /* failed, canceled */
+    struct proto_error error; /* failed, canceled */
 };
 
 struct store_image {

@@ -28,8 +28,7 @@ static int ev_fd = -1;
 int worker_events_init(void)
 {
     ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (ev_fd < 0)
-        return err_set(ERR_IO, "eventfd: %s", strerror(errno));
+    if (ev_fd < 0) return err_set(ERR_IO, "eventfd: %s", strerror(errno));
     return 0;
 }
 
@@ -41,8 +40,7 @@ int worker_events_fd(void)
 static void post(struct worker *w, enum wev_kind kind, struct djob *job, const struct wevent *tpl)
 {
     struct wevent *e = xcalloc(1, sizeof *e);
-    if (tpl)
-        *e = *tpl;
+    if (tpl) *e = *tpl;
     e->kind = kind;
     e->w = w;
     e->job = job;
@@ -118,8 +116,7 @@ static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uin
     char path[4096];
     snprintf(path, sizeof path, "%s/%s-%u.png", w->images_dir, j->sj.id, index);
     int rc = png_out_write(path, rgb, p->width, p->height, kv, (int)(sizeof kv / sizeof *kv));
-    if (rc)
-        return rc;
+    if (rc) return rc;
     /* The checksum is of the bytes as stored, read back rather than encoded twice. */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -137,8 +134,7 @@ static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uin
         }
         free(buf);
     }
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
     return rc;
 }
 
@@ -160,12 +156,9 @@ static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, stru
 {
     struct sched_model *m = &w->sm;
     for (;;) {
-        if (m->stop)
-            return false;
-        if (m->n_active || m->n_queued)
-            break;
-        if (m->retire)
-            return false;
+        if (m->stop) return false;
+        if (m->n_active || m->n_queued) break;
+        if (m->retire) return false;
         pthread_cond_wait(&m->wake, &m->lock);
     }
     for (size_t i = 0; i < m->n_active;) {
@@ -198,8 +191,7 @@ static void run(struct worker *w)
             gone[i]->gj = NULL;
             post(w, WEV_CANCELED, gone[i], NULL);
         }
-        if (!go)
-            break;
+        if (!go) break;
         for (size_t i = 0; i < n_fresh; i++) {
             struct djob *j = fresh[i];
             j->t_start = mono_now();
@@ -218,13 +210,11 @@ static void run(struct worker *w)
         if (m->n_active) {
             struct djob *leader = m->active[lead++ % m->n_active];
             for (size_t i = 0; i < m->n_active; i++)
-                if (m->active[i] == leader ||
-                    engine_jobs_batchable(leader->gj, m->active[i]->gj))
+                if (m->active[i] == leader || engine_jobs_batchable(leader->gj, m->active[i]->gj))
                     batch[n_batch++] = m->active[i];
         }
         pthread_mutex_unlock(&m->lock);
-        if (n_batch == 0)
-            continue;
+        if (n_batch == 0) continue;
         gen_job *gj[SCHED_MAX_ACTIVE];
         for (size_t i = 0; i < n_batch; i++)
             gj[i] = batch[i]->gj;
@@ -239,13 +229,10 @@ static void run(struct worker *w)
             tpl.elapsed = now - j->t_start;
             pthread_mutex_lock(&m->lock);
             j->sj.step = tpl.step;
-            if (rc || done)
-                sched_deactivate(m, j);
+            if (rc || done) sched_deactivate(m, j);
             pthread_mutex_unlock(&m->lock);
-            if (!rc)
-                post(w, WEV_PROGRESS, j, &tpl);
-            if (!rc && !done)
-                continue;
+            if (!rc) post(w, WEV_PROGRESS, j, &tpl);
+            if (!rc && !done) continue;
             /* The engine's memory is released on this thread, the one that drives it. */
             int frc = rc ? rc : finish_job(w, j);
             engine_job_free(j->gj);
@@ -255,8 +242,7 @@ static void run(struct worker *w)
             else
                 post(w, WEV_DONE, j, &tpl);
         }
-        if (rc)
-            log_err("model %s: engine step failed: %s", m->name, err_msg());
+        if (rc) log_err("model %s: engine step failed: %s", m->name, err_msg());
     }
     /* Stopping: the jobs still active are left for the reactor to queue again. */
     pthread_mutex_lock(&m->lock);
@@ -296,8 +282,7 @@ static void *worker_main(void *arg)
     engine_options opts;
     double t0 = mono_now();
     int rc = resolve_device(w->device, &opts, w->resolved, sizeof w->resolved);
-    if (!rc)
-        rc = engine_load(w->path, &opts, &w->engine);
+    if (!rc) rc = engine_load(w->path, &opts, &w->engine);
     if (rc) {
         w->engine = NULL;
         post_error(w, WEV_LOAD_FAILED, NULL, PROTO_E_UNAVAILABLE, err_msg());
@@ -358,15 +343,13 @@ void worker_retire(struct worker *w)
 
 void worker_join(struct worker *w)
 {
-    if (!w->exited)
-        pthread_join(w->thread, NULL);
+    if (!w->exited) pthread_join(w->thread, NULL);
     w->exited = true;
 }
 
 void worker_free(struct worker *w)
 {
-    if (w->engine)
-        engine_free(w->engine);
+    if (w->engine) engine_free(w->engine);
     sched_model_destroy(&w->sm);
     free(w->path);
     free(w->images_dir);

@@ -19,10 +19,10 @@ enum wev_kind {
     WEV_LOAD_FAILED, /* error says why; the worker has exited */
     WEV_STARTED,
     WEV_PROGRESS,
-    WEV_DONE,        /* job->sha256 and job->bytes are set, the files written */
+    WEV_DONE, /* job->sha256 and job->bytes are set, the files written */
     WEV_FAILED,
     WEV_CANCELED,
-    WEV_EXITED       /* stopped or retired; join it */
+    WEV_EXITED /* stopped or retired; join it */
 };
 
 struct worker;
@@ -40,12 +40,12 @@ struct wevent {
 struct worker {
     struct sched_model sm;
     char *path;
-    char device[PROTO_MAX_NAME + 1]; /* as configured: auto, cpu, cuda:N */
+    char device[PROTO_MAX_NAME + 1];   /* as configured: auto, cpu, cuda:N */
     char resolved[PROTO_MAX_NAME + 1]; /* after loading: cpu, cuda:N */
     char *images_dir;
-    sd3_engine *engine;     /* read by others only once loaded is true */
+    sd3_engine *engine; /* read by others only once loaded is true */
     atomic_bool loaded;
-    bool exited;            /* joined */
+    bool exited; /* joined */
     pthread_t thread;
     struct worker *next;
 };

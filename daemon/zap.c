@@ -37,11 +37,9 @@ void zap_free(void)
 
 static bool all_digits(const char *s)
 {
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (; *s; s++)
-        if (!isdigit((unsigned char)*s))
-            return false;
+        if (!isdigit((unsigned char)*s)) return false;
     return true;
 }
 
@@ -51,16 +49,13 @@ static bool key_in_line(char *line, char out[41])
     char *p = line;
     while (isspace((unsigned char)*p))
         p++;
-    if (*p == '#' || !*p)
-        return false;
+    if (*p == '#' || !*p) return false;
     char *q = strchr(p, '"');
-    if (q)
-        p = q + 1;
+    if (q) p = q + 1;
     size_t n = 0;
     while (p[n] && !isspace((unsigned char)p[n]) && p[n] != '"')
         n++;
-    if (n != 40)
-        return false;
+    if (n != 40) return false;
     memcpy(out, p, 40);
     out[40] = 0;
     return true;
@@ -69,8 +64,7 @@ static bool key_in_line(char *line, char out[41])
 int zap_read_key_file(const char *path, char key[41])
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return err_set(ERR_IO, "%s: %s", path, strerror(errno));
     char line[512];
     bool found = false;
     while (!found && fgets(line, sizeof line, f))
@@ -85,16 +79,14 @@ int zap_read_key_file(const char *path, char key[41])
 static int read_authorized(const char *path, uint8_t (**out)[32], size_t *n)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return err_set(ERR_IO, "%s: %s", path, strerror(errno));
     char line[512], z[41];
     int rc = 0;
     for (unsigned lineno = 1; fgets(line, sizeof line, f); lineno++) {
         char *s = line;
         while (isspace((unsigned char)*s))
             s++;
-        if (!*s || *s == '#')
-            continue;
+        if (!*s || *s == '#') continue;
         *out = xrealloc(*out, (*n + 1) * sizeof **out);
         if (!key_in_line(line, z) || !zmq_z85_decode((*out)[*n], z)) {
             rc = err_set(ERR_FORMAT, "%s:%u: not a 40-character Z85 public key", path, lineno);
@@ -110,7 +102,7 @@ int zap_configure(const struct config *c)
 {
     uid_t *uids = xcalloc(c->n_allow_users + 1, sizeof *uids);
     gid_t *gids = xcalloc(c->n_allow_groups + 1, sizeof *gids);
-    uint8_t (*k)[32] = NULL;
+    uint8_t(*k)[32] = NULL;
     size_t nk = 0;
     int rc = 0;
     for (size_t i = 0; !rc && i < c->n_allow_users; i++) {
@@ -133,8 +125,7 @@ int zap_configure(const struct config *c)
         else
             rc = err_set(ERR_MISSING, "allow_groups: no group \"%s\"", g);
     }
-    if (!rc && c->tcp)
-        rc = read_authorized(c->curve_authorized_keys, &k, &nk);
+    if (!rc && c->tcp) rc = read_authorized(c->curve_authorized_keys, &k, &nk);
     if (rc) {
         free(uids);
         free(gids);
@@ -155,8 +146,7 @@ int zap_open(void *zctx, void **sock)
 {
     void *s = zmq_socket(zctx, ZMQ_REP);
     if (!s || zmq_bind(s, "inproc://zeromq.zap.01") != 0) {
-        if (s)
-            zmq_close(s);
+        if (s) zmq_close(s);
         return err_set(ERR_IO, "ZAP handler: %s", zmq_strerror(errno));
     }
     *sock = s;
@@ -166,8 +156,7 @@ int zap_open(void *zctx, void **sock)
 static bool gid_allowed(gid_t g)
 {
     for (size_t i = 0; i < n_gids; i++)
-        if (allow_gids[i] == g)
-            return true;
+        if (allow_gids[i] == g) return true;
     return false;
 }
 
@@ -178,42 +167,33 @@ static bool peer_allowed(const char *address, char *user, size_t cap)
     const char *p = address + strlen(address);
     int colons = 0;
     while (p > address && colons < 3)
-        if (*--p == ':')
-            colons++;
+        if (*--p == ':') colons++;
     if (colons < 3 || sscanf(p, ":%lu:%lu:%lu", &uid, &gid, &pid) != 3)
         return n_uids == 0 && n_gids == 0;
     snprintf(user, cap, "%lu", uid);
-    if (n_uids == 0 && n_gids == 0)
-        return true;
+    if (n_uids == 0 && n_gids == 0) return true;
     for (size_t i = 0; i < n_uids; i++)
-        if (allow_uids[i] == (uid_t)uid)
-            return true;
-    if (gid_allowed((gid_t)gid))
-        return true;
+        if (allow_uids[i] == (uid_t)uid) return true;
+    if (gid_allowed((gid_t)gid)) return true;
     /* The peer's supplementary groups are those of its user in the group database. */
     struct passwd *pw = n_gids ? getpwuid((uid_t)uid) : NULL;
-    if (!pw)
-        return false;
+    if (!pw) return false;
     gid_t groups[256];
     int ng = 256;
-    if (getgrouplist(pw->pw_name, (gid_t)gid, groups, &ng) < 0)
-        ng = 256;
+    if (getgrouplist(pw->pw_name, (gid_t)gid, groups, &ng) < 0) ng = 256;
     for (int i = 0; i < ng; i++)
-        if (gid_allowed(groups[i]))
-            return true;
+        if (gid_allowed(groups[i])) return true;
     return false;
 }
 
 static bool key_allowed(const uint8_t *key, size_t len, char *user, size_t cap)
 {
-    if (len != 32)
-        return false;
+    if (len != 32) return false;
     char z[41];
     zmq_z85_encode(z, key, 32);
     snprintf(user, cap, "%s", z);
     for (size_t i = 0; i < n_keys; i++)
-        if (memcmp(keys[i], key, 32) == 0)
-            return true;
+        if (memcmp(keys[i], key, 32) == 0) return true;
     return false;
 }
 
@@ -250,8 +230,7 @@ void zap_handle(void *sock)
     for (;;) {
         zmq_msg_t f[8];
         int n = read_frames(sock, f, 8);
-        if (n == 0)
-            return;
+        if (n == 0) return;
         char version[8] = "", mech[16] = "", address[256] = "", user[PROTO_MAX_NAME + 1] = "";
         bool ok = false;
         if (n >= 6) {
