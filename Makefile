@@ -58,6 +58,10 @@ PROGRAMS := $(BUILD)/focus-run $(if $(DAEMON_SRC),$(BUILD)/focusd) $(if $(CLIENT
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
+# GPU tests live apart from build/tests so that `make test` never runs them; each one skips with a
+# clear message when no usable CUDA device exists.
+GPU_TEST_BIN := $(patsubst tests/gpu/%.c,$(BUILD)/tests-gpu/%,$(wildcard tests/gpu/test_*.c))
+
 BENCH_SRC := $(wildcard tests/bench/*.c)
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 # Full-size SD3.5-medium shapes with random weights (about 16 GB), made once by a tool.
@@ -65,7 +69,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 
 include install.mk
 
-.PHONY: all test deps demo clean bench bench-kernels bench-encode bench-step bench-model
+.PHONY: all test test-gpu deps demo clean bench bench-kernels bench-encode bench-step bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
@@ -114,6 +118,13 @@ bench-step: $(BUILD)/bench/bench_step bench-model
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
 bench: bench-kernels bench-encode bench-step
+
+$(BUILD)/tests-gpu/%: $(BUILD)/tests/gpu/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+test-gpu: $(GPU_TEST_BIN)
+	@for t in $(GPU_TEST_BIN); do $$t || exit 1; done
 
 test: all
 	BUILD=$(BUILD) tests/run
