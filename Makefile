@@ -69,7 +69,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 
 include install.mk
 
-.PHONY: all test test-gpu deps demo clean bench bench-kernels bench-encode bench-step bench-model
+.PHONY: all test test-gpu test-integration deps demo clean bench bench-serve bench-kernels bench-encode bench-step bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
@@ -118,6 +118,12 @@ bench-step: $(BUILD)/bench/bench_step bench-model
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
 bench: bench-kernels bench-encode bench-step
+
+bench-serve: deps $(BUILD)/focusd
+	BUILD=$(BUILD) build/pyenv/bin/python tests/bench/bench_serve.py
+
+test-integration: deps all
+	BUILD=$(BUILD) build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/integration
 
 $(BUILD)/tests-gpu/%: $(BUILD)/tests/gpu/%.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -216,7 +216,7 @@ int fc_conn_open(struct fc_conn *c, struct fc_ctx *ctx)
 
     struct proto_request req;
     proto_request_init(&req, PROTO_OP_HELLO);
-    snprintf(req.u.hello.client, sizeof req.u.hello.client, "focus/" FC_VERSION);
+    snprintf(req.u.hello.client, sizeof req.u.hello.client, "focus/" FOCUS_VERSION);
     rc = fc_conn_call(c, &req, "hello", &c->hello_msg, NULL, NULL);
     if (rc) return rc;
     struct proto_error perr;

@@ -101,7 +101,7 @@ static int no_command(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--version") == 0) {
-            printf("focus %s (focusd protocol %d)\n", FC_VERSION, PROTO_VERSION);
+            printf("focus %s (focusd protocol %d)\n", FOCUS_VERSION, PROTO_VERSION);
             return FC_EXIT_OK;
         }
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {

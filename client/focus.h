@@ -8,7 +8,6 @@
 
 #include <stdbool.h>
 
-#define FC_VERSION "0.1.0"
 #define FC_DEFAULT_SOCKET "ipc:///run/focusd/focusd.sock"
 #define FC_DEFAULT_TIMEOUT 5.0
 

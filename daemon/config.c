@@ -492,7 +492,7 @@ int config_parse_args(int argc, char **argv, struct config_overrides *ov)
             usage(stdout);
             return 1;
         case 'V':
-            printf("focusd %s (protocol 1)\n", FOCUSD_VERSION);
+            printf("focusd %s (protocol 1)\n", FOCUS_VERSION);
             return 1;
         case ':':
             return err_set(ERR_INVALID, "command line: %s needs an argument", argv[optind - 1]);

@@ -10,7 +10,6 @@
 #include <stdint.h>
 
 #define CONFIG_NAME_MAX 64
-#define FOCUSD_VERSION "0.1.0"
 
 struct config_model {
     char name[CONFIG_NAME_MAX + 1];

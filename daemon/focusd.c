@@ -22,7 +22,7 @@ int main(int argc, char **argv)
         config_overrides_free(&ov);
         return 2;
     }
-    log_info("focusd %s starting: %zu model(s), state in %s", FOCUSD_VERSION, cfg->n_models,
+    log_info("focusd %s starting: %zu model(s), state in %s", FOCUS_VERSION, cfg->n_models,
              cfg->state_dir);
     rc = reactor_run(cfg, &ov);
     /* A reload may have replaced the configuration the reactor holds. */

@@ -47,7 +47,7 @@ static void op_hello(struct session *s, const struct proto_request *r)
     if (r->u.hello.client[0]) snprintf(s->client, sizeof s->client, "%s", r->u.hello.client);
     struct proto_hello_reply h = {.protocol = PROTO_VERSION, .max_queue = D.cfg->max_queue};
     snprintf(h.server, sizeof h.server, "focusd");
-    snprintf(h.version, sizeof h.version, "%s", FOCUSD_VERSION);
+    snprintf(h.version, sizeof h.version, "%s", FOCUS_VERSION);
     snprintf(h.session, sizeof h.session, "%s", s->name);
     snprintf(h.default_model, sizeof h.default_model, "%s", D.cfg->default_model);
     const char *names[64];
@@ -105,6 +105,14 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
     snprintf(sj.params.model, sizeof sj.params.model, "%s", model);
     sj.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
     sj.params.watch = false;
+    /* No seed: a random one, 32 bits since the torch generator uses only those; the job's
+     * status reports it, so the image can be made again. */
+    uint32_t seed32;
+    if (!(in->set & PROTO_SUBMIT_SEED)) {
+        if (getrandom(&seed32, sizeof seed32, 0) != (ssize_t)sizeof seed32)
+            return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "no random seed available");
+        sj.params.seed = seed32;
+    }
     const struct proto_submit *p = &sj.params;
     uint64_t px = (uint64_t)p->width * p->height;
     if (px * p->count > D.cfg->max_job_pixels) {

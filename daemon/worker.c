@@ -5,7 +5,7 @@
 #include "common/xalloc.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
-#include "engine/png_out.h"
+#include "engine/gen_text.h"
 #include "kernels/kn.h"
 
 #include <errno.h>
@@ -91,31 +91,11 @@ static double mono_now(void)
 static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uint32_t index)
 {
     const gen_params *p = &j->gp;
-    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], idx[16];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
-    snprintf(steps, sizeof steps, "%d", p->steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)p->guidance);
-    snprintf(size, sizeof size, "%dx%d", p->width, p->height);
-    snprintf(max_seq, sizeof max_seq, "%d", p->max_seq);
-    snprintf(count, sizeof count, "%d", p->count);
-    snprintf(idx, sizeof idx, "%u", index);
-    const png_out_kv kv[] = {
-        {"prompt", p->prompt},
-        {"negative_prompt", p->negative_prompt ? p->negative_prompt : ""},
-        {"seed", seed},
-        {"steps", steps},
-        {"guidance", guidance},
-        {"size", size},
-        {"max_sequence_length", max_seq},
-        {"model", w->sm.name},
-        {"sampler", ENGINE_SAMPLER_NAME},
-        {"Software", "focusd " FOCUSD_VERSION},
-        {"count", count},
-        {"index", idx},
-    };
+    gen_text text;
+    gen_text_fill(&text, p, w->sm.name, "focusd " FOCUS_VERSION, (int)index);
     char path[4096];
     snprintf(path, sizeof path, "%s/%s-%u.png", w->images_dir, j->sj.id, index);
-    int rc = png_out_write(path, rgb, p->width, p->height, kv, (int)(sizeof kv / sizeof *kv));
+    int rc = png_out_write(path, rgb, p->width, p->height, text.kv, text.n);
     if (rc) return rc;
     /* The checksum is of the bytes as stored, read back rather than encoded twice. */
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -6,6 +6,7 @@
 #include "engine/cli/cli_common.h"
 
 #include "common/err.h"
+#include "engine/gen_text.h"
 #include "engine/npy.h"
 #include "engine/pipeline.h"
 #include "engine/png_out.h"
@@ -133,42 +134,14 @@ static void image_path(const char *path, int i, char *buf, size_t n)
 static int write_images(const cli_args *a, const gen_params *p, const char *model,
                         const uint8_t *rgb)
 {
-    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], index[16], slg[160];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
-    snprintf(steps, sizeof steps, "%d", p->steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)p->guidance);
-    snprintf(size, sizeof size, "%dx%d", p->width, p->height);
-    snprintf(max_seq, sizeof max_seq, "%d", p->max_seq);
-    snprintf(count, sizeof count, "%d", p->count);
-    int n = 0;
-    for (int i = 0; i < p->slg_count; i++)
-        n += snprintf(slg + n, sizeof slg - (size_t)n, "%s%d", i ? "," : "", p->slg_layers[i]);
-    if (p->slg_count)
-        snprintf(slg + n, sizeof slg - (size_t)n, " scale %g window %g..%g", (double)p->slg_scale,
-                 (double)p->slg_start, (double)p->slg_stop);
-    png_out_kv kv[] = {
-        {"prompt", p->prompt},
-        {"negative_prompt", p->negative_prompt ? p->negative_prompt : ""},
-        {"seed", seed},
-        {"steps", steps},
-        {"guidance", guidance},
-        {"size", size},
-        {"max_sequence_length", max_seq},
-        {"model", model},
-        {"sampler", ENGINE_SAMPLER_NAME},
-        {"Software", "focus-run " FOCUS_VERSION},
-        {"count", count},
-        {"index", index},
-        {"skip_layer_guidance", slg},
-    };
-    const int nkv = (int)(sizeof kv / sizeof kv[0]) - (p->slg_count ? 0 : 1);
     const size_t bytes = (size_t)p->width * (size_t)p->height * 3;
     const char *out = cli_str(a, "output", NULL);
     for (int i = 0; i < p->count; i++) {
         char path[4096];
         image_path(out, i, path, sizeof path);
-        snprintf(index, sizeof index, "%d", i);
-        if (png_out_write(path, rgb + (size_t)i * bytes, p->width, p->height, kv, nkv) < 0)
+        gen_text text;
+        gen_text_fill(&text, p, model, "focus-run " FOCUS_VERSION, i);
+        if (png_out_write(path, rgb + (size_t)i * bytes, p->width, p->height, text.kv, text.n) < 0)
             return cli_fail(a, "writing the image");
         printf("%s\n", path);
     }

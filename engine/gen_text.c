@@ -1,0 +1,44 @@
+/* PNG text chunks from generation parameters (see gen_text.h). */
+#include "engine/gen_text.h"
+
+#include <stdio.h>
+
+static void add(gen_text *t, const char *key, const char *value)
+{
+    t->kv[t->n++] = (png_out_kv){key, value};
+}
+
+void gen_text_fill(gen_text *t, const gen_params *p, const char *model, const char *software,
+                   int index)
+{
+    t->n = 0;
+    snprintf(t->seed, sizeof t->seed, "%llu", (unsigned long long)p->seed);
+    snprintf(t->steps, sizeof t->steps, "%d", p->steps);
+    snprintf(t->guidance, sizeof t->guidance, "%g", (double)p->guidance);
+    snprintf(t->size, sizeof t->size, "%dx%d", p->width, p->height);
+    snprintf(t->max_seq, sizeof t->max_seq, "%d", p->max_seq);
+    snprintf(t->count, sizeof t->count, "%d", p->count);
+    snprintf(t->index, sizeof t->index, "%d", index);
+    add(t, "prompt", p->prompt);
+    add(t, "negative_prompt", p->negative_prompt ? p->negative_prompt : "");
+    add(t, "seed", t->seed);
+    add(t, "steps", t->steps);
+    add(t, "guidance", t->guidance);
+    add(t, "size", t->size);
+    add(t, "max_sequence_length", t->max_seq);
+    add(t, "model", model);
+    add(t, "sampler", ENGINE_SAMPLER_NAME);
+    add(t, "Software", software);
+    add(t, "count", t->count);
+    add(t, "index", t->index);
+    if (p->slg_count == 0)
+        return;
+    size_t n = 0;
+    for (int i = 0; i < p->slg_count && n < sizeof t->slg; i++)
+        n += (size_t)snprintf(t->slg + n, sizeof t->slg - n, "%s%d", i ? "," : "",
+                              p->slg_layers[i]);
+    if (n < sizeof t->slg)
+        snprintf(t->slg + n, sizeof t->slg - n, " scale %g window %g..%g", (double)p->slg_scale,
+                 p->slg_start, p->slg_stop);
+    add(t, "skip_layer_guidance", t->slg);
+}

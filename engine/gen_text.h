@@ -1,0 +1,25 @@
+/* The text chunks a generated PNG carries: its generation parameters (prompt, negative prompt,
+ * seed, steps, guidance, size, max_sequence_length, model, sampler, software, count, index and,
+ * when used, skip-layer guidance), so that the image documents itself. focus-run and focusd
+ * write the same keys; only "model" and "Software" differ with the program. */
+#ifndef FOCUS_ENGINE_GEN_TEXT_H
+#define FOCUS_ENGINE_GEN_TEXT_H
+
+#include "engine/pipeline.h"
+#include "engine/png_out.h"
+
+#define GEN_TEXT_MAX 13
+
+typedef struct gen_text {
+    png_out_kv kv[GEN_TEXT_MAX]; /* the values point into the buffers below and into p */
+    int n;
+    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], index[16];
+    char slg[192];
+} gen_text;
+
+/* Fills t for image `index` of a job with parameters p. p, model and software must outlive t;
+ * t must not be copied (its pairs point into itself). */
+void gen_text_fill(gen_text *t, const gen_params *p, const char *model, const char *software,
+                   int index);
+
+#endif

@@ -1,0 +1,94 @@
+/* Helpers shared by the benchmark programs of tests/bench/: a monotonic clock, deterministic
+ * input tensors and the FLOP count of one MMDiT forward pass. Header-only (static inline)
+ * because the Makefile turns each tests/bench/*.c into its own program and links nothing else
+ * from this folder. Not for tests: nothing here checks a result. */
+#ifndef FOCUS_TESTS_BENCH_UTIL_H
+#define FOCUS_TESTS_BENCH_UTIL_H
+
+#include "common/err.h"
+#include "engine/model_config.h"
+#include "kernels/kn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* Seconds on the monotonic clock. */
+static inline double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Allocates an F32 tensor on ctx and fills it with a deterministic pattern in [-1, 1).
+ * Returns 0 or a negative code from common/err.h (message set). */
+static inline int bench_random_tensor(kn_ctx *ctx, kn_tensor *t, int ndim, const int64_t *shape)
+{
+    int rc = kn_alloc(ctx, t, KN_F32, ndim, shape);
+    if (rc < 0) return rc;
+    size_t n = (size_t)kn_numel(t);
+    float *h = malloc(n * sizeof *h);
+    if (!h) {
+        kn_free(ctx, t);
+        return err_set(ERR_NOMEM, "bench input of %zu floats: out of memory", n);
+    }
+    uint32_t s = 12345;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        h[i] = (float)(s >> 8) / 8388608.0f - 1.0f;
+    }
+    rc = kn_write(ctx, t, h, n * sizeof *h);
+    free(h);
+    if (rc < 0) kn_free(ctx, t);
+    return rc;
+}
+
+/* Floating-point operations of one forward pass (2 per multiply-add) in the linear layers and
+ * the attention products (q.k^T and p.v), following diffusers' SD3Transformer2DModel: every
+ * block but the last updates the context stream; dual-attention blocks add a self-attention
+ * over the image tokens. Norms, activations and softmax are left out (a few percent).
+ * B: batch rows, N: image tokens (patches), S: text rows. */
+static inline double bench_mmdit_flops(const mmdit_config *c, double B, double N, double S)
+{
+    const double D = (double)c->num_attention_heads * c->attention_head_dim;
+    const double patch = (double)c->patch_size * c->patch_size;
+    double f = 0;
+#define BENCH_LINEAR(rows, in, out) (f += 2.0 * (rows) * (in) * (out))
+    BENCH_LINEAR(B * N, c->in_channels * patch, D); /* patch embedding */
+    BENCH_LINEAR(B, 256, D);                        /* timestep embedder */
+    BENCH_LINEAR(B, D, D);
+    BENCH_LINEAR(B, c->pooled_projection_dim, D); /* pooled text embedder */
+    BENCH_LINEAR(B, D, D);
+    BENCH_LINEAR(B * S, c->joint_attention_dim, c->caption_projection_dim); /* context */
+    for (int i = 0; i < c->num_layers; i++) {
+        bool last = i == c->num_layers - 1, dual = false;
+        for (int k = 0; k < c->num_dual_attention_layers; k++)
+            dual = dual || c->dual_attention_layers[k] == i;
+        BENCH_LINEAR(B, D, (dual ? 9 : 6) * D); /* adaLN of the image stream */
+        BENCH_LINEAR(B, D, (last ? 2 : 6) * D); /* adaLN of the context stream */
+        BENCH_LINEAR(B * N, D, 3 * D);          /* q, k, v */
+        BENCH_LINEAR(B * S, D, 3 * D);
+        f += 4.0 * B * (N + S) * (N + S) * D; /* joint attention */
+        BENCH_LINEAR(B * N, D, D);            /* output projections */
+        if (!last) BENCH_LINEAR(B * S, D, D);
+        if (dual) {
+            BENCH_LINEAR(B * N, D, 3 * D);
+            f += 4.0 * B * N * N * D;
+            BENCH_LINEAR(B * N, D, D);
+        }
+        BENCH_LINEAR(B * N, D, 4 * D); /* feed-forward */
+        BENCH_LINEAR(B * N, 4 * D, D);
+        if (!last) {
+            BENCH_LINEAR(B * S, D, 4 * D);
+            BENCH_LINEAR(B * S, 4 * D, D);
+        }
+    }
+    BENCH_LINEAR(B, D, 2 * D); /* norm_out */
+    BENCH_LINEAR(B * N, D, patch * c->out_channels);
+#undef BENCH_LINEAR
+    return f;
+}
+
+#endif
