@@ -67,9 +67,10 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 # Full-size SD3.5-medium shapes with random weights (about 16 GB), made once by a tool.
 BENCH_MODEL ?= $(BUILD)/bench-model
 
+.DEFAULT_GOAL := all
 include install.mk
 
-.PHONY: all test test-gpu test-integration deps demo clean bench bench-serve bench-kernels bench-encode bench-step bench-model
+.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/%.o: %.c
@@ -118,6 +119,9 @@ bench-step: $(BUILD)/bench/bench_step bench-model
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
 bench: bench-kernels bench-encode bench-step
+
+bench-gpu: $(BUILD)/bench/bench_gpu
+	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-gpu.sh
 
 bench-serve: deps $(BUILD)/focusd
 	BUILD=$(BUILD) build/pyenv/bin/python tests/bench/bench_serve.py

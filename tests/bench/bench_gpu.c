@@ -290,7 +290,12 @@ int main(int argc, char **argv)
     kn_ctx *ctx;
     if (kn_ctx_create(o.device, 0, &ctx) < 0) {
         if (o.device != KN_CUDA) die("creating the CPU context");
-        printf("bench_gpu: skipped: no usable CUDA device (%s)\n", err_msg());
+        /* The backend's own message usually says it already; say it once either way. */
+        const char *why = err_msg(), *lead = "no usable CUDA device";
+        if (strncmp(why, lead, strlen(lead)) == 0)
+            printf("bench_gpu: skipped: %s\n", why);
+        else
+            printf("bench_gpu: skipped: %s (%s)\n", lead, why);
         return 0;
     }
     printf("bench_gpu: %s device 0; model %s\n", o.device == KN_CUDA ? "CUDA" : "CPU (--cpu)",

@@ -17,6 +17,7 @@
 #include "engine/safetensors.h"
 #include "engine/vae.h"
 #include "kernels/kn.h"
+#include "tests/bench/common/bench_util.h"
 
 #include <cblas.h>
 #include <stdbool.h>
@@ -28,13 +29,6 @@
 #define IMAGE_SIDE 512
 #define BATCH 2       /* CFG: the negative and the positive prompt */
 #define TEXT_ROWS 154 /* 77 CLIP rows + max_seq 77 T5 rows */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void die(const char *what)
 {
@@ -69,47 +63,6 @@ static uint64_t file_bytes(const model_config *mc, const char *sub)
  * the attention products (q.k^T and p.v), following diffusers' SD3Transformer2DModel: every
  * block but the last updates the context stream; dual-attention blocks add a self-attention
  * over the image tokens. Norms, activations and softmax are left out (a few percent). */
-static double mmdit_flops(const mmdit_config *c, double B, double N, double S)
-{
-    const double D = (double)c->num_attention_heads * c->attention_head_dim;
-    const double patch = (double)c->patch_size * c->patch_size;
-    double f = 0;
-#define LINEAR(rows, in, out) (f += 2.0 * (rows) * (in) * (out))
-    LINEAR(B * N, c->in_channels * patch, D); /* patch embedding */
-    LINEAR(B, 256, D);                        /* timestep embedder */
-    LINEAR(B, D, D);
-    LINEAR(B, c->pooled_projection_dim, D); /* pooled text embedder */
-    LINEAR(B, D, D);
-    LINEAR(B * S, c->joint_attention_dim, c->caption_projection_dim); /* context embedder */
-    for (int i = 0; i < c->num_layers; i++) {
-        bool last = i == c->num_layers - 1, dual = false;
-        for (int k = 0; k < c->num_dual_attention_layers; k++)
-            dual = dual || c->dual_attention_layers[k] == i;
-        LINEAR(B, D, (dual ? 9 : 6) * D); /* adaLN of the image stream */
-        LINEAR(B, D, (last ? 2 : 6) * D); /* adaLN of the context stream */
-        LINEAR(B * N, D, 3 * D);          /* q, k, v */
-        LINEAR(B * S, D, 3 * D);
-        f += 4.0 * B * (N + S) * (N + S) * D; /* joint attention */
-        LINEAR(B * N, D, D);                  /* output projections */
-        if (!last) LINEAR(B * S, D, D);
-        if (dual) {
-            LINEAR(B * N, D, 3 * D);
-            f += 4.0 * B * N * N * D;
-            LINEAR(B * N, D, D);
-        }
-        LINEAR(B * N, D, 4 * D); /* feed-forward */
-        LINEAR(B * N, 4 * D, D);
-        if (!last) {
-            LINEAR(B * S, D, 4 * D);
-            LINEAR(B * S, 4 * D, D);
-        }
-    }
-    LINEAR(B, D, 2 * D); /* norm_out */
-    LINEAR(B * N, D, patch * c->out_channels);
-#undef LINEAR
-    return f;
-}
-
 /* Best GFLOP/s of cblas_sgemm for y[M,N] = x[M,K] . w[N,K]^T, as a linear layer calls it. */
 static double sgemm_gflops(int M, int N, int K, int repeats)
 {
@@ -125,9 +78,9 @@ static double sgemm_gflops(int M, int N, int K, int repeats)
         w[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
     double best = 1e30;
     for (int r = 0; r < repeats + 1; r++) { /* the first run warms up */
-        double t0 = now();
+        double t0 = bench_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
-        double t = now() - t0;
+        double t = bench_now() - t0;
         if (r > 0 && t < best) best = t;
     }
     free(x);
@@ -137,20 +90,6 @@ static double sgemm_gflops(int M, int N, int K, int repeats)
 }
 
 /* An F32 tensor on ctx filled with a deterministic pattern in [-1, 1). */
-static void random_tensor(kn_ctx *ctx, kn_tensor *t, int ndim, const int64_t *shape)
-{
-    if (kn_alloc(ctx, t, KN_F32, ndim, shape) < 0) die("allocating inputs");
-    size_t n = (size_t)kn_numel(t);
-    float *h = malloc(n * sizeof *h);
-    uint32_t s = 12345;
-    for (size_t i = 0; i < n; i++) {
-        s = s * 1664525u + 1013904223u;
-        h[i] = (float)(s >> 8) / 8388608.0f - 1.0f;
-    }
-    if (kn_write(ctx, t, h, n * sizeof *h) < 0) die("writing inputs");
-    free(h);
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -173,23 +112,27 @@ int main(int argc, char **argv)
     double sgemm = sgemm_gflops(gm, gn, gk, repeats < 1 ? 1 : repeats);
     printf("cblas_sgemm %dx%dx%d: %.1f GFLOP/s\n", gm, gn, gk, sgemm);
 
-    double t0 = now();
+    double t0 = bench_now();
     mmdit *m;
     if (mmdit_load(ctx, mc, &m) < 0) die("loading the transformer");
-    printf("transformer load: %.2f s\n", now() - t0);
+    printf("transformer load: %.2f s\n", bench_now() - t0);
     kn_tensor x, text, pooled, out;
-    random_tensor(ctx, &x, 4, (int64_t[]){BATCH, c->in_channels, lat, lat});
-    random_tensor(ctx, &text, 3, (int64_t[]){BATCH, TEXT_ROWS, c->joint_attention_dim});
-    random_tensor(ctx, &pooled, 2, (int64_t[]){BATCH, c->pooled_projection_dim});
+    if (bench_random_tensor(ctx, &x, 4, (int64_t[]){BATCH, c->in_channels, lat, lat}) < 0)
+        die("allocating inputs");
+    if (bench_random_tensor(ctx, &text, 3, (int64_t[]){BATCH, TEXT_ROWS, c->joint_attention_dim}) <
+        0)
+        die("allocating inputs");
+    if (bench_random_tensor(ctx, &pooled, 2, (int64_t[]){BATCH, c->pooled_projection_dim}) < 0)
+        die("allocating inputs");
     if (kn_alloc(ctx, &out, KN_F32, 4, (int64_t[]){BATCH, c->out_channels, lat, lat}) < 0)
         die("allocating the output");
     const float t[BATCH] = {1000.0f, 1000.0f};
     double best = 1e30, sum = 0;
     for (int r = 0; r < repeats + 1; r++) { /* the first pass maps the weights and the arena */
-        double ts = now();
+        double ts = bench_now();
         if (mmdit_forward(m, &x, t, &text, &pooled, NULL, 0, &out) < 0 || kn_sync(ctx) < 0)
             die("transformer forward");
-        double dt = now() - ts;
+        double dt = bench_now() - ts;
         printf("  step %d: %.2f s%s\n", r, dt, r == 0 ? " (warm-up)" : "");
         if (r > 0) {
             sum += dt;
@@ -199,7 +142,7 @@ int main(int argc, char **argv)
     double sgemm_after = sgemm_gflops(gm, gn, gk, repeats < 1 ? 1 : repeats);
     printf("cblas_sgemm %dx%dx%d again: %.1f GFLOP/s\n", gm, gn, gk, sgemm_after);
     if (sgemm_after > sgemm) sgemm = sgemm_after;
-    double flops = mmdit_flops(c, BATCH, (double)N, TEXT_ROWS);
+    double flops = bench_mmdit_flops(c, BATCH, (double)N, TEXT_ROWS);
     printf("MMDiT step %dx%d batch %d, %d text rows: %.2f s best, %.2f s mean of %d\n", IMAGE_SIDE,
            IMAGE_SIDE, BATCH, TEXT_ROWS, best, sum / repeats, repeats);
     printf("  %.1f GFLOP per step, %.1f GFLOP/s = %.0f%% of sgemm\n", flops * 1e-9,
@@ -214,15 +157,16 @@ int main(int argc, char **argv)
     vae *v;
     if (vae_load(ctx, mc, &v) < 0) die("loading the VAE");
     kn_tensor z, img;
-    random_tensor(ctx, &z, 4, (int64_t[]){1, mc->vae.latent_channels, lat, lat});
+    if (bench_random_tensor(ctx, &z, 4, (int64_t[]){1, mc->vae.latent_channels, lat, lat}) < 0)
+        die("allocating inputs");
     if (kn_alloc(ctx, &img, KN_F32, 4,
                  (int64_t[]){1, mc->vae.out_channels, IMAGE_SIDE, IMAGE_SIDE}) < 0)
         die("allocating the image");
     best = 1e30;
     for (int r = 0; r < 2; r++) {
-        double ts = now();
+        double ts = bench_now();
         if (vae_decode(v, &z, &img) < 0 || kn_sync(ctx) < 0) die("VAE decode");
-        double dt = now() - ts;
+        double dt = bench_now() - ts;
         if (dt < best) best = dt;
     }
     printf("VAE decode %dx%d: %.2f s (best of 2)\n", IMAGE_SIDE, IMAGE_SIDE, best);

@@ -15,5 +15,15 @@ PKG="msgpack libutf8proc libmd"
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     tests/fuzz/fuzz_protocol.c protocol/*.c common/err.c common/xalloc.c \
     $(pkg-config --libs $PKG) -o "$OUT/fuzz_protocol"
-"$OUT/fuzz_protocol" -max_total_time="$SECONDS_TO_RUN" -max_len=70000 -timeout=10 \
-    -rss_limit_mb=2048 -print_final_stats=1 "$OUT/new" tests/fuzz/corpus/protocol
+# libFuzzer reports every new input; its log goes to a file and only the summary is shown, or
+# the end of the log when it finds something.
+if "$OUT/fuzz_protocol" -max_total_time="$SECONDS_TO_RUN" -max_len=70000 -timeout=10 \
+    -rss_limit_mb=2048 -print_final_stats=1 "$OUT/new" tests/fuzz/corpus/protocol \
+    >"$OUT/log" 2>&1; then
+    grep -E '^(stat::|Done )' "$OUT/log"
+else
+    rc=$?
+    tail -n 60 "$OUT/log"
+    echo "fuzz_protocol: failed (status $rc); full log in $OUT/log" >&2
+    exit "$rc"
+fi

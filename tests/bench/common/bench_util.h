@@ -1,7 +1,7 @@
 /* Helpers shared by the benchmark programs of tests/bench/: a monotonic clock, deterministic
  * input tensors and the FLOP count of one MMDiT forward pass. Header-only (static inline)
- * because the Makefile turns each tests/bench/*.c into its own program and links nothing else
- * from this folder. Not for tests: nothing here checks a result. */
+ * because the Makefile makes one program of each C file directly in tests/bench and links
+ * nothing else from this folder. Not for tests: nothing here checks a result. */
 #ifndef FOCUS_TESTS_BENCH_UTIL_H
 #define FOCUS_TESTS_BENCH_UTIL_H
 
