@@ -247,6 +247,8 @@ static int resolve_device(const char *dev, engine_options *o, char *name, size_t
             o->device_index = index;
         } else if (strcmp(dev, "auto") != 0) {
             return err_prefix(ERR_DEVICE, "device %s: ", dev);
+        } else {
+            log_info("device auto: %s; computing on the CPU", err_msg());
         }
     }
     if (o->device == KN_CUDA)
