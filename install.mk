@@ -28,7 +28,7 @@ BASHCOMPDIR ?= $(or $(call pkgvar,bash-completion,completionsdir,\
 INSTALL ?= install
 
 INSTALL_UNITS := focusd.service focusd.socket focusd-nvidia.service
-INSTALL_MAN := man/focus.1 man/focusd.conf.5 man/focusd.8 $(wildcard man/focusd-protocol.7)
+INSTALL_MAN := man/focus.1 man/focus-run.1 man/focusd.conf.5 man/focusd.8 $(wildcard man/focusd-protocol.7)
 
 # The units name the programs and the configuration by their /usr and /etc paths; other
 # prefixes are written in as the units are installed.

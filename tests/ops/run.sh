@@ -200,7 +200,8 @@ test_install() {
     compdir=$(pkg-config --define-variable=datadir=/usr/share --variable=completionsdir \
         bash-completion 2>/dev/null)
     expected=$(printf '%s\n' /usr/sbin/focusd /usr/bin/focus /usr/bin/focus-run \
-        /usr/share/man/man1/focus.1 /usr/share/man/man5/focusd.conf.5 \
+        /usr/share/man/man1/focus.1 /usr/share/man/man1/focus-run.1 \
+        /usr/share/man/man5/focusd.conf.5 \
         /usr/share/man/man8/focusd.8 \
         "${unitdir:-/usr/lib/systemd/system}/focusd.service" \
         "${unitdir:-/usr/lib/systemd/system}/focusd.socket" \
@@ -368,7 +369,7 @@ with Client(sys.argv[1]) as c: print(c.models())' "ipc://$sock" 2>&1) || pyrc=$?
 
 run_section test_man_help "$FOCUSD" "$FOCUS" man/focusd.8 man/focus.1
 run_section test_conf_keys "$FOCUSD" man/focusd.conf.5 etc/focusd.conf
-run_section test_mandoc man/focus.1 man/focusd.8 man/focusd.conf.5
+run_section test_mandoc man/focus.1 man/focus-run.1 man/focusd.8 man/focusd.conf.5
 run_section test_install "$FOCUSD" "$FOCUS" "$BUILD/focus-run" etc/focusd.conf \
     man/focus.1 man/focusd.8 man/focusd.conf.5
 run_section test_units "$FOCUSD" "$FOCUS" "$BUILD/focus-run" etc/focusd.conf \
