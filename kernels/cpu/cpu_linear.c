@@ -36,20 +36,18 @@ __attribute__((target("avx2"))) static void widen_bf16_avx2(float *dst, const ui
 
 static int have_f16c, have_avx2;
 
-static void detect_cpu(void)
+/* Run at load time, so that the widening threads only ever read the flags. */
+__attribute__((constructor)) static void detect_cpu(void)
 {
-    static int done;
-    if (done) return;
+    __builtin_cpu_init();
     have_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
     have_avx2 = __builtin_cpu_supports("avx2");
-    done = 1;
 }
 #endif
 
-static void widen(float *dst, const void *src, kn_dtype dt, size_t n)
+static void widen_serial(float *dst, const void *src, kn_dtype dt, size_t n)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    detect_cpu();
     if (dt == KN_F16 && have_f16c) {
         widen_f16_f16c(dst, src, n);
         return;
@@ -60,6 +58,31 @@ static void widen(float *dst, const void *src, kn_dtype dt, size_t n)
     }
 #endif
     kn_convert_to_f32(dst, src, dt, n);
+}
+
+/* Elements per unit of a split widening: a multiple of 8 keeps the vector loops whole. */
+#define WIDEN_CHUNK ((int64_t)1 << 12)
+
+struct widen_job {
+    float *dst;
+    const char *src;
+    kn_dtype dt;
+    int64_t n;
+};
+
+static void widen_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct widen_job *j = p;
+    int64_t off = lo * WIDEN_CHUNK, end = hi * WIDEN_CHUNK < j->n ? hi * WIDEN_CHUNK : j->n;
+    widen_serial(j->dst + off, j->src + (size_t)off * kn_dtype_size(j->dt), j->dt,
+                 (size_t)(end - off));
+}
+
+/* A large widening (a weight panel) is split over the worker threads. */
+static void widen(float *dst, const void *src, kn_dtype dt, size_t n)
+{
+    struct widen_job j = {dst, src, dt, (int64_t)n};
+    cpu_parallel((j.n + WIDEN_CHUNK - 1) / WIDEN_CHUNK, 2 * j.n, widen_range, &j);
 }
 
 const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off, int64_t n)
@@ -91,6 +114,22 @@ static int64_t panel_rows(int64_t M, int64_t N, int64_t K)
     return (rows + 15) / 16 * 16;
 }
 
+struct bias_job {
+    float *y;
+    const float *b;
+    int64_t N;
+};
+
+static void bias_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct bias_job *j = p;
+    for (int64_t i = lo; i < hi; i++) {
+        float *row = j->y + i * j->N;
+        for (int64_t k = 0; k < j->N; k++)
+            row[k] += j->b[k];
+    }
+}
+
 int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                const kn_tensor *b)
 {
@@ -119,12 +158,8 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
         }
     }
     if (b) {
-        const float *bd = cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, N);
-        for (int64_t i = 0; i < M; i++) {
-            float *row = yd + i * N;
-            for (int64_t j = 0; j < N; j++)
-                row[j] += bd[j];
-        }
+        struct bias_job j = {yd, cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, N), N};
+        cpu_parallel(M, M * N, bias_range, &j);
     }
     return 0;
 }

@@ -1,7 +1,8 @@
 /* CPU backend: LayerNorm, RMSNorm, GroupNorm and the adaLN modulation that follows a LayerNorm,
  * on float32 activations. Row statistics are summed in double, which gives the correctly
  * rounded float32 mean and variance that PyTorch's cascaded float sums approximate; the
- * normalisation itself is then written in PyTorch's float32 order of operations. */
+ * normalisation itself is then written in PyTorch's float32 order of operations. Large inputs
+ * are split over the worker threads by row (or group), never inside one row's sums. */
 #include "kernels/cpu/cpu_ops.h"
 
 #include <math.h>
@@ -38,85 +39,131 @@ static void layer_norm_row(float *y, const float *x, int64_t D, const float *w, 
     }
 }
 
+/* One job shape for the row-wise norms: rows of D floats, optional affine parameters, and for
+ * ln_modulate the adaLN table mod[B, C, D] whose batch is r / S. */
+struct norm_job {
+    float *y;
+    const float *x, *w, *b, *mod;
+    int64_t D, S, C;
+    int shift_idx, scale_idx;
+    float eps;
+};
+
+static void layer_norm_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct norm_job *j = p;
+    for (int64_t r = lo; r < hi; r++)
+        layer_norm_row(j->y + r * j->D, j->x + r * j->D, j->D, j->w, j->b, j->eps);
+}
+
 int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, float eps)
 {
     int64_t R = kn_rows(x), D = kn_cols(x);
-    const float *wd = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
-    const float *bd = b ? cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, D) : NULL;
-    for (int64_t r = 0; r < R; r++)
-        layer_norm_row((float *)y->data + r * D, (const float *)x->data + r * D, D, wd, bd, eps);
+    struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
+    j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
+    j.b = b ? cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, D) : NULL;
+    cpu_parallel(R, R * D, layer_norm_range, &j);
     return 0;
 }
 
 /* `x * torch.rsqrt(x.pow(2).mean(-1) + eps)`, then `w * that`: two roundings, as in torch. */
-int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps)
+static void rms_norm_range(void *p, int64_t lo, int64_t hi)
 {
-    int64_t R = kn_rows(x), D = kn_cols(x);
-    const float *wd = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = (const float *)x->data + r * D;
-        float *yr = (float *)y->data + r * D;
+    const struct norm_job *j = p;
+    int64_t D = j->D;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *xr = j->x + r * D;
+        float *yr = j->y + r * D;
         double s = 0.0;
-        for (int64_t j = 0; j < D; j++) {
-            float sq = xr[j] * xr[j];
+        for (int64_t k = 0; k < D; k++) {
+            float sq = xr[k] * xr[k];
             s += sq;
         }
         float var = D ? (float)(s / (double)D) : 0.0f;
-        float rs = 1.0f / sqrtf(var + eps);
-        for (int64_t j = 0; j < D; j++) {
-            float t = xr[j] * rs;
-            yr[j] = wd ? wd[j] * t : t;
+        float rs = 1.0f / sqrtf(var + j->eps);
+        for (int64_t k = 0; k < D; k++) {
+            float t = xr[k] * rs;
+            yr[k] = j->w ? j->w[k] * t : t;
         }
     }
+}
+
+int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps)
+{
+    int64_t R = kn_rows(x), D = kn_cols(x);
+    struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
+    j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
+    cpu_parallel(R, R * D, rms_norm_range, &j);
     return 0;
 }
 
+/* Groups of cg channels of HW values each; group i is sample i / groups. */
+struct group_job {
+    float *y;
+    const float *x, *w, *b;
+    int64_t groups, cg, HW;
+    float eps;
+};
+
 /* PyTorch's group_norm kernel folds the statistics and the affine parameters into one scale
  * and bias per channel: y = x * (rstd * w) + (-(rstd * w) * mean + b). */
+static void group_norm_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct group_job *j = p;
+    int64_t cg = j->cg, HW = j->HW;
+    for (int64_t i = lo; i < hi; i++) {
+        int64_t c0 = i % j->groups * cg;
+        const float *xg = j->x + i * cg * HW;
+        float *yg = j->y + i * cg * HW;
+        float mean, rstd;
+        moments(xg, cg * HW, j->eps, &mean, &rstd);
+        for (int64_t c = 0; c < cg; c++) {
+            float scale = rstd * j->w[c0 + c];
+            float bias = -scale * mean + j->b[c0 + c];
+            for (int64_t k = 0; k < HW; k++)
+                yg[c * HW + k] = xg[c * HW + k] * scale + bias;
+        }
+    }
+}
+
 int cpu_group_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, int groups, float eps)
 {
-    int64_t B = x->shape[0], C = x->shape[1], HW = kn_numel(x) / (B * C), cg = C / groups;
-    const float *wd = cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, C);
-    const float *bd = cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, C);
-    for (int64_t n = 0; n < B; n++) {
-        for (int64_t g = 0; g < groups; g++) {
-            int64_t c0 = g * cg;
-            const float *xg = (const float *)x->data + (n * C + c0) * HW;
-            float *yg = (float *)y->data + (n * C + c0) * HW;
-            float mean, rstd;
-            moments(xg, cg * HW, eps, &mean, &rstd);
-            for (int64_t c = 0; c < cg; c++) {
-                float scale = rstd * wd[c0 + c];
-                float bias = -scale * mean + bd[c0 + c];
-                for (int64_t i = 0; i < HW; i++)
-                    yg[c * HW + i] = xg[c * HW + i] * scale + bias;
-            }
-        }
-    }
+    int64_t B = x->shape[0], C = x->shape[1], HW = kn_numel(x) / (B * C);
+    struct group_job j = {y->data, x->data, cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, C),
+                          cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, C), groups, C / groups, HW,
+                          eps};
+    cpu_parallel(B * groups, B * C * HW, group_norm_range, &j);
     return 0;
 }
 
 /* diffusers' AdaLayerNormZero: `norm(x) * (1 + scale[:, None]) + shift[:, None]`. */
+static void ln_modulate_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct norm_job *j = p;
+    int64_t D = j->D;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *shift = j->mod + (r / j->S * j->C + j->shift_idx) * D;
+        const float *scale = j->mod + (r / j->S * j->C + j->scale_idx) * D;
+        float *yr = j->y + r * D;
+        layer_norm_row(yr, j->x + r * D, D, NULL, NULL, j->eps);
+        for (int64_t k = 0; k < D; k++) {
+            float s1 = 1.0f + scale[k];
+            float t = yr[k] * s1;
+            yr[k] = t + shift[k];
+        }
+    }
+}
+
 int cpu_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *mod,
                     int shift_idx, int scale_idx, float eps)
 {
     (void)ctx;
-    int64_t B = x->shape[0], D = kn_cols(x), S = kn_numel(x) / (B * D), C = mod->shape[1];
-    const float *md = mod->data;
-    for (int64_t n = 0; n < B; n++) {
-        const float *shift = md + (n * C + shift_idx) * D;
-        const float *scale = md + (n * C + scale_idx) * D;
-        for (int64_t s = 0; s < S; s++) {
-            float *yr = (float *)y->data + (n * S + s) * D;
-            layer_norm_row(yr, (const float *)x->data + (n * S + s) * D, D, NULL, NULL, eps);
-            for (int64_t j = 0; j < D; j++) {
-                float s1 = 1.0f + scale[j];
-                float t = yr[j] * s1;
-                yr[j] = t + shift[j];
-            }
-        }
-    }
+    int64_t B = x->shape[0], D = kn_cols(x), S = kn_numel(x) / (B * D);
+    struct norm_job j = {.y = y->data, .x = x->data, .mod = mod->data, .D = D, .S = S,
+                         .C = mod->shape[1], .shift_idx = shift_idx, .scale_idx = scale_idx,
+                         .eps = eps};
+    cpu_parallel(B * S, B * S * D, ln_modulate_range, &j);
     return 0;
 }

@@ -17,6 +17,50 @@ enum {
     CPU_SLOT_PARAM2 = 3, /* a second widened parameter (a norm's bias) */
 };
 
+/* Below this many elements touched a loop runs on the calling thread alone: waking the
+ * workers costs more than the other cores save. */
+#define CPU_PAR_MIN ((int64_t)1 << 15)
+
+/* fn(arg, lo, hi) over [0, n) split into contiguous ranges, one per core, when `work`
+ * (elements touched) reaches CPU_PAR_MIN; otherwise fn(arg, 0, n) on the caller. Returns when
+ * every range is done. Loops are only split over independent rows or elements, so results do
+ * not depend on the split. fn must not call BLAS, which stays on the calling thread. */
+typedef void (*cpu_range_fn)(void *arg, int64_t lo, int64_t hi);
+void cpu_parallel(int64_t n, int64_t work, cpu_range_fn fn, void *arg);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* Whether the AVX2 + FMA paths below may run on this CPU. */
+static inline int cpu_avx2_fma(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* exp of eight floats <= 0 (Cephes' expf: Cody-Waite reduction by ln 2 and a degree-5
+ * polynomial, within an ulp or two of expf); below -87.3 the result is 0, and NaN stays NaN. */
+__attribute__((target("avx2,fma"))) static inline __m256 cpu_exp8_nonpos(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x);
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_cvtps_epi32(fx);
+    e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
 /* Elements [off, off + n) of float tensor t as float32: t's own memory when it is F32,
  * otherwise widened into scratch `slot` (valid until the slot's next use). */
 const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off, int64_t n);
