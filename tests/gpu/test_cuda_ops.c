@@ -16,29 +16,13 @@
 
 #include "common/err.h"
 #include "tests/unit/check.h"
+#include "tests/unit/test_random.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 static kn_ctx *cpu, *gpu;
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static float urand(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static float *rand_buf(int64_t n, float amp)
-{
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++)
-        p[i] = urand() * amp;
-    return p;
-}
 
 /* One tensor on each backend holding the same bytes. */
 typedef struct pair {

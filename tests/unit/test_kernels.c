@@ -9,29 +9,13 @@
 
 #include "common/err.h"
 #include "tests/unit/check.h"
+#include "tests/unit/test_random.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 static kn_ctx *ctx;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static float urand(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static float *rand_buf(int64_t n, float amp)
-{
-    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    for (int64_t i = 0; i < n; i++)
-        p[i] = urand() * amp;
-    return p;
-}
 
 /* A tensor of dtype dt holding vals rounded to dt; vals is updated to the rounded values so
  * that references see exactly what the op sees. F8_E4M3 draws random non-NaN codes instead. */
