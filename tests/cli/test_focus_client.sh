@@ -182,10 +182,11 @@ else
     expect 0 "stats --json" -- "$FOCUS" $T --json stats
     check "stats JSON parses" json_lines "$TMP/out"
 
-    # The second job waits behind the first, so canceling it cannot race its end.
+    # The scheduler interleaves jobs step by step, so the second job may start at once: it is
+    # long too, so that canceling it cannot race its end.
     expect 0 "submit a long job" -- "$FOCUS" $T submit "long" --size 256x256 --steps 200
     LONG=$(cat "$TMP/out")
-    expect 0 "submit a queued job" -- "$FOCUS" $T submit "queued" --size 64x64 --steps 2
+    expect 0 "submit a queued job" -- "$FOCUS" $T submit "queued" --size 256x256 --steps 200
     QUEUED=$(cat "$TMP/out")
     expect 0 "cancel the queued job" -- "$FOCUS" $T cancel "$QUEUED"
     expect 4 "watch a canceled job" -- "$FOCUS" $T -q watch "$QUEUED"

@@ -353,7 +353,7 @@ test_activation() {
     check "sd_notify: WATCHDOG=1 pings at WATCHDOG_USEC/2" "$(sort -u "$T/notify.log")" \
         test "$(grep -cx 'WATCHDOG=1' "$T/notify.log")" -ge 2
     # The Python client, from the environment that `make deps` sets up.
-    py=$BUILD/pyenv/bin/python
+    py=build/pyenv/bin/python
     [ -x "$py" ] || py=python3
     pyrc=0
     pyout=$(PYTHONPATH=client/python "$py" -c 'import sys; from focusd_client import Client
