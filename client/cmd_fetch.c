@@ -46,7 +46,7 @@ static int run_fetch(struct fc_ctx *ctx, const struct fc_args *a)
         if (!rc) rc = fc_image_fetch(&c, job, index, path);
     } else if (!rc) {
         struct proto_job_status st;
-        rc = fc_job_status(&c, job, &st, NULL, NULL);
+        rc = fc_job_op(&c, PROTO_OP_JOB, job, &st, NULL, NULL);
         if (!rc && st.state != PROTO_STATE_DONE) rc = not_done(ctx, &st);
         if (!rc && st.images > 1 && out && strcmp(out, "-") == 0)
             rc = fc_fail(ctx, FC_EXIT_USAGE,

@@ -124,13 +124,9 @@ static bool catch_sigint(struct sigaction *old)
 static int cancel_after_interrupt(struct fc_conn *c, const char *job)
 {
     fc_interrupted = 0;
-    struct proto_request req;
-    proto_request_init(&req, PROTO_OP_CANCEL);
-    snprintf(req.u.job.job, sizeof req.u.job.job, "%s", job);
-    struct fc_msg reply;
-    if (fc_conn_call(c, &req, "cancel", &reply, NULL, NULL) != 0)
+    struct proto_job_status st;
+    if (fc_job_op(c, PROTO_OP_CANCEL, job, &st, NULL, NULL) != 0)
         return fc_fail_err(c->ctx, FC_EXIT_CANCELED, "interrupted; canceling the job failed");
-    fc_msg_free(&reply);
     return fc_fail(c->ctx, FC_EXIT_CANCELED, "interrupted: canceled job %s", job);
 }
 
@@ -191,22 +187,10 @@ static int run_watch(struct fc_ctx *ctx, const struct fc_args *a)
     if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
-    struct fc_msg reply = {0};
     struct proto_job_status st;
-    if (!rc) {
-        struct proto_request req;
-        proto_request_init(&req, PROTO_OP_WATCH);
-        snprintf(req.u.job.job, sizeof req.u.job.job, "%s", job);
-        char what[PROTO_MAX_NAME + 8];
-        snprintf(what, sizeof what, "watch %s", job);
-        rc = fc_conn_call(&c, &req, what, &reply, NULL, NULL);
-        struct proto_error perr;
-        if (!rc && proto_decode_job(&reply.in, &st, &perr))
-            rc = fc_conn_bad_reply(&c, "watch reply");
-    }
+    if (!rc) rc = fc_job_op(&c, PROTO_OP_WATCH, job, &st, NULL, NULL);
     uint32_t images;
     if (!rc) rc = fc_follow(&c, job, &st, &images);
-    fc_msg_free(&reply);
     /* The end as a status object, whether or not events told of it; a failure to get it
      * leaves the outcome (and its message) as the job's end made it. */
     if (ctx->json &&
@@ -215,7 +199,8 @@ static int run_watch(struct fc_ctx *ctx, const struct fc_args *a)
         snprintf(msg, sizeof msg, "%s", err_msg());
         int status = ctx->exit_status;
         struct proto_job_status end;
-        if (fc_job_status(&c, job, &end, NULL, NULL) == 0) fc_out_json(fc_json_status(&end));
+        if (fc_job_op(&c, PROTO_OP_JOB, job, &end, NULL, NULL) == 0)
+            fc_out_json(fc_json_status(&end));
         ctx->exit_status = status;
         err_set(rc, "%s", msg);
     }

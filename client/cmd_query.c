@@ -80,7 +80,7 @@ static int run_status(struct fc_ctx *ctx, const struct fc_args *a)
     rc = fc_conn_open(&c, ctx);
     if (!rc && !job) rc = daemon_summary(&c);
     struct proto_job_status st;
-    if (!rc && job) rc = fc_job_status(&c, job, &st, NULL, NULL);
+    if (!rc && job) rc = fc_job_op(&c, PROTO_OP_JOB, job, &st, NULL, NULL);
     if (!rc && job) {
         if (ctx->json)
             fc_out_json(fc_json_status(&st));
@@ -157,18 +157,8 @@ static int run_cancel(struct fc_ctx *ctx, const struct fc_args *a)
     if (rc) return rc;
     struct fc_conn c;
     rc = fc_conn_open(&c, ctx);
-    struct fc_msg reply = {0};
-    if (!rc) {
-        struct proto_request req;
-        proto_request_init(&req, PROTO_OP_CANCEL);
-        snprintf(req.u.job.job, sizeof req.u.job.job, "%s", job);
-        char what[PROTO_MAX_NAME + 8];
-        snprintf(what, sizeof what, "cancel %s", job);
-        rc = fc_conn_call(&c, &req, what, &reply, NULL, NULL);
-    }
     struct proto_job_status st;
-    struct proto_error perr;
-    if (!rc && proto_decode_job(&reply.in, &st, &perr)) rc = fc_conn_bad_reply(&c, "cancel reply");
+    if (!rc) rc = fc_job_op(&c, PROTO_OP_CANCEL, job, &st, NULL, NULL);
     if (!rc) {
         if (ctx->json)
             fc_out_json(fc_json_status(&st));
@@ -177,7 +167,6 @@ static int run_cancel(struct fc_ctx *ctx, const struct fc_args *a)
         else
             printf("%s: %s\n", st.job, proto_state_name(st.state));
     }
-    fc_msg_free(&reply);
     fc_conn_close(&c);
     return rc;
 }

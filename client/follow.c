@@ -58,21 +58,22 @@ static void on_status(struct follow *f, const struct proto_job_status *st)
     }
 }
 
-int fc_job_status(struct fc_conn *c, const char *job, struct proto_job_status *st,
-                  fc_event_fn on_ev, void *arg)
+int fc_job_op(struct fc_conn *c, enum proto_op op, const char *job, struct proto_job_status *st,
+              fc_event_fn on_ev, void *arg)
 {
     struct proto_request req;
-    proto_request_init(&req, PROTO_OP_JOB);
+    proto_request_init(&req, op);
     snprintf(req.u.job.job, sizeof req.u.job.job, "%s", job);
-    char what[PROTO_MAX_NAME + 8];
-    snprintf(what, sizeof what, "job %s", job);
+    char what[PROTO_MAX_NAME + 16];
+    snprintf(what, sizeof what, "%s %s", proto_op_name(op), job);
     struct fc_msg reply;
     int rc = fc_conn_call(c, &req, what, &reply, on_ev, arg);
     if (rc) return rc;
     struct proto_error perr;
     rc = proto_decode_job(&reply.in, st, &perr);
     fc_msg_free(&reply);
-    return rc ? fc_conn_bad_reply(c, "job reply") : 0;
+    snprintf(what, sizeof what, "%s reply", proto_op_name(op));
+    return rc ? fc_conn_bad_reply(c, what) : 0;
 }
 
 static int outcome(struct follow *f, uint32_t *images)
@@ -111,7 +112,7 @@ int fc_follow(struct fc_conn *c, const char *job, const struct proto_job_status 
             continue;
         }
         struct proto_job_status now;
-        rc = fc_job_status(c, job, &now, on_event, &f);
+        rc = fc_job_op(c, PROTO_OP_JOB, job, &now, on_event, &f);
         if (rc == 0) on_status(&f, &now);
     }
     fc_progress_end(&f.progress);

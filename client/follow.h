@@ -13,8 +13,9 @@
 int fc_follow(struct fc_conn *c, const char *job, const struct proto_job_status *st,
               uint32_t *images);
 
-/* The `job` request: the status of one job into *st. */
-int fc_job_status(struct fc_conn *c, const char *job, struct proto_job_status *st,
-                  fc_event_fn on_event, void *arg);
+/* A request about one job whose reply is the job's status (op PROTO_OP_JOB, PROTO_OP_WATCH
+ * or PROTO_OP_CANCEL), decoded into *st. */
+int fc_job_op(struct fc_conn *c, enum proto_op op, const char *job, struct proto_job_status *st,
+              fc_event_fn on_event, void *arg);
 
 #endif
