@@ -13,7 +13,7 @@ BUILD=${BUILD:-build}
 FOCUS=${1:-$BUILD/focus}
 FOCUSD=${2:-$BUILD/focusd}
 MODEL=${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35
-TMP=$(mktemp -d) || exit 2
+. tests/cli/harness.sh
 DAEMON_PID=
 cleanup() {
     [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
@@ -21,29 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 2' INT TERM
-passed=0
-failed=0
 unset FOCUS_SOCKET
-
-expect() { # expect STATUS DESCRIPTION -- COMMAND...
-    want=$1 what=$2
-    shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" -eq "$want" ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $what: status $got, expected $want"
-        sed 's/^/  /' "$TMP/err"
-    fi
-}
-
-check() { # check DESCRIPTION CONDITION...
-    what=$1
-    shift
-    if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $what"; fi
-}
 
 # Every line of FILE is a JSON object (python3 is the parser; without it, a shape check).
 json_lines() {

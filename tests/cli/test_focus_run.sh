@@ -6,30 +6,8 @@
 set -u
 RUN=${1:-${BUILD:-build}/focus-run}
 MODEL=${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35
-TMP=$(mktemp -d) || exit 2
+. tests/cli/harness.sh
 trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-
-expect() { # expect STATUS DESCRIPTION -- COMMAND...
-    want=$1 what=$2
-    shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" -eq "$want" ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL $what: status $got, expected $want"
-        sed 's/^/  /' "$TMP/err"
-    fi
-}
-
-check() { # check DESCRIPTION CONDITION...
-    what=$1
-    shift
-    if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $what"; fi
-}
 
 # The .npy shape as numpy writes it in the header, e.g. "(1, 333, 128)".
 npy_shape() { head -c 128 "$1" | LC_ALL=C tr -cd '[:print:]' | LC_ALL=C sed -n "s/.*'shape': \(([^)]*)\).*/\1/p"; }
