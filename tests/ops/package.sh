@@ -12,26 +12,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 SRC=$PWD
 
-passed=0
-failed=0
-ok() {
-    echo "ok $1"
-    passed=$((passed + 1))
-}
-fail() {
-    echo "FAIL $1: ${*:2}"
-    failed=$((failed + 1))
-}
-check() {
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else fail "$name" "$why"; fi
-}
-finish() {
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
-}
+. tests/ops/harness.bash
 
 if [ "$(id -u)" -ne 0 ]; then
     fail "setup" "dpkg -i needs root"

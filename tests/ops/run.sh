@@ -22,22 +22,7 @@ MAX_EXPOSURE=2.0
 # A model small enough to load in a second on the CPU.
 MODEL=tests/fixtures/tiny-sd35
 
-passed=0
-failed=0
-ok() {
-    echo "ok $1"
-    passed=$((passed + 1))
-}
-fail() {
-    echo "FAIL $1: ${*:2}"
-    failed=$((failed + 1))
-}
-# check NAME WHY COMMAND...: ok when COMMAND succeeds, else FAIL with WHY.
-check() {
-    local name=$1 why=$2
-    shift 2
-    if "$@"; then ok "$name"; else fail "$name" "$why"; fi
-}
+. tests/ops/harness.bash
 
 T=$(mktemp -d)
 pids=()
@@ -378,5 +363,4 @@ run_section test_sysusers_tmpfiles systemd/focusd.sysusers
 run_section test_completion "$FOCUS"
 run_section test_activation "$FOCUSD" "$FOCUS" "$MODEL/model_index.json"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
