@@ -1,16 +1,15 @@
 /* CPU backend: scaled dot-product attention with a float32 softmax. Heads stay interleaved in
  * the feature dimension; BLAS reads each head's slice in place through its leading dimension,
- * so nothing is gathered. Queries are processed in blocks sized so that the score block stays
- * within a fixed budget: a 16384-token VAE attention never holds a full Sq x Sk matrix. The
- * GEMMs run on the calling thread (BLAS has its own threads); the softmax between them is
- * split over the worker threads by row. */
+ * so nothing is gathered. Queries are processed in blocks sized so that the score blocks stay
+ * within a fixed budget: a 16384-token VAE attention never holds a full Sq x Sk matrix. Each
+ * (sample, head, query block) runs whole on one worker thread (scores, softmax, p.v), so the
+ * threads meet once per attention rather than three times per head. */
 #include "kernels/cpu/cpu_ops.h"
 
-#include <cblas.h>
 #include <math.h>
 
-/* Score-block budget in floats (32 MiB): large enough that each block's GEMMs run at full
- * speed, small enough to stay cheap beside the activations. */
+/* Score-block budget in floats (32 MiB, shared by the threads): large enough that each
+ * block's products run at full speed, small enough to stay cheap beside the activations. */
 #define ATTN_BLOCK_FLOATS ((int64_t)8 << 20)
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -88,67 +87,76 @@ static float softmax_row(float *row, int64_t lim, int64_t n)
     return mx + logf(sum);
 }
 
-/* Rows [lo, hi) of a score block: queries q0 + i against nk keys; bias and lse point at this
- * head's [Sq, Sk] bias and [Sq] log-sum-exps. */
-struct softmax_job {
-    float *S;
-    const float *bias;
-    float *lse;
-    int64_t q0, nk, Sk;
+/* One attention: its inputs, the query block size and the score buffers, one per part. */
+struct attn_job {
+    const float *q, *k, *v, *bias;
+    float *o, *lse, *scores;
+    int64_t H, Sq, Sk, HD, Dh, block, nblocks, tasks, parts;
+    float scale;
     int causal;
 };
 
-static void softmax_range(void *p, int64_t lo, int64_t hi)
+/* Task t: query block t % nblocks of head (t / nblocks) % H of sample t / (nblocks H), with
+ * score buffer S: scores, softmax (plus bias, causal mask, log-sum-exp), then p.v. */
+static void attend_block(const struct attn_job *j, int64_t t, float *S)
 {
-    const struct softmax_job *j = p;
-    int64_t nk = j->nk;
-    for (int64_t i = lo; i < hi; i++) {
-        int64_t qi = j->q0 + i;
-        float *row = j->S + i * nk;
-        if (j->bias) {
-            const float *br = j->bias + qi * j->Sk;
-            for (int64_t k = 0; k < nk; k++)
-                row[k] += br[k];
-        }
+    int64_t q0 = t % j->nblocks * j->block, h = t / j->nblocks % j->H, b = t / (j->nblocks * j->H);
+    int64_t nq = j->Sq - q0 < j->block ? j->Sq - q0 : j->block;
+    /* Under a causal mask no query of this block sees keys past its last row. */
+    int64_t nk = j->causal && q0 + nq < j->Sk ? q0 + nq : j->Sk;
+    const float *kp = j->k + b * j->Sk * j->HD + h * j->Dh;
+    const float *vp = j->v + b * j->Sk * j->HD + h * j->Dh;
+    cpu_gemm_run(&(cpu_gemm){.M = nq, .N = nk, .K = j->Dh, .alpha = j->scale,
+                             .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh, .lda = j->HD,
+                             .b = kp, .ldb = j->HD, .b_trans = 1, .c = S, .ldc = nk});
+    const float *bias = j->bias ? j->bias + h * j->Sq * j->Sk : NULL;
+    float *lse = j->lse ? j->lse + (b * j->H + h) * j->Sq : NULL;
+    for (int64_t i = 0; i < nq; i++) {
+        int64_t qi = q0 + i;
+        float *row = S + i * nk;
+        if (bias)
+            for (int64_t c = 0; c < nk; c++)
+                row[c] += bias[qi * j->Sk + c];
         int64_t lim = j->causal && qi + 1 < nk ? qi + 1 : nk;
         float l = softmax_row(row, lim, nk);
-        if (j->lse) j->lse[qi] = l;
+        if (lse) lse[qi] = l;
     }
+    cpu_gemm_run(&(cpu_gemm){.M = nq, .N = j->Dh, .K = nk, .alpha = 1.0f, .a = S, .lda = nk,
+                             .b = vp, .ldb = j->HD, .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
+                             .ldc = j->HD});
+}
+
+/* Parts [lo, hi): part p takes a contiguous share of the tasks and score buffer p. */
+static void attend_parts(void *arg, int64_t lo, int64_t hi)
+{
+    const struct attn_job *j = arg;
+    for (int64_t p = lo; p < hi; p++)
+        for (int64_t t = j->tasks * p / j->parts; t < j->tasks * (p + 1) / j->parts; t++)
+            attend_block(j, t, j->scores + p * j->block * j->Sk);
 }
 
 int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
                   const kn_tensor *v, const kn_attn_args *args)
 {
-    int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1], HD = q->shape[2];
-    int64_t H = args->heads, Dh = HD / H;
-    int64_t block = ATTN_BLOCK_FLOATS / Sk;
-    if (block < 1) block = 1;
-    if (block > Sq) block = Sq;
-    if (Sq == 0) return 0;
-    float *S = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(block * Sk) * sizeof(float));
-    const float *bias = args->bias ? args->bias->data : NULL;
-    float *lse = args->lse ? args->lse->data : NULL;
-
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t h = 0; h < H; h++) {
-            const float *kp = (const float *)k->data + b * Sk * HD + h * Dh;
-            const float *vp = (const float *)v->data + b * Sk * HD + h * Dh;
-            for (int64_t q0 = 0; q0 < Sq; q0 += block) {
-                int64_t nq = Sq - q0 < block ? Sq - q0 : block;
-                /* Under a causal mask no query of this block sees keys past its last row. */
-                int64_t nk = args->causal && q0 + nq < Sk ? q0 + nq : Sk;
-                const float *qp = (const float *)q->data + (b * Sq + q0) * HD + h * Dh;
-                float *op = (float *)o->data + (b * Sq + q0) * HD + h * Dh;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)Dh,
-                            args->scale, qp, (int)HD, kp, (int)HD, 0.0f, S, (int)nk);
-                struct softmax_job j = {S, bias ? bias + h * Sq * Sk : NULL,
-                                        lse ? lse + (b * H + h) * Sq : NULL,
-                                        q0, nk, Sk, args->causal};
-                cpu_parallel(nq, nq * nk, softmax_range, &j);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)Dh, (int)nk,
-                            1.0f, S, (int)nk, vp, (int)HD, 0.0f, op, (int)HD);
-            }
-        }
-    }
+    struct attn_job j = {.q = q->data, .k = k->data, .v = v->data, .o = o->data,
+                         .bias = args->bias ? args->bias->data : NULL,
+                         .lse = args->lse ? args->lse->data : NULL, .H = args->heads,
+                         .Sq = q->shape[1], .Sk = k->shape[1], .HD = q->shape[2],
+                         .scale = args->scale, .causal = args->causal};
+    const int64_t B = q->shape[0];
+    if (B == 0 || j.Sq == 0) return 0;
+    j.Dh = j.HD / j.H;
+    /* Every (sample, head, query block) is a task for one thread. Blocks are as large as each
+     * part's share of the score budget allows, and small enough that every thread gets one. */
+    j.parts = cpu_pool_threads();
+    j.block = ATTN_BLOCK_FLOATS / j.parts / j.Sk;
+    int64_t per_head = (j.parts + B * j.H - 1) / (B * j.H);
+    if (j.block > (j.Sq + per_head - 1) / per_head) j.block = (j.Sq + per_head - 1) / per_head;
+    if (j.block < 1) j.block = 1;
+    j.nblocks = (j.Sq + j.block - 1) / j.block;
+    j.tasks = B * j.H * j.nblocks;
+    if (j.parts > j.tasks) j.parts = j.tasks;
+    j.scores = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(j.parts * j.block * j.Sk) * sizeof(float));
+    cpu_parallel(j.parts, j.tasks * j.Sk * j.HD, attend_parts, &j);
     return 0;
 }

@@ -4,7 +4,6 @@
  * of scratch, not the gigabytes of a whole-image im2col. */
 #include "kernels/cpu/cpu_ops.h"
 
-#include <cblas.h>
 #include <string.h>
 
 /* im2col block budget in floats (32 MiB). */
@@ -77,16 +76,17 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
         const float *xn = (const float *)x->data + n * g.C * g.H * g.W;
         float *yn = (float *)y->data + n * O * P;
         if (direct) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)P, (int)g.C, 1.0f,
-                        wd, (int)g.C, xn, (int)P, 0.0f, yn, (int)P);
+            cpu_gemm_parallel(&(cpu_gemm){.M = O, .N = P, .K = g.C, .alpha = 1.0f, .a = wd,
+                                          .lda = g.C, .b = xn, .ldb = P, .c = yn, .ldc = P});
             continue;
         }
         for (int64_t oy0 = 0; oy0 < g.Ho; oy0 += rows) {
             int64_t nr = g.Ho - oy0 < rows ? g.Ho - oy0 : rows;
             int64_t np = nr * g.Wo;
             im2col_rows(col, xn, &g, oy0, nr);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)np, (int)CK, 1.0f,
-                        wd, (int)CK, col, (int)np, 0.0f, yn + oy0 * g.Wo, (int)P);
+            cpu_gemm_parallel(&(cpu_gemm){.M = O, .N = np, .K = CK, .alpha = 1.0f, .a = wd,
+                                          .lda = CK, .b = col, .ldb = np, .c = yn + oy0 * g.Wo,
+                                          .ldc = P});
         }
     }
     if (b) {

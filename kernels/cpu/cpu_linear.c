@@ -5,8 +5,6 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/kn_convert.h"
 
-#include <cblas.h>
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -97,8 +95,9 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
 static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float *w, float *y,
                     int64_t ldy)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w,
-                (int)K, 0.0f, y, (int)ldy);
+    cpu_gemm g = {.M = M, .N = N, .K = K, .alpha = 1.0f, .a = x, .lda = K, .b = w, .ldb = K,
+                  .b_trans = 1, .c = y, .ldc = ldy};
+    cpu_gemm_parallel(&g);
 }
 
 /* Rows of w widened per panel. With few activation rows the product is memory bound and a
@@ -141,9 +140,9 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
         for (int64_t i = 0; i < M * N; i++)
             yd[i] = 0.0f;
     } else if (w->dtype == KN_F32 && M == 1) {
-        /* One row against a float32 weight streams the weight once at memory speed. */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w->data, (int)K, xd, 1, 0.0f,
-                    yd, 1);
+        /* One row against a float32 weight streams the weight once at memory speed (a
+         * matrix-vector product per part). */
+        gemm_nt(M, N, K, xd, w->data, yd, N);
     } else {
         /* A large float32 product is one BLAS call on the weight's own memory. Small M runs
          * panel by panel whatever the dtype: OpenBLAS's sgemm with a handful of rows and a

@@ -1,10 +1,9 @@
-/* CPU backend: the worker threads that split the non-GEMM loops (activations, norms, the
- * attention softmax, weight widening) over the cores while BLAS is idle. Not OpenMP: libgomp's
- * idle workers busy-wait for milliseconds after every parallel region unless OMP_WAIT_POLICY
- * says otherwise, and that stole a core from OpenBLAS's own threads during the GEMM that
- * follows each loop (a step measured 10% slower than single-threaded). These workers sleep on
- * a condition variable as soon as their part is done. Not for BLAS calls: those stay on the
- * calling thread. */
+/* CPU backend: the worker threads that split every loop of the backend over the cores: the
+ * matrix products (cpu_gemm.c, BLAS single-threaded in each part), activations, norms, the
+ * attention softmax, weight widening. Not OpenMP: libgomp's idle workers busy-wait for
+ * milliseconds after every parallel region unless OMP_WAIT_POLICY says otherwise, and that
+ * stole a core from the work that followed (a step measured 10% slower than single-threaded).
+ * These workers sleep on a condition variable as soon as their part is done. */
 #include "kernels/cpu/cpu_ops.h"
 
 #include <pthread.h>
@@ -70,6 +69,12 @@ static void pool_start(void)
         pool.threads++;
     }
     pthread_attr_destroy(&attr);
+}
+
+int cpu_pool_threads(void)
+{
+    pthread_once(&pool.once, pool_start);
+    return pool.threads;
 }
 
 void cpu_parallel(int64_t n, int64_t work, cpu_range_fn fn, void *arg)

@@ -8,18 +8,10 @@
 #include "kernels/kn_ops.h"
 
 #include "common/err.h"
+#include "tests/bench/common/bench_util.h"
 
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 struct bench {
     kn_ctx *ctx;
@@ -31,17 +23,16 @@ struct bench {
 /* Time of one kn_linear (or of sgemm when w is NULL). */
 static double time_linear(struct bench *b, const kn_tensor *w)
 {
-    double t0 = now();
+    double t0 = bench_now();
     if (w) {
         if (kn_linear(b->ctx, &b->y, &b->x, w, NULL) != 0) {
             fprintf(stderr, "kn_linear: %s\n", err_msg());
             exit(1);
         }
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)b->M, (int)b->N, (int)b->K, 1.0f,
-                    b->x.data, (int)b->K, b->w32.data, (int)b->K, 0.0f, b->y.data, (int)b->N);
+        bench_sgemm_all_cores((int)b->M, (int)b->N, (int)b->K, b->x.data, b->w32.data, b->y.data);
     }
-    return now() - t0;
+    return bench_now() - t0;
 }
 
 static double min2(double a, double b)

@@ -1,5 +1,5 @@
 /* Helpers shared by the benchmark programs of tests/bench/: a monotonic clock, deterministic
- * input tensors and the FLOP count of one MMDiT forward pass. Header-only (static inline)
+ * input tensors, the BLAS baseline and the FLOP count of one MMDiT forward pass. Header-only (static inline)
  * because the Makefile makes one program of each C file directly in tests/bench and links
  * nothing else from this folder. Not for tests: nothing here checks a result. */
 #ifndef FOCUS_TESTS_BENCH_UTIL_H
@@ -9,10 +9,12 @@
 #include "engine/model_config.h"
 #include "kernels/kn.h"
 
+#include <cblas.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Seconds on the monotonic clock. */
 static inline double bench_now(void)
@@ -20,6 +22,17 @@ static inline double bench_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* y[M, N] = x[M, K] . w[N, K]^T by cblas_sgemm with OpenBLAS threaded over every core: the
+ * baseline each benchmark states its figures against. (The engine runs BLAS single-threaded
+ * inside its own worker threads and switches OpenBLAS back to one thread by itself.) */
+static inline void bench_sgemm_all_cores(int M, int N, int K, const float *x, const float *w,
+                                         float *y)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    openblas_set_num_threads(cores > 0 ? (int)cores : 1);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
 }
 
 /* Allocates an F32 tensor on ctx and fills it with a deterministic pattern in [-1, 1).
