@@ -46,6 +46,7 @@ CUDA_ARCHS = -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=s
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 override CFLAGS += -DFOCUS_HAVE_CUDA
+WITH_CUDA = yes
 LDLIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 endif
@@ -59,7 +60,7 @@ TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 # GPU tests live apart from build/tests so that `make test` never runs them; each one skips with a
-# clear message when no usable CUDA device exists.
+# clear message when no usable CUDA device exists. `make` builds them whenever CUDA is built.
 GPU_TEST_BIN := $(patsubst tests/gpu/%.c,$(BUILD)/tests-gpu/%,$(wildcard tests/gpu/test_*.c))
 
 BENCH_SRC := $(wildcard tests/bench/*.c)
@@ -71,7 +72,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 include install.mk
 
 .PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-model
-all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN)
+all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

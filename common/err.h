@@ -15,6 +15,9 @@ enum err_code {
     ERR_INVALID = -7,  /* bad argument from the caller */
     ERR_DEVICE = -8,   /* backend failure (CUDA error, unsupported dtype on a device) */
     ERR_CANCELED = -9, /* work stopped because it was asked to */
+    /* The device is unusable for the rest of the process (a sticky CUDA error: a kernel fault,
+     * an uncorrectable ECC error, a lost context); only a new process can use it again. */
+    ERR_DEVICE_LOST = -10,
 };
 
 /* Sets the message and returns code, so that `return err_set(ERR_IO, "...")` reads naturally. */
@@ -23,6 +26,9 @@ int err_set(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 int err_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The current thread's last message; never NULL. */
 const char *err_msg(void);
+/* The code the current thread's last err_set or err_prefix returned (ERR_OK before any): for
+ * functions that report failure by a NULL pointer. */
+int err_code(void);
 const char *err_code_name(int code);
 
 #endif

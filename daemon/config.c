@@ -5,6 +5,7 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 #include "daemon/log.h"
+#include "engine/pipeline.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -15,7 +16,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum key_kind { K_STR, K_STR_OFF, K_MODE, K_LIST, K_U32, K_SIZE, K_DURATION, K_DEVICE, K_LEVEL };
+enum key_kind {
+    K_STR,
+    K_STR_OFF,
+    K_MODE,
+    K_LIST,
+    K_U32,
+    K_SIZE,
+    K_DURATION,
+    K_DEVICE,
+    K_PRECISION,
+    K_LEVEL
+};
 
 struct key_def {
     const char *name;
@@ -37,6 +49,7 @@ static const struct key_def keys[] = {
     {"allow_groups", K_LIST, OFF(allow_groups), OFF(n_allow_groups), 0, 0},
     {"state_dir", K_STR, OFF(state_dir), 0, 0, 0},
     {"device", K_DEVICE, OFF(device), 0, 0, 0},
+    {"precision", K_PRECISION, OFF(precision), 0, 0, 0},
     {"default_model", K_STR_OFF, OFF(default_model), 0, 0, 0},
     {"max_queue", K_U32, OFF(max_queue), 0, 1, 1000000},
     {"max_jobs_per_session", K_U32, OFF(max_jobs_per_session), 0, 1, 1000000},
@@ -58,6 +71,7 @@ static void config_defaults(struct config *c)
     c->socket_mode = 0660;
     c->state_dir = xstrdup("/var/lib/focusd");
     c->device = xstrdup("auto");
+    c->precision = xstrdup("auto");
     c->max_queue = 1000;
     c->max_jobs_per_session = 200;
     c->batch_max = 4;
@@ -82,7 +96,8 @@ void config_free(struct config *c)
     if (!c) return;
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         char *base = (char *)c + keys[i].off;
-        if (keys[i].kind == K_STR || keys[i].kind == K_STR_OFF || keys[i].kind == K_DEVICE)
+        if (keys[i].kind == K_STR || keys[i].kind == K_STR_OFF || keys[i].kind == K_DEVICE ||
+            keys[i].kind == K_PRECISION)
             free(*(char **)base);
         else if (keys[i].kind == K_LIST)
             free_list(*(char ***)base, *(size_t *)((char *)c + keys[i].count_off));
@@ -178,6 +193,12 @@ static bool device_ok(const char *v)
     return strlen(v) < 9;
 }
 
+static bool precision_ok(const char *v)
+{
+    kn_dtype dt;
+    return engine_precision_parse(v, KN_CPU, &dt) == 0;
+}
+
 static bool name_ok(const char *v)
 {
     size_t n = strlen(v);
@@ -211,10 +232,13 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
     case K_STR:
     case K_STR_OFF:
     case K_DEVICE:
+    case K_PRECISION:
         if (!*v && k->kind != K_STR_OFF)
             why = "an empty value";
         else if (k->kind == K_DEVICE && !device_ok(v))
             why = "not auto, cpu, cuda or cuda:N";
+        else if (k->kind == K_PRECISION && !precision_ok(v))
+            why = "not auto, fp32, bf16 or fp16";
         else {
             free(*(char **)base);
             bool off = k->kind == K_STR_OFF && (!*v || strcmp(v, "off") == 0);

@@ -30,6 +30,7 @@ struct config {
     size_t n_allow_groups;
     char *state_dir;
     char *device;        /* auto, cpu, cuda, cuda:N */
+    char *precision;     /* auto, fp32, bf16, fp16 (engine_precision_parse) */
     char *default_model; /* NULL: the first model */
     uint32_t max_queue;  /* queued jobs before submit answers busy */
     uint32_t max_jobs_per_session;

@@ -26,6 +26,7 @@ struct daemon {
     msgpack_sbuffer sb; /* scratch for encoding one message */
     double t_start;     /* monotonic */
     bool stopping, ready;
+    char failure[512]; /* why the daemon stops with a failure; empty: it does not */
 };
 
 extern struct daemon D;
@@ -59,5 +60,9 @@ void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_er
 
 /* reactor.c */
 int reactor_run(struct config *cfg, const struct config_overrides *ov);
+/* A model's device is lost (ERR_DEVICE_LOST): stops the daemon as SIGTERM does, keeping every
+ * job queued, but reactor_run then returns the failure so that focusd exits with status 1 and
+ * the service manager restarts it on a fresh device context. */
+void reactor_fail(const char *model, const char *why);
 
 #endif

@@ -179,6 +179,9 @@ void jobs_worker_event(struct wevent *e)
     case WEV_LOAD_FAILED:
         log_err("model %s: %s", e->w->sm.name, e->error.message);
         break;
+    case WEV_DEVICE_LOST:
+        reactor_fail(e->w->sm.name, e->error.message);
+        break;
     case WEV_EXITED:
         worker_join(e->w);
         break;

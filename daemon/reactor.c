@@ -225,8 +225,8 @@ static void read_requests(void *sock)
 static int start_worker(const struct config_model *cm, bool recover)
 {
     struct worker *w;
-    int rc = worker_start(cm->name, cm->path, config_model_device(D.cfg, cm), D.cfg->batch_max,
-                          store_images_dir(D.store), &w);
+    int rc = worker_start(cm->name, cm->path, config_model_device(D.cfg, cm), D.cfg->precision,
+                          D.cfg->batch_max, store_images_dir(D.store), &w);
     if (rc) return rc;
     w->next = D.workers;
     D.workers = w;
@@ -318,6 +318,13 @@ static void begin_stop(const char *why)
     sd_notify(0, "STOPPING=1");
     for (struct worker *w = D.workers; w; w = w->next)
         worker_stop(w);
+}
+
+void reactor_fail(const char *model, const char *why)
+{
+    if (!D.failure[0])
+        snprintf(D.failure, sizeof D.failure, "model %s: %s; stopping for a restart", model, why);
+    begin_stop("the device is lost");
 }
 
 static void reload(void)
@@ -455,7 +462,10 @@ static int loop(void)
         if (rc) return rc;
         notify_status(now);
         reap_workers();
-        if (D.stopping && !D.workers) return store_commit(D.store);
+        if (D.stopping && !D.workers) {
+            rc = store_commit(D.store);
+            return rc ? rc : D.failure[0] ? err_set(ERR_DEVICE_LOST, "%s", D.failure) : 0;
+        }
         if (now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) {
             last_retention = now;
             retention();

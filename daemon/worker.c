@@ -156,12 +156,17 @@ static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, stru
     return true;
 }
 
+/* Runs the model's jobs until told to stop. An ERR_DEVICE_LOST from the engine ends the loop
+ * too: the reactor hears of it and stops the daemon with a failure, so that the service manager
+ * starts a new process on a fresh context. The jobs in hand stay active, to be queued again,
+ * not failed: the device failed them, not their requests. */
 static void run(struct worker *w)
 {
     struct sched_model *m = &w->sm;
     struct djob *gone[SCHED_MAX_ACTIVE], *fresh[SCHED_MAX_ACTIVE], *batch[SCHED_MAX_ACTIVE];
     size_t lead = 0;
-    for (;;) {
+    bool lost = false;
+    while (!lost) {
         size_t n_gone = 0, n_fresh = 0, n_batch = 0;
         pthread_mutex_lock(&m->lock);
         bool go = take_work(w, gone, &n_gone, fresh, &n_fresh);
@@ -176,7 +181,9 @@ static void run(struct worker *w)
             struct djob *j = fresh[i];
             j->t_start = mono_now();
             post(w, WEV_STARTED, j, NULL);
-            if (engine_job_prepare(w->engine, &j->gp, &j->gj) < 0) {
+            int prc = engine_job_prepare(w->engine, &j->gp, &j->gj);
+            if ((lost = prc == ERR_DEVICE_LOST)) break;
+            if (prc < 0) {
                 j->gj = NULL;
                 pthread_mutex_lock(&m->lock);
                 sched_deactivate(m, j);
@@ -194,11 +201,12 @@ static void run(struct worker *w)
                     batch[n_batch++] = m->active[i];
         }
         pthread_mutex_unlock(&m->lock);
-        if (n_batch == 0) continue;
+        if (lost || n_batch == 0) continue;
         gen_job *gj[SCHED_MAX_ACTIVE];
         for (size_t i = 0; i < n_batch; i++)
             gj[i] = batch[i]->gj;
         int rc = engine_step(w->engine, gj, (int)n_batch);
+        if ((lost = rc == ERR_DEVICE_LOST)) continue;
         double now = mono_now();
         for (size_t i = 0; i < n_batch; i++) {
             struct djob *j = batch[i];
@@ -209,12 +217,18 @@ static void run(struct worker *w)
             tpl.elapsed = now - j->t_start;
             pthread_mutex_lock(&m->lock);
             j->sj.step = tpl.step;
-            if (rc || done) sched_deactivate(m, j);
+            if (rc) sched_deactivate(m, j);
             pthread_mutex_unlock(&m->lock);
             if (!rc) post(w, WEV_PROGRESS, j, &tpl);
             if (!rc && !done) continue;
-            /* The engine's memory is released on this thread, the one that drives it. */
             int frc = rc ? rc : finish_job(w, j);
+            if ((lost = frc == ERR_DEVICE_LOST)) break;
+            if (done) {
+                pthread_mutex_lock(&m->lock);
+                sched_deactivate(m, j);
+                pthread_mutex_unlock(&m->lock);
+            }
+            /* The engine's memory is released on this thread, the one that drives it. */
             engine_job_free(j->gj);
             j->gj = NULL;
             if (frc < 0)
@@ -224,6 +238,7 @@ static void run(struct worker *w)
         }
         if (rc) log_err("model %s: engine step failed: %s", m->name, err_msg());
     }
+    if (lost) post_error(w, WEV_DEVICE_LOST, NULL, PROTO_E_INTERNAL, err_msg());
     /* Stopping: the jobs still active are left for the reactor to queue again. */
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->n_active; i++) {
@@ -264,6 +279,7 @@ static void *worker_main(void *arg)
     engine_options opts;
     double t0 = mono_now();
     int rc = resolve_device(w->device, &opts, w->resolved, sizeof w->resolved);
+    if (!rc) rc = engine_precision_parse(w->precision, opts.device, &opts.compute);
     if (!rc) rc = engine_load(w->path, &opts, &w->engine);
     if (rc) {
         w->engine = NULL;
@@ -271,8 +287,9 @@ static void *worker_main(void *arg)
         post(w, WEV_EXITED, NULL, NULL);
         return NULL;
     }
-    log_info("model %s: loaded %s on %s in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
-             w->resolved, mono_now() - t0, (double)engine_weight_bytes(w->engine) / 1e9);
+    log_info("model %s: loaded %s on %s (%s) in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
+             w->resolved, engine_precision_name(opts.compute), mono_now() - t0,
+             (double)engine_weight_bytes(w->engine) / 1e9);
     atomic_store(&w->loaded, true);
     post(w, WEV_LOADED, NULL, NULL);
     run(w);
@@ -280,13 +297,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int worker_start(const char *name, const char *path, const char *device, uint32_t batch_max,
-                 const char *images_dir, struct worker **out)
+int worker_start(const char *name, const char *path, const char *device, const char *precision,
+                 uint32_t batch_max, const char *images_dir, struct worker **out)
 {
     struct worker *w = xcalloc(1, sizeof *w);
     sched_model_init(&w->sm, name, batch_max);
     w->path = xstrdup(path);
     snprintf(w->device, sizeof w->device, "%s", device);
+    snprintf(w->precision, sizeof w->precision, "%s", precision);
     w->images_dir = xstrdup(images_dir);
     atomic_init(&w->loaded, false);
     /* The thread inherits the reactor's blocked signals: only signalfd sees them. */

@@ -22,7 +22,8 @@ enum wev_kind {
     WEV_DONE, /* job->sha256 and job->bytes are set, the files written */
     WEV_FAILED,
     WEV_CANCELED,
-    WEV_EXITED /* stopped or retired; join it */
+    WEV_DEVICE_LOST, /* error says why; the worker stops, its jobs stay queued */
+    WEV_EXITED       /* stopped or retired; join it */
 };
 
 struct worker;
@@ -41,6 +42,7 @@ struct worker {
     struct sched_model sm;
     char *path;
     char device[PROTO_MAX_NAME + 1];   /* as configured: auto, cpu, cuda:N */
+    char precision[8];                 /* as configured: auto, fp32, bf16, fp16 */
     char resolved[PROTO_MAX_NAME + 1]; /* after loading: cpu, cuda:N */
     char *images_dir;
     sd3_engine *engine; /* read by others only once loaded is true */
@@ -57,9 +59,9 @@ int worker_events_fd(void);
 /* Takes every pending event, oldest first; the caller frees each with free(). */
 struct wevent *worker_events_take(void);
 
-/* Starts a thread that loads path on device and serves the model's queue. */
-int worker_start(const char *name, const char *path, const char *device, uint32_t batch_max,
-                 const char *images_dir, struct worker **out);
+/* Starts a thread that loads path on device in precision and serves the model's queue. */
+int worker_start(const char *name, const char *path, const char *device, const char *precision,
+                 uint32_t batch_max, const char *images_dir, struct worker **out);
 /* Wakes the worker to stop (finish the current step) or to retire once idle. */
 void worker_stop(struct worker *w);
 void worker_retire(struct worker *w);

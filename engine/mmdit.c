@@ -57,11 +57,15 @@ typedef struct acts {
     kn_tensor tproj;               /* [B,256] */
     kn_tensor mod, modc;           /* [B, C, D] */
     kn_tensor pos;                 /* [N, D] cropped position embedding */
+    /* The float32 inputs in the compute dtype (empty in float32 mode, which reads them in
+     * place): x [B, C, h, w] as [B * C * N * p * p], context [B, S, J], pooled [B, P]. */
+    kn_tensor xin, ctxin, pin;
 } acts;
 
 struct mmdit {
     kn_ctx *ctx;
     mmdit_config cfg;
+    kn_dtype act; /* activation dtype: KN_F32 (default), KN_BF16 or KN_F16 */
     int64_t D, heads, head_dim, ffdim;
     st_archive *ar;
 
@@ -309,6 +313,7 @@ int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out)
     if (rc == 0) {
         m = xcalloc(1, sizeof *m);
         m->ctx = ctx;
+        m->act = KN_F32;
         m->cfg = mc->mmdit;
         m->heads = m->cfg.num_attention_heads;
         m->head_dim = m->cfg.attention_head_dim;
@@ -373,13 +378,30 @@ static int64_t layout(const mmdit *m, int64_t cb, int64_t cn, int64_t cs, acts *
                   P = (int64_t)m->cfg.patch_size * m->cfg.patch_size * m->cfg.out_channels;
     const int64_t cl = cn + cs, cm = cn > cs ? cn : cs;
     const int64_t chid = cm * m->ffdim > cn * P ? cm * m->ffdim : cn * P;
+    const int64_t conv = m->act == KN_F32 ? 0 : 1; /* input copies only in 16-bit modes */
+    const int64_t cin = (int64_t)m->cfg.in_channels * m->cfg.patch_size * m->cfg.patch_size;
     const int64_t sizes[] = {
-        cn * D,                                                  /* pos */
-        cb * cn * D, cb * cs * D, cb * cn * D, cb * cs * D,      /* tok cx ntok nctx */
-        cb * cl * D, cb * cl * D, cb * cl * D, cb * cl * D,      /* q k v o */
-        cb * cn * D, cb * cs * D, cb * chid,                     /* aimg actx hid */
-        cb * D,      cb * D,      cb * D,      cb * MMDIT_TPROJ, /* temb tact tmp tproj */
-        cb * 9 * D,  cb * 6 * D,                                 /* mod modc */
+        cn * D, /* pos */
+        cb * cn * D,
+        cb * cs * D,
+        cb * cn * D,
+        cb * cs * D, /* tok cx ntok nctx */
+        cb * cl * D,
+        cb * cl * D,
+        cb * cl * D,
+        cb * cl * D, /* q k v o */
+        cb * cn * D,
+        cb * cs * D,
+        cb * chid, /* aimg actx hid */
+        cb * D,
+        cb * D,
+        cb * D,
+        cb * MMDIT_TPROJ, /* temb tact tmp tproj */
+        cb * 9 * D,
+        cb * 6 * D, /* mod modc */
+        conv * cb * cn * cin,
+        conv * cb * cs * m->cfg.joint_attention_dim,
+        conv * cb * m->cfg.pooled_projection_dim, /* xin ctxin pin */
     };
     enum { NREG = sizeof sizes / sizeof sizes[0] };
     int64_t off[NREG], total = 0;
@@ -408,6 +430,11 @@ static int64_t layout(const mmdit *m, int64_t cb, int64_t cn, int64_t cs, acts *
     a->tproj = kn_view(arena, off[15], 2, (int64_t[]){B, MMDIT_TPROJ});
     a->mod = kn_view(arena, off[16], 2, (int64_t[]){B, 9 * D});
     a->modc = kn_view(arena, off[17], 2, (int64_t[]){B, 6 * D});
+    a->xin = kn_view(arena, off[18], 1, (int64_t[]){sizes[18] ? B * N * cin : 0});
+    a->ctxin =
+        kn_view(arena, off[19], 3, (int64_t[]){B, sizes[19] ? S : 0, m->cfg.joint_attention_dim});
+    a->pin =
+        kn_view(arena, off[20], 2, (int64_t[]){B, sizes[20] ? m->cfg.pooled_projection_dim : 0});
     return total;
 }
 
@@ -420,7 +447,7 @@ static int ensure_arena(mmdit *m, acts *a)
         kn_free(m->ctx, &m->arena);
         m->pos_gh = m->pos_gw = 0;
         int64_t total = layout(m, B, N, S, NULL, NULL);
-        int rc = kn_alloc(m->ctx, &m->arena, KN_F32, 1, &total);
+        int rc = kn_alloc(m->ctx, &m->arena, m->act, 1, &total);
         if (rc < 0)
             return err_prefix(rc,
                               "transformer scratch for batch %lld, %lld image and %lld text "
@@ -433,7 +460,32 @@ static int ensure_arena(mmdit *m, acts *a)
     return 0;
 }
 
+int mmdit_set_compute(mmdit *m, kn_dtype act)
+{
+    if (act != KN_F32 && act != KN_BF16 && act != KN_F16)
+        return err_set(ERR_INVALID, "transformer compute dtype %s: expected F32, BF16 or F16",
+                       kn_dtype_name(act));
+    if (act != m->act) {
+        kn_free(m->ctx, &m->arena);
+        m->cap_b = m->cap_n = m->cap_s = 0;
+        m->pos_gh = m->pos_gw = 0;
+        m->act = act;
+    }
+    return 0;
+}
+
 /* ---- forward ---- */
+
+/* A float32 input as the compute dtype: src itself in float32 mode, otherwise src converted
+ * into `region`, which takes src's shape. */
+static int in_compute(mmdit *m, const kn_tensor *src, kn_tensor *region, const kn_tensor **out)
+{
+    *out = src;
+    if (m->act == KN_F32) return 0;
+    *region = kn_reshape(region, src->ndim, src->shape);
+    *out = region;
+    return kn_copy(m->ctx, region, src);
+}
 
 void mmdit_timestep_proj(float t, float out[MMDIT_TPROJ])
 {
@@ -589,12 +641,17 @@ static int crop_pos(mmdit *m, acts *a, int64_t gh, int64_t gw)
     return 0;
 }
 
-static int embed(mmdit *m, acts *a, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
-                 const kn_tensor *pooled)
+static int embed(mmdit *m, acts *a, const kn_tensor *x32, const float *t, const kn_tensor *ctx32,
+                 const kn_tensor *pooled32)
 {
     const int64_t B = a->B, D = m->D, p = m->cfg.patch_size;
-    const int64_t gh = x->shape[2] / p, gw = x->shape[3] / p;
+    const int64_t gh = x32->shape[2] / p, gw = x32->shape[3] / p;
+    const kn_tensor *x, *ctx_in, *pooled;
     int rc;
+    if ((rc = in_compute(m, x32, &a->xin, &x)) < 0 ||
+        (rc = in_compute(m, ctx32, &a->ctxin, &ctx_in)) < 0 ||
+        (rc = in_compute(m, pooled32, &a->pin, &pooled)) < 0)
+        return rc;
 
     /* Patch embedding: the conv output [B, D, gh, gw] goes through o, then to tokens. */
     kn_tensor conv = kn_view(&a->o, 0, 4, (int64_t[]){B, D, gh, gw});
@@ -610,7 +667,7 @@ static int embed(mmdit *m, acts *a, const kn_tensor *x, const float *t, const kn
     /* temb = timestep_embedder(proj(t)) + text_embedder(pooled); every block uses SiLU(temb). */
     for (int64_t b = 0; b < B; b++)
         mmdit_timestep_proj(t[b], m->tproj_host + b * MMDIT_TPROJ);
-    rc = kn_write(m->ctx, &a->tproj, m->tproj_host, (size_t)B * MMDIT_TPROJ * sizeof(float));
+    rc = kn_write_f32(m->ctx, &a->tproj, m->tproj_host);
     if (rc < 0 || (rc = kn_linear(m->ctx, &a->tmp, &a->tproj, &m->t1.w, &m->t1.b)) < 0 ||
         (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
         (rc = kn_linear(m->ctx, &a->temb, &a->tmp, &m->t2.w, &m->t2.b)) < 0 ||
@@ -637,7 +694,11 @@ static int head(mmdit *m, acts *a, kn_tensor *out)
         (rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 1, 0, MMDIT_EPS)) < 0 ||
         (rc = kn_linear(m->ctx, &y, &a->ntok, &m->proj_out.w, &m->proj_out.b)) < 0)
         return rc;
-    return kn_unpatchify(m->ctx, out, &y, (int)p);
+    if (m->act == KN_F32) return kn_unpatchify(m->ctx, out, &y, (int)p);
+    /* 16-bit modes unpatchify into the free joint output buffer, then widen. */
+    kn_tensor img = kn_view(&a->o, 0, 4, out->shape);
+    if ((rc = kn_unpatchify(m->ctx, &img, &y, (int)p)) < 0) return rc;
+    return kn_copy(m->ctx, out, &img);
 }
 
 static int check_io(const mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,

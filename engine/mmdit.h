@@ -21,13 +21,18 @@ int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out);
 void mmdit_free(mmdit *m);
 const mmdit_config *mmdit_get_config(const mmdit *m);
 
+/* The dtype the forward pass computes in: KN_F32 (the default and the reference mode), KN_BF16
+ * or KN_F16 (16-bit activations, float32 accumulation; inputs and output stay F32 and are
+ * converted at the edges). Any other dtype is ERR_INVALID. Frees the scratch when it changes. */
+int mmdit_set_compute(mmdit *m, kn_dtype act);
+
 /* Whether the transformer can take a latent of h x w (the VAE latent grid, pixels / 8): both
  * positive, divisible by patch_size, and a patch grid within pos_embed_max_size. Returns 0, or
  * ERR_RANGE with a message saying which limit is broken, in latent units (the caller adds the
  * pixel size it was asked for). The daemon calls this at submission; mmdit_forward calls it too. */
 int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w);
 
-/* One forward pass, all tensors F32 on the model's device:
+/* One forward pass, all tensors F32 on the model's device (whatever the compute dtype):
  *   x       [B, in_channels, h, w]                 latents
  *   t       B host floats                          the scheduler's timesteps (e.g. 1000.0)
  *   ctx_in  [B, S, joint_attention_dim]            prompt embeddings (S is free, e.g. 333)

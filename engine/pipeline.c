@@ -114,6 +114,29 @@ static kn_tensor rows_of(const kn_tensor *t, int64_t first, int64_t n)
 
 /* ---- load ---- */
 
+int engine_precision_parse(const char *name, kn_device device, kn_dtype *out)
+{
+    static const struct {
+        const char *name;
+        kn_dtype dt;
+    } names[] = {{"fp32", KN_F32}, {"bf16", KN_BF16}, {"fp16", KN_F16}};
+    if (strcmp(name, "auto") == 0) {
+        *out = device == KN_CUDA ? KN_BF16 : KN_F32;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(name, names[i].name) == 0) {
+            *out = names[i].dt;
+            return 0;
+        }
+    return err_set(ERR_INVALID, "precision \"%s\": expected auto, fp32, bf16 or fp16", name);
+}
+
+const char *engine_precision_name(kn_dtype compute)
+{
+    return compute == KN_BF16 ? "bf16" : compute == KN_F16 ? "fp16" : "fp32";
+}
+
 /* Bytes of one component's weight files, opened as its loader opens them. */
 static int component_bytes(const model_config *cfg, const char *sub, const char *stem,
                            uint64_t *total)
@@ -156,7 +179,9 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
         (rc = weight_bytes(e->cfg, &e->weight_bytes)) < 0 ||
         (rc = text_encoder_load(e->ctx, e->cfg, &e->te)) < 0 ||
         (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 ||
-        (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0)
+        (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0 ||
+        (rc = mmdit_set_compute(e->dit, opts->compute)) < 0 ||
+        (rc = vae_set_compute(e->vae, opts->compute)) < 0)
         goto fail;
     int entries =
         opts->encode_cache_entries > 0 ? opts->encode_cache_entries : DEFAULT_CACHE_ENTRIES;

@@ -30,7 +30,18 @@ typedef struct engine_options {
     kn_device device;
     int device_index;
     int encode_cache_entries; /* prompt encodings kept (LRU); 0 = a default of 16 */
+    /* The transformer's and the VAE's activations: KN_F32 (0, the reference mode that the
+     * parity tests run), KN_BF16 or KN_F16 (16-bit activations, float32 accumulation). The
+     * text encoders, the latents and the sampler stay float32 in every mode. */
+    kn_dtype compute;
 } engine_options;
+
+/* "fp32", "bf16" or "fp16"; "auto" is bf16 on CUDA and fp32 on the CPU (where 16-bit
+ * activations are only emulated: each op computes in float32 and rounds its output).
+ * ERR_INVALID for anything else. */
+int engine_precision_parse(const char *name, kn_device device, kn_dtype *out);
+/* The name of a compute dtype as engine_precision_parse spells it. */
+const char *engine_precision_name(kn_dtype compute);
 
 typedef struct gen_params {
     const char *prompt;          /* required; UTF-8 */

@@ -56,6 +56,7 @@ struct vae {
     up_block *ups;
 
     kn_tensor arena;
+    kn_dtype act; /* activation dtype: KN_F32 (default), KN_BF16 or KN_F16 */
 };
 
 const vae_config *vae_get_config(const vae *v)
@@ -336,9 +337,9 @@ static int setup_run(vae *v, vae_run *run, int64_t B, int64_t h, int64_t w)
     const int64_t att = v->mid_attn ? B * h * w * top : 0;
     const int64_t zn = B * v->cfg.latent_channels * h * w;
     const int64_t total = VAE_NBUF * cap + 4 * att + zn;
-    if (!v->arena.data || kn_numel(&v->arena) < total) {
+    if (!v->arena.data || kn_numel(&v->arena) < total || v->arena.dtype != v->act) {
         kn_free(v->ctx, &v->arena);
-        int rc = kn_alloc(v->ctx, &v->arena, KN_F32, 1, &total);
+        int rc = kn_alloc(v->ctx, &v->arena, v->act, 1, &total);
         if (rc < 0)
             return err_prefix(rc, "VAE scratch for batch %lld, latent %lldx%lld: ", (long long)B,
                               (long long)h, (long long)w);
@@ -470,8 +471,11 @@ static int decoder_forward(vae_run *run, const kn_tensor *z, kn_tensor *image)
     const int64_t c0 = c->block_out_channels[0];
     kn_tensor X = img(&run->buf[cur], B, c0, H, W);
     kn_tensor T = img(&run->buf[(cur + 1) % VAE_NBUF], B, c0, H, W);
+    /* In 16-bit modes the last conv writes into X's buffer (free by then), then widens. */
+    kn_tensor out = v->act == KN_F32 ? *image : img(&run->buf[cur], B, c->out_channels, H, W);
     if ((rc = norm_silu(ctx, &T, &X, &v->norm_out, c->norm_num_groups)) < 0 ||
-        (rc = kn_conv2d(ctx, image, &T, &v->conv_out.w, &v->conv_out.b, 1, 1)) < 0)
+        (rc = kn_conv2d(ctx, &out, &T, &v->conv_out.w, &v->conv_out.b, 1, 1)) < 0 ||
+        (v->act != KN_F32 && (rc = kn_copy(ctx, image, &out)) < 0))
         return err_prefix(rc, "VAE output: ");
     return 0;
 }
@@ -494,12 +498,35 @@ static int check_io(const vae *v, const kn_tensor *z, const kn_tensor *image, co
     return 0;
 }
 
+int vae_set_compute(vae *v, kn_dtype act)
+{
+    if (act != KN_F32 && act != KN_BF16 && act != KN_F16)
+        return err_set(ERR_INVALID, "VAE compute dtype %s: expected F32, BF16 or F16",
+                       kn_dtype_name(act));
+    if (act != v->act) kn_free(v->ctx, &v->arena);
+    v->act = act;
+    return 0;
+}
+
+/* The float32 latents as the compute dtype: z itself in float32 mode, else converted into
+ * run->zbuf. */
+static int latents_in(vae_run *run, const kn_tensor *z, const kn_tensor **out)
+{
+    *out = z;
+    if (run->m->act == KN_F32) return 0;
+    *out = &run->zbuf;
+    return kn_copy(run->m->ctx, &run->zbuf, z);
+}
+
 int vae_decode(vae *v, const kn_tensor *z, kn_tensor *image)
 {
     vae_run run;
+    const kn_tensor *zin;
     int rc = check_io(v, z, image, "z");
-    if (rc < 0 || (rc = setup_run(v, &run, z->shape[0], z->shape[2], z->shape[3])) < 0) return rc;
-    return decoder_forward(&run, z, image);
+    if (rc < 0 || (rc = setup_run(v, &run, z->shape[0], z->shape[2], z->shape[3])) < 0 ||
+        (rc = latents_in(&run, z, &zin)) < 0)
+        return rc;
+    return decoder_forward(&run, zin, image);
 }
 
 int vae_decode_latents(vae *v, const kn_tensor *latents, kn_tensor *image)
@@ -511,7 +538,9 @@ int vae_decode_latents(vae *v, const kn_tensor *latents, kn_tensor *image)
         return rc;
     /* The shift is added from a filled buffer: the kernels have no add-a-scalar op. */
     kn_tensor shift = kn_view(&run.buf[0], 0, 4, latents->shape);
-    if ((rc = kn_scale(v->ctx, &run.zbuf, latents, 1.0f / v->cfg.scaling_factor)) < 0 ||
+    const kn_tensor *lat;
+    if ((rc = latents_in(&run, latents, &lat)) < 0 ||
+        (rc = kn_scale(v->ctx, &run.zbuf, lat, 1.0f / v->cfg.scaling_factor)) < 0 ||
         (rc = kn_fill(v->ctx, &shift, v->cfg.shift_factor)) < 0 ||
         (rc = kn_add(v->ctx, &run.zbuf, &run.zbuf, &shift)) < 0)
         return rc;

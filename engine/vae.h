@@ -23,6 +23,11 @@ const vae_config *vae_get_config(const vae *v);
 /* Pixels per latent cell along each side: 2^(number of blocks - 1), 8 for SD3. */
 int vae_scale_factor(const vae *v);
 
+/* The dtype the decoder computes in: KN_F32 (the default and the reference mode), KN_BF16 or
+ * KN_F16 (16-bit activations, float32 accumulation; the latents and the image stay F32 and
+ * are converted at the edges). Any other dtype is ERR_INVALID. */
+int vae_set_compute(vae *v, kn_dtype act);
+
 /* Decodes z [B, latent_channels, h, w] F32, already in the decoder's input scale (the
  * pipeline's `latents / scaling_factor + shift_factor`), into image
  * [B, out_channels, h * f, w * f] F32 with nominal range [-1, 1] (f = vae_scale_factor; no

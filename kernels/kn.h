@@ -91,6 +91,8 @@ int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host);
 /* Host <-> backend copies of the raw bytes (nbytes must equal kn_nbytes(t)). */
 int kn_write(kn_ctx *ctx, kn_tensor *dst, const void *host, size_t nbytes);
 int kn_read(kn_ctx *ctx, const kn_tensor *src, void *host, size_t nbytes);
+/* Writes host[kn_numel(dst)] float32 values into a float tensor of any dtype, rounding to it. */
+int kn_write_f32(kn_ctx *ctx, kn_tensor *dst, const float *host);
 /* Reads any float tensor as float32 into host[kn_numel(src)]. */
 int kn_read_f32(kn_ctx *ctx, const kn_tensor *src, float *host);
 /* Sets every element of a float tensor to v. */

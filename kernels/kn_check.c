@@ -24,12 +24,9 @@ int kn_check_act(const kn_ctx *ctx, const char *op, const char *name, const kn_t
 {
     int rc = check_present(ctx, op, name, t);
     if (rc < 0) return rc;
-    int ok = t->dtype == KN_F32 ||
-             (ctx->device == KN_CUDA && (t->dtype == KN_F16 || t->dtype == KN_BF16));
-    if (!ok)
-        return err_set(ERR_INVALID, "%s: %s is a %s tensor; this backend computes in %s", op, name,
-                       kn_dtype_name(t->dtype),
-                       ctx->device == KN_CUDA ? "F32, F16 or BF16" : "F32");
+    if (t->dtype != KN_F32 && t->dtype != KN_F16 && t->dtype != KN_BF16)
+        return err_set(ERR_INVALID, "%s: %s is a %s tensor; activations are F32, F16 or BF16", op,
+                       name, kn_dtype_name(t->dtype));
     if (like && like->dtype != t->dtype)
         return err_set(ERR_INVALID, "%s: %s is %s but the other activations are %s", op, name,
                        kn_dtype_name(t->dtype), kn_dtype_name(like->dtype));

@@ -13,8 +13,7 @@ int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
 {
     *out = NULL;
 #ifndef FOCUS_HAVE_CUDA
-    if (dev == KN_CUDA)
-        return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
+    if (dev == KN_CUDA) return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
 #endif
     kn_ctx *ctx = xcalloc(1, sizeof *ctx);
     ctx->device = dev;
@@ -34,8 +33,7 @@ int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
 
 void kn_ctx_destroy(kn_ctx *ctx)
 {
-    if (!ctx)
-        return;
+    if (!ctx) return;
 #ifdef FOCUS_HAVE_CUDA
     if (ctx->device == KN_CUDA)
         cuda_ctx_fini(ctx);
@@ -74,15 +72,13 @@ int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *sh
 
 void kn_free(kn_ctx *ctx, kn_tensor *t)
 {
-    if (t->owned && t->data)
-        KN_DISPATCH(ctx, free, t);
+    if (t->owned && t->data) KN_DISPATCH(ctx, free, t);
     memset(t, 0, sizeof *t);
 }
 
 int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
 {
-    if (host->device != KN_CPU)
-        return err_set(ERR_INVALID, "kn_weight expects a host tensor");
+    if (host->device != KN_CPU) return err_set(ERR_INVALID, "kn_weight expects a host tensor");
 #ifdef FOCUS_HAVE_CUDA
     if (ctx->device == KN_CUDA) return cuda_weight(ctx, dst, host);
 #endif
@@ -107,8 +103,7 @@ int kn_write(kn_ctx *ctx, kn_tensor *dst, const void *host, size_t nbytes)
     if (rc == 0 && nbytes && ctx->device == KN_CUDA) return cuda_write(ctx, dst, host, nbytes);
 #endif
     (void)ctx;
-    if (rc == 0 && nbytes)
-        memcpy(dst->data, host, nbytes);
+    if (rc == 0 && nbytes) memcpy(dst->data, host, nbytes);
     return rc;
 }
 
@@ -119,8 +114,21 @@ int kn_read(kn_ctx *ctx, const kn_tensor *src, void *host, size_t nbytes)
     if (rc == 0 && nbytes && ctx->device == KN_CUDA) return cuda_read(ctx, src, host, nbytes);
 #endif
     (void)ctx;
-    if (rc == 0 && nbytes)
-        memcpy(host, src->data, nbytes);
+    if (rc == 0 && nbytes) memcpy(host, src->data, nbytes);
+    return rc;
+}
+
+int kn_write_f32(kn_ctx *ctx, kn_tensor *dst, const float *host)
+{
+    if (!kn_dtype_is_float(dst->dtype))
+        return err_set(ERR_INVALID, "kn_write_f32 into a %s tensor", kn_dtype_name(dst->dtype));
+    size_t n = (size_t)kn_numel(dst);
+    if (dst->dtype == KN_F32) return kn_write(ctx, dst, host, n * sizeof(float));
+    void *raw = malloc(kn_nbytes(dst) ? kn_nbytes(dst) : 1);
+    if (!raw) return err_set(ERR_NOMEM, "kn_write_f32: cannot allocate %zu bytes", kn_nbytes(dst));
+    kn_convert_from_f32(raw, host, dst->dtype, n);
+    int rc = kn_write(ctx, dst, raw, kn_nbytes(dst));
+    free(raw);
     return rc;
 }
 
@@ -134,7 +142,8 @@ int kn_read_f32(kn_ctx *ctx, const kn_tensor *src, float *host)
     if (ctx->device == KN_CUDA) {
         if (src->dtype == KN_F32) return kn_read(ctx, src, host, n * sizeof(float));
         void *raw = malloc(kn_nbytes(src) ? kn_nbytes(src) : 1);
-        if (!raw) return err_set(ERR_NOMEM, "kn_read_f32: cannot allocate %zu bytes", kn_nbytes(src));
+        if (!raw)
+            return err_set(ERR_NOMEM, "kn_read_f32: cannot allocate %zu bytes", kn_nbytes(src));
         int rc = kn_read(ctx, src, raw, kn_nbytes(src));
         if (rc == 0) kn_convert_to_f32(host, raw, src->dtype, n);
         free(raw);
@@ -158,7 +167,8 @@ int kn_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src)
     if (kn_numel(dst) != kn_numel(src))
         return err_set(ERR_SHAPE, "kn_copy of %lld elements into %lld", (long long)kn_numel(src),
                        (long long)kn_numel(dst));
-    if (dst->dtype != src->dtype && (!kn_dtype_is_float(dst->dtype) || !kn_dtype_is_float(src->dtype)))
+    if (dst->dtype != src->dtype &&
+        (!kn_dtype_is_float(dst->dtype) || !kn_dtype_is_float(src->dtype)))
         return err_set(ERR_INVALID, "kn_copy from %s to %s", kn_dtype_name(src->dtype),
                        kn_dtype_name(dst->dtype));
     return KN_DISPATCH(ctx, copy, dst, src);

@@ -32,12 +32,16 @@ static const cli_opt generate_opts[] = {
     {"count", "N", "images from one prompt and seed, 1..64 (default 1)", 0},
     {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)", 0},
     {"slg-scale", "S", "skip-layer guidance scale (default 2.8)", 0},
-    {"slg-start", "F",
-     "skip-layer guidance starts after this fraction of the steps (default 0.01)", 0},
+    {"slg-start", "F", "skip-layer guidance starts after this fraction of the steps (default 0.01)",
+     0},
     {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)", 0},
     {"output", "FILE", "the PNG to write (required); see below for --count > 1", 'o'},
     {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)", 0},
     {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0},
+    {"precision", "P",
+     "transformer and VAE activations: fp32, bf16, fp16 or auto (default auto: bf16 on CUDA, "
+     "fp32 on the CPU, where 16-bit is emulated and slow)",
+     0},
     {NULL, NULL, NULL, 0},
 };
 
@@ -243,6 +247,8 @@ static int generate_run(const cli_args *a)
     kn_ctx_destroy(probe);
     const char *d = cli_str(a, "device", "cpu");
     if (strncmp(d, "cuda:", 5) == 0) opts.device_index = atoi(d + 5);
+    if (engine_precision_parse(cli_str(a, "precision", "auto"), opts.device, &opts.compute) < 0)
+        return cli_usage_error(a, "--precision: %s", err_msg());
 
     sd3_engine *e;
     double t0 = cli_now();

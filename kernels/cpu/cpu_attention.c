@@ -106,9 +106,17 @@ static void attend_block(const struct attn_job *j, int64_t t, float *S)
     int64_t nk = j->causal && q0 + nq < j->Sk ? q0 + nq : j->Sk;
     const float *kp = j->k + b * j->Sk * j->HD + h * j->Dh;
     const float *vp = j->v + b * j->Sk * j->HD + h * j->Dh;
-    cpu_gemm_run(&(cpu_gemm){.M = nq, .N = nk, .K = j->Dh, .alpha = j->scale,
-                             .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh, .lda = j->HD,
-                             .b = kp, .ldb = j->HD, .b_trans = 1, .c = S, .ldc = nk});
+    cpu_gemm_run(&(cpu_gemm){.M = nq,
+                             .N = nk,
+                             .K = j->Dh,
+                             .alpha = j->scale,
+                             .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh,
+                             .lda = j->HD,
+                             .b = kp,
+                             .ldb = j->HD,
+                             .b_trans = 1,
+                             .c = S,
+                             .ldc = nk});
     const float *bias = j->bias ? j->bias + h * j->Sq * j->Sk : NULL;
     float *lse = j->lse ? j->lse + (b * j->H + h) * j->Sq : NULL;
     for (int64_t i = 0; i < nq; i++) {
@@ -121,8 +129,15 @@ static void attend_block(const struct attn_job *j, int64_t t, float *S)
         float l = softmax_row(row, lim, nk);
         if (lse) lse[qi] = l;
     }
-    cpu_gemm_run(&(cpu_gemm){.M = nq, .N = j->Dh, .K = nk, .alpha = 1.0f, .a = S, .lda = nk,
-                             .b = vp, .ldb = j->HD, .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
+    cpu_gemm_run(&(cpu_gemm){.M = nq,
+                             .N = j->Dh,
+                             .K = nk,
+                             .alpha = 1.0f,
+                             .a = S,
+                             .lda = nk,
+                             .b = vp,
+                             .ldb = j->HD,
+                             .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
                              .ldc = j->HD});
 }
 
@@ -138,11 +153,21 @@ static void attend_parts(void *arg, int64_t lo, int64_t hi)
 int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
                   const kn_tensor *v, const kn_attn_args *args)
 {
-    struct attn_job j = {.q = q->data, .k = k->data, .v = v->data, .o = o->data,
+    if (o->dtype != KN_F32)
+        CPU_HALF(cpu_attention(ctx, cpu_half_out(H, o, 0), cpu_half_in(H, q), cpu_half_in(H, k),
+                               cpu_half_in(H, v), args));
+    struct attn_job j = {.q = q->data,
+                         .k = k->data,
+                         .v = v->data,
+                         .o = o->data,
                          .bias = args->bias ? args->bias->data : NULL,
-                         .lse = args->lse ? args->lse->data : NULL, .H = args->heads,
-                         .Sq = q->shape[1], .Sk = k->shape[1], .HD = q->shape[2],
-                         .scale = args->scale, .causal = args->causal};
+                         .lse = args->lse ? args->lse->data : NULL,
+                         .H = args->heads,
+                         .Sq = q->shape[1],
+                         .Sk = k->shape[1],
+                         .HD = q->shape[2],
+                         .scale = args->scale,
+                         .causal = args->causal};
     const int64_t B = q->shape[0];
     if (B == 0 || j.Sq == 0) return 0;
     j.Dh = j.HD / j.H;

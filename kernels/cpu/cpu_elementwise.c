@@ -91,7 +91,8 @@ static void act_range(void *p, int64_t lo, int64_t hi)
 
 int cpu_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_activate(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), act));
     struct act_job j = {y->data, x->data,
                         act == KN_ACT_SILU        ? act_silu
                         : act == KN_ACT_GELU_ERF  ? act_gelu_erf
@@ -153,31 +154,36 @@ static int binary(kn_tensor *y, const kn_tensor *a, const kn_tensor *b, float s,
 
 int cpu_add(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_add(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, a), cpu_half_in(H, b)));
     return binary(y, a, b, 0.0f, OP_ADD);
 }
 
 int cpu_sub(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_sub(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, a), cpu_half_in(H, b)));
     return binary(y, a, b, 0.0f, OP_SUB);
 }
 
 int cpu_mul(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_mul(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, a), cpu_half_in(H, b)));
     return binary(y, a, b, 0.0f, OP_MUL);
 }
 
 int cpu_add_scaled(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, float s, const kn_tensor *b)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(
+            cpu_add_scaled(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, a), s, cpu_half_in(H, b)));
     return binary(y, a, b, s, OP_ADD_SCALED);
 }
 
 int cpu_scale(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32) CPU_HALF(cpu_scale(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), s));
     return binary(y, x, NULL, s, OP_SCALE);
 }
 
@@ -206,7 +212,9 @@ static void gate_range(void *p, int64_t lo, int64_t hi)
 
 int cpu_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *mod, int gate_idx)
 {
-    (void)ctx;
+    if (x->dtype != KN_F32)
+        CPU_HALF(cpu_gate_add(ctx, cpu_half_out(H, x, 1), cpu_half_in(H, y), cpu_half_in(H, mod),
+                              gate_idx));
     int64_t B = x->shape[0], D = kn_cols(x), S = kn_numel(x) / (B * D);
     struct gate_job j = {x->data, y->data, mod->data, S, D, mod->shape[1], gate_idx};
     cpu_parallel(B * S, B * S * D, gate_range, &j);

@@ -53,6 +53,8 @@ static void im2col_rows(float *col, const float *x, const struct conv_geom *g, i
 int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                const kn_tensor *b, int stride, int pad)
 {
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_conv2d(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b, stride, pad));
     struct conv_geom g = {.C = x->shape[1],
                           .H = x->shape[2],
                           .W = x->shape[3],
@@ -76,16 +78,31 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
         const float *xn = (const float *)x->data + n * g.C * g.H * g.W;
         float *yn = (float *)y->data + n * O * P;
         if (direct) {
-            cpu_gemm_parallel(&(cpu_gemm){.M = O, .N = P, .K = g.C, .alpha = 1.0f, .a = wd,
-                                          .lda = g.C, .b = xn, .ldb = P, .c = yn, .ldc = P});
+            cpu_gemm_parallel(&(cpu_gemm){.M = O,
+                                          .N = P,
+                                          .K = g.C,
+                                          .alpha = 1.0f,
+                                          .a = wd,
+                                          .lda = g.C,
+                                          .b = xn,
+                                          .ldb = P,
+                                          .c = yn,
+                                          .ldc = P});
             continue;
         }
         for (int64_t oy0 = 0; oy0 < g.Ho; oy0 += rows) {
             int64_t nr = g.Ho - oy0 < rows ? g.Ho - oy0 : rows;
             int64_t np = nr * g.Wo;
             im2col_rows(col, xn, &g, oy0, nr);
-            cpu_gemm_parallel(&(cpu_gemm){.M = O, .N = np, .K = CK, .alpha = 1.0f, .a = wd,
-                                          .lda = CK, .b = col, .ldb = np, .c = yn + oy0 * g.Wo,
+            cpu_gemm_parallel(&(cpu_gemm){.M = O,
+                                          .N = np,
+                                          .K = CK,
+                                          .alpha = 1.0f,
+                                          .a = wd,
+                                          .lda = CK,
+                                          .b = col,
+                                          .ldb = np,
+                                          .c = yn + oy0 * g.Wo,
                                           .ldc = P});
         }
     }
@@ -103,7 +120,8 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 
 int cpu_upsample_nearest2x(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_upsample_nearest2x(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x)));
     int64_t H = x->shape[2], W = x->shape[3], planes = x->shape[0] * x->shape[1];
     for (int64_t p = 0; p < planes; p++) {
         const float *xp = (const float *)x->data + p * H * W;
@@ -123,7 +141,7 @@ int cpu_upsample_nearest2x(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
 
 int cpu_transpose(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32) CPU_HALF(cpu_transpose(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x)));
     int64_t M = x->shape[x->ndim - 2], N = x->shape[x->ndim - 1];
     int64_t B = M > 0 && N > 0 ? kn_numel(x) / (M * N) : 0;
     for (int64_t n = 0; n < B; n++) {

@@ -95,8 +95,17 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
 static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float *w, float *y,
                     int64_t ldy)
 {
-    cpu_gemm g = {.M = M, .N = N, .K = K, .alpha = 1.0f, .a = x, .lda = K, .b = w, .ldb = K,
-                  .b_trans = 1, .c = y, .ldc = ldy};
+    cpu_gemm g = {.M = M,
+                  .N = N,
+                  .K = K,
+                  .alpha = 1.0f,
+                  .a = x,
+                  .lda = K,
+                  .b = w,
+                  .ldb = K,
+                  .b_trans = 1,
+                  .c = y,
+                  .ldc = ldy};
     cpu_gemm_parallel(&g);
 }
 
@@ -132,6 +141,8 @@ static void bias_range(void *p, int64_t lo, int64_t hi)
 int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                const kn_tensor *b)
 {
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_linear(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
     int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
     float *yd = y->data;
     const float *xd = x->data;
@@ -165,7 +176,7 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 
 int cpu_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32) CPU_HALF(cpu_embedding(ctx, cpu_half_out(H, y, 0), table, ids, n));
     int64_t D = kn_cols(table);
     size_t es = kn_dtype_size(table->dtype);
     float *yd = y->data;

@@ -22,8 +22,7 @@ int cpu_ctx_init(kn_ctx *ctx)
 void cpu_ctx_fini(kn_ctx *ctx)
 {
     struct cpu_state *st = ctx->backend;
-    if (!st)
-        return;
+    if (!st) return;
     for (int i = 0; i < CPU_SCRATCH_SLOTS; i++)
         free(st->scratch[i]);
     free(st);

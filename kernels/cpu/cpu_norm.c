@@ -59,6 +59,8 @@ static void layer_norm_range(void *p, int64_t lo, int64_t hi)
 int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, float eps)
 {
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_layer_norm(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b, eps));
     int64_t R = kn_rows(x), D = kn_cols(x);
     struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
     j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
@@ -91,6 +93,8 @@ static void rms_norm_range(void *p, int64_t lo, int64_t hi)
 
 int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps)
 {
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_rms_norm(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, eps));
     int64_t R = kn_rows(x), D = kn_cols(x);
     struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
     j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
@@ -130,9 +134,16 @@ static void group_norm_range(void *p, int64_t lo, int64_t hi)
 int cpu_group_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                    const kn_tensor *b, int groups, float eps)
 {
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_group_norm(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b, groups, eps));
     int64_t B = x->shape[0], C = x->shape[1], HW = kn_numel(x) / (B * C);
-    struct group_job j = {y->data, x->data, cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, C),
-                          cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, C), groups, C / groups, HW,
+    struct group_job j = {y->data,
+                          x->data,
+                          cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, C),
+                          cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, C),
+                          groups,
+                          C / groups,
+                          HW,
                           eps};
     cpu_parallel(B * groups, B * C * HW, group_norm_range, &j);
     return 0;
@@ -159,10 +170,18 @@ static void ln_modulate_range(void *p, int64_t lo, int64_t hi)
 int cpu_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *mod,
                     int shift_idx, int scale_idx, float eps)
 {
-    (void)ctx;
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_ln_modulate(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), cpu_half_in(H, mod),
+                                 shift_idx, scale_idx, eps));
     int64_t B = x->shape[0], D = kn_cols(x), S = kn_numel(x) / (B * D);
-    struct norm_job j = {.y = y->data, .x = x->data, .mod = mod->data, .D = D, .S = S,
-                         .C = mod->shape[1], .shift_idx = shift_idx, .scale_idx = scale_idx,
+    struct norm_job j = {.y = y->data,
+                         .x = x->data,
+                         .mod = mod->data,
+                         .D = D,
+                         .S = S,
+                         .C = mod->shape[1],
+                         .shift_idx = shift_idx,
+                         .scale_idx = scale_idx,
                          .eps = eps};
     cpu_parallel(B * S, B * S * D, ln_modulate_range, &j);
     return 0;

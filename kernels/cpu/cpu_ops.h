@@ -1,7 +1,8 @@
 /* Internal to kernels/: the CPU backend's op entry points (the twins of kn_ops.h and
  * kn_image.h) and the helpers the cpu_*.c files share. The front-ends in kernels/kn_ops.c and
- * kernels/kn_image_ops.c have checked shapes and dtypes before any of these runs, so they
- * assume F32 activations and weights of a float dtype. Not for use outside kernels/. */
+ * kernels/kn_image_ops.c have checked shapes and dtypes before any of these runs. The ops
+ * compute on F32 activations; 16-bit ones go through CPU_HALF below. Weights may be of any
+ * float dtype. Not for use outside kernels/. */
 #ifndef FOCUS_KERNELS_CPU_CPU_OPS_H
 #define FOCUS_KERNELS_CPU_CPU_OPS_H
 
@@ -83,6 +84,27 @@ __attribute__((target("avx2,fma"))) static inline __m256 cpu_exp8_nonpos(__m256 
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 #endif
+
+/* 16-bit activations (cpu_half.c): an op whose output is F16 or BF16 runs itself again on
+ * float32 twins and rounds its outputs back, by
+ *     if (y->dtype != KN_F32) CPU_HALF(cpu_op(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x)));
+ * cpu_half_in gives t itself when it is F32 (or NULL), else a widened copy; cpu_half_out gives
+ * a twin that cpu_half_finish rounds into t (load: widen t's values into it first, for an
+ * output the op also reads). cpu_half_finish frees the twins and returns rc. */
+#define CPU_HALF_MAX 6
+typedef struct cpu_half {
+    kn_tensor twin[CPU_HALF_MAX];
+    kn_tensor *dst[CPU_HALF_MAX];
+    int n;
+} cpu_half;
+const kn_tensor *cpu_half_in(cpu_half *h, const kn_tensor *t);
+kn_tensor *cpu_half_out(cpu_half *h, kn_tensor *t, int load);
+int cpu_half_finish(cpu_half *h, int rc);
+#define CPU_HALF(call)                                                                             \
+    do {                                                                                           \
+        cpu_half half_ = {0}, *const H = &half_;                                                   \
+        return cpu_half_finish(H, (call));                                                         \
+    } while (0)
 
 /* Elements [off, off + n) of float tensor t as float32: t's own memory when it is F32,
  * otherwise widened into scratch `slot` (valid until the slot's next use). */

@@ -17,15 +17,24 @@ static struct {
     pthread_once_t once;
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    int threads;          /* workers started + the caller */
-    int busy;             /* a loop is in flight: a concurrent caller runs its loop alone */
-    unsigned long gen;    /* bumped for every loop handed to the workers */
-    int pending;          /* workers still running the current loop */
+    int threads;       /* workers started + the caller */
+    int busy;          /* a loop is in flight: a concurrent caller runs its loop alone */
+    unsigned long gen; /* bumped for every loop handed to the workers */
+    int pending;       /* workers still running the current loop */
     cpu_range_fn fn;
     void *arg;
     int64_t n;
-} pool = {PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_COND_INITIALIZER, 1, 0, 0, 0, NULL, NULL, 0};
+} pool = {PTHREAD_ONCE_INIT,
+          PTHREAD_MUTEX_INITIALIZER,
+          PTHREAD_COND_INITIALIZER,
+          PTHREAD_COND_INITIALIZER,
+          1,
+          0,
+          0,
+          0,
+          NULL,
+          NULL,
+          0};
 
 /* Part `part` of `parts` contiguous ranges of [0, n). */
 static void run_part(cpu_range_fn fn, void *arg, int64_t n, int part, int parts)

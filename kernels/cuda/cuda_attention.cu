@@ -179,12 +179,12 @@ static int attention_generic(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, cons
     if (block < 1) block = 1;
     if (block > a.Sq) block = a.Sq;
     float *sc = (float *)cuda_scratch(ctx, CUDA_SLOT_WORK, (size_t)(H * block * a.Sk) * sizeof(float));
-    if (!sc) return ERR_DEVICE;
+    if (!sc) return err_code();
     /* float32 probabilities overwrite the scores; 16-bit ones go beside them, as the second
      * product needs both operands in one dtype. */
     void *pb = sc;
     if (dt != KN_F32 && !(pb = cuda_scratch(ctx, CUDA_SLOT_PARAM2, (size_t)(H * block * a.Sk) * es)))
-        return ERR_DEVICE;
+        return err_code();
     cudaStream_t s = cuda_st(ctx)->stream;
     for (int64_t b = 0; b < B; b++) {
         for (int64_t q0 = 0; q0 < a.Sq; q0 += block) {

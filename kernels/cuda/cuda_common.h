@@ -53,7 +53,8 @@ static inline cuda_state *cuda_st(kn_ctx *ctx)
     return (cuda_state *)ctx->backend;
 }
 
-/* ERR_DEVICE with "<what>: <CUDA's message>". */
+/* "<what>: <CUDA's message>" as ERR_NOMEM for an allocation failure, ERR_DEVICE_LOST for the
+ * sticky errors after which the context is unusable, ERR_DEVICE otherwise. */
 int cuda_fail(const char *what, cudaError_t e);
 int cublas_fail(const char *what, cublasStatus_t s);
 /* Checks the launch just queued; returns 0 or ERR_DEVICE naming `what`. */

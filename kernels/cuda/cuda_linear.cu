@@ -111,7 +111,7 @@ int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
     if (dt != KN_F32) {
         const void *wd = cuda_as_dtype(ctx, CUDA_SLOT_WEIGHT, w, dt, op);
         const void *bd = b ? cuda_as_dtype(ctx, CUDA_SLOT_PARAM, b, dt, op) : NULL;
-        if (!wd || (b && !bd)) return ERR_DEVICE;
+        if (!wd || (b && !bd)) return err_code();
         int rc = linear_lt(ctx, y->data, x->data, wd, bd, dt, M, N, K);
         if (rc <= 0) return rc;
         g.m = N;
@@ -130,7 +130,7 @@ int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
         const void *wp = (const char *)w->data + (size_t)(n0 * K) * kn_dtype_size(w->dtype);
         if (w->dtype != KN_F32) {
             void *buf = cuda_scratch(ctx, CUDA_SLOT_WEIGHT, (size_t)(nn * K) * sizeof(float));
-            if (!buf) return ERR_DEVICE;
+            if (!buf) return err_code();
             KN_TRY(cuda_convert(ctx, buf, KN_F32, wp, w->dtype, nn * K, op));
             wp = buf;
         }
@@ -157,7 +157,7 @@ int cuda_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int3
     if (n == 0 || D == 0) return 0;
     cudaStream_t s = cuda_st(ctx)->stream;
     int32_t *dids = (int32_t *)cuda_scratch(ctx, CUDA_SLOT_PARAM, (size_t)n * sizeof *ids);
-    if (!dids) return ERR_DEVICE;
+    if (!dids) return err_code();
     cudaError_t e = cudaMemcpyAsync(dids, ids, (size_t)n * sizeof *ids, cudaMemcpyHostToDevice, s);
     if (e != cudaSuccess) return cuda_fail("kn_embedding", e);
     unsigned grid = cuda_grid(ctx, n * D);
@@ -201,7 +201,7 @@ int cuda_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
     if (B == 0 || O == 0 || P == 0) return 0;
     /* Conv weights are at most a few million elements, so the whole of one is converted. */
     const void *wd = cuda_as_dtype(ctx, CUDA_SLOT_WEIGHT, w, dt, op);
-    if (!wd) return ERR_DEVICE;
+    if (!wd) return err_code();
     /* Column-major view: y_n^T [P, O] = col^T [P, CK] . w^T [CK, O]. */
     cuda_gemm gm = {CUBLAS_OP_N, CUBLAS_OP_N, P, O, CK, NULL, P, 0, wd, CK, 0, NULL, P, O * P, 1,
                     dt, dt, 1.0f, 0.0f};
@@ -216,7 +216,7 @@ int cuda_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
         if (rows < 1) rows = 1;
         if (rows > g.Ho) rows = g.Ho;
         void *col = cuda_scratch(ctx, CUDA_SLOT_WORK, (size_t)(rows * g.Wo * CK) * es);
-        if (!col) return ERR_DEVICE;
+        if (!col) return err_code();
         cudaStream_t s = cuda_st(ctx)->stream;
         for (int64_t n = 0; n < B; n++) {
             const char *xn = (const char *)x->data + (size_t)(n * g.C * g.H * g.W) * es;

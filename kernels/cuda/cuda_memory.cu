@@ -13,9 +13,34 @@
  * mapped file overlaps the DMA of the previous one. */
 #define STAGING_BYTES ((size_t)32 << 20)
 
+/* The errors after which the context is corrupt: every later call fails the same way. */
+static bool sticky(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorContextIsDestroyed:
+    case cudaErrorCudartUnloading:
+        return true;
+    default:
+        return false;
+    }
+}
+
 int cuda_fail(const char *what, cudaError_t e)
 {
-    return err_set(ERR_DEVICE, "%s: %s", what, cudaGetErrorString(e));
+    if (e == cudaErrorMemoryAllocation)
+        return err_set(ERR_NOMEM, "%s: out of GPU memory (%s)", what, cudaGetErrorString(e));
+    return err_set(sticky(e) ? ERR_DEVICE_LOST : ERR_DEVICE, "%s: %s", what,
+                   cudaGetErrorString(e));
 }
 
 int cublas_fail(const char *what, cublasStatus_t s)
@@ -146,8 +171,7 @@ int cuda_alloc(kn_ctx *ctx, kn_tensor *t)
     if (e != cudaSuccess) {
         t->data = NULL;
         cudaGetLastError();
-        return err_set(ERR_NOMEM, "cannot allocate %zu bytes of CUDA memory: %s", n,
-                       cudaGetErrorString(e));
+        return err_prefix(cuda_fail("", e), "a tensor of %zu bytes", n);
     }
     return 0;
 }
@@ -169,8 +193,7 @@ void *cuda_scratch(kn_ctx *ctx, int slot, size_t n)
     if (e != cudaSuccess) {
         st->scratch[slot] = NULL;
         cudaGetLastError();
-        err_set(ERR_DEVICE, "cannot allocate %zu bytes of CUDA scratch: %s", n,
-                cudaGetErrorString(e));
+        err_prefix(cuda_fail("", e), "%zu bytes of CUDA scratch", n);
         return NULL;
     }
     st->scratch_size[slot] = n;
@@ -200,7 +223,7 @@ int cuda_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
     }
     if (e != cudaSuccess) {
         cuda_free(ctx, &t);
-        return err_set(ERR_DEVICE, "uploading a weight of %zu bytes: %s", n, cudaGetErrorString(e));
+        return err_prefix(cuda_fail("", e), "uploading a weight of %zu bytes", n);
     }
     *dst = t;
     return 0;
@@ -291,7 +314,7 @@ int cuda_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src)
     cudaError_t e;
     if (d < p + nb && p < d + nb) { /* overlapping: cudaMemcpy is not a memmove */
         void *tmp = cuda_scratch(ctx, CUDA_SLOT_WORK, nb);
-        if (!tmp) return ERR_DEVICE;
+        if (!tmp) return err_code();
         e = cudaMemcpyAsync(tmp, src->data, nb, cudaMemcpyDeviceToDevice, s);
         if (e == cudaSuccess)
             e = cudaMemcpyAsync(dst->data, tmp, nb, cudaMemcpyDeviceToDevice, s);

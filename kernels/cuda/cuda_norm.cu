@@ -225,7 +225,7 @@ int cuda_group_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tens
     size_t part_bytes = (size_t)(ngroups * chunks) * 2 * sizeof(double);
     char *buf = (char *)cuda_scratch(ctx, CUDA_SLOT_PARAM2,
                                      part_bytes + (size_t)ngroups * 2 * sizeof(float));
-    if (!buf) return ERR_DEVICE;
+    if (!buf) return err_code();
     double *part = (double *)buf;
     float *stats = (float *)(buf + part_bytes);
     cudaStream_t s = cuda_st(ctx)->stream;

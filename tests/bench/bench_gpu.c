@@ -37,6 +37,8 @@
 typedef struct bench_opts {
     const char *model;
     kn_device device;
+    const char *precision; /* engine_precision_parse's names; default auto */
+    kn_dtype compute;
     double peak_tflops; /* dense BF16 peak of the card; 0 = not given */
     int repeats;        /* timed forward passes per side */
     int runs;           /* timed end-to-end images per side */
@@ -56,13 +58,14 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_gpu MODEL_DIR [--peak TFLOPS] [--repeats N] [--runs N] [--steps N]\n"
-            "                 [--jobs N] [--sizes 512,1024] [--cpu]\n"
+            "                 [--jobs N] [--sizes 512,1024] [--precision P] [--cpu]\n"
             "  --peak     the card's dense BF16 peak in TFLOP/s (H100 SXM, H200: 989)\n"
             "  --repeats  timed forward passes per side (10)\n"
             "  --runs     timed end-to-end images per side (3)\n"
             "  --steps    denoising steps per image (28)\n"
             "  --jobs     concurrent jobs of the throughput figure, at the first side (8)\n"
             "  --sizes    image sides, multiples of 16 (512,1024)\n"
+            "  --precision auto, bf16, fp16 or fp32 (auto: bf16 on CUDA, fp32 on the CPU)\n"
             "  --cpu      the CPU backend: checks the program on a small model only\n");
     exit(2);
 }
@@ -77,8 +80,14 @@ static int parse_count(const char *s, int lo, int hi)
 
 static bench_opts parse_args(int argc, char **argv)
 {
-    bench_opts o = {.device = KN_CUDA, .repeats = 10, .runs = 3, .steps = 28, .jobs = 8,
-                    .sizes = {512, 1024}, .n_sizes = 2};
+    bench_opts o = {.device = KN_CUDA,
+                    .precision = "auto",
+                    .repeats = 10,
+                    .runs = 3,
+                    .steps = 28,
+                    .jobs = 8,
+                    .sizes = {512, 1024},
+                    .n_sizes = 2};
     if (argc < 2 || argv[1][0] == '-') usage();
     o.model = argv[1];
     for (int i = 2; i < argc; i++) {
@@ -93,6 +102,8 @@ static bench_opts parse_args(int argc, char **argv)
             char *end;
             o.peak_tflops = strtod(v, &end);
             if (*end != '\0' || !(o.peak_tflops > 0)) usage();
+        } else if (strcmp(a, "--precision") == 0) {
+            o.precision = v;
         } else if (strcmp(a, "--repeats") == 0) {
             o.repeats = parse_count(v, 1, 1000);
         } else if (strcmp(a, "--runs") == 0) {
@@ -115,6 +126,7 @@ static bench_opts parse_args(int argc, char **argv)
             usage();
         }
     }
+    if (engine_precision_parse(o.precision, o.device, &o.compute) < 0) usage();
     return o;
 }
 
@@ -139,7 +151,8 @@ static void bench_steps(const bench_opts *o, kn_ctx *ctx, const model_config *mc
     const int64_t S = 2 * 77; /* CLIP rows + max_seq 77 T5 rows, as the engine's default */
     double t0 = bench_now();
     mmdit *m;
-    if (mmdit_load(ctx, mc, &m) < 0) die("loading the transformer");
+    if (mmdit_load(ctx, mc, &m) < 0 || mmdit_set_compute(m, o->compute) < 0)
+        die("loading the transformer");
     printf("transformer load: %.2f s\n", bench_now() - t0);
     double *times = malloc((size_t)o->repeats * sizeof *times);
     if (!times) die("out of memory");
@@ -149,8 +162,7 @@ static void bench_steps(const bench_opts *o, kn_ctx *ctx, const model_config *mc
         if (mmdit_check_size(c, lat, lat) < 0) die("image side");
         kn_tensor x, text, pooled, out;
         if (bench_random_tensor(ctx, &x, 4, (int64_t[]){BATCH, c->in_channels, lat, lat}) < 0 ||
-            bench_random_tensor(ctx, &text, 3, (int64_t[]){BATCH, S, c->joint_attention_dim}) <
-                0 ||
+            bench_random_tensor(ctx, &text, 3, (int64_t[]){BATCH, S, c->joint_attention_dim}) < 0 ||
             bench_random_tensor(ctx, &pooled, 2, (int64_t[]){BATCH, c->pooled_projection_dim}) <
                 0 ||
             kn_alloc(ctx, &out, KN_F32, 4, (int64_t[]){BATCH, c->out_channels, lat, lat}) < 0)
@@ -169,8 +181,8 @@ static void bench_steps(const bench_opts *o, kn_ctx *ctx, const model_config *mc
                side, side, BATCH, (long long)S, med * 1e3, o->repeats, best * 1e3);
         printf("  %.1f GFLOP per step: %.2f TFLOP/s", gflop, tflops);
         if (o->peak_tflops > 0)
-            printf(" = %.1f%% of the %.0f TFLOP/s dense BF16 peak given", 100 * tflops / o->peak_tflops,
-                   o->peak_tflops);
+            printf(" = %.1f%% of the %.0f TFLOP/s dense BF16 peak given",
+                   100 * tflops / o->peak_tflops, o->peak_tflops);
         printf("\n");
         printf("BENCH step_ms_%d %.3f\nBENCH step_gflop_%d %.3f\nBENCH step_tflops_%d %.4f\n", side,
                med * 1e3, side, gflop, side, tflops);
@@ -300,9 +312,9 @@ int main(int argc, char **argv)
     }
     printf("bench_gpu: %s device 0; model %s\n", o.device == KN_CUDA ? "CUDA" : "CPU (--cpu)",
            o.model);
-    printf("precision: float32 activations, TF32 off, weights widened to float32 on the fly: the "
-           "engine's only mode today (the 16-bit activation kernels exist but the engine does "
-           "not use them)\n");
+    printf("precision: %s activations in the transformer and the VAE (float32 accumulation, TF32 "
+           "off; text encoders, latents and sampler in float32)\n",
+           engine_precision_name(o.compute));
     if (o.peak_tflops > 0)
         printf("peak: %.0f TFLOP/s dense BF16, as given (the kernels interface does not name the "
                "card)\n",
@@ -318,7 +330,7 @@ int main(int argc, char **argv)
 
     double t0 = bench_now();
     sd3_engine *e;
-    engine_options eo = {.device = o.device};
+    engine_options eo = {.device = o.device, .compute = o.compute};
     if (engine_load(o.model, &eo, &e) < 0) die("loading the engine");
     printf("engine load: %.2f s (%.2f GB of weight files)\n", bench_now() - t0,
            (double)engine_weight_bytes(e) / 1e9);

@@ -180,3 +180,24 @@ def test_priority_within_session(make_daemon):
         wait_state(c, j)
     starts = {j: c.job(j)["started"] for j in low + [high]}
     assert starts[high] < min(starts[j] for j in low)
+
+
+def test_precision_setting(make_daemon, workdir):
+    # precision = bf16 serves in 16-bit activations (emulated on the CPU) and gives the pixels
+    # focus-run gives with --precision bf16.
+    d = make_daemon(args=["--set", "precision=bf16"])
+    c = d.client()
+    job = c.submit("a lighthouse at dawn", seed=3, steps=2, width=64, height=64, guidance=4.5)
+    wait_state(c, job)
+    assert "on cpu (bf16)" in d.read_log()
+    out = os.path.join(workdir, "bf16.png")
+    subprocess.run([os.path.join(ROOT, BUILD, "focus-run"), "generate", "--model", MODEL,
+                    "--prompt", "a lighthouse at dawn", "--seed", "3", "--steps", "2", "--width",
+                    "64", "--height", "64", "--cfg", "4.5", "--precision", "bf16",
+                    "--output", out], check=True, capture_output=True)
+    with open(out, "rb") as f:
+        assert png_pixels(c.fetch(job)["png"]) == png_pixels(f.read())
+    bad = make_daemon(args=["--set", "precision=fp8"], start=False, sub="bad")
+    bad.start(wait=False)
+    assert bad.proc.wait(10) == 2  # a command-line error
+    assert "key \"precision\"" in bad.read_log() and "fp16" in bad.read_log()

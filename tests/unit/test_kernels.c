@@ -1,8 +1,8 @@
 /* Tests of the CPU backend's ops (kn_ops.h, kn_image.h) against straightforward double
  * precision references on random inputs: odd sizes, single rows, sizes that are not multiples
- * of the backend's panel and block sizes, every weight dtype, and the shape and dtype errors
- * of the front-ends. Tolerances are stated per test, relative to the magnitude of the sum
- * being computed where one is involved. */
+ * of the backend's panel and block sizes, every weight dtype, 16-bit activations (the F32 op
+ * rounded once), and the shape and dtype errors of the front-ends. Tolerances are stated per test,
+ * relative to the magnitude of the sum being computed where one is involved. */
 #include "kernels/kn_convert.h"
 #include "kernels/kn_image.h"
 #include "kernels/kn_ops.h"
@@ -377,6 +377,88 @@ static void test_modulation(void)
     kn_free(ctx, &g);
 }
 
+/* ---- 16-bit activations ---- */
+
+/* A BF16 or F16 tensor of random values and its exact F32 twin. */
+static void half_pair(kn_dtype dt, int ndim, const int64_t *shape, float amp, kn_tensor *h,
+                      kn_tensor *f)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    float *v = rand_buf(n, amp);
+    *h = make(dt, ndim, shape, v); /* rounds v to dt */
+    *f = make_f32(ndim, shape, v);
+    free(v);
+}
+
+/* The 16-bit result must be the F32 op's result on the same (exactly widened) inputs, rounded
+ * once to the dtype: bit for bit. */
+static int half_matches(const kn_tensor *h, const kn_tensor *f, const char *what)
+{
+    int64_t n = kn_numel(f);
+    float *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
+    uint16_t *r = malloc((size_t)n * sizeof *r);
+    kn_convert_from_f32(r, f->data, h->dtype, (size_t)n);
+    kn_convert_to_f32(want, r, h->dtype, (size_t)n);
+    kn_convert_to_f32(got, h->data, h->dtype, (size_t)n);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+    if (bad)
+        fprintf(stderr, "  %s %s: %lld of %lld differ\n", what, kn_dtype_name(h->dtype),
+                (long long)bad, (long long)n);
+    free(want);
+    free(got);
+    free(r);
+    return bad == 0;
+}
+
+static void test_half_activations(void)
+{
+    const kn_dtype dts[2] = {KN_BF16, KN_F16};
+    for (int d = 0; d < 2; d++) {
+        kn_dtype dt = dts[d];
+        int64_t xs[3] = {2, 7, 48}, ys[3] = {2, 7, 40}, ws[2] = {40, 48}, ms[3] = {2, 6, 48};
+        kn_tensor xh, xf, yh, yf, wt, mh, mf;
+        half_pair(dt, 3, xs, 2.0f, &xh, &xf);
+        half_pair(dt, 3, ys, 1.0f, &yh, &yf);
+        half_pair(dt, 3, ms, 0.5f, &mh, &mf);
+        float *wv = rand_buf(40 * 48, 0.3f);
+        wt = make(KN_BF16, 2, ws, wv);
+        CHECKF(kn_linear(ctx, &yh, &xh, &wt, NULL) == 0, "%s", err_msg());
+        CHECK(kn_linear(ctx, &yf, &xf, &wt, NULL) == 0);
+        CHECK(half_matches(&yh, &yf, "linear"));
+        /* In place, and an output the op also reads (the gated residual). */
+        CHECK(kn_activate(ctx, &xh, &xh, KN_ACT_GELU_TANH) == 0);
+        CHECK(kn_activate(ctx, &xf, &xf, KN_ACT_GELU_TANH) == 0);
+        CHECK(half_matches(&xh, &xf, "gelu in place"));
+        kn_tensor nh, nf;
+        half_pair(dt, 3, xs, 1.0f, &nh, &nf);
+        CHECK(kn_ln_modulate(ctx, &nh, &xh, &mh, 0, 1, 1e-6f) == 0);
+        CHECK(kn_ln_modulate(ctx, &nf, &xh, &mh, 0, 1, 1e-6f) == ERR_INVALID); /* mixed */
+        kn_tensor xw = make_f32(3, xs, (float[2 * 7 * 48]){0});
+        CHECK(kn_copy(ctx, &xw, &xh) == 0);
+        CHECK(kn_ln_modulate(ctx, &nf, &xw, &mf, 0, 1, 1e-6f) == 0);
+        CHECK(half_matches(&nh, &nf, "ln_modulate"));
+        CHECK(kn_gate_add(ctx, &xh, &nh, &mh, 2) == 0);
+        CHECK(kn_copy(ctx, &nf, &nh) == 0);
+        CHECK(kn_gate_add(ctx, &xw, &nf, &mf, 2) == 0);
+        CHECK(half_matches(&xh, &xw, "gate_add"));
+        CHECK(kn_copy(ctx, &xw, &xh) == 0);
+        kn_attn_args args = {.heads = 3, .scale = 0.25f};
+        kn_tensor oh, of;
+        half_pair(dt, 3, xs, 1.0f, &oh, &of);
+        CHECK(kn_attention(ctx, &oh, &xh, &nh, &nh, &args) == 0);
+        CHECK(kn_attention(ctx, &of, &xw, &nf, &nf, &args) == 0);
+        CHECK(half_matches(&oh, &of, "attention"));
+        kn_tensor *all[] = {&xh, &xf, &yh, &yf, &wt, &mh, &mf, &nh, &nf, &xw, &oh, &of};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            kn_free(ctx, all[i]);
+        free(wv);
+    }
+}
+
 /* ---- kn_attention ---- */
 
 struct attn_case {
@@ -597,10 +679,14 @@ static void test_shape_errors(void)
     CHECK(kn_add(ctx, &y, &x, &x) == ERR_SHAPE);
     CHECKF(msg_has("[3, 4]") && msg_has("[3, 5]"), "%s", err_msg());
 
-    kn_tensor h;
+    kn_tensor h, i32;
     CHECK(kn_alloc(ctx, &h, KN_F16, 2, xs) == 0);
-    CHECK(kn_activate(ctx, &h, &h, KN_ACT_SILU) == ERR_INVALID);
-    CHECKF(msg_has("F16"), "%s", err_msg());
+    CHECK(kn_activate(ctx, &h, &x, KN_ACT_SILU) == ERR_INVALID); /* mixed dtypes */
+    CHECKF(msg_has("F16") && msg_has("F32"), "%s", err_msg());
+    CHECK(kn_alloc(ctx, &i32, KN_I32, 2, xs) == 0);
+    CHECK(kn_activate(ctx, &i32, &i32, KN_ACT_SILU) == ERR_INVALID);
+    CHECKF(msg_has("I32"), "%s", err_msg());
+    kn_free(ctx, &i32);
     kn_tensor xv = kn_reshape(&x, 2, xs);
     CHECK(kn_scale(ctx, &xv, &x, 2.0f) == 0); /* in place is fine for elementwise ops */
     int64_t sq[2] = {3, 3};
@@ -646,6 +732,7 @@ int main(void)
     RUN(test_conv2d);
     RUN(test_upsample_transpose);
     RUN(test_shape_errors);
+    RUN(test_half_activations);
     kn_ctx_destroy(ctx);
     CHECK_DONE();
 }
