@@ -71,7 +71,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 .DEFAULT_GOAL := all
 include install.mk
 
-.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-model
+.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
 $(BUILD)/%.o: %.c
@@ -119,7 +119,10 @@ bench-encode: $(BUILD)/bench/bench_encode bench-model
 bench-step: $(BUILD)/bench/bench_step bench-model
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
-bench: bench-kernels bench-encode bench-step
+bench-memory: $(BUILD)/bench/bench_memory bench-model
+	$(BUILD)/bench/bench_memory $(BENCH_MODEL) 512 1024
+
+bench: bench-kernels bench-encode bench-step bench-memory
 
 bench-gpu: $(BUILD)/bench/bench_gpu
 	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-gpu.sh

@@ -26,6 +26,7 @@ enum key_kind {
     K_DURATION,
     K_DEVICE,
     K_PRECISION,
+    K_TEXT_DEVICE,
     K_LEVEL
 };
 
@@ -50,11 +51,13 @@ static const struct key_def keys[] = {
     {"state_dir", K_STR, OFF(state_dir), 0, 0, 0},
     {"device", K_DEVICE, OFF(device), 0, 0, 0},
     {"precision", K_PRECISION, OFF(precision), 0, 0, 0},
+    {"text_device", K_TEXT_DEVICE, OFF(text_on_cpu), 0, 0, 0},
     {"default_model", K_STR_OFF, OFF(default_model), 0, 0, 0},
     {"max_queue", K_U32, OFF(max_queue), 0, 1, 1000000},
     {"max_jobs_per_session", K_U32, OFF(max_jobs_per_session), 0, 1, 1000000},
     {"batch_max", K_U32, OFF(batch_max), 0, 1, 64},
     {"max_job_pixels", K_SIZE, OFF(max_job_pixels), 0, 0, 0},
+    {"memory_limit", K_SIZE, OFF(memory_limit), 0, 0, 0},
     {"retention_age", K_DURATION, OFF(retention_age), 0, 0, 0},
     {"retention_bytes", K_SIZE, OFF(retention_bytes), 0, 0, 0},
     {"retention_interval", K_DURATION, OFF(retention_interval), 0, 0, 0},
@@ -279,6 +282,12 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
     case K_DURATION:
         if (parse_duration(v, (double *)base))
             why = "not a duration (a number with an optional s, m, h or d suffix)";
+        break;
+    case K_TEXT_DEVICE:
+        if (strcmp(v, "same") != 0 && strcmp(v, "cpu") != 0)
+            why = "not same or cpu";
+        else
+            *(bool *)base = strcmp(v, "cpu") == 0;
         break;
     case K_LEVEL: {
         int l = log_level_parse(v);

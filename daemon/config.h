@@ -6,6 +6,7 @@
 #ifndef FOCUS_DAEMON_CONFIG_H
 #define FOCUS_DAEMON_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,11 +32,13 @@ struct config {
     char *state_dir;
     char *device;        /* auto, cpu, cuda, cuda:N */
     char *precision;     /* auto, fp32, bf16, fp16 (engine_precision_parse) */
+    bool text_on_cpu;    /* text_device = cpu: the text encoders on the CPU */
     char *default_model; /* NULL: the first model */
     uint32_t max_queue;  /* queued jobs before submit answers busy */
     uint32_t max_jobs_per_session;
     uint32_t batch_max;        /* compatible jobs advanced by one engine_step */
     uint64_t max_job_pixels;   /* width * height * count above which submit is too_large */
+    uint64_t memory_limit;     /* device bytes a model and one job may take; 0: the device's */
     double retention_age;      /* seconds a finished job and its images are kept; 0: forever */
     uint64_t retention_bytes;  /* total image bytes kept; 0: no limit */
     double retention_interval; /* seconds between retention passes */

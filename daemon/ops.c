@@ -89,6 +89,26 @@ static void new_job_id(char *id, size_t cap)
              r[7]);
 }
 
+/* Whether the job, run alone, fits beside the model in its device's memory (or memory_limit):
+ * the model as measured once loaded, plus the engine's bound for the job. The message says
+ * how much it would take. */
+static bool fits_memory(const struct worker *w, const gen_params *p)
+{
+    kn_memory m;
+    engine_memory(w->engine, &m);
+    uint64_t cap = D.cfg->memory_limit && (D.cfg->memory_limit < m.total || !m.total)
+                       ? D.cfg->memory_limit
+                       : m.total;
+    uint64_t need = engine_job_bytes(w->engine, p);
+    if (!cap || w->base_bytes + need <= cap) return true;
+    err_set(ERR_RANGE,
+            "%dx%d x %d image(s) need about %.2f GB of %s memory beside the model's %.2f GB; "
+            "%s allows %.2f GB",
+            p->width, p->height, p->count, need / 1e9, w->resolved, w->base_bytes / 1e9,
+            cap == m.total ? "the device" : "memory_limit", cap / 1e9);
+    return false;
+}
+
 static void op_submit(struct session *s, const struct proto_request *r, const char *user)
 {
     const struct proto_submit *in = &r->u.submit;
@@ -128,6 +148,12 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
         snprintf(msg, sizeof msg, "%s", err_msg());
         djob_free(j);
         return ops_reply_error(s, &r->id, PROTO_E_BAD_FIELD, field_of(msg), msg);
+    }
+    if (!fits_memory(w, &j->gp)) {
+        char msg[PROTO_MAX_TEXT + 1];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        djob_free(j);
+        return ops_reply_error(s, &r->id, PROTO_E_TOO_LARGE, p->count > 1 ? "count" : "width", msg);
     }
     uint32_t queued, running;
     jobs_counts(&queued, &running);
@@ -311,10 +337,9 @@ static void op_models(struct session *s, const struct proto_request *r)
         bool loaded = w && atomic_load(&w->loaded);
         snprintf(m->device, sizeof m->device, "%s",
                  loaded ? w->resolved : config_model_device(D.cfg, cm));
-        /* The CPU backend computes in fp32; the GPU one in bf16 with fp32 accumulation. */
         snprintf(m->dtype, sizeof m->dtype, "%s",
-                 loaded && strncmp(w->resolved, "cuda", 4) == 0 ? "bf16" : "fp32");
-        m->memory = loaded ? engine_weight_bytes(w->engine) : 0;
+                 loaded ? engine_precision_name(engine_compute(w->engine)) : D.cfg->precision);
+        m->memory = loaded ? engine_resident_bytes(w->engine) : 0;
         m->loaded = loaded;
     }
     msgpack_sbuffer_clear(&D.sb);

@@ -225,8 +225,10 @@ static void read_requests(void *sock)
 static int start_worker(const struct config_model *cm, bool recover)
 {
     struct worker *w;
-    int rc = worker_start(cm->name, cm->path, config_model_device(D.cfg, cm), D.cfg->precision,
-                          D.cfg->batch_max, store_images_dir(D.store), &w);
+    struct worker_placement place = {config_model_device(D.cfg, cm), D.cfg->precision,
+                                     D.cfg->text_on_cpu};
+    int rc =
+        worker_start(cm->name, cm->path, &place, D.cfg->batch_max, store_images_dir(D.store), &w);
     if (rc) return rc;
     w->next = D.workers;
     D.workers = w;

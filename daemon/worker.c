@@ -280,6 +280,7 @@ static void *worker_main(void *arg)
     double t0 = mono_now();
     int rc = resolve_device(w->device, &opts, w->resolved, sizeof w->resolved);
     if (!rc) rc = engine_precision_parse(w->precision, opts.device, &opts.compute);
+    opts.text_on_cpu = w->text_on_cpu;
     if (!rc) rc = engine_load(w->path, &opts, &w->engine);
     if (rc) {
         w->engine = NULL;
@@ -287,9 +288,11 @@ static void *worker_main(void *arg)
         post(w, WEV_EXITED, NULL, NULL);
         return NULL;
     }
-    log_info("model %s: loaded %s on %s (%s) in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
-             w->resolved, engine_precision_name(opts.compute), mono_now() - t0,
+    log_info("model %s: loaded %s on %s (%s%s) in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
+             w->resolved, engine_precision_name(opts.compute),
+             opts.text_on_cpu ? ", text encoders on the CPU" : "", mono_now() - t0,
              (double)engine_weight_bytes(w->engine) / 1e9);
+    w->base_bytes = engine_resident_bytes(w->engine);
     atomic_store(&w->loaded, true);
     post(w, WEV_LOADED, NULL, NULL);
     run(w);
@@ -297,14 +300,15 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int worker_start(const char *name, const char *path, const char *device, const char *precision,
+int worker_start(const char *name, const char *path, const struct worker_placement *place,
                  uint32_t batch_max, const char *images_dir, struct worker **out)
 {
     struct worker *w = xcalloc(1, sizeof *w);
     sched_model_init(&w->sm, name, batch_max);
     w->path = xstrdup(path);
-    snprintf(w->device, sizeof w->device, "%s", device);
-    snprintf(w->precision, sizeof w->precision, "%s", precision);
+    snprintf(w->device, sizeof w->device, "%s", place->device);
+    snprintf(w->precision, sizeof w->precision, "%s", place->precision);
+    w->text_on_cpu = place->text_on_cpu;
     w->images_dir = xstrdup(images_dir);
     atomic_init(&w->loaded, false);
     /* The thread inherits the reactor's blocked signals: only signalfd sees them. */

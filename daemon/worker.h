@@ -43,9 +43,11 @@ struct worker {
     char *path;
     char device[PROTO_MAX_NAME + 1];   /* as configured: auto, cpu, cuda:N */
     char precision[8];                 /* as configured: auto, fp32, bf16, fp16 */
+    bool text_on_cpu;                  /* text_device = cpu */
     char resolved[PROTO_MAX_NAME + 1]; /* after loading: cpu, cuda:N */
     char *images_dir;
-    sd3_engine *engine; /* read by others only once loaded is true */
+    sd3_engine *engine;  /* read by others only once loaded is true */
+    uint64_t base_bytes; /* engine_resident_bytes right after loading; the same */
     atomic_bool loaded;
     bool exited; /* joined */
     pthread_t thread;
@@ -59,8 +61,14 @@ int worker_events_fd(void);
 /* Takes every pending event, oldest first; the caller frees each with free(). */
 struct wevent *worker_events_take(void);
 
-/* Starts a thread that loads path on device in precision and serves the model's queue. */
-int worker_start(const char *name, const char *path, const char *device, const char *precision,
+/* How a worker loads its model: where, in what precision, with the text encoders where. */
+struct worker_placement {
+    const char *device, *precision;
+    bool text_on_cpu;
+};
+
+/* Starts a thread that loads path as placed and serves the model's queue. */
+int worker_start(const char *name, const char *path, const struct worker_placement *place,
                  uint32_t batch_max, const char *images_dir, struct worker **out);
 /* Wakes the worker to stop (finish the current step) or to retire once idle. */
 void worker_stop(struct worker *w);

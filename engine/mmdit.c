@@ -438,6 +438,12 @@ static int64_t layout(const mmdit *m, int64_t cb, int64_t cn, int64_t cs, acts *
     return total;
 }
 
+uint64_t mmdit_scratch_bytes(const mmdit *m, int64_t B, int64_t h, int64_t w, int64_t S)
+{
+    const int64_t p = m->cfg.patch_size, N = (h / p) * (w / p);
+    return (uint64_t)layout(m, B, N, S, NULL, NULL) * kn_dtype_size(m->act);
+}
+
 static int ensure_arena(mmdit *m, acts *a)
 {
     int64_t B = a->B > m->cap_b ? a->B : m->cap_b;

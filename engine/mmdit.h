@@ -26,6 +26,10 @@ const mmdit_config *mmdit_get_config(const mmdit *m);
  * converted at the edges). Any other dtype is ERR_INVALID. Frees the scratch when it changes. */
 int mmdit_set_compute(mmdit *m, kn_dtype act);
 
+/* Bytes of the scratch a forward pass of B samples, an h x w latent and S text rows keeps on
+ * the device (the model's arena; it grows to the largest shape seen and is reused). */
+uint64_t mmdit_scratch_bytes(const mmdit *m, int64_t B, int64_t h, int64_t w, int64_t S);
+
 /* Whether the transformer can take a latent of h x w (the VAE latent grid, pixels / 8): both
  * positive, divisible by patch_size, and a patch grid within pos_embed_max_size. Returns 0, or
  * ERR_RANGE with a message saying which limit is broken, in latent units (the caller adds the

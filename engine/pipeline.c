@@ -38,16 +38,18 @@ typedef struct scratch_buf {
 struct sd3_engine {
     model_config *cfg;
     kn_ctx *ctx;
+    kn_ctx *text_ctx; /* the text encoders' and the cache's: ctx, or a CPU context of their own */
     text_encoder *te;
     encode_cache *cache;
     mmdit *dit;
     vae *vae;
-    uint64_t weight_bytes;
+    uint64_t weight_bytes, text_weight_bytes;
     /* Step scratch: transformer inputs and outputs for a whole batch, the skip-layer pass's
      * output, the guidance difference, the decoded image; host timesteps. */
     scratch_buf x, emb, pooled, out, skip_out, diff, image;
     float *tvec;
     int tvec_cap;
+    kn_dtype compute;
 };
 
 struct gen_job {
@@ -151,15 +153,17 @@ static int component_bytes(const model_config *cfg, const char *sub, const char 
     return 0;
 }
 
-static int weight_bytes(const model_config *cfg, uint64_t *total)
+/* The weight files' bytes: all of them, and the text encoders' alone. */
+static int weight_bytes(const model_config *cfg, uint64_t *total, uint64_t *text)
 {
-    *total = 0;
+    *text = 0;
     int rc;
-    if ((rc = component_bytes(cfg, "text_encoder", "model", total)) < 0 ||
-        (rc = component_bytes(cfg, "text_encoder_2", "model", total)) < 0 ||
-        (cfg->has_t5 && (rc = component_bytes(cfg, "text_encoder_3", "model", total)) < 0) ||
-        (rc = component_bytes(cfg, "transformer", "diffusion_pytorch_model", total)) < 0)
+    if ((rc = component_bytes(cfg, "text_encoder", "model", text)) < 0 ||
+        (rc = component_bytes(cfg, "text_encoder_2", "model", text)) < 0 ||
+        (cfg->has_t5 && (rc = component_bytes(cfg, "text_encoder_3", "model", text)) < 0))
         return rc;
+    *total = *text;
+    if ((rc = component_bytes(cfg, "transformer", "diffusion_pytorch_model", total)) < 0) return rc;
     return component_bytes(cfg, "vae", "diffusion_pytorch_model", total);
 }
 
@@ -175,17 +179,19 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
                      model_dir, e->cfg->vae.out_channels);
         goto fail;
     }
-    if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0 ||
-        (rc = weight_bytes(e->cfg, &e->weight_bytes)) < 0 ||
-        (rc = text_encoder_load(e->ctx, e->cfg, &e->te)) < 0 ||
+    if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0) goto fail;
+    e->text_ctx = e->ctx;
+    if (opts->text_on_cpu && (rc = kn_ctx_create(KN_CPU, 0, &e->text_ctx)) < 0) goto fail;
+    if ((rc = weight_bytes(e->cfg, &e->weight_bytes, &e->text_weight_bytes)) < 0 ||
+        (rc = text_encoder_load(e->text_ctx, e->cfg, &e->te)) < 0 ||
         (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 ||
         (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0 ||
-        (rc = mmdit_set_compute(e->dit, opts->compute)) < 0 ||
+        (rc = mmdit_set_compute(e->dit, (e->compute = opts->compute))) < 0 ||
         (rc = vae_set_compute(e->vae, opts->compute)) < 0)
         goto fail;
     int entries =
         opts->encode_cache_entries > 0 ? opts->encode_cache_entries : DEFAULT_CACHE_ENTRIES;
-    if ((rc = encode_cache_create(e->te, e->ctx, entries, &e->cache)) < 0) goto fail;
+    if ((rc = encode_cache_create(e->te, e->text_ctx, entries, &e->cache)) < 0) goto fail;
     *out = e;
     return 0;
 fail:
@@ -206,6 +212,7 @@ void engine_free(sd3_engine *e)
     vae_free(e->vae);
     mmdit_free(e->dit);
     text_encoder_free(e->te);
+    if (e->text_ctx != e->ctx) kn_ctx_destroy(e->text_ctx);
     if (e->ctx) kn_ctx_destroy(e->ctx);
     model_config_free(e->cfg);
     free(e->tvec);
@@ -220,6 +227,48 @@ const model_config *engine_model_config(const sd3_engine *e)
 uint64_t engine_weight_bytes(const sd3_engine *e)
 {
     return e->weight_bytes;
+}
+
+kn_dtype engine_compute(const sd3_engine *e)
+{
+    return e->compute;
+}
+
+uint64_t engine_resident_bytes(const sd3_engine *e)
+{
+    kn_memory m, t = {0};
+    kn_ctx_memory(e->ctx, &m);
+    if (e->text_ctx != e->ctx) kn_ctx_memory(e->text_ctx, &t);
+    uint64_t mapped = kn_ctx_device(e->ctx) == KN_CPU ? e->weight_bytes
+                      : e->text_ctx != e->ctx         ? e->text_weight_bytes
+                                                      : 0;
+    return m.in_use + t.in_use + mapped;
+}
+
+void engine_memory(const sd3_engine *e, kn_memory *m)
+{
+    kn_ctx_memory(e->ctx, m);
+}
+
+void engine_memory_reset_peak(sd3_engine *e)
+{
+    kn_ctx_reset_peak(e->ctx);
+}
+
+uint64_t engine_job_bytes(const sd3_engine *e, const gen_params *p)
+{
+    const int f = vae_scale_factor(e->vae);
+    const int64_t h = p->height / f, w = p->width / f, count = p->count;
+    const int64_t rows = (p->guidance > 1.0f ? 2 : 1) * count;
+    const int64_t S = text_encoder_seq_len(e->te, p->max_seq), J = text_encoder_width(e->te);
+    const int64_t P = text_encoder_pooled_width(e->te);
+    const int64_t lat = (int64_t)e->cfg->mmdit.in_channels * h * w;
+    /* The job's latents and embeddings; the step's inputs, outputs, skip-layer output and
+     * guidance difference; gathered embeddings of a batch; one decoded image. */
+    const int64_t floats = count * lat + 2 * rows * (S * J + P) + 2 * rows * lat + 2 * count * lat +
+                           3 * (int64_t)p->width * p->height;
+    return (uint64_t)floats * sizeof(float) + mmdit_scratch_bytes(e->dit, rows, h, w, S) +
+           vae_scratch_bytes(e->vae, 1, h, w) + ENGINE_OP_SCRATCH;
 }
 
 uint64_t engine_encode_count(const sd3_engine *e)

@@ -34,6 +34,10 @@ typedef struct engine_options {
      * parity tests run), KN_BF16 or KN_F16 (16-bit activations, float32 accumulation). The
      * text encoders, the latents and the sampler stay float32 in every mode. */
     kn_dtype compute;
+    /* The text encoders (and the prompt-encoding cache) on a CPU context of their own, the
+     * embeddings copied to the device per job: for cards too small for T5-XXL beside the
+     * transformer. */
+    bool text_on_cpu;
 } engine_options;
 
 /* "fp32", "bf16" or "fp16"; "auto" is bf16 on CUDA and fp32 on the CPU (where 16-bit
@@ -75,6 +79,28 @@ void engine_free(sd3_engine *e);
 const model_config *engine_model_config(const sd3_engine *e);
 /* Bytes of weight files the engine maps (for memory reports). */
 uint64_t engine_weight_bytes(const sd3_engine *e);
+
+/* The compute dtype the engine was loaded with (engine_options.compute). */
+kn_dtype engine_compute(const sd3_engine *e);
+
+/* Memory. Resident: what the engine holds now, measured by its device context (weights
+ * uploaded or, on the CPU, mapped; scratch kept between steps; cached prompt encodings).
+ * Any thread may ask. */
+uint64_t engine_resident_bytes(const sd3_engine *e);
+/* The device context's own figures (kn_ctx_memory: in use, peak, the device's total) and a
+ * reset of its peak, for measuring what a job takes (the text encoders' CPU context, with
+ * text_on_cpu, is not in them). */
+void engine_memory(const sd3_engine *e, kn_memory *m);
+void engine_memory_reset_peak(sd3_engine *e);
+/* An upper bound of the memory a job adds to a freshly loaded engine when it runs alone: the
+ * transformer's and the VAE's scratch for its sizes (exact), its own tensors and the step's
+ * buffers (exact), and ENGINE_OP_SCRATCH for the ops' own scratch and the text encoders'
+ * activations. The daemon refuses at submission what cannot fit. */
+uint64_t engine_job_bytes(const sd3_engine *e, const gen_params *p);
+/* Op scratch (bounded by fixed budgets in both backends: 32 MiB score blocks, im2col blocks
+ * and weight panels) and text-encoder activations (T5-XXL at 512 tokens: a few 10240-wide
+ * rows per token). */
+#define ENGINE_OP_SCRATCH ((uint64_t)512 << 20)
 
 /* Texts encoded so far: lookups the prompt-encoding cache could not answer. */
 uint64_t engine_encode_count(const sd3_engine *e);

@@ -330,13 +330,28 @@ static int64_t largest_activation(const vae *v, int64_t h, int64_t w)
     return m;
 }
 
+/* Elements of the scratch of a decode: the rotating buffers (cap each), q, k, v, o (att each)
+ * and the latent copy. */
+static int64_t run_elements(const vae *v, int64_t B, int64_t h, int64_t w, int64_t *cap,
+                            int64_t *att)
+{
+    const int64_t top = v->cfg.block_out_channels[v->cfg.num_blocks - 1];
+    *cap = B * largest_activation(v, h, w);
+    *att = v->mid_attn ? B * h * w * top : 0;
+    return VAE_NBUF * *cap + 4 * *att + B * v->cfg.latent_channels * h * w;
+}
+
+uint64_t vae_scratch_bytes(const vae *v, int64_t B, int64_t h, int64_t w)
+{
+    int64_t cap, att;
+    return (uint64_t)run_elements(v, B, h, w, &cap, &att) * kn_dtype_size(v->act);
+}
+
 static int setup_run(vae *v, vae_run *run, int64_t B, int64_t h, int64_t w)
 {
     const int64_t top = v->cfg.block_out_channels[v->cfg.num_blocks - 1];
-    const int64_t cap = B * largest_activation(v, h, w);
-    const int64_t att = v->mid_attn ? B * h * w * top : 0;
-    const int64_t zn = B * v->cfg.latent_channels * h * w;
-    const int64_t total = VAE_NBUF * cap + 4 * att + zn;
+    int64_t cap, att;
+    const int64_t total = run_elements(v, B, h, w, &cap, &att);
     if (!v->arena.data || kn_numel(&v->arena) < total || v->arena.dtype != v->act) {
         kn_free(v->ctx, &v->arena);
         int rc = kn_alloc(v->ctx, &v->arena, v->act, 1, &total);

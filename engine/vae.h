@@ -28,6 +28,10 @@ int vae_scale_factor(const vae *v);
  * are converted at the edges). Any other dtype is ERR_INVALID. */
 int vae_set_compute(vae *v, kn_dtype act);
 
+/* Bytes of the scratch a decode of B latents of h x w keeps on the device (grows to the
+ * largest seen and is reused). */
+uint64_t vae_scratch_bytes(const vae *v, int64_t B, int64_t h, int64_t w);
+
 /* Decodes z [B, latent_channels, h, w] F32, already in the decoder's input scale (the
  * pipeline's `latents / scaling_factor + shift_factor`), into image
  * [B, out_channels, h * f, w * f] F32 with nominal range [-1, 1] (f = vae_scale_factor; no

@@ -80,6 +80,16 @@ kn_device kn_ctx_device(const kn_ctx *ctx);
 /* Waits until every op queued on ctx has finished; reports a deferred backend error. */
 int kn_sync(kn_ctx *ctx);
 
+/* Memory of a context, as counted at each allocation and release: what it holds now (tensors,
+ * uploaded weights, op scratch and library workspaces; a mapped CPU weight belongs to the page
+ * cache, not to the context), the most it has held since creation or kn_ctx_reset_peak, and the
+ * device's total memory (the physical RAM for the CPU). */
+typedef struct kn_memory {
+    uint64_t in_use, peak, total;
+} kn_memory;
+void kn_ctx_memory(const kn_ctx *ctx, kn_memory *m); /* any thread */
+void kn_ctx_reset_peak(kn_ctx *ctx);
+
 /* Allocates an uninitialised tensor on ctx's device. */
 int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *shape);
 /* Releases an owned tensor and zeroes the struct; views and mapped weights are left alone. */

@@ -10,8 +10,20 @@
 struct kn_ctx {
     kn_device device;
     int index;
-    void *backend; /* cuda: stream, handles and scratch; cpu: scratch buffers */
+    void *backend;       /* cuda: stream, handles and scratch; cpu: scratch buffers */
+    uint64_t bytes;      /* device memory held: tensors, uploaded weights, scratch */
+    uint64_t peak_bytes; /* the most held since creation or kn_ctx_reset_peak */
+    uint64_t total_bytes; /* the device's memory (physical RAM for the CPU) */
 };
+
+/* Counts memory taken (delta > 0) or given back (delta < 0) on ctx, for kn_ctx_memory. The
+ * thread driving ctx is the only writer; atomics let another thread read the figures. */
+static inline void kn_account(kn_ctx *ctx, int64_t delta)
+{
+    uint64_t now = __atomic_add_fetch(&ctx->bytes, (uint64_t)delta, __ATOMIC_RELAXED);
+    if (now > __atomic_load_n(&ctx->peak_bytes, __ATOMIC_RELAXED))
+        __atomic_store_n(&ctx->peak_bytes, now, __ATOMIC_RELAXED);
+}
 
 /* CPU memory primitives. */
 int cpu_ctx_init(kn_ctx *ctx);

@@ -48,6 +48,19 @@ kn_device kn_ctx_device(const kn_ctx *ctx)
     return ctx->device;
 }
 
+void kn_ctx_memory(const kn_ctx *ctx, kn_memory *m)
+{
+    *m = (kn_memory){.in_use = __atomic_load_n(&ctx->bytes, __ATOMIC_RELAXED),
+                     .peak = __atomic_load_n(&ctx->peak_bytes, __ATOMIC_RELAXED),
+                     .total = ctx->total_bytes};
+}
+
+void kn_ctx_reset_peak(kn_ctx *ctx)
+{
+    __atomic_store_n(&ctx->peak_bytes, __atomic_load_n(&ctx->bytes, __ATOMIC_RELAXED),
+                     __ATOMIC_RELAXED);
+}
+
 int kn_sync(kn_ctx *ctx)
 {
 #ifdef FOCUS_HAVE_CUDA
@@ -67,12 +80,17 @@ int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *sh
     *t = (kn_tensor){.dtype = dt, .device = ctx->device, .ndim = ndim, .owned = 1};
     for (int i = 0; i < ndim; i++)
         t->shape[i] = shape[i];
-    return KN_DISPATCH(ctx, alloc, t);
+    int rc = KN_DISPATCH(ctx, alloc, t);
+    if (rc == 0) kn_account(ctx, (int64_t)kn_nbytes(t));
+    return rc;
 }
 
 void kn_free(kn_ctx *ctx, kn_tensor *t)
 {
-    if (t->owned && t->data) KN_DISPATCH(ctx, free, t);
+    if (t->owned && t->data) {
+        KN_DISPATCH(ctx, free, t);
+        kn_account(ctx, -(int64_t)kn_nbytes(t));
+    }
     memset(t, 0, sizeof *t);
 }
 
@@ -80,7 +98,11 @@ int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
 {
     if (host->device != KN_CPU) return err_set(ERR_INVALID, "kn_weight expects a host tensor");
 #ifdef FOCUS_HAVE_CUDA
-    if (ctx->device == KN_CUDA) return cuda_weight(ctx, dst, host);
+    if (ctx->device == KN_CUDA) {
+        int rc = cuda_weight(ctx, dst, host);
+        if (rc == 0) kn_account(ctx, (int64_t)kn_nbytes(dst));
+        return rc;
+    }
 #endif
     (void)ctx;
     *dst = *host;

@@ -42,6 +42,8 @@ static const cli_opt generate_opts[] = {
      "transformer and VAE activations: fp32, bf16, fp16 or auto (default auto: bf16 on CUDA, "
      "fp32 on the CPU, where 16-bit is emulated and slow)",
      0},
+    {"text-device", "WHERE",
+     "same (the text encoders on --device) or cpu (on the CPU, for small cards; default same)", 0},
     {NULL, NULL, NULL, 0},
 };
 
@@ -249,6 +251,10 @@ static int generate_run(const cli_args *a)
     if (strncmp(d, "cuda:", 5) == 0) opts.device_index = atoi(d + 5);
     if (engine_precision_parse(cli_str(a, "precision", "auto"), opts.device, &opts.compute) < 0)
         return cli_usage_error(a, "--precision: %s", err_msg());
+    const char *text = cli_str(a, "text-device", "same");
+    if (strcmp(text, "same") != 0 && strcmp(text, "cpu") != 0)
+        return cli_usage_error(a, "--text-device: '%s' is not same or cpu", text);
+    opts.text_on_cpu = strcmp(text, "cpu") == 0;
 
     sd3_engine *e;
     double t0 = cli_now();

@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct cpu_state {
     void *scratch[CPU_SCRATCH_SLOTS];
@@ -16,6 +17,8 @@ struct cpu_state {
 int cpu_ctx_init(kn_ctx *ctx)
 {
     ctx->backend = xcalloc(1, sizeof(struct cpu_state));
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    ctx->total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
     return 0;
 }
 
@@ -35,6 +38,7 @@ void *cpu_scratch(kn_ctx *ctx, int slot, size_t n)
     if (st->scratch_size[slot] < n) {
         free(st->scratch[slot]);
         st->scratch[slot] = xmalloc(n);
+        kn_account(ctx, (int64_t)n - (int64_t)st->scratch_size[slot]);
         st->scratch_size[slot] = n;
     }
     return st->scratch[slot];

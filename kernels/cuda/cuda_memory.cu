@@ -142,6 +142,8 @@ int cuda_ctx_init(kn_ctx *ctx)
         return err_prefix(rc, "CUDA device %d (%s): ", ctx->index, prop.name);
     }
     ctx->backend = st;
+    ctx->total_bytes = prop.totalGlobalMem;
+    kn_account(ctx, (int64_t)st->lt_work_size);
     return 0;
 }
 
@@ -187,6 +189,7 @@ void *cuda_scratch(kn_ctx *ctx, int slot, size_t n)
     cuda_state *st = cuda_st(ctx);
     if (st->scratch_size[slot] >= n && st->scratch[slot]) return st->scratch[slot];
     if (st->scratch[slot]) cudaFreeAsync(st->scratch[slot], st->stream);
+    kn_account(ctx, -(int64_t)st->scratch_size[slot]);
     st->scratch[slot] = NULL;
     st->scratch_size[slot] = 0;
     cudaError_t e = cudaMallocAsync(&st->scratch[slot], n ? n : 256, st->stream);
@@ -197,6 +200,7 @@ void *cuda_scratch(kn_ctx *ctx, int slot, size_t n)
         return NULL;
     }
     st->scratch_size[slot] = n;
+    kn_account(ctx, (int64_t)n);
     return st->scratch[slot];
 }
 

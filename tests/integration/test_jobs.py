@@ -72,7 +72,11 @@ def test_submit_watch_fetch(daemon):
     assert c.stats()["done"] == 1
     assert any(j["job"] == job for j in c.jobs(state="done"))
     (m,) = c.models()
-    assert m["name"] == "tiny" and m["loaded"] and m["device"] == "cpu" and m["memory"] > 0
+    assert m["name"] == "tiny" and m["loaded"] and m["device"] == "cpu" and m["dtype"] == "fp32"
+    # Measured: the mapped weight files and what the job left resident (its scratch).
+    weights = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(MODEL)
+                  for f in fs if f.endswith(".safetensors"))
+    assert m["memory"] > weights
 
 
 def test_png_matches_focus_run(daemon, workdir):
@@ -184,12 +188,14 @@ def test_priority_within_session(make_daemon):
 
 def test_precision_setting(make_daemon, workdir):
     # precision = bf16 serves in 16-bit activations (emulated on the CPU) and gives the pixels
-    # focus-run gives with --precision bf16.
-    d = make_daemon(args=["--set", "precision=bf16"])
+    # focus-run gives with --precision bf16; text_device = cpu (the text encoders on a context
+    # of their own) changes nothing in them.
+    d = make_daemon(args=["--set", "precision=bf16", "--set", "text_device=cpu"])
     c = d.client()
     job = c.submit("a lighthouse at dawn", seed=3, steps=2, width=64, height=64, guidance=4.5)
     wait_state(c, job)
-    assert "on cpu (bf16)" in d.read_log()
+    assert "on cpu (bf16, text encoders on the CPU)" in d.read_log()
+    assert c.models()[0]["dtype"] == "bf16"
     out = os.path.join(workdir, "bf16.png")
     subprocess.run([os.path.join(ROOT, BUILD, "focus-run"), "generate", "--model", MODEL,
                     "--prompt", "a lighthouse at dawn", "--seed", "3", "--steps", "2", "--width",
@@ -201,3 +207,14 @@ def test_precision_setting(make_daemon, workdir):
     bad.start(wait=False)
     assert bad.proc.wait(10) == 2  # a command-line error
     assert "key \"precision\"" in bad.read_log() and "fp16" in bad.read_log()
+
+
+def test_memory_limit(make_daemon):
+    # The engine bounds a 64x64 job at about 0.56 GB beside the 17 MB model and a 512x512 one
+    # at about 0.68 GB (tests/unit/test_memory.c checks the bound against measured use).
+    d = make_daemon(args=["--set", "memory_limit=600M"])
+    c = d.client()
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.submit("x", width=512, height=512)
+    assert e.value.code == "too_large" and "memory_limit allows 0.63 GB" in str(e.value)
+    assert wait_state(c, c.submit("x", **TINY))["images"] == 1

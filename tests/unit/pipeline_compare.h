@@ -1,7 +1,7 @@
 /* Shared by the tests that compare two engines on the same request (CPU 16-bit modes against
  * float32 here, the CUDA backend against the CPU in tests/gpu): run a request to its end and
  * decode it, and the two measures the precision checks use, relative L2 error of the final
- * latents and PSNR of the 8-bit images. Header-only (static), like check.h. */
+ * latents and PSNR of the 8-bit images. Header-only (static inline), like check.h. */
 #ifndef FOCUS_TESTS_PIPELINE_COMPARE_H
 #define FOCUS_TESTS_PIPELINE_COMPARE_H
 
@@ -22,7 +22,7 @@ typedef struct run_result {
 } run_result;
 
 /* Prepares, steps and decodes p on e; 0, or -1 after a failed CHECK naming the error. */
-static int run_request(sd3_engine *e, const gen_params *p, run_result *r)
+static inline int run_request(sd3_engine *e, const gen_params *p, run_result *r)
 {
     gen_job *j = NULL;
     *r = (run_result){0};
@@ -45,7 +45,7 @@ static int run_request(sd3_engine *e, const gen_params *p, run_result *r)
     return rc == 0 ? 0 : -1;
 }
 
-static void run_result_free(run_result *r)
+static inline void run_result_free(run_result *r)
 {
     free(r->latents);
     free(r->rgb);
@@ -53,7 +53,7 @@ static void run_result_free(run_result *r)
 }
 
 /* ||a - b|| / ||b||. */
-static double rel_l2(const float *a, const float *b, size_t n)
+static inline double rel_l2(const float *a, const float *b, size_t n)
 {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
@@ -65,7 +65,7 @@ static double rel_l2(const float *a, const float *b, size_t n)
 }
 
 /* PSNR of 8-bit images in dB (infinite when equal). */
-static double psnr_u8(const uint8_t *a, const uint8_t *b, size_t n)
+static inline double psnr_u8(const uint8_t *a, const uint8_t *b, size_t n)
 {
     double se = 0;
     for (size_t i = 0; i < n; i++) {

@@ -51,8 +51,7 @@ static int case_params(const json_t *c, gen_params *p)
     /* Skip-layer guidance cases (made with diffusers 0.32, see tools/reference/README.md). */
     const json_t *layers = json_object_get(c, "skip_guidance_layers"), *l;
     size_t i;
-    if (json_array_size(layers) > ENGINE_MAX_SLG_LAYERS)
-        return -1;
+    if (json_array_size(layers) > ENGINE_MAX_SLG_LAYERS) return -1;
     json_array_foreach(layers, i, l) p->slg_layers[p->slg_count++] = (int)json_integer_value(l);
     if (p->slg_count) {
         p->slg_scale = (float)json_number_value(json_object_get(c, "skip_layer_guidance_scale"));
@@ -315,6 +314,43 @@ static void test_encode_cache(void)
     engine_job_free(c);
 }
 
+/* The text encoders on a context of their own (engine_options.text_on_cpu): the same
+ * latents bit for bit, the encodings copied across per job, the cache on that context. */
+static void test_text_on_cpu(void)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
+    engine_options o = {.device = KN_CPU, .text_on_cpu = true};
+    sd3_engine *sep;
+    CHECKF(engine_load(path, &o, &sep) == 0, "%s", err_msg());
+    if (check_current_failed) return;
+    gen_params p;
+    params_of("negative", &p);
+    size_t n = latent_count(&p);
+    gen_job *a = NULL, *b = NULL;
+    if (engine_job_prepare(eng, &p, &a) == 0 && engine_job_prepare(sep, &p, &b) == 0) {
+        run_to_end(a);
+        while (!engine_job_done(b))
+            if (engine_step(sep, &b, 1) < 0) {
+                CHECKF(0, "engine_step: %s", err_msg());
+                break;
+            }
+        float *la = read_latents(a, n), *lb = read_latents(b, n);
+        CHECK(la && lb && memcmp(la, lb, n * sizeof *la) == 0);
+        free(la);
+        free(lb);
+    } else {
+        CHECKF(0, "prepare: %s", err_msg());
+    }
+    /* The text context's cache entries are part of what the engine holds. */
+    kn_memory m;
+    engine_memory(sep, &m);
+    CHECK(engine_resident_bytes(sep) > m.in_use + engine_weight_bytes(sep));
+    engine_job_free(a);
+    engine_job_free(b);
+    engine_free(sep);
+}
+
 /* ---- skip-layer guidance ---- */
 
 static void test_slg(void)
@@ -436,6 +472,7 @@ int main(void)
     RUN(test_batching);
     RUN(test_not_batchable);
     RUN(test_encode_cache);
+    RUN(test_text_on_cpu);
     RUN(test_slg);
     RUN(test_invalid_params);
     engine_free(eng);
