@@ -2,8 +2,7 @@
  * mode (TF32 off) must reproduce the CPU's final latents within the tolerance the CPU is held
  * to against diffusers (1e-3 max abs) and its 8-bit images (99% of bytes equal, none off by
  * more than 2); bf16 and fp16 modes must stay within 2% relative L2 of the CPU float32 latents
- * with an image PSNR of 30 dB or more. Requests: a full 28-step run with guidance, two images
- * per prompt, and a non-square run without guidance.
+ * with an image PSNR of 30 dB or more, on the requests of compare_requests().
  * Without a usable CUDA device this prints a SKIP line and reports no tests, never a pass. */
 #include "engine/pipeline.h"
 
@@ -19,21 +18,7 @@
 #define MIN_PSNR_DB 30.0
 
 static sd3_engine *cpu;
-static char model[512];
-static gen_params reqs[3];
-
-static void request(gen_params *p, const char *prompt, int steps, float guidance, int w, int h,
-                    int count, uint64_t seed)
-{
-    gen_params_defaults(p);
-    p->prompt = prompt;
-    p->steps = steps;
-    p->guidance = guidance;
-    p->width = w;
-    p->height = h;
-    p->count = count;
-    p->seed = seed;
-}
+static gen_params reqs[COMPARE_REQUESTS];
 
 static double max_abs(const float *a, const float *b, size_t n)
 {
@@ -47,10 +32,9 @@ static void compare(kn_dtype compute)
 {
     engine_options o = {.device = KN_CUDA, .compute = compute};
     sd3_engine *gpu;
-    CHECKF(engine_load(model, &o, &gpu) == 0, "%s", err_msg());
-    if (check_current_failed) return;
-    for (int i = 0; i < 3; i++) {
-        run_result ref, got;
+    if (load_fixture_engine(&o, &gpu) < 0) return;
+    for (int i = 0; i < COMPARE_REQUESTS; i++) {
+        run_result ref = {0}, got = {0};
         if (run_request(cpu, &reqs[i], &ref) == 0 && run_request(gpu, &reqs[i], &got) == 0) {
             double l2 = rel_l2(got.latents, ref.latents, ref.n_latents);
             double db = psnr_u8(got.rgb, ref.rgb, ref.n_rgb);
@@ -103,16 +87,11 @@ int main(void)
         CHECK_DONE();
     }
     kn_ctx_destroy(probe);
-    snprintf(model, sizeof model, "%s/tiny-sd35", fixtures_dir());
-    if (engine_load(model, NULL, &cpu) < 0) {
-        fprintf(stderr, "setup: %s\n", err_msg());
+    if (load_fixture_engine(NULL, &cpu) < 0) {
         printf("RESULT passed=0 failed=1\n");
         return 1;
     }
-    request(&reqs[0], "a misty forest with ancient trees, volumetric light", 28, 4.5f, 128, 128,
-            1, 3);
-    request(&reqs[1], "a cute dog in the snow", 4, 4.5f, 128, 128, 2, 7);
-    request(&reqs[2], "a robot astronaut", 3, 1.0f, 192, 128, 1, 2);
+    compare_requests(reqs);
     RUN(test_cuda_fp32);
     RUN(test_cuda_bf16);
     RUN(test_cuda_fp16);

@@ -1,7 +1,8 @@
-/* Shared by the tests that compare two engines on the same request (CPU 16-bit modes against
- * float32 here, the CUDA backend against the CPU in tests/gpu): run a request to its end and
- * decode it, and the two measures the precision checks use, relative L2 error of the final
- * latents and PSNR of the 8-bit images. Header-only (static inline), like check.h. */
+/* Shared by the tests that compare two engines on the same requests (CPU 16-bit modes against
+ * float32 here, the CUDA backend against the CPU in tests/gpu): the fixture engine, the
+ * requests compared, running one to its end and decoding it, and the two measures the
+ * precision checks use, relative L2 error of the final latents and PSNR of the 8-bit images.
+ * Header-only (static inline), like check.h. */
 #ifndef FOCUS_TESTS_PIPELINE_COMPARE_H
 #define FOCUS_TESTS_PIPELINE_COMPARE_H
 
@@ -11,7 +12,46 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+
+/* The fixture model loaded with o (NULL: the defaults); 0, or -1 after a failed CHECK. */
+static inline int load_fixture_engine(const engine_options *o, sd3_engine **e)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
+    int rc = engine_load(path, o, e);
+    CHECKF(rc == 0, "%s", err_msg());
+    return rc == 0 ? 0 : -1;
+}
+
+/* The requests the precision checks compare on: a full 28-step run with guidance, two images
+ * per prompt, and a non-square run without guidance. */
+#define COMPARE_REQUESTS 3
+static inline void compare_requests(gen_params reqs[COMPARE_REQUESTS])
+{
+    static const struct {
+        const char *prompt;
+        int steps;
+        float guidance;
+        int w, h, count;
+        uint64_t seed;
+    } r[COMPARE_REQUESTS] = {
+        {"a misty forest with ancient trees, volumetric light", 28, 4.5f, 128, 128, 1, 3},
+        {"a cute dog in the snow", 4, 4.5f, 128, 128, 2, 7},
+        {"a robot astronaut", 3, 1.0f, 192, 128, 1, 2},
+    };
+    for (int i = 0; i < COMPARE_REQUESTS; i++) {
+        gen_params_defaults(&reqs[i]);
+        reqs[i].prompt = r[i].prompt;
+        reqs[i].steps = r[i].steps;
+        reqs[i].guidance = r[i].guidance;
+        reqs[i].width = r[i].w;
+        reqs[i].height = r[i].h;
+        reqs[i].count = r[i].count;
+        reqs[i].seed = r[i].seed;
+    }
+}
 
 /* What one request produced. */
 typedef struct run_result {

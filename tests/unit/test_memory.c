@@ -23,11 +23,8 @@ static void job(gen_params *p, int w, int h, int count, int max_seq, float guida
 
 static void check_job_bound(const gen_params *p)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
     sd3_engine *e;
-    CHECKF(engine_load(path, NULL, &e) == 0, "%s", err_msg());
-    if (check_current_failed) return;
+    if (load_fixture_engine(NULL, &e) < 0) return;
     kn_memory before, after, again;
     engine_memory(e, &before);
     CHECK(before.total > 0);
@@ -76,11 +73,8 @@ static void test_nocfg_wide(void)
 
 static void test_bound_grows(void)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
     sd3_engine *e;
-    CHECKF(engine_load(path, NULL, &e) == 0, "%s", err_msg());
-    if (check_current_failed) return;
+    if (load_fixture_engine(NULL, &e) < 0) return;
     gen_params a, b, c;
     job(&a, 128, 128, 1, 77, 4.5f);
     job(&b, 256, 256, 1, 77, 4.5f);

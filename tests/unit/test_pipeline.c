@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "engine/npy.h"
 #include "tests/unit/check.h"
+#include "tests/unit/pipeline_compare.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -318,12 +319,9 @@ static void test_encode_cache(void)
  * latents bit for bit, the encodings copied across per job, the cache on that context. */
 static void test_text_on_cpu(void)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
     engine_options o = {.device = KN_CPU, .text_on_cpu = true};
     sd3_engine *sep;
-    CHECKF(engine_load(path, &o, &sep) == 0, "%s", err_msg());
-    if (check_current_failed) return;
+    if (load_fixture_engine(&o, &sep) < 0) return;
     gen_params p;
     params_of("negative", &p);
     size_t n = latent_count(&p);

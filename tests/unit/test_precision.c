@@ -18,34 +18,15 @@
 
 static sd3_engine *fp32;
 
-static void request(gen_params *p, const char *prompt, int steps, float guidance, int w, int h,
-                    int count, uint64_t seed)
-{
-    gen_params_defaults(p);
-    p->prompt = prompt;
-    p->steps = steps;
-    p->guidance = guidance;
-    p->width = w;
-    p->height = h;
-    p->count = count;
-    p->seed = seed;
-}
-
 static void compare_mode(kn_dtype compute)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
     engine_options o = {.device = KN_CPU, .compute = compute};
     sd3_engine *e;
-    CHECKF(engine_load(path, &o, &e) == 0, "%s", err_msg());
-    if (check_current_failed) return;
-    gen_params ps[3];
-    request(&ps[0], "a misty forest with ancient trees, volumetric light", 28, 4.5f, 128, 128, 1,
-            3);
-    request(&ps[1], "a cute dog in the snow", 4, 4.5f, 128, 128, 2, 7);
-    request(&ps[2], "a robot astronaut", 3, 1.0f, 192, 128, 1, 2);
-    for (int i = 0; i < 3; i++) {
-        run_result ref, got;
+    if (load_fixture_engine(&o, &e) < 0) return;
+    gen_params ps[COMPARE_REQUESTS];
+    compare_requests(ps);
+    for (int i = 0; i < COMPARE_REQUESTS; i++) {
+        run_result ref = {0}, got = {0};
         if (run_request(fp32, &ps[i], &ref) == 0 && run_request(e, &ps[i], &got) == 0) {
             double l2 = rel_l2(got.latents, ref.latents, ref.n_latents);
             double db = psnr_u8(got.rgb, ref.rgb, ref.n_rgb);
@@ -96,10 +77,7 @@ static void test_names(void)
 
 int main(void)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/tiny-sd35", fixtures_dir());
-    if (engine_load(path, NULL, &fp32) < 0) {
-        fprintf(stderr, "setup: %s\n", err_msg());
+    if (load_fixture_engine(NULL, &fp32) < 0) {
         printf("RESULT passed=0 failed=1\n");
         return 1;
     }
