@@ -22,11 +22,22 @@
 
 struct sched_model;
 
+/* How far the worker has got a job ready to step (guarded by the model's lock). */
+enum djob_prep {
+    PREP_FRESH,    /* active, not yet encoded */
+    PREP_ENCODING, /* handed to the encoder thread (encoder.h) */
+    PREP_ENCODED,  /* encoded there (gj set) or failed (prep_rc < 0); to be attached */
+    PREP_READY,    /* attached: steppable */
+};
+
 struct djob {
     struct store_job sj; /* state, step guarded by the model's lock once queued */
     gen_params gp;       /* strings point into sj.params */
     struct sched_model *model;
-    gen_job *gj;                         /* the worker's */
+    gen_job *gj; /* the worker's (the encoder's while encoding) */
+    enum djob_prep prep;
+    int prep_rc;                         /* the encoder's result */
+    char prep_msg[512];                  /* its message when prep_rc < 0 */
     bool cancel;                         /* asked to stop at the next step boundary */
     char owner[PROTO_MAX_NAME + 1];      /* the submitter's ZAP User-Id; "" after a restart */
     double t_start;                      /* monotonic seconds when it started */

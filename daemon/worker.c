@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 #include "daemon/config.h"
+#include "daemon/encoder.h"
 #include "daemon/log.h"
 #include "engine/gen_text.h"
 #include "kernels/kn.h"
@@ -129,21 +130,30 @@ static int finish_job(struct worker *w, struct djob *j)
     return rc;
 }
 
-/* Under the lock: drops canceled active jobs into *gone and fills free slots from the queue
- * into *fresh. Returns false when the worker should leave. */
+/* Under the lock: whether the worker has anything to do but wait for the encoder. */
+static bool actionable(const struct sched_model *m)
+{
+    if (m->n_queued && m->n_active < m->max_active) return true;
+    for (size_t i = 0; i < m->n_active; i++)
+        if (m->active[i]->prep != PREP_ENCODING) return true;
+    return false;
+}
+
+/* Under the lock: drops canceled active jobs into *gone (not while the encoder holds one) and
+ * fills free slots from the queue into *fresh. Returns false when the worker should leave. */
 static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, struct djob **fresh,
                       size_t *n_fresh)
 {
     struct sched_model *m = &w->sm;
     for (;;) {
         if (m->stop) return false;
-        if (m->n_active || m->n_queued) break;
-        if (m->retire) return false;
+        if (actionable(m)) break;
+        if (m->retire && !m->n_active && !m->n_queued) return false;
         pthread_cond_wait(&m->wake, &m->lock);
     }
     for (size_t i = 0; i < m->n_active;) {
         struct djob *j = m->active[i];
-        if (j->cancel) {
+        if (j->cancel && j->prep != PREP_ENCODING) {
             sched_deactivate(m, j);
             gone[(*n_gone)++] = j;
         } else {
@@ -156,18 +166,141 @@ static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, stru
     return true;
 }
 
-/* Runs the model's jobs until told to stop. An ERR_DEVICE_LOST from the engine ends the loop
- * too: the reactor hears of it and stops the daemon with a failure, so that the service manager
- * starts a new process on a fresh context. The jobs in hand stay active, to be queued again,
- * not failed: the device failed them, not their requests. */
-static void run(struct worker *w)
+static void fail_job(struct worker *w, struct djob *j, const char *msg)
+{
+    engine_job_free(j->gj);
+    j->gj = NULL;
+    pthread_mutex_lock(&w->sm.lock);
+    sched_deactivate(&w->sm, j);
+    pthread_mutex_unlock(&w->sm.lock);
+    post_error(w, WEV_FAILED, j, PROTO_E_FAILED, msg);
+}
+
+/* Fresh jobs start: encoded and attached here, or handed to the encoder thread. Returns
+ * ERR_DEVICE_LOST when the device is lost, else 0. */
+static int start_jobs(struct worker *w, struct encoder *enc, struct djob **fresh, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct djob *j = fresh[i];
+        j->t_start = mono_now();
+        post(w, WEV_STARTED, j, NULL);
+        if (enc) {
+            pthread_mutex_lock(&w->sm.lock);
+            encoder_submit(enc, j);
+            pthread_mutex_unlock(&w->sm.lock);
+            continue;
+        }
+        int rc = engine_job_prepare(w->engine, &j->gp, &j->gj);
+        if (rc == ERR_DEVICE_LOST) return rc;
+        if (rc < 0) {
+            fail_job(w, j, err_msg());
+            continue;
+        }
+        pthread_mutex_lock(&w->sm.lock);
+        j->prep = PREP_READY;
+        pthread_mutex_unlock(&w->sm.lock);
+    }
+    return 0;
+}
+
+/* Jobs the encoder thread has finished: attached to the device, or failed. Returns
+ * ERR_DEVICE_LOST when the device is lost, else 0. */
+static int attach_encoded(struct worker *w)
+{
+    struct sched_model *m = &w->sm;
+    struct djob *done[SCHED_MAX_ACTIVE];
+    size_t n = 0;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n_active; i++)
+        if (m->active[i]->prep == PREP_ENCODED) done[n++] = m->active[i];
+    pthread_mutex_unlock(&m->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct djob *j = done[i];
+        int rc = j->prep_rc < 0 ? j->prep_rc : engine_job_attach(w->engine, j->gj);
+        if (rc == ERR_DEVICE_LOST) return rc;
+        if (rc < 0) {
+            fail_job(w, j, j->prep_rc < 0 ? j->prep_msg : err_msg());
+            continue;
+        }
+        pthread_mutex_lock(&m->lock);
+        j->prep = PREP_READY;
+        pthread_mutex_unlock(&m->lock);
+    }
+    return 0;
+}
+
+/* Under the lock: the batch, the ready jobs compatible with a leader that rotates over them,
+ * so that incompatible jobs take turns. */
+static size_t pick_batch(struct sched_model *m, size_t *lead, struct djob **batch)
+{
+    struct djob *ready[SCHED_MAX_ACTIVE];
+    size_t n_ready = 0, n = 0;
+    for (size_t i = 0; i < m->n_active; i++)
+        if (m->active[i]->prep == PREP_READY) ready[n_ready++] = m->active[i];
+    if (!n_ready) return 0;
+    struct djob *leader = ready[(*lead)++ % n_ready];
+    for (size_t i = 0; i < n_ready; i++)
+        if (ready[i] == leader || engine_jobs_batchable(leader->gj, ready[i]->gj))
+            batch[n++] = ready[i];
+    return n;
+}
+
+/* One engine step of the batch and what follows from it: progress, finished jobs decoded
+ * and written, failures. Returns ERR_DEVICE_LOST when the device is lost, else 0. */
+static int step_batch(struct worker *w, struct djob **batch, size_t n_batch)
+{
+    struct sched_model *m = &w->sm;
+    gen_job *gj[SCHED_MAX_ACTIVE];
+    for (size_t i = 0; i < n_batch; i++)
+        gj[i] = batch[i]->gj;
+    int rc = engine_step(w->engine, gj, (int)n_batch);
+    if (rc == ERR_DEVICE_LOST) return rc;
+    double now = mono_now();
+    for (size_t i = 0; i < n_batch; i++) {
+        struct djob *j = batch[i];
+        bool done = !rc && engine_job_done(j->gj);
+        struct wevent tpl = {0};
+        tpl.step = (uint32_t)(rc ? 0 : engine_job_step_index(j->gj));
+        tpl.steps = (uint32_t)engine_job_steps(j->gj);
+        tpl.elapsed = now - j->t_start;
+        pthread_mutex_lock(&m->lock);
+        j->sj.step = tpl.step;
+        if (rc) sched_deactivate(m, j);
+        pthread_mutex_unlock(&m->lock);
+        if (!rc) post(w, WEV_PROGRESS, j, &tpl);
+        if (!rc && !done) continue;
+        int frc = rc ? rc : finish_job(w, j);
+        if (frc == ERR_DEVICE_LOST) return frc;
+        if (done) {
+            pthread_mutex_lock(&m->lock);
+            sched_deactivate(m, j);
+            pthread_mutex_unlock(&m->lock);
+        }
+        /* The engine's memory is released on this thread, the one that drives it. */
+        engine_job_free(j->gj);
+        j->gj = NULL;
+        if (frc < 0)
+            post_error(w, WEV_FAILED, j, rc ? PROTO_E_FAILED : PROTO_E_INTERNAL, err_msg());
+        else
+            post(w, WEV_DONE, j, &tpl);
+    }
+    if (rc) log_err("model %s: engine step failed: %s", m->name, err_msg());
+    return 0;
+}
+
+/* Runs the model's jobs until told to stop. With text encoders of their own the prompts are
+ * encoded on an encoder thread meanwhile (encoder.h). An ERR_DEVICE_LOST from the engine ends
+ * the loop too: the reactor hears of it and stops the daemon with a failure, so that the
+ * service manager starts a new process on a fresh context. The jobs in hand stay active, to be
+ * queued again, not failed: the device failed them, not their requests. */
+static void run(struct worker *w, struct encoder *enc)
 {
     struct sched_model *m = &w->sm;
     struct djob *gone[SCHED_MAX_ACTIVE], *fresh[SCHED_MAX_ACTIVE], *batch[SCHED_MAX_ACTIVE];
     size_t lead = 0;
-    bool lost = false;
+    int lost = 0;
     while (!lost) {
-        size_t n_gone = 0, n_fresh = 0, n_batch = 0;
+        size_t n_gone = 0, n_fresh = 0;
         pthread_mutex_lock(&m->lock);
         bool go = take_work(w, gone, &n_gone, fresh, &n_fresh);
         pthread_mutex_unlock(&m->lock);
@@ -177,68 +310,14 @@ static void run(struct worker *w)
             post(w, WEV_CANCELED, gone[i], NULL);
         }
         if (!go) break;
-        for (size_t i = 0; i < n_fresh; i++) {
-            struct djob *j = fresh[i];
-            j->t_start = mono_now();
-            post(w, WEV_STARTED, j, NULL);
-            int prc = engine_job_prepare(w->engine, &j->gp, &j->gj);
-            if ((lost = prc == ERR_DEVICE_LOST)) break;
-            if (prc < 0) {
-                j->gj = NULL;
-                pthread_mutex_lock(&m->lock);
-                sched_deactivate(m, j);
-                pthread_mutex_unlock(&m->lock);
-                post_error(w, WEV_FAILED, j, PROTO_E_FAILED, err_msg());
-            }
-        }
-        /* The batch: the jobs compatible with a leader that rotates over the active list, so
-         * that incompatible jobs take turns. Only this thread changes the active list now. */
+        if ((lost = start_jobs(w, enc, fresh, n_fresh)) || (lost = attach_encoded(w))) break;
         pthread_mutex_lock(&m->lock);
-        if (m->n_active) {
-            struct djob *leader = m->active[lead++ % m->n_active];
-            for (size_t i = 0; i < m->n_active; i++)
-                if (m->active[i] == leader || engine_jobs_batchable(leader->gj, m->active[i]->gj))
-                    batch[n_batch++] = m->active[i];
-        }
+        size_t n_batch = pick_batch(m, &lead, batch);
         pthread_mutex_unlock(&m->lock);
-        if (lost || n_batch == 0) continue;
-        gen_job *gj[SCHED_MAX_ACTIVE];
-        for (size_t i = 0; i < n_batch; i++)
-            gj[i] = batch[i]->gj;
-        int rc = engine_step(w->engine, gj, (int)n_batch);
-        if ((lost = rc == ERR_DEVICE_LOST)) continue;
-        double now = mono_now();
-        for (size_t i = 0; i < n_batch; i++) {
-            struct djob *j = batch[i];
-            bool done = !rc && engine_job_done(j->gj);
-            struct wevent tpl = {0};
-            tpl.step = (uint32_t)(rc ? 0 : engine_job_step_index(j->gj));
-            tpl.steps = (uint32_t)engine_job_steps(j->gj);
-            tpl.elapsed = now - j->t_start;
-            pthread_mutex_lock(&m->lock);
-            j->sj.step = tpl.step;
-            if (rc) sched_deactivate(m, j);
-            pthread_mutex_unlock(&m->lock);
-            if (!rc) post(w, WEV_PROGRESS, j, &tpl);
-            if (!rc && !done) continue;
-            int frc = rc ? rc : finish_job(w, j);
-            if ((lost = frc == ERR_DEVICE_LOST)) break;
-            if (done) {
-                pthread_mutex_lock(&m->lock);
-                sched_deactivate(m, j);
-                pthread_mutex_unlock(&m->lock);
-            }
-            /* The engine's memory is released on this thread, the one that drives it. */
-            engine_job_free(j->gj);
-            j->gj = NULL;
-            if (frc < 0)
-                post_error(w, WEV_FAILED, j, rc ? PROTO_E_FAILED : PROTO_E_INTERNAL, err_msg());
-            else
-                post(w, WEV_DONE, j, &tpl);
-        }
-        if (rc) log_err("model %s: engine step failed: %s", m->name, err_msg());
+        if (n_batch) lost = step_batch(w, batch, n_batch);
     }
     if (lost) post_error(w, WEV_DEVICE_LOST, NULL, PROTO_E_INTERNAL, err_msg());
+    encoder_stop(enc);
     /* Stopping: the jobs still active are left for the reactor to queue again. */
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->n_active; i++) {
@@ -295,7 +374,11 @@ static void *worker_main(void *arg)
     w->base_bytes = engine_resident_bytes(w->engine);
     atomic_store(&w->loaded, true);
     post(w, WEV_LOADED, NULL, NULL);
-    run(w);
+    /* Without its own thread the encoding runs inline, as when the encoders share the device. */
+    struct encoder *enc = NULL;
+    if (engine_encodes_apart(w->engine) && encoder_start(w->engine, &w->sm, &enc) < 0)
+        log_err("%s; encoding between steps instead", err_msg());
+    run(w, enc);
     post(w, WEV_EXITED, NULL, NULL);
     return NULL;
 }

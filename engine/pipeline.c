@@ -59,8 +59,11 @@ struct gen_job {
     int lh, lw;   /* latent grid */
     kn_tensor latents;
     /* [rows, S, D] and [rows, P]: rows = 2 count with CFG (the negative copies first), else
-     * count */
+     * count; on the engine's device once attached. */
     kn_tensor emb, pooled;
+    /* The same on the text encoders' own context (text_on_cpu) between encode and attach. */
+    kn_tensor text_emb, text_pooled;
+    bool attached;
     fm_schedule sched;
     int step;     /* steps done */
     float *image; /* count x H x W x 3 in [0, 1] after decode; NULL before */
@@ -320,6 +323,8 @@ int engine_check_params(const sd3_engine *e, const gen_params *p)
 
 /* ---- prepare ---- */
 
+/* Tokenizes and encodes (or finds in the cache) the job's prompts and stacks them into its
+ * batch rows, all on the text encoders' context. */
 static int job_encode(sd3_engine *e, gen_job *j)
 {
     const kn_tensor *seq[2], *pooled[2];
@@ -333,8 +338,22 @@ static int job_encode(sd3_engine *e, gen_job *j)
     if ((rc = encode_cache_get(e->cache, j->p.prompt, j->p.max_seq, &seq[n], &pooled[n])) < 0)
         return err_prefix(rc, "prompt: ");
     n++;
-    if ((rc = text_embeds_stack(e->ctx, &j->emb, seq, n, j->p.count)) < 0) return rc;
-    return text_embeds_stack(e->ctx, &j->pooled, pooled, n, j->p.count);
+    bool apart = e->text_ctx != e->ctx;
+    if ((rc = text_embeds_stack(e->text_ctx, apart ? &j->text_emb : &j->emb, seq, n,
+                                j->p.count)) < 0)
+        return rc;
+    return text_embeds_stack(e->text_ctx, apart ? &j->text_pooled : &j->pooled, pooled, n,
+                             j->p.count);
+}
+
+/* A tensor of the text encoders' CPU context copied to the engine's device (host memory, so
+ * its bytes upload as they are), then released there. */
+static int upload(sd3_engine *e, kn_tensor *dst, kn_tensor *src)
+{
+    int rc = kn_alloc(e->ctx, dst, src->dtype, src->ndim, src->shape);
+    if (rc == 0) rc = kn_write(e->ctx, dst, src->data, kn_nbytes(src));
+    kn_free(e->text_ctx, src);
+    return rc;
 }
 
 /* prepare_latents: one torch.randn call for the whole batch from one CPU generator, float32. */
@@ -367,8 +386,9 @@ static int job_schedule(sd3_engine *e, gen_job *j)
     return fm_set_timesteps(sc, j->p.steps, mu, &j->sched);
 }
 
-int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out)
+int engine_job_encode(sd3_engine *e, const gen_params *p, gen_job **out)
 {
+    *out = NULL;
     int rc = engine_check_params(e, p);
     if (rc < 0) return rc;
     gen_job *j = xcalloc(1, sizeof *j);
@@ -380,13 +400,44 @@ int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out)
     const int f = vae_scale_factor(e->vae);
     j->lh = p->height / f;
     j->lw = p->width / f;
-    if ((rc = job_encode(e, j)) < 0 || (rc = job_noise(e, j)) < 0 ||
-        (rc = job_schedule(e, j)) < 0) {
+    if ((rc = job_encode(e, j)) < 0) {
         engine_job_free(j);
         return rc;
     }
     *out = j;
     return 0;
+}
+
+int engine_job_attach(sd3_engine *e, gen_job *j)
+{
+    if (j->e != e || j->attached)
+        return err_set(ERR_INVALID, "engine_job_attach: the job is %s",
+                       j->attached ? "attached already" : "another engine's");
+    int rc = 0;
+    if (e->text_ctx != e->ctx &&
+        ((rc = upload(e, &j->emb, &j->text_emb)) < 0 ||
+         (rc = upload(e, &j->pooled, &j->text_pooled)) < 0))
+        return rc;
+    if ((rc = job_noise(e, j)) < 0 || (rc = job_schedule(e, j)) < 0) return rc;
+    j->attached = true;
+    return 0;
+}
+
+bool engine_encodes_apart(const sd3_engine *e)
+{
+    return e->text_ctx != e->ctx;
+}
+
+int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out)
+{
+    gen_job *j;
+    int rc = engine_job_encode(e, p, &j);
+    if (rc == 0 && (rc = engine_job_attach(e, j)) < 0) {
+        engine_job_free(j);
+        j = NULL;
+    }
+    *out = j;
+    return rc;
 }
 
 /* ---- step ---- */
@@ -557,6 +608,8 @@ int engine_step(sd3_engine *e, gen_job **jobs, int n)
     for (int i = 0; i < n; i++) {
         if (!jobs[i] || jobs[i]->e != e)
             return err_set(ERR_INVALID, "engine_step: job %d does not belong to this engine", i);
+        if (!jobs[i]->attached)
+            return err_set(ERR_INVALID, "engine_step: job %d is encoded but not attached", i);
         if (engine_job_done(jobs[i]))
             return err_set(ERR_INVALID, "engine_step: job %d has done all its %d steps", i,
                            jobs[i]->p.steps);
@@ -665,6 +718,8 @@ void engine_job_free(gen_job *j)
 {
     if (!j) return;
     kn_ctx *ctx = j->e->ctx;
+    kn_free(j->e->text_ctx, &j->text_emb);
+    kn_free(j->e->text_ctx, &j->text_pooled);
     kn_free(ctx, &j->latents);
     kn_free(ctx, &j->emb);
     kn_free(ctx, &j->pooled);

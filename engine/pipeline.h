@@ -7,7 +7,8 @@
  * engine_step() advances one or several jobs by one denoising step, batching jobs of the same
  * size into one forward pass; engine_job_decode() turns the final latents into 8-bit RGB images.
  * Callers interleave, cancel and report progress between steps. The engine is not thread-safe:
- * one thread drives one engine. It knows nothing of sockets or queues. */
+ * one thread drives one engine, except that with text encoders of their own a second thread
+ * may encode (engine_encodes_apart). It knows nothing of sockets or queues. */
 #ifndef FOCUS_ENGINE_PIPELINE_H
 #define FOCUS_ENGINE_PIPELINE_H
 
@@ -109,8 +110,20 @@ uint64_t engine_encode_count(const sd3_engine *e);
  * The daemon calls it at submission. The message names the parameter. */
 int engine_check_params(const sd3_engine *e, const gen_params *p);
 
-/* Tokenizes and encodes (or reuses cached encodings), draws the noise, sets up the schedule. */
+/* Tokenizes and encodes (or reuses cached encodings), draws the noise, sets up the schedule:
+ * engine_job_encode then engine_job_attach. */
 int engine_job_prepare(sd3_engine *e, const gen_params *p, gen_job **out);
+/* The two halves of engine_job_prepare. encode: checks p, creates the job, encodes its prompts
+ * on the text encoders' context. attach: brings the encodings to the engine's device, draws
+ * the noise, sets up the schedule; only an attached job can be stepped. On failure of attach
+ * the job is left to engine_job_free. */
+int engine_job_encode(sd3_engine *e, const gen_params *p, gen_job **out);
+int engine_job_attach(sd3_engine *e, gen_job *j);
+/* True when the text encoders have a context of their own (text_on_cpu). Then, and only then,
+ * one thread may run engine_job_encode while another drives everything else of the engine
+ * (attach, step, decode, free): a new prompt's encoding overlaps the other jobs' steps. Two
+ * encodes never run at once. */
+bool engine_encodes_apart(const sd3_engine *e);
 /* Advances each job by one denoising step; each job may be at its own step index. Batchable
  * jobs (engine_jobs_batchable) share one forward pass. A finished job must not be passed again,
  * nor one job twice in one call. On error the jobs may be left partly stepped: free them. */

@@ -306,13 +306,7 @@ int text_embeds_stack(kn_ctx *ctx, kn_tensor *out, const kn_tensor *const *parts
     for (int i = 0; rc == 0 && i < n_parts; i++)
         for (int r = 0; rc == 0 && r < repeat; r++) {
             kn_tensor dst = kn_view(out, ((int64_t)i * repeat + r) * each, p0->ndim, p0->shape);
-            /* Parts from a CPU context of their own are host memory: uploaded as bytes. */
-            if (parts[i]->device == kn_ctx_device(ctx))
-                rc = kn_copy(ctx, &dst, parts[i]);
-            else if (parts[i]->device == KN_CPU)
-                rc = kn_write(ctx, &dst, parts[i]->data, kn_nbytes(parts[i]));
-            else
-                rc = err_set(ERR_INVALID, "text_embeds_stack: part %d is on another device", i);
+            rc = kn_copy(ctx, &dst, parts[i]);
         }
     if (rc < 0) kn_free(ctx, out);
     return rc;

@@ -73,7 +73,7 @@ int text_encode(text_encoder *te, const char *text, int max_seq, kn_tensor *seq,
 
 /* out = cat over i of parts[i] repeated `repeat` times along dim 0 (each part's copies
  * adjacent). parts share a shape [1, ...]; out is allocated on ctx with shape
- * [n_parts * repeat, ...]. Parts may live on ctx's device or on the CPU (uploaded). */
+ * [n_parts * repeat, ...]. */
 int text_embeds_stack(kn_ctx *ctx, kn_tensor *out, const kn_tensor *const *parts, int n_parts,
                       int repeat);
 

@@ -218,3 +218,33 @@ def test_memory_limit(make_daemon):
         c.submit("x", width=512, height=512)
     assert e.value.code == "too_large" and "memory_limit allows 0.63 GB" in str(e.value)
     assert wait_state(c, c.submit("x", **TINY))["images"] == 1
+
+
+def test_encoder_thread(make_daemon, workdir):
+    # text_device = cpu: fresh prompts are encoded on the encoder thread while the worker steps
+    # the others. Every job ends as it would otherwise (same pixels as focus-run), a job canceled
+    # while its prompt may be encoding ends canceled, and SIGTERM with encodings in flight
+    # loses nothing.
+    d = make_daemon(args=["--set", "text_device=cpu", "--set", "batch_max=2"])
+    c = d.client()
+    params = dict(steps=6, width=64, height=64, guidance=4.5)
+    jobs = [c.submit(f"prompt number {i}", seed=i, **params) for i in range(6)]
+    c.cancel(jobs[3])
+    states = [wait_state(c, j, ("done", "canceled"))["state"] for j in jobs]
+    assert states == ["done"] * 3 + ["canceled"] + ["done"] * 2
+    assert "text encoders on the CPU" in d.read_log()
+    assert "encoding between steps instead" not in d.read_log()
+    out = os.path.join(workdir, "ref.png")
+    subprocess.run([os.path.join(ROOT, BUILD, "focus-run"), "generate", "--model", MODEL,
+                    "--prompt", "prompt number 4", "--seed", "4", "--steps", "6", "--width",
+                    "64", "--height", "64", "--cfg", "4.5", "--output", out], check=True,
+                   capture_output=True)
+    with open(out, "rb") as f:
+        assert png_pixels(c.fetch(jobs[4])["png"]) == png_pixels(f.read())
+    more = [c.submit(f"another prompt {i}", seed=i, **params) for i in range(4)]
+    assert d.stop() == 0
+    d.close_clients()
+    d.start()
+    c = d.client()
+    for j in more:
+        assert wait_state(c, j)["images"] == 1

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,37 +316,73 @@ static void test_encode_cache(void)
     engine_job_free(c);
 }
 
-/* The text encoders on a context of their own (engine_options.text_on_cpu): the same
- * latents bit for bit, the encodings copied across per job, the cache on that context. */
+/* A job encoded on another thread (engine_job_encode) while this one steps. */
+struct encode_arg {
+    sd3_engine *e;
+    const gen_params *p;
+    gen_job *j;
+    int rc;
+};
+
+static void *encode_thread(void *p)
+{
+    struct encode_arg *a = p;
+    a->rc = engine_job_encode(a->e, a->p, &a->j);
+    return NULL;
+}
+
+/* Steps j on e to its end and compares its final latents with ref's, bit for bit. */
+static void same_latents(sd3_engine *e, gen_job *j, gen_job *ref, size_t n)
+{
+    while (!engine_job_done(j))
+        if (engine_step(e, &j, 1) < 0) {
+            CHECKF(0, "engine_step: %s", err_msg());
+            return;
+        }
+    float *lr = read_latents(ref, n), *lj = read_latents(j, n);
+    CHECK(lr && lj && memcmp(lr, lj, n * sizeof *lr) == 0);
+    free(lr);
+    free(lj);
+}
+
+/* The text encoders on a context of their own (engine_options.text_on_cpu): the same latents
+ * bit for bit, a second job encoded on another thread while the first steps (and refused by
+ * engine_step until attached), the cache's entries counted in what the engine holds. */
 static void test_text_on_cpu(void)
 {
     engine_options o = {.device = KN_CPU, .text_on_cpu = true};
     sd3_engine *sep;
     if (load_fixture_engine(&o, &sep) < 0) return;
-    gen_params p;
+    CHECK(engine_encodes_apart(sep) && !engine_encodes_apart(eng));
+    gen_params p, q;
     params_of("negative", &p);
-    size_t n = latent_count(&p);
-    gen_job *a = NULL, *b = NULL;
-    if (engine_job_prepare(eng, &p, &a) == 0 && engine_job_prepare(sep, &p, &b) == 0) {
-        run_to_end(a);
-        while (!engine_job_done(b))
-            if (engine_step(sep, &b, 1) < 0) {
-                CHECKF(0, "engine_step: %s", err_msg());
-                break;
-            }
-        float *la = read_latents(a, n), *lb = read_latents(b, n);
-        CHECK(la && lb && memcmp(la, lb, n * sizeof *la) == 0);
-        free(la);
-        free(lb);
+    params_of("two_images", &q);
+    gen_job *a = NULL, *b = NULL, *ra = NULL, *rb = NULL;
+    struct encode_arg arg = {sep, &q, NULL, -1};
+    pthread_t t;
+    if (engine_job_prepare(eng, &p, &ra) == 0 && engine_job_prepare(eng, &q, &rb) == 0 &&
+        engine_job_prepare(sep, &p, &a) == 0 &&
+        pthread_create(&t, NULL, encode_thread, &arg) == 0) {
+        run_to_end(ra);
+        same_latents(sep, a, ra, latent_count(&p));
+        pthread_join(t, NULL);
+        CHECKF(arg.rc == 0, "%s", err_msg());
+        b = arg.j;
+        if (b) {
+            CHECK(engine_step(sep, &b, 1) == ERR_INVALID);
+            CHECKF(engine_job_attach(sep, b) == 0, "%s", err_msg());
+            run_to_end(rb);
+            same_latents(sep, b, rb, latent_count(&q));
+        }
     } else {
         CHECKF(0, "prepare: %s", err_msg());
     }
-    /* The text context's cache entries are part of what the engine holds. */
     kn_memory m;
     engine_memory(sep, &m);
     CHECK(engine_resident_bytes(sep) > m.in_use + engine_weight_bytes(sep));
-    engine_job_free(a);
-    engine_job_free(b);
+    gen_job *all[] = {a, b, ra, rb};
+    for (int i = 0; i < 4; i++)
+        engine_job_free(all[i]);
     engine_free(sep);
 }
 
