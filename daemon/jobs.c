@@ -46,11 +46,10 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
 
 void jobs_status(const struct djob *j, struct proto_job_status *st)
 {
-    jobs_status_stored(&j->sj, st);
+    /* state and step are the worker's too: read under the model's lock. */
     struct sched_model *m = j->model;
     pthread_mutex_lock(&m->lock);
-    st->state = j->sj.state;
-    st->step = j->sj.step;
+    jobs_status_stored(&j->sj, st);
     if (st->state == PROTO_STATE_QUEUED) st->position = sched_position(m, j);
     pthread_mutex_unlock(&m->lock);
 }
@@ -147,13 +146,18 @@ void jobs_worker_event(struct wevent *e)
     struct djob *j = e->job;
     struct proto_event ev;
     switch (e->kind) {
-    case WEV_STARTED:
+    case WEV_STARTED: {
+        /* The worker may be stepping it already: its step is read under the model's lock. */
+        pthread_mutex_lock(&j->model->lock);
         j->sj.started = now_wall();
-        if (store_update(D.store, &j->sj) < 0) log_err("job %s: %s", j->sj.id, err_msg());
+        struct store_job snap = j->sj;
+        pthread_mutex_unlock(&j->model->lock);
+        if (store_update(D.store, &snap) < 0) log_err("job %s: %s", j->sj.id, err_msg());
         event_init(&ev, PROTO_EV_STARTED, j);
         ev.steps = j->sj.steps;
         jobs_emit(j, &ev);
         break;
+    }
     case WEV_PROGRESS:
         event_init(&ev, PROTO_EV_PROGRESS, j);
         ev.step = e->step;
