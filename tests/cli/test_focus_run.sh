@@ -1,8 +1,9 @@
 #!/bin/sh
-# Command-line behaviour of focus-run tokenize/encode on the fixture model: exit statuses (0 ok,
-# 1 failed work, 2 bad command line), the labelled id lines, and the .npy files encode writes
-# with the shapes encode_prompt gives. Numerical agreement is tests/unit/test_text_encode.c's
-# job. Run from the repository root: tests/cli/test_focus_run.sh [path/to/focus-run]
+# Command-line behaviour of focus-run tokenize/encode/generate on the fixture model: exit
+# statuses (0 ok, 1 failed work, 2 bad command line), the labelled id lines, the .npy files
+# encode and generate --dump write with the shapes the pipeline gives, generate's PNG files,
+# progress and documented defaults. Numerical agreement is the unit tests' job
+# (test_text_encode.c, test_pipeline.c). Run from the repository root: tests/cli/test_focus_run.sh [path/to/focus-run]
 set -u
 RUN=${1:-${BUILD:-build}/focus-run}
 MODEL=${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35
@@ -36,6 +37,27 @@ check "negative written" test -f "$TMP/d/negative_prompt_embeds.npy" -a -f "$TMP
 expect 0 "encode --no-cfg" -- "$RUN" encode --model "$MODEL" --prompt "" --dump "$TMP/n" --no-cfg
 check "no negative with --no-cfg" test ! -e "$TMP/n/negative_prompt_embeds.npy"
 check "default max-seq 256" test "$(npy_shape "$TMP/n/prompt_embeds.npy")" = "(1, 333, 128)"
+
+is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ]; }
+
+expect 0 "generate help" -- "$RUN" generate --help
+check "generate help states the model card's defaults" sh -c 'grep -q "default 28" "$1" && grep -q "default 4.5" "$1" && grep -q "default 512" "$1" && grep -q "default 77" "$1"' sh "$TMP/out"
+check "generate help lists --precision and --text-device" sh -c 'grep -q -- "--precision" "$1" && grep -q -- "--text-device" "$1"' sh "$TMP/out"
+G="generate --model $MODEL --prompt x --steps 2 --width 64 --height 64"
+expect 2 "generate without --output" -- "$RUN" $G
+expect 2 "generate width not a multiple of 16" -- "$RUN" generate --model "$MODEL" --prompt x --width 72 -o "$TMP/g.png"
+expect 2 "generate unknown precision" -- "$RUN" $G --precision fp8 -o "$TMP/g.png"
+expect 2 "generate unknown text device" -- "$RUN" $G --text-device gpu -o "$TMP/g.png"
+expect 0 "generate with --dump" -- "$RUN" $G --seed 3 -o "$TMP/g.png" --dump "$TMP/gd"
+check "generate writes a PNG" is_png "$TMP/g.png"
+check "generate reports progress on stderr" grep -q "step 2/2" "$TMP/err"
+check "noise.npy shape" test "$(npy_shape "$TMP/gd/noise.npy")" = "(1, 16, 8, 8)"
+check "latents.npy shape" test "$(npy_shape "$TMP/gd/latents.npy")" = "(1, 16, 8, 8)"
+check "image.npy shape (NHWC)" test "$(npy_shape "$TMP/gd/image.npy")" = "(1, 64, 64, 3)"
+expect 0 "generate --count 2" -- "$RUN" $G --count 2 -o "$TMP/c.png"
+check "the second image goes to c-1.png" sh -c 'is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d " \n")" = "89504e470d0a1a0a" ]; }; is_png "$1/c.png" && is_png "$1/c-1.png"' sh "$TMP"
+expect 0 "generate in bf16 with the text encoders apart" -- "$RUN" $G --precision bf16 --text-device cpu -o "$TMP/b.png"
+check "bf16 writes a PNG" is_png "$TMP/b.png"
 
 echo "RESULT passed=$passed failed=$failed"
 [ "$failed" -eq 0 ]
