@@ -271,6 +271,12 @@ static void bench_images(const bench_opts *o, sd3_engine *e)
                side, side, o->steps, med, o->runs, sum.encode / o->runs, sum.steps / o->runs,
                sum.decode / o->runs);
         printf("BENCH image_s_%d %.4f\n", side, med);
+        kn_memory m;
+        engine_memory(e, &m);
+        printf("memory after %dx%d: %.2f GB held by the device context (peak %.2f GB of %.1f GB), "
+               "%.2f GB resident in all; engine_job_bytes bound %.2f GB\n",
+               side, side, m.in_use / 1e9, m.peak / 1e9, m.total / 1e9,
+               engine_resident_bytes(e) / 1e9, engine_job_bytes(e, &p) / 1e9);
         fflush(stdout);
     }
     free(times);
