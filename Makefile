@@ -138,7 +138,7 @@ $(BUILD)/tests-gpu/%: $(BUILD)/tests/gpu/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 test-gpu: $(GPU_TEST_BIN)
-	@for t in $(GPU_TEST_BIN); do $$t || exit 1; done
+	tests/gpu/run.sh $(BUILD)
 
 test: all
 	BUILD=$(BUILD) tests/run

@@ -1,0 +1,30 @@
+#!/bin/sh
+# make test-gpu: runs every GPU test binary, then, when one of them found a usable device and
+# compute-sanitizer is installed, the op test again under compute-sanitizer's memcheck (a short
+# run over every CUDA op). Each binary prints SKIP and passes nothing without a device, so a
+# run on a machine without one claims nothing. Usage: tests/gpu/run.sh BUILD_DIR
+set -u
+BUILD=${1:-build}
+status=0
+ran=0
+for t in "$BUILD"/tests-gpu/test_*; do
+    [ -x "$t" ] || continue
+    out=$("$t") || status=1
+    printf '%s\n' "$out"
+    printf '%s\n' "$out" | grep -q '^SKIP' || ran=1
+done
+if [ "$ran" -eq 0 ]; then
+    echo "test-gpu: no usable CUDA device: nothing was checked"
+    exit "$status"
+fi
+sanitizer=$(command -v compute-sanitizer || true)
+for d in "${CUDA_HOME:-}" /usr/local/cuda; do
+    [ -z "$sanitizer" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && sanitizer=$d/bin/compute-sanitizer
+done
+if [ -z "$sanitizer" ]; then
+    echo "test-gpu: compute-sanitizer not found: the memcheck run was skipped"
+    exit 1
+fi
+echo "test-gpu: compute-sanitizer --tool memcheck on test_cuda_ops"
+"$sanitizer" --tool memcheck --leak-check full --error-exitcode 3 "$BUILD/tests-gpu/test_cuda_ops" || status=1
+exit "$status"
