@@ -1,8 +1,8 @@
 #!/bin/sh
-# make test-gpu: runs every GPU test binary, then, when one of them found a usable device and
-# compute-sanitizer is installed, the op test again under compute-sanitizer's memcheck (a short
-# run over every CUDA op). Each binary prints SKIP and passes nothing without a device, so a
-# run on a machine without one claims nothing. Usage: tests/gpu/run.sh BUILD_DIR
+# make test-gpu: runs every GPU test binary; when one of them found a usable device, the GPU
+# shell suites (focusd serving on the GPU) and the op test again under compute-sanitizer's
+# memcheck (a short run over every CUDA op). Each binary prints SKIP and passes nothing without
+# a device, so a run on a machine without one claims nothing. Usage: tests/gpu/run.sh BUILD_DIR
 set -u
 BUILD=${1:-build}
 status=0
@@ -17,6 +17,9 @@ if [ "$ran" -eq 0 ]; then
     echo "test-gpu: no usable CUDA device: nothing was checked"
     exit "$status"
 fi
+for t in tests/gpu/test_*.sh; do
+    "$t" "$BUILD" || status=1
+done
 sanitizer=$(command -v compute-sanitizer || true)
 for d in "${CUDA_HOME:-}" /usr/local/cuda; do
     [ -z "$sanitizer" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && sanitizer=$d/bin/compute-sanitizer
