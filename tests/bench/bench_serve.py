@@ -30,10 +30,9 @@ def rss_kib(pid):
 def start(tmp, *extra):
     endpoint = "ipc://" + os.path.join(tmp, "focusd.sock")
     log = open(os.path.join(tmp, "focusd.log"), "w")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
     p = subprocess.Popen([FOCUSD, "--model", "tiny=" + MODEL, "--listen", endpoint, "--state-dir",
                           os.path.join(tmp, "state"), "--device", "cpu", *extra],
-                         stdout=log, stderr=log, env=env)
+                         stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with open(os.path.join(tmp, "focusd.log")) as f:

@@ -41,8 +41,7 @@ class Daemon:
             with open(self.conf, "w") as f:
                 f.write(conf)
         self.args = list(args)
-        # The fixture model's matrices are tiny: OpenBLAS's thread pool only spins on them.
-        self.env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env or {}))
+        self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.clients = []
 

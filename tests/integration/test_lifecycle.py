@@ -163,7 +163,7 @@ def test_socket_activation(workdir):
     ls.listen(16)
     fd = ls.fileno()
     log = open(os.path.join(workdir, "act.log"), "w")
-    env = dict(os.environ, LISTEN_FDS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, LISTEN_FDS="1")
     # LISTEN_PID must be focusd's own pid: a small wrapper moves the socket to fd 3
     # (SD_LISTEN_FDS_START), sets LISTEN_PID to its pid and execs into focusd.
     wrapper = ("import os, sys; os.dup2(int(sys.argv[1]), 3); "
