@@ -17,9 +17,8 @@ if [ "$ran" -eq 0 ]; then
     echo "test-gpu: no usable CUDA device: nothing was checked"
     exit "$status"
 fi
-for t in tests/gpu/test_*.sh; do
-    "$t" "$BUILD" || status=1
-done
+# Not named test_*.sh: tests/run, which runs the CPU suites, must not pick it up.
+tests/gpu/daemon_gpu.sh "$BUILD" || status=1
 sanitizer=$(command -v compute-sanitizer || true)
 for d in "${CUDA_HOME:-}" /usr/local/cuda; do
     [ -z "$sanitizer" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && sanitizer=$d/bin/compute-sanitizer

@@ -3,7 +3,7 @@
 # clients at once, through the C client only (no Python on the GPU machine): four concurrent
 # `focus generate` jobs of two shapes each write their PNGs, `focus models` reports the CUDA
 # device, bf16 and the memory held, and SIGTERM stops the daemon with status 0.
-# Run by tests/gpu/run.sh when a test found a device: tests/gpu/test_daemon_gpu.sh BUILD_DIR
+# Run by tests/gpu/run.sh when a test found a device: tests/gpu/daemon_gpu.sh BUILD_DIR
 # (FOCUSD_GPU_TEST_DEVICE=cpu runs the same script on the CPU, to check the script itself).
 set -u
 BUILD=${1:-build}
