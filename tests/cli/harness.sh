@@ -1,5 +1,5 @@
 # Shared by the command-line test suites (sourced, not run): a scratch directory $TMP, the
-# counters, and the two assertions. The suite prints "RESULT passed=N failed=M" at its end.
+# counters, the two assertions, and focusd started on the fixture model. The suite prints "RESULT passed=N failed=M" at its end.
 TMP=$(mktemp -d) || exit 2
 passed=0
 failed=0
@@ -16,6 +16,20 @@ expect() { # expect STATUS DESCRIPTION -- COMMAND...
         echo "FAIL $what: status $got, expected $want"
         sed 's/^/  /' "$TMP/err"
     fi
+}
+
+start_focusd() { # start_focusd FOCUSD FOCUS MODEL DEVICE: sets SOCK, DAEMON_PID; fails if not up
+    SOCK="ipc://$TMP/focusd.sock"
+    "$1" --model "tiny=$3" --listen "$SOCK" --state-dir "$TMP/state" --device "$4" \
+        2>"$TMP/focusd.log" &
+    DAEMON_PID=$!
+    for _ in $(seq 1 120); do
+        if "$2" -s "$SOCK" --timeout 1 ping >/dev/null 2>&1; then return 0; fi
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    sed 's/^/  focusd: /' "$TMP/focusd.log" | tail -n 20
+    return 1
 }
 
 check() { # check DESCRIPTION CONDITION...

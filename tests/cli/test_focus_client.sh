@@ -97,18 +97,7 @@ if [ ! -x "$FOCUSD" ]; then
 elif [ ! -f "$MODEL/model_index.json" ]; then
     echo "SKIP daemon tests: no fixture model at $MODEL"
 else
-    SOCK="ipc://$TMP/focusd.sock"
-    "$FOCUSD" --model "tiny=$MODEL" --listen "$SOCK" --state-dir "$TMP/state" --device cpu \
-        2>"$TMP/focusd.log" &
-    DAEMON_PID=$!
-    up=0
-    for _ in $(seq 1 120); do
-        if "$FOCUS" -s "$SOCK" --timeout 1 ping >/dev/null 2>&1; then up=1; break; fi
-        kill -0 "$DAEMON_PID" 2>/dev/null || break
-        sleep 0.5
-    done
-    check "focusd starts and answers ping" test "$up" -eq 1
-    [ "$up" -eq 1 ] || sed 's/^/  focusd: /' "$TMP/focusd.log" | tail -n 20
+    check "focusd starts and answers ping" start_focusd "$FOCUSD" "$FOCUS" "$MODEL" cpu
     export FOCUS_SOCKET="$SOCK"
     T="--timeout 30"
 

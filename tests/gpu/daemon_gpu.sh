@@ -11,19 +11,12 @@ DEVICE=${FOCUSD_GPU_TEST_DEVICE:-cuda}
 MODEL=${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35
 FOCUS=$BUILD/focus
 . tests/cli/harness.sh
-SOCK="ipc://$TMP/focusd.sock"
-"$BUILD/focusd" --model "tiny=$MODEL" --listen "$SOCK" --state-dir "$TMP/state" \
-    --device "$DEVICE" 2>"$TMP/focusd.log" &
-PID=$!
-trap 'kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT
 up=0
-for _ in $(seq 1 120); do
-    if "$FOCUS" -s "$SOCK" --timeout 1 ping >/dev/null 2>&1; then up=1; break; fi
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.5
-done
+start_focusd "$BUILD/focusd" "$FOCUS" "$MODEL" "$DEVICE" && up=1
+PID=$DAEMON_PID
+trap 'kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT
 check "focusd starts on $DEVICE and answers ping" test "$up" -eq 1
-[ "$up" -eq 1 ] || { sed 's/^/  focusd: /' "$TMP/focusd.log" | tail -n 20; echo "RESULT passed=$passed failed=$failed"; exit 1; }
+[ "$up" -eq 1 ] || { echo "RESULT passed=$passed failed=$failed"; exit 1; }
 
 expect 0 "models" -- "$FOCUS" -s "$SOCK" --json models
 want_dtype=$([ "$DEVICE" = cpu ] && echo fp32 || echo bf16)
