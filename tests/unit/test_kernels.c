@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "tests/unit/check.h"
+#include "tests/unit/ref_conv.h"
 #include "tests/unit/test_random.h"
 
 #include <math.h>
@@ -558,16 +559,9 @@ static void test_attention_long(void)
 
 /* ---- image ops ---- */
 
-struct conv_case {
-    int64_t B, C, H, W, O, k;
-    int stride, pad, bias;
-    kn_dtype wdt;
-};
-
 static void conv_case(const struct conv_case *c)
 {
-    int64_t Ho = (c->H + 2 * c->pad - c->k) / c->stride + 1;
-    int64_t Wo = (c->W + 2 * c->pad - c->k) / c->stride + 1;
+    int64_t Ho = conv_out_side(c, c->H), Wo = conv_out_side(c, c->W);
     int64_t xs[4] = {c->B, c->C, c->H, c->W}, ws[4] = {c->O, c->C, c->k, c->k};
     int64_t ys[4] = {c->B, c->O, Ho, Wo}, bs[1] = {c->O};
     float *xv = rand_buf(c->B * c->C * c->H * c->W, 1.0f);
@@ -578,26 +572,7 @@ static void conv_case(const struct conv_case *c)
            err_msg());
     int64_t n = c->B * c->O * Ho * Wo;
     double *ref = malloc((size_t)n * sizeof(double)), *mag = malloc((size_t)n * sizeof(double));
-    for (int64_t bi = 0; bi < c->B; bi++)
-        for (int64_t o = 0; o < c->O; o++)
-            for (int64_t oy = 0; oy < Ho; oy++)
-                for (int64_t ox = 0; ox < Wo; ox++) {
-                    double s = c->bias ? bv[o] : 0.0, a = c->bias ? fabs(bv[o]) : 0.0;
-                    for (int64_t ci = 0; ci < c->C; ci++)
-                        for (int64_t ky = 0; ky < c->k; ky++)
-                            for (int64_t kx = 0; kx < c->k; kx++) {
-                                int64_t iy = oy * c->stride - c->pad + ky;
-                                int64_t ix = ox * c->stride - c->pad + kx;
-                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
-                                double p = (double)xv[((bi * c->C + ci) * c->H + iy) * c->W + ix] *
-                                           wv[((o * c->C + ci) * c->k + ky) * c->k + kx];
-                                s += p;
-                                a += fabs(p);
-                            }
-                    int64_t i = ((bi * c->O + o) * Ho + oy) * Wo + ox;
-                    ref[i] = s;
-                    mag[i] = a;
-                }
+    ref_conv2d(c, xv, wv, bv, ref, mag);
     CHECK(close_all(y.data, ref, mag, n, 1e-30, 1e-5, "conv2d"));
     free(ref);
     free(mag);
