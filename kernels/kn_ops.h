@@ -3,7 +3,8 @@
  * Conventions for every op here:
  *  - Activations are row-major; an op sees a tensor as rows x cols, where cols is the last
  *    dimension and rows the product of the others (kn_rows/kn_cols).
- *  - Activation dtypes: F32 (the reference mode); F16/BF16 where a backend supports them.
+ *  - Activation dtypes: F32 (the reference mode), F16 or BF16, one dtype per op. CUDA computes
+ *    16-bit in its kernels; the CPU widens to float32 and rounds each output (cpu_half.c).
  *    Weights may be F32, F16, BF16 or F8_E4M3 and are widened inside the op, never copied
  *    whole: the CPU backend converts panel by panel into scratch.
  *  - Outputs are preallocated by the caller with the right shape; an op checks shapes and
