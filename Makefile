@@ -31,7 +31,7 @@ CFLAGS ?= $(OPT) -g
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS) \
 	-DFOCUS_VERSION='"$(VERSION)"'
 override LDFLAGS += $(SAN_FLAGS)
-LDLIBS = $(PKG_LIBS) -lm -lpthread
+LDLIBS = $(PKG_LIBS) -ldnnl -lgomp -lm -lpthread
 
 # Library code: everything except the programs' main files.
 LIB_SRC := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c engine/*.c protocol/*.c)

@@ -80,6 +80,19 @@ kn_device kn_ctx_device(const kn_ctx *ctx);
 /* Waits until every op queued on ctx has finished; reports a deferred backend error. */
 int kn_sync(kn_ctx *ctx);
 
+/* What the CPU backend's matrix products multiply in: KN_F32 (the default, the reference mode)
+ * or KN_BF16 (bf16 operands, float32 accumulation and activations; weights packed once on first
+ * use). ERR_INVALID for other dtypes. The CUDA backend computes in its activations' dtype and
+ * ignores this. */
+int kn_ctx_set_matmul(kn_ctx *ctx, kn_dtype dt);
+/* Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16). */
+int kn_cpu_native_bf16(void);
+/* The CPU backend's threads, the caller's included: every op is split over this many (1 to
+ * KN_CPU_MAX_THREADS; the default is the online CPUs). Results never depend on it. */
+#define KN_CPU_MAX_THREADS 64
+int kn_cpu_set_threads(int n);
+int kn_cpu_threads(void);
+
 /* Memory of a context, as counted at each allocation and release: what it holds now (tensors,
  * uploaded weights, op scratch and library workspaces; a mapped CPU weight belongs to the page
  * cache, not to the context), the most it has held since creation or kn_ctx_reset_peak, and the

@@ -14,6 +14,7 @@ struct kn_ctx {
     uint64_t bytes;      /* device memory held: tensors, uploaded weights, scratch */
     uint64_t peak_bytes; /* the most held since creation or kn_ctx_reset_peak */
     uint64_t total_bytes; /* the device's memory (physical RAM for the CPU) */
+    kn_dtype matmul;      /* what the CPU's matrix products multiply in: F32 or BF16 */
 };
 
 /* Counts memory taken (delta > 0) or given back (delta < 0) on ctx, for kn_ctx_memory. The

@@ -48,6 +48,25 @@ kn_device kn_ctx_device(const kn_ctx *ctx)
     return ctx->device;
 }
 
+int kn_ctx_set_matmul(kn_ctx *ctx, kn_dtype dt)
+{
+    if (dt != KN_F32 && dt != KN_BF16)
+        return err_set(ERR_INVALID, "matrix products in %s: expected F32 or BF16",
+                       kn_dtype_name(dt));
+    ctx->matmul = dt;
+    return 0;
+}
+
+int kn_cpu_native_bf16(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+    return 0;
+#endif
+}
+
 void kn_ctx_memory(const kn_ctx *ctx, kn_memory *m)
 {
     *m = (kn_memory){.in_use = __atomic_load_n(&ctx->bytes, __ATOMIC_RELAXED),

@@ -1,10 +1,12 @@
 /* CPU backend: scaled dot-product attention with a float32 softmax. Heads stay interleaved in
- * the feature dimension; BLAS reads each head's slice in place through its leading dimension,
+ * the feature dimension; the products read each head's slice in place through its row stride,
  * so nothing is gathered. Queries are processed in blocks sized so that the score blocks stay
  * within a fixed budget: a 16384-token VAE attention never holds a full Sq x Sk matrix. Each
  * (sample, head, query block) runs whole on one worker thread (scores, softmax, p.v), so the
  * threads meet once per attention rather than three times per head. */
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_matmul.h"
+
+#include "common/err.h"
 
 #include <math.h>
 
@@ -94,6 +96,7 @@ struct attn_job {
     int64_t H, Sq, Sk, HD, Dh, block, nblocks, tasks, parts;
     float scale;
     int causal;
+    int *rc; /* the first failure of a task */
 };
 
 /* Task t: query block t % nblocks of head (t / nblocks) % H of sample t / (nblocks H), with
@@ -102,21 +105,27 @@ static void attend_block(const struct attn_job *j, int64_t t, float *S)
 {
     int64_t q0 = t % j->nblocks * j->block, h = t / j->nblocks % j->H, b = t / (j->nblocks * j->H);
     int64_t nq = j->Sq - q0 < j->block ? j->Sq - q0 : j->block;
-    /* Under a causal mask no query of this block sees keys past its last row. */
-    int64_t nk = j->causal && q0 + nq < j->Sk ? q0 + nq : j->Sk;
+    /* Every block sums p.v over all Sk keys, masked ones as zeros, even under a causal mask:
+     * the block size follows the thread count, and a row's sum must not. */
+    const int64_t nk = j->Sk;
     const float *kp = j->k + b * j->Sk * j->HD + h * j->Dh;
     const float *vp = j->v + b * j->Sk * j->HD + h * j->Dh;
-    cpu_gemm_run(&(cpu_gemm){.M = nq,
-                             .N = nk,
-                             .K = j->Dh,
-                             .alpha = j->scale,
-                             .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh,
-                             .lda = j->HD,
-                             .b = kp,
-                             .ldb = j->HD,
-                             .b_trans = 1,
-                             .c = S,
-                             .ldc = nk});
+    int rc = cpu_mm_run(&(cpu_mm){.M = nq,
+                                  .N = nk,
+                                  .K = j->Dh,
+                                  .alpha = j->scale,
+                                  .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh,
+                                  .lda = j->HD,
+                                  .b = kp,
+                                  .ldb = j->HD,
+                                  .b_form = MM_PLAIN_NT,
+                                  .c = S,
+                                  .ldc = nk},
+                        0);
+    if (rc < 0) {
+        __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
+        return;
+    }
     const float *bias = j->bias ? j->bias + h * j->Sq * j->Sk : NULL;
     float *lse = j->lse ? j->lse + (b * j->H + h) * j->Sq : NULL;
     for (int64_t i = 0; i < nq; i++) {
@@ -129,16 +138,20 @@ static void attend_block(const struct attn_job *j, int64_t t, float *S)
         float l = softmax_row(row, lim, nk);
         if (lse) lse[qi] = l;
     }
-    cpu_gemm_run(&(cpu_gemm){.M = nq,
-                             .N = j->Dh,
-                             .K = nk,
-                             .alpha = 1.0f,
-                             .a = S,
-                             .lda = nk,
-                             .b = vp,
-                             .ldb = j->HD,
-                             .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
-                             .ldc = j->HD});
+    if (rc == 0)
+        rc = cpu_mm_run(&(cpu_mm){.M = nq,
+                                  .N = j->Dh,
+                                  .K = nk,
+                                  .alpha = 1.0f,
+                                  .a = S,
+                                  .lda = nk,
+                                  .b = vp,
+                                  .ldb = j->HD,
+                                  .b_form = MM_PLAIN_KN,
+                                  .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
+                                  .ldc = j->HD},
+                        0);
+    if (rc < 0) __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
 }
 
 /* Parts [lo, hi): part p takes a contiguous share of the tasks and score buffer p. */
@@ -182,6 +195,8 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
     j.tasks = B * j.H * j.nblocks;
     if (j.parts > j.tasks) j.parts = j.tasks;
     j.scores = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(j.parts * j.block * j.Sk) * sizeof(float));
+    int rc = 0;
+    j.rc = &rc;
     cpu_parallel(j.parts, j.tasks * j.Sk * j.HD, attend_parts, &j);
-    return 0;
+    return rc < 0 ? err_set(rc, "attention: a matrix product failed") : 0;
 }

@@ -3,7 +3,7 @@
  * (same roundings in the same order), so outputs match the reference to an ulp or so. The
  * loops run element by element, which keeps them correct when y aliases an input; large ones
  * are split over the worker threads by element or row, which leaves every result unchanged. */
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_matmul.h"
 
 #include <math.h>
 
@@ -33,10 +33,12 @@ static float act_quick_gelu(float x)
     return x * s;
 }
 
+/* y = act(x), row by row (rows of n columns). */
 struct act_job {
     float *y;
     const float *x;
-    float (*f)(float);
+    int64_t n;
+    kn_act act;
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -79,27 +81,56 @@ __attribute__((target("avx2,fma"))) static int64_t gelu_tanh_avx2(float *y, cons
 }
 #endif
 
+static float (*act_fn(kn_act act))(float)
+{
+    return act == KN_ACT_SILU        ? act_silu
+           : act == KN_ACT_GELU_ERF  ? act_gelu_erf
+           : act == KN_ACT_GELU_TANH ? act_gelu_tanh
+                                     : act_quick_gelu;
+}
+
+/* y[0, n) = act(x[0, n)): the whole vectors of a row in eight lanes, its tail scalar, so that
+ * an element's result depends on its column alone, however rows are split over threads. */
+static void act_row(float *y, const float *x, int64_t n, kn_act act)
+{
+    int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (act == KN_ACT_GELU_TANH && cpu_avx2_fma()) i = gelu_tanh_avx2(y, x, 0, n);
+#endif
+    float (*f)(float) = act_fn(act);
+    for (; i < n; i++)
+        y[i] = f(x[i]);
+}
+
+void cpu_act_row(float *x, int64_t n, kn_act act)
+{
+    act_row(x, x, n, act);
+}
+
+void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n)
+{
+    const float *b = g->bias ? g->bias + n0 : NULL;
+    for (int64_t j = 0; j < n; j++) {
+        float v = g->alpha * acc[j];
+        out[j] = b ? v + b[j] : v;
+    }
+    if (g->has_act) act_row(out, out, n, g->act);
+}
+
 static void act_range(void *p, int64_t lo, int64_t hi)
 {
     const struct act_job *j = p;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (j->f == act_gelu_tanh && cpu_avx2_fma()) lo = gelu_tanh_avx2(j->y, j->x, lo, hi);
-#endif
-    for (int64_t i = lo; i < hi; i++)
-        j->y[i] = j->f(j->x[i]);
+    for (int64_t r = lo; r < hi; r++)
+        act_row(j->y + r * j->n, j->x + r * j->n, j->n, j->act);
 }
 
 int cpu_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act)
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_activate(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), act));
-    struct act_job j = {y->data, x->data,
-                        act == KN_ACT_SILU        ? act_silu
-                        : act == KN_ACT_GELU_ERF  ? act_gelu_erf
-                        : act == KN_ACT_GELU_TANH ? act_gelu_tanh
-                                                  : act_quick_gelu};
-    int64_t n = kn_numel(x);
-    cpu_parallel(n, n, act_range, &j);
+    struct act_job j = {y->data, x->data, kn_cols(x), act};
+    int64_t rows = kn_numel(x) / (j.n > 0 ? j.n : 1);
+    if (j.n > 0) cpu_parallel(rows, rows * j.n, act_range, &j);
     return 0;
 }
 

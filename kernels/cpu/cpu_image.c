@@ -1,8 +1,8 @@
 /* CPU backend: the NCHW image ops of the VAE and the patch embedding: convolution by im2col and
- * BLAS, nearest 2x upsampling and the tokens <-> channels transpose. The im2col matrix is built
+ * matrix products, nearest 2x upsampling and the tokens <-> channels transpose. The im2col matrix is built
  * a few output rows at a time, so a 1024x1024 image with 128 channels needs tens of megabytes
  * of scratch, not the gigabytes of a whole-image im2col. */
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/cpu_matmul.h"
 
 #include <string.h>
 
@@ -68,7 +68,7 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     if (B == 0 || O == 0 || P == 0) return 0;
     /* Conv weights are at most a few million elements, so the whole of one is widened. */
     const float *wd = cpu_f32_span(ctx, CPU_SLOT_WEIGHT, w, 0, O * CK);
-    int direct = g.kh == 1 && g.kw == 1 && stride == 1 && pad == 0;
+    int rc, direct = g.kh == 1 && g.kw == 1 && stride == 1 && pad == 0;
     int64_t rows = CONV_COL_FLOATS / (CK * g.Wo > 0 ? CK * g.Wo : 1);
     if (rows < 1) rows = 1;
     if (rows > g.Ho) rows = g.Ho;
@@ -78,32 +78,38 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
         const float *xn = (const float *)x->data + n * g.C * g.H * g.W;
         float *yn = (float *)y->data + n * O * P;
         if (direct) {
-            cpu_gemm_parallel(&(cpu_gemm){.M = O,
-                                          .N = P,
-                                          .K = g.C,
-                                          .alpha = 1.0f,
-                                          .a = wd,
-                                          .lda = g.C,
-                                          .b = xn,
-                                          .ldb = P,
-                                          .c = yn,
-                                          .ldc = P});
+            rc = cpu_mm_run(&(cpu_mm){.M = O,
+                                      .N = P,
+                                      .K = g.C,
+                                      .alpha = 1.0f,
+                                      .a = wd,
+                                      .lda = g.C,
+                                      .b = xn,
+                                      .ldb = P,
+                                      .b_form = MM_PLAIN_KN,
+                                      .c = yn,
+                                      .ldc = P},
+                            1);
+            if (rc < 0) return rc;
             continue;
         }
         for (int64_t oy0 = 0; oy0 < g.Ho; oy0 += rows) {
             int64_t nr = g.Ho - oy0 < rows ? g.Ho - oy0 : rows;
             int64_t np = nr * g.Wo;
             im2col_rows(col, xn, &g, oy0, nr);
-            cpu_gemm_parallel(&(cpu_gemm){.M = O,
-                                          .N = np,
-                                          .K = CK,
-                                          .alpha = 1.0f,
-                                          .a = wd,
-                                          .lda = CK,
-                                          .b = col,
-                                          .ldb = np,
-                                          .c = yn + oy0 * g.Wo,
-                                          .ldc = P});
+            rc = cpu_mm_run(&(cpu_mm){.M = O,
+                                      .N = np,
+                                      .K = CK,
+                                      .alpha = 1.0f,
+                                      .a = wd,
+                                      .lda = CK,
+                                      .b = col,
+                                      .ldb = np,
+                                      .b_form = MM_PLAIN_KN,
+                                      .c = yn + oy0 * g.Wo,
+                                      .ldc = P},
+                            1);
+            if (rc < 0) return rc;
         }
     }
     if (b) {

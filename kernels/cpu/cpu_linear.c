@@ -1,9 +1,11 @@
-/* CPU backend: the linear layer (the hot path of the text encoders and the transformer), the
- * embedding lookup, and widening of weights stored as F16, BF16 or FP8 into float32 scratch.
- * F32 weights go to BLAS straight from their (possibly mmapped) memory; narrower weights are
- * widened a panel of rows at a time so that a full float32 copy of a weight never exists. */
-#include "kernels/cpu/cpu_ops.h"
-#include "kernels/kn_convert.h"
+/* CPU backend: the linear layer (the hot path of the text encoders and the transformer) with
+ * its bias and activation as the product's epilogue, the embedding lookup, and widening of
+ * weights stored as F16, BF16 or FP8 to float32. */
+#include "kernels/cpu/cpu_matmul.h"
+
+#include "common/err.h"
+
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -43,7 +45,7 @@ __attribute__((constructor)) static void detect_cpu(void)
 }
 #endif
 
-static void widen_serial(float *dst, const void *src, kn_dtype dt, size_t n)
+void cpu_widen(float *dst, const void *src, kn_dtype dt, size_t n)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (dt == KN_F16 && have_f16c) {
@@ -72,7 +74,7 @@ static void widen_range(void *p, int64_t lo, int64_t hi)
 {
     const struct widen_job *j = p;
     int64_t off = lo * WIDEN_CHUNK, end = hi * WIDEN_CHUNK < j->n ? hi * WIDEN_CHUNK : j->n;
-    widen_serial(j->dst + off, j->src + (size_t)off * kn_dtype_size(j->dt), j->dt,
+    cpu_widen(j->dst + off, j->src + (size_t)off * kn_dtype_size(j->dt), j->dt,
                  (size_t)(end - off));
 }
 
@@ -91,51 +93,42 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
     return dst;
 }
 
-/* y[M, N] (row stride ldy) = x[M, K] . w[N, K]^T. */
-static void gemm_nt(int64_t M, int64_t N, int64_t K, const float *x, const float *w, float *y,
-                    int64_t ldy)
+int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                   const kn_tensor *b, int has_act, kn_act act)
 {
-    cpu_gemm g = {.M = M,
-                  .N = N,
-                  .K = K,
-                  .alpha = 1.0f,
-                  .a = x,
-                  .lda = K,
-                  .b = w,
-                  .ldb = K,
-                  .b_trans = 1,
-                  .c = y,
-                  .ldc = ldy};
-    cpu_gemm_parallel(&g);
-}
-
-/* Rows of w widened per panel. With few activation rows the product is memory bound and a
- * panel that stays in L2 while BLAS reads it is best. With many rows every panel costs BLAS a
- * fresh packing of x, so panels are large (16 MiB) and split N evenly, which measured within a
- * few percent of a single sgemm on the whole float32 weight (bench_kernels). */
-static int64_t panel_rows(int64_t M, int64_t N, int64_t K)
-{
-    int64_t floats = M <= 16 ? ((int64_t)64 << 10) : ((int64_t)4 << 20);
-    int64_t per = floats / K > 16 ? floats / K : 16;
-    int64_t panels = (N + per - 1) / per;
-    int64_t rows = (N + panels - 1) / panels;
-    return (rows + 15) / 16 * 16;
-}
-
-struct bias_job {
-    float *y;
-    const float *b;
-    int64_t N;
-};
-
-static void bias_range(void *p, int64_t lo, int64_t hi)
-{
-    const struct bias_job *j = p;
-    for (int64_t i = lo; i < hi; i++) {
-        float *row = j->y + i * j->N;
-        for (int64_t k = 0; k < j->N; k++)
-            row[k] += j->b[k];
+    int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
+    float *yd = y->data;
+    if (M == 0 || N == 0) return 0;
+    const float *bias = b ? cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, N) : NULL;
+    cpu_mm g = {.M = M,
+                .N = N,
+                .K = K,
+                .alpha = 1.0f,
+                .a = x->data,
+                .lda = K,
+                .b = w->data,
+                .ldb = K,
+                .b_form = MM_PLAIN_NT,
+                .b_dtype = w->dtype,
+                .bias = bias,
+                .has_act = has_act,
+                .act = act,
+                .c = yd,
+                .ldc = N};
+    if (K == 0) { /* an empty sum: the epilogue of zeros */
+        for (int64_t i = 0; i < M; i++) {
+            memset(yd + i * N, 0, (size_t)N * sizeof(float));
+            cpu_mm_epilogue(&g, yd + i * N, yd + i * N, 0, N);
+        }
+        return 0;
     }
+    /* A bf16 context multiplies weights packed once; a float32 one widens a chunk of rows at a
+     * time, so that a full float32 copy of a 16-bit weight never exists. */
+    if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16))) return err_code();
+    int rc = cpu_mm_run(&g, 1);
+    return rc < 0 ? err_prefix(rc, "a [%lld, %lld] x [%lld, %lld] product: ", (long long)M,
+                            (long long)K, (long long)N, (long long)K)
+                  : 0;
 }
 
 int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
@@ -143,35 +136,7 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
-    int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
-    float *yd = y->data;
-    const float *xd = x->data;
-    if (M == 0 || N == 0) return 0;
-    if (K == 0) {
-        for (int64_t i = 0; i < M * N; i++)
-            yd[i] = 0.0f;
-    } else if (w->dtype == KN_F32 && M == 1) {
-        /* One row against a float32 weight streams the weight once at memory speed (a
-         * matrix-vector product per part). */
-        gemm_nt(M, N, K, xd, w->data, yd, N);
-    } else {
-        /* A large float32 product is one BLAS call on the weight's own memory. Small M runs
-         * panel by panel whatever the dtype: OpenBLAS's sgemm with a handful of rows and a
-         * wide weight runs at a fraction of memory speed (measured 2.9 GB/s for 2 x 1536 x
-         * 13824), while panels that fit in L2 run several times faster. (sgemv on such
-         * panels measured slower and less steady than sgemm.) */
-        int64_t step = w->dtype == KN_F32 && M > 16 ? N : panel_rows(M, N, K);
-        for (int64_t n0 = 0; n0 < N; n0 += step) {
-            int64_t nn = N - n0 < step ? N - n0 : step;
-            const float *wp = cpu_f32_span(ctx, CPU_SLOT_WEIGHT, w, n0 * K, nn * K);
-            gemm_nt(M, nn, K, xd, wp, yd + n0, N);
-        }
-    }
-    if (b) {
-        struct bias_job j = {yd, cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, N), N};
-        cpu_parallel(M, M * N, bias_range, &j);
-    }
-    return 0;
+    return cpu_linear_act(ctx, y, x, w, b, 0, KN_ACT_SILU);
 }
 
 int cpu_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n)

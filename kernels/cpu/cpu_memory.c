@@ -1,6 +1,5 @@
 /* CPU backend: memory, scratch buffers and plain data movement. */
-#include "kernels/kn_backend.h"
-#include "kernels/kn_convert.h"
+#include "kernels/cpu/cpu_matmul.h"
 
 #include "common/err.h"
 #include "common/xalloc.h"
@@ -12,7 +11,13 @@
 struct cpu_state {
     void *scratch[CPU_SCRATCH_SLOTS];
     size_t scratch_size[CPU_SCRATCH_SLOTS];
+    struct cpu_pack_table packs;
 };
+
+struct cpu_pack_table *cpu_pack_table(kn_ctx *ctx)
+{
+    return &((struct cpu_state *)ctx->backend)->packs;
+}
 
 int cpu_ctx_init(kn_ctx *ctx)
 {
@@ -26,6 +31,7 @@ void cpu_ctx_fini(kn_ctx *ctx)
 {
     struct cpu_state *st = ctx->backend;
     if (!st) return;
+    cpu_packed_free_all(ctx);
     for (int i = 0; i < CPU_SCRATCH_SLOTS; i++)
         free(st->scratch[i]);
     free(st);

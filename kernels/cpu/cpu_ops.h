@@ -25,32 +25,12 @@ enum {
 /* fn(arg, lo, hi) over [0, n) split into contiguous ranges, one per thread of the pool, when
  * `work` (elements touched) reaches CPU_PAR_MIN; otherwise fn(arg, 0, n) on the caller (also
  * when another caller holds the pool). Returns when every range is done. Range k of p is
- * [n k / p, n (k + 1) / p). fn may run cpu_gemm_run, never cpu_parallel. */
+ * [n k / p, n (k + 1) / p). fn may run cpu_mm_run(g, 0), never cpu_parallel. */
 typedef void (*cpu_range_fn)(void *arg, int64_t lo, int64_t hi);
 void cpu_parallel(int64_t n, int64_t work, cpu_range_fn fn, void *arg);
 
 /* Threads that share a cpu_parallel loop, the caller included (starts the pool). */
 int cpu_pool_threads(void);
-
-/* c[M, N] = alpha a[M, K] . op(b), op(b) = b[N, K]^T when b_trans, else b[K, N]; row-major
- * with leading dimensions lda, ldb, ldc. */
-typedef struct cpu_gemm {
-    int64_t M, N, K;
-    float alpha;
-    const float *a;
-    int64_t lda;
-    const float *b;
-    int64_t ldb;
-    int b_trans;
-    float *c;
-    int64_t ldc;
-} cpu_gemm;
-
-/* The product on the calling thread, BLAS single-threaded (for use inside a cpu_parallel
- * loop). With one row and b_trans it is a matrix-vector product. */
-void cpu_gemm_run(const cpu_gemm *g);
-/* The product split over the pool by columns (or by rows when there are few columns). */
-void cpu_gemm_parallel(const cpu_gemm *g);
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

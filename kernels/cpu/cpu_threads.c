@@ -1,23 +1,30 @@
 /* CPU backend: the worker threads that split every loop of the backend over the cores: the
- * matrix products (cpu_gemm.c, BLAS single-threaded in each part), activations, norms, the
+ * matrix products (cpu_matmul.c, oneDNN single-threaded in each part), activations, norms, the
  * attention softmax, weight widening. Not OpenMP: libgomp's idle workers busy-wait for
  * milliseconds after every parallel region unless OMP_WAIT_POLICY says otherwise, and that
  * stole a core from the work that followed (a step measured 10% slower than single-threaded).
- * These workers sleep on a condition variable as soon as their part is done. */
+ * These workers sleep on a condition variable as soon as their part is done. No result depends
+ * on how many threads share a loop (cpu_matmul.c fixes the products' tiles; the other loops
+ * compute each element or row alike wherever their ranges fall), so kn_cpu_set_threads can
+ * change the count at any time between loops. */
 #include "kernels/cpu/cpu_ops.h"
 
+#include "common/err.h"
+
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <unistd.h>
 
-/* Threads that share a loop, the caller included. */
-#define POOL_MAX_THREADS 16
+/* The default count: the online CPUs, at most this many. */
+#define POOL_DEFAULT_MAX 16
 
 static struct {
     pthread_once_t once;
     pthread_mutex_t mu;
     pthread_cond_t go, done;
     int threads;       /* workers started + the caller */
+    int parts;         /* threads that share each loop (kn_cpu_set_threads), <= threads */
     int busy;          /* a loop is in flight: a concurrent caller runs its loop alone */
     unsigned long gen; /* bumped for every loop handed to the workers */
     int pending;       /* workers still running the current loop */
@@ -28,6 +35,7 @@ static struct {
           PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER,
           PTHREAD_COND_INITIALIZER,
+          1,
           1,
           0,
           0,
@@ -55,7 +63,8 @@ static void *pool_worker(void *p)
         cpu_range_fn fn = pool.fn;
         void *arg = pool.arg;
         int64_t n = pool.n;
-        int parts = pool.threads;
+        int parts = pool.parts;
+        if (id >= parts) continue;
         pthread_mutex_unlock(&pool.mu);
         run_part(fn, arg, n, id, parts);
         pthread_mutex_lock(&pool.mu);
@@ -64,26 +73,61 @@ static void *pool_worker(void *p)
     return NULL;
 }
 
-static void pool_start(void)
+/* Starts workers until `want` threads share loops; with pool.mu held and no loop in flight. A
+ * worker that cannot be started only means fewer parts per loop. */
+static void pool_grow(int want)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int want = cpus < 1 ? 1 : cpus > POOL_MAX_THREADS ? POOL_MAX_THREADS : (int)cpus;
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) != 0) return;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    /* A worker that cannot be started only means fewer parts per loop. */
-    for (int i = 1; i < want; i++) {
+    while (pool.threads < want) {
         pthread_t t;
         if (pthread_create(&t, &attr, pool_worker, (void *)(intptr_t)pool.threads) != 0) break;
         pool.threads++;
     }
     pthread_attr_destroy(&attr);
+    pool.parts = want < pool.threads ? want : pool.threads;
+}
+
+static void pool_start(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    pthread_mutex_lock(&pool.mu);
+    pool_grow(cpus < 1 ? 1 : cpus > POOL_DEFAULT_MAX ? POOL_DEFAULT_MAX : (int)cpus);
+    pthread_mutex_unlock(&pool.mu);
 }
 
 int cpu_pool_threads(void)
 {
     pthread_once(&pool.once, pool_start);
-    return pool.threads;
+    pthread_mutex_lock(&pool.mu);
+    int n = pool.parts;
+    pthread_mutex_unlock(&pool.mu);
+    return n;
+}
+
+int kn_cpu_threads(void)
+{
+    return cpu_pool_threads();
+}
+
+int kn_cpu_set_threads(int n)
+{
+    if (n < 1 || n > KN_CPU_MAX_THREADS)
+        return err_set(ERR_RANGE, "CPU threads %d: expected 1 to %d", n, KN_CPU_MAX_THREADS);
+    pthread_once(&pool.once, pool_start);
+    pthread_mutex_lock(&pool.mu);
+    while (pool.busy) {
+        pthread_mutex_unlock(&pool.mu);
+        sched_yield();
+        pthread_mutex_lock(&pool.mu);
+    }
+    if (n > pool.threads)
+        pool_grow(n);
+    else
+        pool.parts = n;
+    pthread_mutex_unlock(&pool.mu);
+    return 0;
 }
 
 void cpu_parallel(int64_t n, int64_t work, cpu_range_fn fn, void *arg)
@@ -95,16 +139,16 @@ void cpu_parallel(int64_t n, int64_t work, cpu_range_fn fn, void *arg)
     }
     pthread_once(&pool.once, pool_start);
     pthread_mutex_lock(&pool.mu);
-    if (pool.threads < 2 || pool.busy) {
+    if (pool.parts < 2 || pool.busy) {
         pthread_mutex_unlock(&pool.mu);
         fn(arg, 0, n);
         return;
     }
     pool.busy = 1;
     pool.fn = fn, pool.arg = arg, pool.n = n;
-    pool.pending = pool.threads - 1;
+    pool.pending = pool.parts - 1;
     pool.gen++;
-    int parts = pool.threads;
+    int parts = pool.parts;
     pthread_cond_broadcast(&pool.go);
     pthread_mutex_unlock(&pool.mu);
 

@@ -1,0 +1,319 @@
+/* CPU backend: every matrix product, through oneDNN's matmul, in tiles of one fixed shape.
+ *
+ * A GEMM library picks its kernels, blockings and reduction orders from the whole product's
+ * shape and from how many threads share it, so a row's result would change with the number of
+ * rows beside it (other jobs of a batch) and with the thread split: OpenBLAS's Haswell kernels
+ * give other bits for a row at M = 1..4 than at M = 64, and for a column block split off. Here
+ * the library only ever sees products of MM_TILE_M rows by at most MM_TILE_N columns by the
+ * full K, each run on one thread: the rows of a product are copied into a zero-padded tile of
+ * their own (converted to bf16 where the product is bf16), the columns cut into chunks at fixed
+ * offsets, and the tiles spread over the worker threads. A row's output therefore depends on
+ * the row, the weight and K alone (oneDNN's kernels treat every row of a tile alike; the
+ * invariance tests check it for each instruction set), whatever M, the row's position or the
+ * thread count. The epilogue (alpha, bias, activation) runs while a tile is copied out.
+ *
+ * Operands: a[M, K] is float32; b is a plain float32 matrix (b[N, K] transposed, or b[K, N]),
+ * or a weight packed once into oneDNN's blocked layout for the product's dtype (cpu_pack.c). */
+#include "kernels/cpu/cpu_matmul.h"
+
+#include "common/err.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t mu;
+    dnnl_engine_t engine;
+    struct mm_prim *prims; /* every primitive made, kept for the process's life */
+} lib = {PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, NULL};
+
+/* One primitive per distinct (tile columns, K, operand form, dtype): a few dozen in a model. */
+struct mm_prim {
+    struct mm_prim *next;
+    cpu_mm_key key;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t src, wei, dst, scratch;
+};
+
+static void lib_start(void)
+{
+    if (dnnl_engine_create(&lib.engine, dnnl_cpu, 0) != dnnl_success) lib.engine = NULL;
+}
+
+/* Per-thread state: oneDNN's stream and the tile buffers. oneDNN parallelises with OpenMP;
+ * every product here runs on one thread, the split being this backend's own. */
+struct mm_thread {
+    dnnl_stream_t stream;
+    void *src, *dst, *wide, *scratch;
+    size_t src_size, dst_size, wide_size, scratch_size;
+};
+static __thread struct mm_thread tls;
+
+static int thread_ready(void)
+{
+    if (tls.stream) return 0;
+    omp_set_num_threads(1);
+    pthread_once(&lib.once, lib_start);
+    if (!lib.engine) return err_set(ERR_DEVICE, "oneDNN: no CPU engine");
+    if (dnnl_stream_create(&tls.stream, lib.engine, dnnl_stream_default_flags) != dnnl_success)
+        return err_set(ERR_DEVICE, "oneDNN: cannot create a stream");
+    return 0;
+}
+
+static void *grow(void **buf, size_t *size, size_t n)
+{
+    if (*size >= n) return *buf;
+    free(*buf);
+    *buf = NULL;
+    *size = 0;
+    if (posix_memalign(buf, 64, (n + 63) & ~(size_t)63) != 0) return *buf = NULL;
+    *size = n;
+    return *buf;
+}
+
+void *cpu_mm_thread_buffer(size_t n)
+{
+    return grow(&tls.wide, &tls.wide_size, n);
+}
+
+static dnnl_data_type_t dnnl_dt(kn_dtype dt)
+{
+    return dt == KN_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+/* Makes the primitive for key; returns NULL (with the error set) when oneDNN has none. */
+static struct mm_prim *prim_make(const cpu_mm_key *k)
+{
+    struct mm_prim *p = calloc(1, sizeof *p);
+    if (!p) {
+        err_set(ERR_NOMEM, "oneDNN: out of memory");
+        return NULL;
+    }
+    p->key = *k;
+    dnnl_dims_t sd = {MM_TILE_M, k->K}, wd = {k->K, k->N}, dd = {MM_TILE_M, k->N};
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_matmul_desc_t desc;
+    int ok = dnnl_memory_desc_init_by_tag(&p->src, 2, sd, dnnl_dt(k->dt), dnnl_ab) ==
+                 dnnl_success &&
+             dnnl_memory_desc_init_by_tag(&p->dst, 2, dd, dnnl_f32, dnnl_ab) == dnnl_success;
+    if (ok && k->form == MM_PACKED) {
+        ok = dnnl_memory_desc_init_by_tag(&p->wei, 2, wd, dnnl_dt(k->dt), dnnl_format_tag_any) ==
+             dnnl_success;
+    } else if (ok) {
+        /* b[N, K] read as its transpose, or b[K, N] as it is, with row stride ldb. */
+        dnnl_dims_t st = {1, k->ldb};
+        if (k->form == MM_PLAIN_KN) st[0] = k->ldb, st[1] = 1;
+        ok = dnnl_memory_desc_init_by_strides(&p->wei, 2, wd, dnnl_f32, st) == dnnl_success;
+    }
+    /* Each thread brings its own scratchpad: oneDNN's shared one would be raced for. */
+    ok = ok && dnnl_primitive_attr_create(&attr) == dnnl_success &&
+         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) ==
+             dnnl_success &&
+         dnnl_matmul_desc_init(&desc, &p->src, &p->wei, NULL, &p->dst) == dnnl_success &&
+         dnnl_primitive_desc_create(&pd, &desc, attr, lib.engine, NULL) == dnnl_success;
+    if (ok) {
+        if (k->form == MM_PACKED) p->wei = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        p->scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    }
+    ok = ok && dnnl_primitive_create(&p->prim, pd) == dnnl_success;
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (!ok) {
+        free(p);
+        err_set(ERR_DEVICE, "oneDNN has no %s matmul for %d x %lld x %lld tiles",
+                k->dt == KN_BF16 ? "bf16" : "f32", MM_TILE_M, (long long)k->N, (long long)k->K);
+        return NULL;
+    }
+    return p;
+}
+
+static struct mm_prim *prim_get(const cpu_mm_key *k)
+{
+    if (thread_ready() < 0) return NULL;
+    pthread_mutex_lock(&lib.mu);
+    struct mm_prim *p = lib.prims;
+    while (p && memcmp(&p->key, k, sizeof *k) != 0)
+        p = p->next;
+    if (!p && (p = prim_make(k)) != NULL) {
+        p->next = lib.prims;
+        lib.prims = p;
+    }
+    pthread_mutex_unlock(&lib.mu);
+    return p;
+}
+
+size_t cpu_mm_packed_size(const cpu_mm_key *k)
+{
+    struct mm_prim *p = prim_get(k);
+    return p ? dnnl_memory_desc_get_size(&p->wei) : 0;
+}
+
+int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out)
+{
+    int rc = thread_ready();
+    if (rc < 0) return rc;
+    struct mm_prim *p = prim_get(k);
+    if (!p) return ERR_DEVICE;
+    /* w[N, K] row-major is the [K, N] weight with strides (1, K). */
+    dnnl_dims_t wd = {k->K, k->N}, st = {1, k->K};
+    dnnl_memory_desc_t from;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t mf = NULL, mt = NULL;
+    int ok = dnnl_memory_desc_init_by_strides(&from, 2, wd, dnnl_f32, st) == dnnl_success &&
+             dnnl_memory_create(&mf, &from, lib.engine, (void *)w) == dnnl_success &&
+             dnnl_memory_create(&mt, &p->wei, lib.engine, out) == dnnl_success &&
+             dnnl_reorder_primitive_desc_create(&rpd, &from, lib.engine, &p->wei, lib.engine,
+                                                NULL) == dnnl_success &&
+             dnnl_primitive_create(&r, rpd) == dnnl_success;
+    if (ok) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mf}, {DNNL_ARG_TO, mt}};
+        ok = dnnl_primitive_execute(r, tls.stream, 2, args) == dnnl_success &&
+             dnnl_stream_wait(tls.stream) == dnnl_success;
+    }
+    if (r) dnnl_primitive_destroy(r);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (mf) dnnl_memory_destroy(mf);
+    if (mt) dnnl_memory_destroy(mt);
+    return ok ? 0 : err_set(ERR_DEVICE, "oneDNN: cannot pack a %lld x %lld weight",
+                            (long long)k->N, (long long)k->K);
+}
+
+/* One tile: rows [r0, r0 + MM_TILE_M) of a (those past M are zeros) times the columns
+ * [n0, n0 + k->N) of b, the epilogue applied on the way out. */
+static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_t n0,
+                    const void *wei)
+{
+    const int64_t K = g->K, nt = p->key.N, rows = g->M - r0 < MM_TILE_M ? g->M - r0 : MM_TILE_M;
+    size_t es = p->key.dt == KN_BF16 ? 2 : 4;
+    char *src = grow(&tls.src, &tls.src_size, (size_t)(MM_TILE_M * K) * es);
+    float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(MM_TILE_M * nt) * sizeof(float));
+    size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
+    void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
+    if (!src || !dst || !scratch)
+        return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
+    for (int64_t i = 0; i < rows; i++) {
+        const float *ar = g->a + (r0 + i) * g->lda;
+        if (es == 4)
+            memcpy(src + (size_t)(i * K) * 4, ar, (size_t)K * 4);
+        else
+            kn_convert_from_f32(src + (size_t)(i * K) * 2, ar, KN_BF16, (size_t)K);
+    }
+    memset(src + (size_t)(rows * K) * es, 0, (size_t)((MM_TILE_M - rows) * K) * es);
+
+    dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mp = NULL;
+    int ok = dnnl_memory_create(&ms, &p->src, lib.engine, src) == dnnl_success &&
+             dnnl_memory_create(&mw, &p->wei, lib.engine, (void *)wei) == dnnl_success &&
+             dnnl_memory_create(&md, &p->dst, lib.engine, dst) == dnnl_success &&
+             dnnl_memory_create(&mp, &p->scratch, lib.engine, scratch) == dnnl_success;
+    if (ok) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms},
+                                   {DNNL_ARG_WEIGHTS, mw},
+                                   {DNNL_ARG_DST, md},
+                                   {DNNL_ARG_SCRATCHPAD, mp}};
+        ok = dnnl_primitive_execute(p->prim, tls.stream, 4, args) == dnnl_success &&
+             dnnl_stream_wait(tls.stream) == dnnl_success;
+    }
+    if (ms) dnnl_memory_destroy(ms);
+    if (mw) dnnl_memory_destroy(mw);
+    if (md) dnnl_memory_destroy(md);
+    if (mp) dnnl_memory_destroy(mp);
+    if (!ok) return err_set(ERR_DEVICE, "oneDNN: a matrix product failed");
+
+    for (int64_t i = 0; i < rows; i++)
+        cpu_mm_epilogue(g, dst + i * nt, g->c + (r0 + i) * g->ldc + n0, n0, nt);
+    return 0;
+}
+
+/* The operand of column chunk `chunk` for a product of form `form`: b offset to its columns,
+ * widened into a per-thread buffer when b is a 16-bit or FP8 weight, or the packed chunk. */
+static const void *chunk_operand(const cpu_mm *g, int64_t chunk, int64_t nt)
+{
+    int64_t n0 = chunk * MM_TILE_N;
+    if (g->packed) return cpu_packed_chunk(g->packed, chunk);
+    if (g->b_form == MM_PLAIN_KN) return (const float *)g->b + n0;
+    if (g->b_dtype == KN_F32) return (const float *)g->b + n0 * g->ldb;
+    float *w = cpu_mm_thread_buffer((size_t)(nt * g->K) * sizeof(float));
+    if (!w) return NULL;
+    size_t es = kn_dtype_size(g->b_dtype);
+    for (int64_t r = 0; r < nt; r++)
+        cpu_widen(w + r * g->K, (const char *)g->b + (size_t)((n0 + r) * g->ldb) * es, g->b_dtype,
+                  (size_t)g->K);
+    return w;
+}
+
+struct mm_run {
+    const cpu_mm *g;
+    struct mm_prim *full, *tail; /* the primitives of whole and of last column chunks */
+    int64_t chunks, groups;
+    int rc;
+};
+
+/* Rows are taken MM_GROUP tiles at a time so that a widened chunk serves several tiles. */
+#define MM_GROUP 8
+
+static void run_tasks(void *arg, int64_t lo, int64_t hi)
+{
+    struct mm_run *r = arg;
+    const cpu_mm *g = r->g;
+    if (thread_ready() < 0) {
+        __atomic_store_n(&r->rc, ERR_DEVICE, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t t = lo; t < hi; t++) {
+        int64_t chunk = t / r->groups, group = t % r->groups;
+        struct mm_prim *p = chunk == r->chunks - 1 ? r->tail : r->full;
+        const void *wei = chunk_operand(g, chunk, p->key.N);
+        if (!wei) {
+            __atomic_store_n(&r->rc, ERR_NOMEM, __ATOMIC_RELAXED);
+            return;
+        }
+        for (int64_t i = 0; i < MM_GROUP; i++) {
+            int64_t r0 = (group * MM_GROUP + i) * MM_TILE_M;
+            if (r0 >= g->M) break;
+            int rc = tile_run(g, p, r0, chunk * MM_TILE_N, wei);
+            if (rc < 0) {
+                __atomic_store_n(&r->rc, rc, __ATOMIC_RELAXED);
+                return;
+            }
+        }
+    }
+}
+
+static int mm_prepare(const cpu_mm *g, struct mm_run *r)
+{
+    *r = (struct mm_run){.g = g};
+    r->chunks = (g->N + MM_TILE_N - 1) / MM_TILE_N;
+    r->groups = (g->M + MM_TILE_M * MM_GROUP - 1) / (MM_TILE_M * MM_GROUP);
+    cpu_mm_key k = {.N = g->N < MM_TILE_N ? g->N : MM_TILE_N,
+                    .K = g->K,
+                    .form = g->packed ? MM_PACKED : g->b_form,
+                    .dt = g->packed ? g->packed->dt : KN_F32,
+                    .ldb = g->packed ? 0
+                           : g->b_form == MM_PLAIN_KN || g->b_dtype == KN_F32 ? g->ldb
+                                                                              : g->K};
+    if (!(r->full = prim_get(&k))) return ERR_DEVICE;
+    k.N = g->N - (r->chunks - 1) * MM_TILE_N;
+    if (!(r->tail = prim_get(&k))) return ERR_DEVICE;
+    return 0;
+}
+
+int cpu_mm_run(const cpu_mm *g, int parallel)
+{
+    if (g->M <= 0 || g->N <= 0) return 0;
+    struct mm_run r;
+    int rc = mm_prepare(g, &r);
+    if (rc < 0) return rc;
+    int64_t tasks = r.chunks * r.groups;
+    if (parallel)
+        cpu_parallel(tasks, g->M * g->N * g->K / 32, run_tasks, &r);
+    else
+        run_tasks(&r, 0, tasks);
+    return r.rc < 0 ? err_set(r.rc, "oneDNN: a %s tile failed",
+                              r.rc == ERR_NOMEM ? "matrix product ran out of memory for" : "product of")
+                    : 0;
+}

@@ -1,0 +1,99 @@
+/* Internal to kernels/cpu/: the matrix product every CPU op is built on (cpu_matmul.c) and the
+ * weights packed for it (cpu_pack.c). A product runs in tiles of MM_TILE_M rows by at most
+ * MM_TILE_N columns by the whole K, so that each row's result is fixed by the row, the operand
+ * and K: never by how many rows share the product nor by the thread split. */
+#ifndef FOCUS_KERNELS_CPU_CPU_MATMUL_H
+#define FOCUS_KERNELS_CPU_CPU_MATMUL_H
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/kn_convert.h"
+
+#include <dnnl.h>
+
+#define MM_TILE_M 32
+#define MM_TILE_N 256
+
+/* How the product's second operand is held. */
+typedef enum cpu_mm_form {
+    MM_PLAIN_NT, /* b[N, K] row-major (a weight, or keys), read transposed */
+    MM_PLAIN_KN, /* b[K, N] row-major (values, im2col columns) */
+    MM_PACKED,   /* a weight packed into oneDNN's layout for the product's dtype */
+} cpu_mm_form;
+
+/* What a oneDNN primitive is made for: one tile's columns N, K, the operand form and row
+ * stride (plain forms), and the dtype the product multiplies in. */
+typedef struct cpu_mm_key {
+    int64_t N, K, ldb;
+    cpu_mm_form form;
+    kn_dtype dt;
+} cpu_mm_key;
+
+/* A weight w[N, K] packed chunk by chunk (MM_TILE_N rows of w each) for products in dtype dt
+ * (F32 or BF16). */
+typedef struct cpu_packed {
+    const void *src; /* the weight's data, which identifies it */
+    int64_t N, K;
+    kn_dtype dt;
+    int64_t chunks;
+    size_t *offset; /* byte offset of each chunk in data */
+    void *data;
+    size_t bytes;
+} cpu_packed;
+
+/* c[M, N] = epilogue(alpha a[M, K] . op(b)): a float32 with row stride lda; b either plain
+ * float32 / 16-bit / FP8 (b_form, b_dtype, ldb; 16-bit and FP8 only as MM_PLAIN_NT) or
+ * `packed`; the epilogue adds bias[N] (NULL: none), then applies act when has_act. */
+typedef struct cpu_mm {
+    int64_t M, N, K;
+    float alpha;
+    const float *a;
+    int64_t lda;
+    const void *b;
+    int64_t ldb;
+    cpu_mm_form b_form;
+    kn_dtype b_dtype;
+    const cpu_packed *packed;
+    const float *bias;
+    int has_act;
+    kn_act act;
+    float *c;
+    int64_t ldc;
+} cpu_mm;
+
+/* Runs the product, over the worker threads when parallel (else on the calling thread, as
+ * inside a cpu_parallel task). 0 or a negative error. */
+int cpu_mm_run(const cpu_mm *g, int parallel);
+
+/* The epilogue of one row of a tile: out[j] = act(alpha acc[j] + bias[n0 + j]), j < n. */
+void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n);
+
+/* Bytes of one packed chunk of key (F32 or BF16, form MM_PACKED); 0 when oneDNN has none. */
+size_t cpu_mm_packed_size(const cpu_mm_key *k);
+/* Packs w[k->N, k->K] (float32, row-major) into out, of cpu_mm_packed_size(k) bytes. */
+int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out);
+/* A per-thread buffer of at least n bytes, valid until the thread's next call; NULL when out
+ * of memory. */
+void *cpu_mm_thread_buffer(size_t n);
+
+/* The packed weights a context keeps (cpu_pack.c). */
+struct cpu_pack_table {
+    cpu_packed **slot;
+    size_t cap, used;
+};
+struct cpu_pack_table *cpu_pack_table(kn_ctx *ctx);
+
+/* The packed form of weight w for products in dtype dt, made on first use and kept by ctx;
+ * NULL with the error set when it cannot be made. */
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt);
+void cpu_packed_free_all(kn_ctx *ctx);
+static inline const void *cpu_packed_chunk(const cpu_packed *p, int64_t chunk)
+{
+    return (const char *)p->data + p->offset[chunk];
+}
+
+/* Widens n values of dtype dt to float32 on the calling thread. */
+void cpu_widen(float *dst, const void *src, kn_dtype dt, size_t n);
+/* act applied to x[0, n) in place. */
+void cpu_act_row(float *x, int64_t n, kn_act act);
+
+#endif

@@ -1,0 +1,154 @@
+/* CPU backend: weights packed once into oneDNN's blocked layout for the products of a bf16
+ * context (and of float32 weights in a float32 one), kept by the context for its life. A weight
+ * is packed on its first product, chunk by chunk over the worker threads; its mapped file pages
+ * are then handed back to the kernel (MADV_PAGEOUT), so that resident memory holds the packed
+ * copy instead of the file's, not both. */
+#include "kernels/cpu/cpu_matmul.h"
+
+#include "common/err.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+/* The table is open-addressing, keyed by the weight's data and the product dtype. */
+static size_t hash_ptr(const void *p, size_t cap)
+{
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 20) & (cap - 1);
+}
+
+static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt)
+{
+    size_t i = hash_ptr(src, t->cap);
+    while (t->slot[i] && (t->slot[i]->src != src || t->slot[i]->dt != dt))
+        i = (i + 1) & (t->cap - 1);
+    return &t->slot[i];
+}
+
+static int table_grow(struct cpu_pack_table *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 256;
+    struct cpu_pack_table n = {calloc(cap, sizeof *n.slot), cap, t->used};
+    if (!n.slot) return err_set(ERR_NOMEM, "out of memory for the packed weight table");
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i]) *table_find(&n, t->slot[i]->src, t->slot[i]->dt) = t->slot[i];
+    free(t->slot);
+    *t = n;
+    return 0;
+}
+
+struct pack_job {
+    const kn_tensor *w;
+    cpu_packed *p;
+    int rc;
+};
+
+static void pack_range(void *arg, int64_t lo, int64_t hi)
+{
+    struct pack_job *j = arg;
+    const int64_t K = j->p->K;
+    size_t es = kn_dtype_size(j->w->dtype);
+    for (int64_t c = lo; c < hi; c++) {
+        int64_t n0 = c * MM_TILE_N, nt = j->p->N - n0 < MM_TILE_N ? j->p->N - n0 : MM_TILE_N;
+        cpu_mm_key k = {.N = nt, .K = K, .form = MM_PACKED, .dt = j->p->dt};
+        const char *src = (const char *)j->w->data + (size_t)(n0 * K) * es;
+        const float *wf = (const float *)src;
+        if (j->w->dtype != KN_F32) {
+            float *buf = cpu_mm_thread_buffer((size_t)(nt * K) * sizeof(float));
+            if (!buf) {
+                __atomic_store_n(&j->rc, ERR_NOMEM, __ATOMIC_RELAXED);
+                return;
+            }
+            cpu_widen(buf, src, j->w->dtype, (size_t)(nt * K));
+            wf = buf;
+        }
+        int rc = cpu_mm_pack_chunk(&k, wf, (char *)j->p->data + j->p->offset[c]);
+        if (rc < 0) __atomic_store_n(&j->rc, rc, __ATOMIC_RELAXED);
+    }
+}
+
+/* Gives the pages wholly inside [p, p + n) back to the kernel: a mapped file's are dropped
+ * and read again if ever touched; anonymous memory keeps its contents. */
+static void release_pages(const void *p, size_t n)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
+}
+
+static void packed_free(cpu_packed *p)
+{
+    if (!p) return;
+    free(p->data);
+    free(p->offset);
+    free(p);
+}
+
+static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt)
+{
+    cpu_packed *p = calloc(1, sizeof *p);
+    if (!p) goto nomem;
+    *p = (cpu_packed){.src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt};
+    p->chunks = (p->N + MM_TILE_N - 1) / MM_TILE_N;
+    if (!(p->offset = calloc((size_t)p->chunks, sizeof *p->offset))) goto nomem;
+    for (int64_t c = 0; c < p->chunks; c++) {
+        int64_t nt = p->N - c * MM_TILE_N < MM_TILE_N ? p->N - c * MM_TILE_N : MM_TILE_N;
+        size_t sz = cpu_mm_packed_size(&(cpu_mm_key){.N = nt, .K = p->K, .form = MM_PACKED,
+                                                     .dt = dt});
+        if (!sz) {
+            packed_free(p);
+            return NULL;
+        }
+        p->offset[c] = p->bytes;
+        p->bytes += (sz + 63) & ~(size_t)63;
+    }
+    if (posix_memalign(&p->data, 64, p->bytes) != 0) {
+        p->data = NULL;
+        goto nomem;
+    }
+    struct pack_job j = {w, p, 0};
+    cpu_parallel(p->chunks, p->N * p->K, pack_range, &j);
+    if (j.rc < 0) {
+        packed_free(p);
+        err_set(j.rc, "cannot pack a [%lld, %lld] weight for oneDNN", (long long)kn_rows(w),
+                (long long)kn_cols(w));
+        return NULL;
+    }
+    kn_account(ctx, (int64_t)p->bytes);
+    if (!w->owned) release_pages(w->data, kn_nbytes(w));
+    return p;
+nomem:
+    packed_free(p);
+    err_set(ERR_NOMEM, "out of memory packing a [%lld, %lld] weight", (long long)kn_rows(w),
+            (long long)kn_cols(w));
+    return NULL;
+}
+
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt)
+{
+    struct cpu_pack_table *t = cpu_pack_table(ctx);
+    if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0) return NULL;
+    cpu_packed **s = table_find(t, w->data, dt);
+    if (*s) return *s;
+    if (!(*s = pack(ctx, w, dt))) return NULL;
+    t->used++;
+    return *s;
+}
+
+void cpu_packed_free_all(kn_ctx *ctx)
+{
+    struct cpu_pack_table *t = cpu_pack_table(ctx);
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i]) {
+            kn_account(ctx, -(int64_t)t->slot[i]->bytes);
+            packed_free(t->slot[i]);
+        }
+    free(t->slot);
+    *t = (struct cpu_pack_table){0};
+}
