@@ -126,7 +126,7 @@ int engine_precision_parse(const char *name, kn_device device, kn_dtype *out)
         kn_dtype dt;
     } names[] = {{"fp32", KN_F32}, {"bf16", KN_BF16}, {"fp16", KN_F16}};
     if (strcmp(name, "auto") == 0) {
-        *out = device == KN_CUDA ? KN_BF16 : KN_F32;
+        *out = device == KN_CUDA || kn_cpu_native_bf16() ? KN_BF16 : KN_F32;
         return 0;
     }
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -185,12 +185,22 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
     if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0) goto fail;
     e->text_ctx = e->ctx;
     if (opts->text_on_cpu && (rc = kn_ctx_create(KN_CPU, 0, &e->text_ctx)) < 0) goto fail;
+    /* bf16 on the CPU is its matrix products' dtype (activations stay float32); the text
+     * encoders' products follow the mode on whichever context they have. */
+    e->compute = opts->compute;
+    kn_dtype act = opts->compute;
+    if (opts->compute == KN_BF16) {
+        if ((opts->device == KN_CPU && (rc = kn_ctx_set_matmul(e->ctx, KN_BF16)) < 0) ||
+            (kn_ctx_device(e->text_ctx) == KN_CPU &&
+             (rc = kn_ctx_set_matmul(e->text_ctx, KN_BF16)) < 0))
+            goto fail;
+        if (opts->device == KN_CPU) act = KN_F32;
+    }
     if ((rc = weight_bytes(e->cfg, &e->weight_bytes, &e->text_weight_bytes)) < 0 ||
         (rc = text_encoder_load(e->text_ctx, e->cfg, &e->te)) < 0 ||
         (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 ||
         (rc = vae_load(e->ctx, e->cfg, &e->vae)) < 0 ||
-        (rc = mmdit_set_compute(e->dit, (e->compute = opts->compute))) < 0 ||
-        (rc = vae_set_compute(e->vae, opts->compute)) < 0)
+        (rc = mmdit_set_compute(e->dit, act)) < 0 || (rc = vae_set_compute(e->vae, act)) < 0)
         goto fail;
     int entries =
         opts->encode_cache_entries > 0 ? opts->encode_cache_entries : DEFAULT_CACHE_ENTRIES;

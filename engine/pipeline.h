@@ -31,9 +31,12 @@ typedef struct engine_options {
     kn_device device;
     int device_index;
     int encode_cache_entries; /* prompt encodings kept (LRU); 0 = a default of 16 */
-    /* The transformer's and the VAE's activations: KN_F32 (0, the reference mode that the
-     * parity tests run), KN_BF16 or KN_F16 (16-bit activations, float32 accumulation). The
-     * text encoders, the latents and the sampler stay float32 in every mode. */
+    /* The compute mode: KN_F32 (0, the reference mode that the parity tests run), KN_BF16 or
+     * KN_F16. On CUDA the transformer's and the VAE's activations are 16-bit (float32
+     * accumulation). On the CPU, bf16 multiplies every matrix product in bf16 (weights packed
+     * once, float32 accumulation, float32 activations), the text encoders' too; fp16 there
+     * emulates CUDA's 16-bit activations op by op (slow: a check of that mode). The latents and
+     * the sampler stay float32 in every mode. */
     kn_dtype compute;
     /* The text encoders (and the prompt-encoding cache) on a CPU context of their own, the
      * embeddings copied to the device per job: for cards too small for T5-XXL beside the
@@ -41,9 +44,8 @@ typedef struct engine_options {
     bool text_on_cpu;
 } engine_options;
 
-/* "fp32", "bf16" or "fp16"; "auto" is bf16 on CUDA and fp32 on the CPU (where 16-bit
- * activations are only emulated: each op computes in float32 and rounds its output).
- * ERR_INVALID for anything else. */
+/* "fp32", "bf16" or "fp16"; "auto" is bf16 on CUDA and on CPUs that multiply bf16 natively
+ * (AVX512-BF16 or AMX), fp32 on other CPUs. ERR_INVALID for anything else. */
 int engine_precision_parse(const char *name, kn_device device, kn_dtype *out);
 /* The name of a compute dtype as engine_precision_parse spells it. */
 const char *engine_precision_name(kn_dtype compute);

@@ -136,7 +136,8 @@ static struct mm_prim *prim_get(const cpu_mm_key *k)
     if (thread_ready() < 0) return NULL;
     pthread_mutex_lock(&lib.mu);
     struct mm_prim *p = lib.prims;
-    while (p && memcmp(&p->key, k, sizeof *k) != 0)
+    while (p && !(p->key.N == k->N && p->key.K == k->K && p->key.ldb == k->ldb &&
+                  p->key.form == k->form && p->key.dt == k->dt && p->key.round_bf16 == k->round_bf16))
         p = p->next;
     if (!p && (p = prim_make(k)) != NULL) {
         p->next = lib.prims;
@@ -150,6 +151,18 @@ size_t cpu_mm_packed_size(const cpu_mm_key *k)
 {
     struct mm_prim *p = prim_get(k);
     return p ? dnnl_memory_desc_get_size(&p->wei) : 0;
+}
+
+/* Rounds x[0, n) to bf16 values in place (round to nearest even, as torch does). */
+static void round_bf16(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = kn_bf16_to_f32(kn_f32_to_bf16(x[i]));
+}
+
+void cpu_mm_round_bf16(float *x, size_t n)
+{
+    round_bf16(x, n);
 }
 
 int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out)
@@ -198,9 +211,10 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
         return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
     for (int64_t i = 0; i < rows; i++) {
         const float *ar = g->a + (r0 + i) * g->lda;
-        if (es == 4)
+        if (es == 4) {
             memcpy(src + (size_t)(i * K) * 4, ar, (size_t)K * 4);
-        else
+            if (p->key.round_bf16) round_bf16((float *)src + i * K, (size_t)K);
+        } else
             kn_convert_from_f32(src + (size_t)(i * K) * 2, ar, KN_BF16, (size_t)K);
     }
     memset(src + (size_t)(rows * K) * es, 0, (size_t)((MM_TILE_M - rows) * K) * es);
@@ -292,7 +306,8 @@ static int mm_prepare(const cpu_mm *g, struct mm_run *r)
     cpu_mm_key k = {.N = g->N < MM_TILE_N ? g->N : MM_TILE_N,
                     .K = g->K,
                     .form = g->packed ? MM_PACKED : g->b_form,
-                    .dt = g->packed ? g->packed->dt : KN_F32,
+                    .dt = g->packed ? g->packed->store : KN_F32,
+                    .round_bf16 = g->packed && g->packed->store != g->packed->dt,
                     .ldb = g->packed ? 0
                            : g->b_form == MM_PLAIN_KN || g->b_dtype == KN_F32 ? g->ldb
                                                                               : g->K};

@@ -10,7 +10,9 @@
 
 #include <dnnl.h>
 
-#define MM_TILE_M 32
+/* 48 rows: whole register blocks for every kernel oneDNN has (6-row AVX2, 16-row AVX-512 and
+ * AMX blocks), so that no row of a tile takes a tail path of its own. */
+#define MM_TILE_M 48
 #define MM_TILE_N 256
 
 /* How the product's second operand is held. */
@@ -21,19 +23,22 @@ typedef enum cpu_mm_form {
 } cpu_mm_form;
 
 /* What a oneDNN primitive is made for: one tile's columns N, K, the operand form and row
- * stride (plain forms), and the dtype the product multiplies in. */
+ * stride (plain forms), and the dtype its operands are stored in. round_bf16: a bf16 product
+ * on a CPU where oneDNN has none, run in float32 on operands rounded to bf16. */
 typedef struct cpu_mm_key {
     int64_t N, K, ldb;
     cpu_mm_form form;
     kn_dtype dt;
+    int round_bf16;
 } cpu_mm_key;
 
 /* A weight w[N, K] packed chunk by chunk (MM_TILE_N rows of w each) for products in dtype dt
- * (F32 or BF16). */
+ * (F32 or BF16), stored as `store` (BF16; F32 holding bf16 values where oneDNN has no bf16
+ * product on this CPU). */
 typedef struct cpu_packed {
     const void *src; /* the weight's data, which identifies it */
     int64_t N, K;
-    kn_dtype dt;
+    kn_dtype dt, store;
     int64_t chunks;
     size_t *offset; /* byte offset of each chunk in data */
     void *data;
@@ -71,6 +76,8 @@ void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, 
 size_t cpu_mm_packed_size(const cpu_mm_key *k);
 /* Packs w[k->N, k->K] (float32, row-major) into out, of cpu_mm_packed_size(k) bytes. */
 int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out);
+/* Rounds x[0, n) to bf16 values (kept as float32). */
+void cpu_mm_round_bf16(float *x, size_t n);
 /* A per-thread buffer of at least n bytes, valid until the thread's next call; NULL when out
  * of memory. */
 void *cpu_mm_thread_buffer(size_t n);

@@ -56,16 +56,18 @@ static void pack_range(void *arg, int64_t lo, int64_t hi)
     size_t es = kn_dtype_size(j->w->dtype);
     for (int64_t c = lo; c < hi; c++) {
         int64_t n0 = c * MM_TILE_N, nt = j->p->N - n0 < MM_TILE_N ? j->p->N - n0 : MM_TILE_N;
-        cpu_mm_key k = {.N = nt, .K = K, .form = MM_PACKED, .dt = j->p->dt};
+        int round = j->p->store != j->p->dt;
+        cpu_mm_key k = {.N = nt, .K = K, .form = MM_PACKED, .dt = j->p->store, .round_bf16 = round};
         const char *src = (const char *)j->w->data + (size_t)(n0 * K) * es;
         const float *wf = (const float *)src;
-        if (j->w->dtype != KN_F32) {
+        if (j->w->dtype != KN_F32 || round) {
             float *buf = cpu_mm_thread_buffer((size_t)(nt * K) * sizeof(float));
             if (!buf) {
                 __atomic_store_n(&j->rc, ERR_NOMEM, __ATOMIC_RELAXED);
                 return;
             }
             cpu_widen(buf, src, j->w->dtype, (size_t)(nt * K));
+            if (round) cpu_mm_round_bf16(buf, (size_t)(nt * K));
             wf = buf;
         }
         int rc = cpu_mm_pack_chunk(&k, wf, (char *)j->p->data + j->p->offset[c]);
@@ -94,13 +96,20 @@ static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt)
 {
     cpu_packed *p = calloc(1, sizeof *p);
     if (!p) goto nomem;
-    *p = (cpu_packed){.src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt};
+    *p = (cpu_packed){.src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt, .store = dt};
     p->chunks = (p->N + MM_TILE_N - 1) / MM_TILE_N;
     if (!(p->offset = calloc((size_t)p->chunks, sizeof *p->offset))) goto nomem;
     for (int64_t c = 0; c < p->chunks; c++) {
         int64_t nt = p->N - c * MM_TILE_N < MM_TILE_N ? p->N - c * MM_TILE_N : MM_TILE_N;
-        size_t sz = cpu_mm_packed_size(&(cpu_mm_key){.N = nt, .K = p->K, .form = MM_PACKED,
-                                                     .dt = dt});
+        cpu_mm_key k = {.N = nt, .K = p->K, .form = MM_PACKED, .dt = p->store};
+        size_t sz = cpu_mm_packed_size(&k);
+        if (!sz && c == 0 && dt == KN_BF16) {
+            /* No bf16 product on this CPU (oneDNN needs AVX-512 for one): float32 products
+             * of bf16-rounded operands, the same arithmetic up to the order of the sums. */
+            p->store = k.dt = KN_F32;
+            k.round_bf16 = 1;
+            sz = cpu_mm_packed_size(&k);
+        }
         if (!sz) {
             packed_free(p);
             return NULL;

@@ -56,7 +56,9 @@ static void test_fp16(void)
 static void test_names(void)
 {
     kn_dtype dt;
-    CHECK(engine_precision_parse("auto", KN_CPU, &dt) == 0 && dt == KN_F32);
+    /* auto is bf16 exactly where the CPU multiplies bf16 natively. */
+    CHECK(engine_precision_parse("auto", KN_CPU, &dt) == 0 &&
+          dt == (kn_cpu_native_bf16() ? KN_BF16 : KN_F32));
     CHECK(engine_precision_parse("auto", KN_CUDA, &dt) == 0 && dt == KN_BF16);
     CHECK(engine_precision_parse("fp16", KN_CPU, &dt) == 0 && dt == KN_F16);
     CHECK(engine_precision_parse("bf16", KN_CPU, &dt) == 0 && dt == KN_BF16);
