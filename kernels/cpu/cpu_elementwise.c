@@ -109,10 +109,14 @@ void cpu_act_row(float *x, int64_t n, kn_act act)
 
 void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n)
 {
-    const float *b = g->bias ? g->bias + n0 : NULL;
-    for (int64_t j = 0; j < n; j++) {
-        float v = g->alpha * acc[j];
-        out[j] = b ? v + b[j] : v;
+    const float a = g->alpha;
+    if (g->bias) {
+        const float *b = g->bias + n0;
+        for (int64_t j = 0; j < n; j++)
+            out[j] = a * acc[j] + b[j];
+    } else {
+        for (int64_t j = 0; j < n; j++)
+            out[j] = a * acc[j];
     }
     if (g->has_act) act_row(out, out, n, g->act);
 }

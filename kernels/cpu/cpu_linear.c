@@ -110,6 +110,7 @@ int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
                 .ldb = K,
                 .b_form = MM_PLAIN_NT,
                 .b_dtype = w->dtype,
+                .pack_chunks = 1,
                 .bias = bias,
                 .has_act = has_act,
                 .act = act,
@@ -122,8 +123,8 @@ int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
         }
         return 0;
     }
-    /* A bf16 context multiplies weights packed once; a float32 one widens a chunk of rows at a
-     * time, so that a full float32 copy of a 16-bit weight never exists. */
+    /* A bf16 context multiplies weights packed once; a float32 one widens and packs a chunk of
+     * rows per task, so that a full float32 copy of a 16-bit weight never exists. */
     if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16))) return err_code();
     int rc = cpu_mm_run(&g, 1);
     return rc < 0 ? err_prefix(rc, "a [%lld, %lld] x [%lld, %lld] product: ", (long long)M,

@@ -4,7 +4,8 @@
  * shape and from how many threads share it, so a row's result would change with the number of
  * rows beside it (other jobs of a batch) and with the thread split: OpenBLAS's Haswell kernels
  * give other bits for a row at M = 1..4 than at M = 64, and for a column block split off. Here
- * the library only ever sees products of MM_TILE_M rows by at most MM_TILE_N columns by the
+ * the library only ever sees products of a fixed number of rows (cpu_mm_tile_rows) by at most
+ * MM_TILE_N columns by the
  * full K, each run on one thread: the rows of a product are copied into a zero-padded tile of
  * their own (converted to bf16 where the product is bf16), the columns cut into chunks at fixed
  * offsets, and the tiles spread over the worker threads. A row's output therefore depends on
@@ -47,8 +48,8 @@ static void lib_start(void)
  * every product here runs on one thread, the split being this backend's own. */
 struct mm_thread {
     dnnl_stream_t stream;
-    void *src, *dst, *wide, *scratch;
-    size_t src_size, dst_size, wide_size, scratch_size;
+    void *src, *dst, *wide, *scratch, *chunk;
+    size_t src_size, dst_size, wide_size, scratch_size, chunk_size;
 };
 static __thread struct mm_thread tls;
 
@@ -93,7 +94,8 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
         return NULL;
     }
     p->key = *k;
-    dnnl_dims_t sd = {MM_TILE_M, k->K}, wd = {k->K, k->N}, dd = {MM_TILE_M, k->N};
+    const int64_t tm = cpu_mm_tile_rows(k);
+    dnnl_dims_t sd = {tm, k->K}, wd = {k->K, k->N}, dd = {tm, k->N};
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_matmul_desc_t desc;
@@ -125,7 +127,7 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
     if (!ok) {
         free(p);
         err_set(ERR_DEVICE, "oneDNN has no %s matmul for %d x %lld x %lld tiles",
-                k->dt == KN_BF16 ? "bf16" : "f32", MM_TILE_M, (long long)k->N, (long long)k->K);
+                k->dt == KN_BF16 ? "bf16" : "f32", (int)tm, (long long)k->N, (long long)k->K);
         return NULL;
     }
     return p;
@@ -196,28 +198,34 @@ int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out)
                             (long long)k->N, (long long)k->K);
 }
 
-/* One tile: rows [r0, r0 + MM_TILE_M) of a (those past M are zeros) times the columns
+/* One tile: rows [r0, r0 + tile rows) of a (those past M are zeros) times the columns
  * [n0, n0 + k->N) of b, the epilogue applied on the way out. */
 static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_t n0,
                     const void *wei)
 {
-    const int64_t K = g->K, nt = p->key.N, rows = g->M - r0 < MM_TILE_M ? g->M - r0 : MM_TILE_M;
+    const int64_t K = g->K, nt = p->key.N, tm = cpu_mm_tile_rows(&p->key);
+    const int64_t rows = g->M - r0 < tm ? g->M - r0 : tm;
     size_t es = p->key.dt == KN_BF16 ? 2 : 4;
-    char *src = grow(&tls.src, &tls.src_size, (size_t)(MM_TILE_M * K) * es);
-    float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(MM_TILE_M * nt) * sizeof(float));
+    /* A whole tile of float32 rows stored K apart is read in place (the layout of the padded
+     * tile, so the same primitive); any other is copied, converted or rounded first. */
+    int in_place = rows == tm && es == 4 && !p->key.round_bf16 && g->lda == K;
+    char *src = in_place ? (char *)(g->a + r0 * K)
+                         : grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
+    float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
     size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
     void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
     if (!src || !dst || !scratch)
         return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
-    for (int64_t i = 0; i < rows; i++) {
+    for (int64_t i = 0; i < rows && !in_place; i++) {
         const float *ar = g->a + (r0 + i) * g->lda;
         if (es == 4) {
             memcpy(src + (size_t)(i * K) * 4, ar, (size_t)K * 4);
             if (p->key.round_bf16) round_bf16((float *)src + i * K, (size_t)K);
-        } else
+        } else {
             kn_convert_from_f32(src + (size_t)(i * K) * 2, ar, KN_BF16, (size_t)K);
+        }
     }
-    memset(src + (size_t)(rows * K) * es, 0, (size_t)((MM_TILE_M - rows) * K) * es);
+    if (!in_place) memset(src + (size_t)(rows * K) * es, 0, (size_t)((tm - rows) * K) * es);
 
     dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mp = NULL;
     int ok = dnnl_memory_create(&ms, &p->src, lib.engine, src) == dnnl_success &&
@@ -243,21 +251,28 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
     return 0;
 }
 
-/* The operand of column chunk `chunk` for a product of form `form`: b offset to its columns,
- * widened into a per-thread buffer when b is a 16-bit or FP8 weight, or the packed chunk. */
-static const void *chunk_operand(const cpu_mm *g, int64_t chunk, int64_t nt)
+/* The operand of column chunk `chunk` (nt columns, primitive key k): the packed chunk; b
+ * offset to its columns; or (pack_chunks) b's rows widened to float32 and packed into a
+ * per-thread buffer, for the tiles of one task. */
+static const void *chunk_operand(const cpu_mm *g, int64_t chunk, const cpu_mm_key *k)
 {
-    int64_t n0 = chunk * MM_TILE_N;
+    int64_t n0 = chunk * MM_TILE_N, nt = k->N;
     if (g->packed) return cpu_packed_chunk(g->packed, chunk);
     if (g->b_form == MM_PLAIN_KN) return (const float *)g->b + n0;
-    if (g->b_dtype == KN_F32) return (const float *)g->b + n0 * g->ldb;
-    float *w = cpu_mm_thread_buffer((size_t)(nt * g->K) * sizeof(float));
-    if (!w) return NULL;
-    size_t es = kn_dtype_size(g->b_dtype);
-    for (int64_t r = 0; r < nt; r++)
-        cpu_widen(w + r * g->K, (const char *)g->b + (size_t)((n0 + r) * g->ldb) * es, g->b_dtype,
-                  (size_t)g->K);
-    return w;
+    if (g->b_dtype == KN_F32 && !g->pack_chunks) return (const float *)g->b + n0 * g->ldb;
+    const float *w = (const float *)g->b + n0 * g->ldb;
+    if (g->b_dtype != KN_F32) {
+        float *wide = cpu_mm_thread_buffer((size_t)(nt * g->K) * sizeof(float));
+        if (!wide) return NULL;
+        size_t es = kn_dtype_size(g->b_dtype);
+        for (int64_t r = 0; r < nt; r++)
+            cpu_widen(wide + r * g->K, (const char *)g->b + (size_t)((n0 + r) * g->ldb) * es,
+                      g->b_dtype, (size_t)g->K);
+        w = wide;
+    }
+    if (!g->pack_chunks) return w;
+    void *out = grow(&tls.chunk, &tls.chunk_size, cpu_mm_packed_size(k));
+    return out && cpu_mm_pack_chunk(k, w, out) == 0 ? out : NULL;
 }
 
 struct mm_run {
@@ -268,7 +283,7 @@ struct mm_run {
 };
 
 /* Rows are taken MM_GROUP tiles at a time so that a widened chunk serves several tiles. */
-#define MM_GROUP 8
+#define MM_GROUP 16
 
 static void run_tasks(void *arg, int64_t lo, int64_t hi)
 {
@@ -281,13 +296,13 @@ static void run_tasks(void *arg, int64_t lo, int64_t hi)
     for (int64_t t = lo; t < hi; t++) {
         int64_t chunk = t / r->groups, group = t % r->groups;
         struct mm_prim *p = chunk == r->chunks - 1 ? r->tail : r->full;
-        const void *wei = chunk_operand(g, chunk, p->key.N);
+        const void *wei = chunk_operand(g, chunk, &p->key);
         if (!wei) {
             __atomic_store_n(&r->rc, ERR_NOMEM, __ATOMIC_RELAXED);
             return;
         }
         for (int64_t i = 0; i < MM_GROUP; i++) {
-            int64_t r0 = (group * MM_GROUP + i) * MM_TILE_M;
+            int64_t r0 = (group * MM_GROUP + i) * cpu_mm_tile_rows(&p->key);
             if (r0 >= g->M) break;
             int rc = tile_run(g, p, r0, chunk * MM_TILE_N, wei);
             if (rc < 0) {
@@ -302,16 +317,17 @@ static int mm_prepare(const cpu_mm *g, struct mm_run *r)
 {
     *r = (struct mm_run){.g = g};
     r->chunks = (g->N + MM_TILE_N - 1) / MM_TILE_N;
-    r->groups = (g->M + MM_TILE_M * MM_GROUP - 1) / (MM_TILE_M * MM_GROUP);
     cpu_mm_key k = {.N = g->N < MM_TILE_N ? g->N : MM_TILE_N,
                     .K = g->K,
-                    .form = g->packed ? MM_PACKED : g->b_form,
+                    .form = g->packed || g->pack_chunks ? MM_PACKED : g->b_form,
                     .dt = g->packed ? g->packed->store : KN_F32,
                     .round_bf16 = g->packed && g->packed->store != g->packed->dt,
-                    .ldb = g->packed ? 0
+                    .ldb = g->packed || g->pack_chunks ? 0
                            : g->b_form == MM_PLAIN_KN || g->b_dtype == KN_F32 ? g->ldb
                                                                               : g->K};
     if (!(r->full = prim_get(&k))) return ERR_DEVICE;
+    int64_t rows = cpu_mm_tile_rows(&k) * MM_GROUP;
+    r->groups = (g->M + rows - 1) / rows;
     k.N = g->N - (r->chunks - 1) * MM_TILE_N;
     if (!(r->tail = prim_get(&k))) return ERR_DEVICE;
     return 0;
