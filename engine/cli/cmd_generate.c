@@ -39,9 +39,10 @@ static const cli_opt generate_opts[] = {
     {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)", 0},
     {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0},
     {"precision", "P",
-     "transformer and VAE activations: fp32, bf16, fp16 or auto (default auto: bf16 on CUDA, "
-     "fp32 on the CPU, where 16-bit is emulated and slow)",
+     "fp32, bf16, fp16 or auto (default auto: bf16 on CUDA and on CPUs with native bf16, fp32 "
+     "elsewhere; fp16 on the CPU is an emulation, slow)",
      0},
+    {"threads", "N", "CPU threads, 1..64 (default: the online CPUs); the bytes never change", 0},
     {"text-device", "WHERE",
      "same (the text encoders on --device) or cpu (on the CPU, for small cards; default same)", 0},
     {NULL, NULL, NULL, 0},
@@ -251,6 +252,9 @@ static int generate_run(const cli_args *a)
     if (strncmp(d, "cuda:", 5) == 0) opts.device_index = atoi(d + 5);
     if (engine_precision_parse(cli_str(a, "precision", "auto"), opts.device, &opts.compute) < 0)
         return cli_usage_error(a, "--precision: %s", err_msg());
+    int threads = kn_cpu_threads();
+    if ((rc = cli_int(a, "threads", threads, 1, KN_CPU_MAX_THREADS, &threads)) != 0) return rc;
+    if (kn_cpu_set_threads(threads) < 0) return cli_usage_error(a, "--threads: %s", err_msg());
     const char *text = cli_str(a, "text-device", "same");
     if (strcmp(text, "same") != 0 && strcmp(text, "cpu") != 0)
         return cli_usage_error(a, "--text-device: '%s' is not same or cpu", text);

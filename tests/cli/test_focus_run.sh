@@ -58,6 +58,12 @@ expect 0 "generate --count 2" -- "$RUN" $G --count 2 -o "$TMP/c.png"
 check "the second image goes to c-1.png" sh -c 'is_png() { [ "$(head -c 8 "$1" | od -An -tx1 | tr -d " \n")" = "89504e470d0a1a0a" ]; }; is_png "$1/c.png" && is_png "$1/c-1.png"' sh "$TMP"
 expect 0 "generate in bf16 with the text encoders apart" -- "$RUN" $G --precision bf16 --text-device cpu -o "$TMP/b.png"
 check "bf16 writes a PNG" is_png "$TMP/b.png"
+expect 2 "generate --threads 0" -- "$RUN" $G --threads 0 -o "$TMP/t.png"
+for p in fp32 bf16; do
+    expect 0 "generate $p on 1 thread" -- "$RUN" $G --seed 5 --precision $p --threads 1 -o "$TMP/t1.png"
+    expect 0 "generate $p on 3 threads" -- "$RUN" $G --seed 5 --precision $p --threads 3 -o "$TMP/t3.png"
+    check "$p: the same PNG bytes on 1 and 3 threads" cmp -s "$TMP/t1.png" "$TMP/t3.png"
+done
 
 echo "RESULT passed=$passed failed=$failed"
 [ "$failed" -eq 0 ]
