@@ -198,6 +198,36 @@ int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out)
                             (long long)k->N, (long long)k->K);
 }
 
+/* The memory objects of primitive p's four arguments on this thread, made on its first use
+ * here and kept (only their data pointers change from tile to tile); NULL when out of memory. */
+#define MM_ARGS 4
+struct mm_memories {
+    const struct mm_prim *prim;
+    dnnl_memory_t m[MM_ARGS];
+};
+static __thread struct mm_memories *tls_mems;
+static __thread size_t tls_nmems;
+
+static dnnl_memory_t *thread_memories(const struct mm_prim *p)
+{
+    for (size_t i = 0; i < tls_nmems; i++)
+        if (tls_mems[i].prim == p) return tls_mems[i].m;
+    struct mm_memories *grown = realloc(tls_mems, (tls_nmems + 1) * sizeof *grown);
+    if (!grown) return NULL;
+    tls_mems = grown;
+    struct mm_memories *e = &tls_mems[tls_nmems];
+    const dnnl_memory_desc_t *mds[MM_ARGS] = {&p->src, &p->wei, &p->dst, &p->scratch};
+    for (int i = 0; i < MM_ARGS; i++)
+        if (dnnl_memory_create(&e->m[i], mds[i], lib.engine, DNNL_MEMORY_NONE) != dnnl_success) {
+            while (i-- > 0)
+                dnnl_memory_destroy(e->m[i]);
+            return NULL;
+        }
+    e->prim = p;
+    tls_nmems++;
+    return e->m;
+}
+
 /* One tile: rows [r0, r0 + tile rows) of a (those past M are zeros) times the columns
  * [n0, n0 + k->N) of b, the epilogue applied on the way out. */
 static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_t n0,
@@ -227,23 +257,19 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
     }
     if (!in_place) memset(src + (size_t)(rows * K) * es, 0, (size_t)((tm - rows) * K) * es);
 
-    dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mp = NULL;
-    int ok = dnnl_memory_create(&ms, &p->src, lib.engine, src) == dnnl_success &&
-             dnnl_memory_create(&mw, &p->wei, lib.engine, (void *)wei) == dnnl_success &&
-             dnnl_memory_create(&md, &p->dst, lib.engine, dst) == dnnl_success &&
-             dnnl_memory_create(&mp, &p->scratch, lib.engine, scratch) == dnnl_success;
+    dnnl_memory_t *m = thread_memories(p);
+    void *data[MM_ARGS] = {src, (void *)wei, dst, scratch};
+    int ok = m != NULL;
+    for (int i = 0; ok && i < MM_ARGS; i++)
+        ok = dnnl_memory_set_data_handle(m[i], data[i]) == dnnl_success;
     if (ok) {
-        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms},
-                                   {DNNL_ARG_WEIGHTS, mw},
-                                   {DNNL_ARG_DST, md},
-                                   {DNNL_ARG_SCRATCHPAD, mp}};
-        ok = dnnl_primitive_execute(p->prim, tls.stream, 4, args) == dnnl_success &&
+        dnnl_exec_arg_t args[MM_ARGS] = {{DNNL_ARG_SRC, m[0]},
+                                         {DNNL_ARG_WEIGHTS, m[1]},
+                                         {DNNL_ARG_DST, m[2]},
+                                         {DNNL_ARG_SCRATCHPAD, m[3]}};
+        ok = dnnl_primitive_execute(p->prim, tls.stream, MM_ARGS, args) == dnnl_success &&
              dnnl_stream_wait(tls.stream) == dnnl_success;
     }
-    if (ms) dnnl_memory_destroy(ms);
-    if (mw) dnnl_memory_destroy(mw);
-    if (md) dnnl_memory_destroy(md);
-    if (mp) dnnl_memory_destroy(mp);
     if (!ok) return err_set(ERR_DEVICE, "oneDNN: a matrix product failed");
 
     for (int64_t i = 0; i < rows; i++)
