@@ -55,7 +55,7 @@ carried_bytes() {
 
 # ldd of each file given: every library outside SYSTEM_LIBS must resolve into folder $1.
 check_resolved() {
-    libdir=$(cd "$1" && pwd)
+    libdir=$(cd "$1" && pwd -P)
     shift
     bad=0
     for f in "$@"; do
@@ -239,8 +239,18 @@ run() {
         fi
         echo
         echo "logs:"
+        # At most 2 MB a stage: the device tool brings back files of 16 MiB at most, and a
+        # sanitizer that reports every hazard can write far more.
         for s in unpack test-gpu bench-model bench-ours bench-diffusers bench-ratios; do
-            [ -f "$LOGS/$s.log" ] && cat "$LOGS/$s.log"
+            [ -f "$LOGS/$s.log" ] || continue
+            size=$(wc -c <"$LOGS/$s.log")
+            if [ "$size" -gt 2000000 ]; then
+                head -c 500000 "$LOGS/$s.log"
+                printf '\n[... %s bytes of this log left out ...]\n' $((size - 2000000))
+                tail -c 1500000 "$LOGS/$s.log"
+            else
+                cat "$LOGS/$s.log"
+            fi
         done
     } >"$report"
     rm -rf "$LOGS"
