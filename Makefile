@@ -40,9 +40,11 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 ifneq ($(NVCC),)
 ifneq ($(CUDA_SRC),)
-CUDA_ARCHS = -gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86 \
-             -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90 \
-             -gencode arch=compute_90,code=compute_90
+# Machine code for Ampere (sm_80, which also runs on sm_86), Ada (sm_89) and Hopper with its
+# arch-specific instructions (sm_90a), plus compute_90 PTX that the driver compiles for newer
+# cards. sm_90a code runs on sm_90 parts only, hence the plain compute_90 PTX beside it.
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
+              -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 override CFLAGS += -DFOCUS_HAVE_CUDA

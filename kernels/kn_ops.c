@@ -121,6 +121,43 @@ int kn_scale(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s)
     return KN_DISPATCH(ctx, scale, y, x, s);
 }
 
+/* Whether the backend applies args' q/k RMSNorm inside its attention for these operands. */
+static int attention_folds_norm(const kn_ctx *ctx, const kn_tensor *o, const kn_tensor *q,
+                                const kn_tensor *k, const kn_tensor *v, const kn_attn_args *args)
+{
+#ifdef FOCUS_HAVE_CUDA
+    if (ctx->device == KN_CUDA) return cuda_attention_folds_norm(o, q, k, v, args);
+#else
+    (void)ctx, (void)o, (void)q, (void)k, (void)v, (void)args;
+#endif
+    return 0;
+}
+
+/* The q/k RMSNorm where the backend does not fold it: normalised copies, then the product. */
+static int attention_norm_first(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
+                                const kn_tensor *v, const kn_attn_args *args)
+{
+    int64_t Dh = q->shape[2] / args->heads;
+    int64_t qs[2] = {kn_numel(q) / Dh, Dh}, ks[2] = {kn_numel(k) / Dh, Dh};
+    kn_tensor qn, kn;
+    int rc = kn_alloc(ctx, &qn, q->dtype, q->ndim, q->shape);
+    if (rc < 0) return rc;
+    if ((rc = kn_alloc(ctx, &kn, k->dtype, k->ndim, k->shape)) < 0) {
+        kn_free(ctx, &qn);
+        return rc;
+    }
+    kn_tensor qv = kn_reshape(q, 2, qs), kv = kn_reshape(k, 2, ks);
+    kn_tensor qnv = kn_reshape(&qn, 2, qs), knv = kn_reshape(&kn, 2, ks);
+    kn_attn_args plain = *args;
+    plain.q_norm = plain.k_norm = NULL;
+    if ((rc = kn_rms_norm(ctx, &qnv, &qv, args->q_norm, args->norm_eps)) == 0 &&
+        (rc = kn_rms_norm(ctx, &knv, &kv, args->k_norm, args->norm_eps)) == 0)
+        rc = KN_DISPATCH(ctx, attention, o, &qn, &kn, v, &plain);
+    kn_free(ctx, &kn);
+    kn_free(ctx, &qn);
+    return rc;
+}
+
 int kn_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
                  const kn_tensor *v, const kn_attn_args *args)
 {
@@ -160,5 +197,13 @@ int kn_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor 
     }
     KN_TRY(kn_check_no_alias(op, "o", o, "k", k));
     KN_TRY(kn_check_no_alias(op, "o", o, "v", v));
+    if (!args->q_norm != !args->k_norm)
+        return err_set(ERR_INVALID, "kn_attention: q_norm and k_norm are given together or not at all");
+    if (args->q_norm) {
+        KN_TRY(kn_check_vec(ctx, op, "q_norm", args->q_norm, HD / args->heads));
+        KN_TRY(kn_check_vec(ctx, op, "k_norm", args->k_norm, HD / args->heads));
+        if (!attention_folds_norm(ctx, o, q, k, v, args))
+            return attention_norm_first(ctx, o, q, k, v, args);
+    }
     return KN_DISPATCH(ctx, attention, o, q, k, v, args);
 }

@@ -57,6 +57,11 @@ typedef struct kn_attn_args {
     int causal;             /* query i sees keys j <= i only */
     const kn_tensor *bias;  /* NULL or [H, Sq, Sk] F32, added to the scaled scores */
     kn_tensor *lse;         /* NULL or [B, H, Sq] F32: receives each row's log-sum-exp */
+    /* NULL, or both: [Dh] weights of an RMSNorm (eps norm_eps) applied to every head of q and
+     * of k before the product, as kn_rms_norm would (the transformer's qk_norm); the CUDA
+     * backend folds it into its 16-bit head-64 kernel. */
+    const kn_tensor *q_norm, *k_norm;
+    float norm_eps;
 } kn_attn_args;
 
 /* Scaled dot-product attention, softmax in float32.

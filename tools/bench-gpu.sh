@@ -3,14 +3,15 @@
 # diffusers' StableDiffusion3Pipeline in BF16 (tools/bench_gpu_baseline.py) on the same
 # full-size random-weight model, then the ratios ours / diffusers with the card's name.
 #
-#   tools/bench-gpu.sh pack     on the build machine (network): downloads the Python wheels the
-#                               baseline needs and packs build/bench/bench_gpu with the shared
-#                               libraries it needs beyond glibc and CUDA into .benchgpu/
 #   tools/bench-gpu.sh [all]    on the GPU machine: model, ours, diffusers, ratios
 #   tools/bench-gpu.sh model|ours|diffusers|ratios    one part (a part fits a 10-minute slot)
+#   tools/bench-gpu.sh cuda-libs                       the folders holding CUDA's libraries
 #
+# A GPU machine without this project's libraries or network runs it through tools/gpu-check.sh,
+# which carries bench_gpu and the baseline's wheels there.
 # Environment: BUILD (build), BENCH_MODEL ($BUILD/bench-model, made by tools/make_bench_model.py
 # when missing), BENCH_GPU_OUT ($BUILD/bench-gpu: ours.txt, diffusers.txt, ratios.txt),
+# BENCH_GPU_WHEELS (.gpucheck/wheels: wheels installed for the baseline when that folder exists),
 # BENCH_GPU_PEAK (the card's dense BF16 TFLOP/s; default from the table below by nvidia-smi's
 # name), BENCH_GPU_ARGS (options both sides take: --sizes --repeats --runs --steps --jobs).
 # tests/gpu/README.md has the whole sequence. Not a test: it passes nothing and fails nothing.
@@ -20,13 +21,9 @@ BUILD=${BUILD:-build}
 BENCH_MODEL=${BENCH_MODEL:-$BUILD/bench-model}
 OUTDIR=${BENCH_GPU_OUT:-$BUILD/bench-gpu}
 ARGS=${BENCH_GPU_ARGS:-}
-PACK=.benchgpu
+WHEELS=${BENCH_GPU_WHEELS:-.gpucheck/wheels}
 PYSITE=$BUILD/bench-gpu-py
 PYTHON=${PYTHON:-python3}
-# The baseline's versions: the reference of the spec. The GPU image's own transformers and
-# huggingface_hub are newer majors that diffusers 0.31.0 does not support.
-WHEELS="diffusers==0.31.0 transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.26.2"
-WHEEL_PYTHON=${WHEEL_PYTHON:-3.12}
 
 card_name() {
     nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1
@@ -42,44 +39,11 @@ card_peak() {
     esac
 }
 
-pack() {
-    bin=$BUILD/bench/bench_gpu
-    [ -x "$bin" ] || { echo "bench-gpu: $bin is missing: run make first" >&2; exit 1; }
-    ldd "$bin" | grep -q libcudart || {
-        echo "bench-gpu: $bin was built without CUDA (nvcc not found by the Makefile)" >&2
-        exit 1
-    }
-    rm -rf "$PACK"
-    mkdir -p "$PACK/wheels" "$PACK/stage/bin" "$PACK/stage/lib"
-    # glibc, the C++ runtime, zlib and CUDA are the GPU machine's own.
-    skip='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libz|libcuda|libcudart|libcublas|libcublasLt)\.so'
-    cp "$bin" "$PACK/stage/bin/"
-    ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
-        echo "$name" | grep -Eq "$skip" || cp -L "$path" "$PACK/stage/lib/$name"
-    done
-    tar -C "$PACK/stage" -czf "$PACK/bench_gpu.tgz" bin lib
-    rm -rf "$PACK/stage"
-    # shellcheck disable=SC2086 # WHEELS is a list
-    $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version "$WHEEL_PYTHON" \
-        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d "$PACK/wheels" $WHEELS
-    du -sh "$PACK"
-    echo "carry $PACK to the GPU machine (tests/gpu/README.md)"
-}
-
-# The bench_gpu to run: the one built here, else the packed one with its libraries.
-ours_bin() {
-    if [ -x "$BUILD/bench/bench_gpu" ] && ldd "$BUILD/bench/bench_gpu" | grep -q libcudart; then
-        echo "$BUILD/bench/bench_gpu"
-        return
-    fi
-    [ -f "$PACK/bench_gpu.tgz" ] || {
-        echo "bench-gpu: no CUDA build of bench_gpu: run make with nvcc, or carry $PACK" >&2
-        exit 1
-    }
-    mkdir -p "$BUILD/bench-gpu-pack"
-    tar -C "$BUILD/bench-gpu-pack" -xzf "$PACK/bench_gpu.tgz"
-    echo "$BUILD/bench-gpu-pack/bin/bench_gpu"
+# CUDA's libraries: the toolkit's, else the ones PyTorch's wheels bring.
+cuda_libs() {
+    find "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda/targets /opt \
+        /usr/local/lib \( -name 'libcublasLt.so.*' -o -name 'libcudart.so.*' \) -printf '%h\n' \
+        2>/dev/null | sort -u | paste -sd: -
 }
 
 model() {
@@ -90,14 +54,12 @@ model() {
 
 ours() {
     model
-    bin=$(ours_bin) || exit 1
-    libs=$(dirname "$bin")/../lib
-    # CUDA's libraries: the toolkit's, else the ones PyTorch's wheels bring.
-    for d in $(find /usr/local/cuda/lib64 /usr/local/cuda/targets /opt /usr/local/lib \
-        \( -name 'libcublasLt.so.*' -o -name 'libcudart.so.*' \) -printf '%h\n' 2>/dev/null |
-        sort -u); do
-        libs="$libs:$d"
-    done
+    bin=$BUILD/bench/bench_gpu
+    [ -x "$bin" ] && ldd "$bin" | grep -q libcudart || {
+        echo "bench-gpu: $bin is missing or was built without CUDA (nvcc not found by make)" >&2
+        exit 1
+    }
+    libs=$(cuda_libs)
     name=$(card_name)
     peak=${BENCH_GPU_PEAK:-$(card_peak "$name")}
     mkdir -p "$OUTDIR"
@@ -109,9 +71,9 @@ ours() {
 
 diffusers() {
     model
-    if [ -d "$PACK/wheels" ] && [ ! -d "$PYSITE/diffusers" ]; then
+    if [ -d "$WHEELS" ] && [ ! -d "$PYSITE/diffusers" ]; then
         $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$PYSITE" "$PACK"/wheels/*.whl
+            --target "$PYSITE" "$WHEELS"/*.whl
     fi
     mkdir -p "$OUTDIR"
     # shellcheck disable=SC2086
@@ -151,7 +113,7 @@ ratios() {
 }
 
 case "${1:-all}" in
-pack) pack ;;
+cuda-libs) cuda_libs ;;
 model) model ;;
 ours) ours ;;
 diffusers) diffusers ;;
@@ -162,7 +124,7 @@ all)
     ratios
     ;;
 *)
-    echo "usage: $0 [pack|all|model|ours|diffusers|ratios]" >&2
+    echo "usage: $0 [all|model|ours|diffusers|ratios|cuda-libs]" >&2
     exit 2
     ;;
 esac

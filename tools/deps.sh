@@ -6,7 +6,7 @@ set -eu
 PACKAGES="make gcc pkg-config python3 python3-venv
 libjansson-dev libutf8proc-dev libpcre2-dev libopenblas-dev libdnnl-dev libpng-dev
 libzmq3-dev libmsgpack-dev libsystemd-dev libsqlite3-dev libmd-dev mandoc
-clang-14 libclang-rt-14-dev systemd bash-completion debhelper dpkg-dev fakeroot"
+clang-14 libclang-rt-14-dev systemd bash-completion debhelper dpkg-dev fakeroot patchelf"
 
 missing=""
 for p in $PACKAGES; do

@@ -248,8 +248,6 @@ def main():
     want = set(args.components.split(","))
     pool = NoisePool()
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "model_index.json"), "w") as f:
-        json.dump(MODEL_INDEX, f, indent=2)
     for sub in ("scheduler", "tokenizer", "tokenizer_2", "tokenizer_3"):
         dst = os.path.join(args.out, sub)
         shutil.rmtree(dst, ignore_errors=True)
@@ -269,6 +267,9 @@ def main():
                         MMDIT, pool)
     if "vae" in want:
         write_component(args.out, "vae", "diffusion_pytorch_model", vae_tensors(VAE), VAE, pool)
+    # Last: its presence is what tools/bench-gpu.sh takes for a finished directory.
+    with open(os.path.join(args.out, "model_index.json"), "w") as f:
+        json.dump(MODEL_INDEX, f, indent=2)
     return 0
 
 

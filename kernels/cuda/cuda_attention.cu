@@ -1,14 +1,20 @@
 /* CUDA backend: scaled dot-product attention with a float32 softmax. Head size 64 (every
- * attention of SD3's text encoders and transformer) runs a fused kernel in the manner of
+ * attention of SD3's text encoders and transformer) runs fused kernels in the manner of
  * FlashAttention: a block owns 64 queries of one head, streams 64-key tiles of K and V through
  * shared memory and keeps a running max and sum (online softmax), so the Sq x Sk score matrix
- * never exists. Products and the softmax are float32 on CUDA cores whatever the input dtype,
- * which keeps the fp32 reference mode exact to rounding. Other head sizes (the VAE's single
- * 512-wide head, small test shapes) take the CPU backend's route: scores for a block of queries
- * by a batched GEMM over heads, a row softmax kernel, and a second batched GEMM. */
+ * never exists. In BF16/F16 without bias or mask (the transformer's joint attention) the
+ * products run on tensor cores (mma.sync) with float32 accumulation, and can apply the q/k
+ * RMSNorm on the way in; otherwise (the fp32 reference mode, T5's bias, CLIP's causal mask)
+ * products and softmax are float32 on CUDA cores whatever the input dtype, which keeps the fp32
+ * mode exact to rounding. Other head sizes (the VAE's single 512-wide head, small test shapes)
+ * take the CPU backend's route: scores for a block of queries by a batched GEMM over heads, a
+ * row softmax kernel, and a second batched GEMM. */
 #include "kernels/cuda/cuda_common.h"
 
 #include <math.h>
+#include <string.h>
+
+#include <type_traits>
 
 #define FA_D 64       /* head size of the fused kernel */
 #define FA_BQ 64      /* queries per block */
@@ -117,6 +123,229 @@ __global__ void __launch_bounds__(FA_THREADS)
     if (lse && lane == 0) lse[((int64_t)b * a.H + h) * a.Sq + qi] = m + logf(l);
 }
 
+/* ---- Tensor-core path: head size 64 in BF16/F16 ----
+ * A block of 4 warps owns 64 queries of one head, 16 per warp; 64-key tiles of K and V go
+ * through shared memory. Q.K^T and P.V are mma.sync m16n8k16 products (16-bit operands, f32
+ * accumulators); the softmax is online and float32 in the base-2 domain (scores pre-multiplied
+ * by scale * log2 e), with each thread's partial row sums reduced across its quad at the end.
+ * The C fragment of a score tile is laid out as the A fragment of the next product, so the
+ * probabilities never leave registers (rounded to T on the way, as a 16-bit SDPA does).
+ * Optionally, q and k get an RMSNorm over the head (the transformer's qk_norm) in the prologue:
+ * each query row when its fragment is loaded, each key row of a tile once it is in shared
+ * memory, with the weight product and rounding of kn_rms_norm. */
+#define TC_BQ 64
+#define TC_BK 64
+#define TC_THREADS 128
+#define TC_LD (FA_D + 8) /* shared row stride in elements: rows 4 banks apart, no conflicts */
+
+struct tc_norm {
+    const void *qw, *kw; /* NULL: no norm */
+    kn_dtype wdt;
+    float eps;
+};
+
+/* c += a . b for a 16x16 A fragment and a 16x8 B fragment (PTX ISA, mma.m16n8k16). */
+template <typename T>
+static __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                uint32_t b1)
+{
+    if constexpr (std::is_same<T, __half>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two T values in one register, the first in the low half (the lower column of a fragment). */
+template <typename T> static __device__ __forceinline__ uint32_t pack_raw(T lo, T hi)
+{
+    uint16_t l, h;
+    memcpy(&l, &lo, 2);
+    memcpy(&h, &hi, 2);
+    return (uint32_t)l | (uint32_t)h << 16;
+}
+
+template <typename T> static __device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+    return pack_raw(from_f<T>(lo), from_f<T>(hi));
+}
+
+template <typename T> static __device__ __forceinline__ float half_of(uint32_t r, int hi)
+{
+    uint16_t bits = (uint16_t)(hi ? r >> 16 : r);
+    T x;
+    memcpy(&x, &bits, 2);
+    return to_f(x);
+}
+
+/* kn_rms_norm's last step on one value already multiplied by the row's rsqrt. */
+template <typename T> static __device__ __forceinline__ float norm_weight(float t, const tc_norm &n,
+                                                                          const void *w, int d)
+{
+    return __fmul_rn(load_any(w, n.wdt, d), round_to<T>(t));
+}
+
+template <typename T, bool NORM>
+__global__ void __launch_bounds__(TC_THREADS)
+    flash64_tc_kernel(T *o, const T *q, const T *k, const T *v, attn_dims a, tc_norm nrm, float *lse)
+{
+    __shared__ __align__(16) T ks[TC_BK * TC_LD];
+    __shared__ __align__(16) T vs[TC_BK * TC_LD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int b = blockIdx.y / a.H, h = blockIdx.y % a.H;
+    const int64_t row0 = (int64_t)blockIdx.x * TC_BQ + warp * 16;
+    const int64_t kvb = (int64_t)b * a.Sk * a.HD + h * FA_D;
+    const float sl2 = a.scale * 1.4426950408889634f;
+
+    /* Q's A fragments, 4 k-steps of 16 dims: register r holds row g + 8 (r & 1) and dims
+     * 16 kk + 8 (r >> 1) + 2 t4 and + 1. Rows past Sq are zeros and are never stored. */
+    uint32_t qa[4][4];
+    #pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+        #pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int64_t qi = row0 + g + 8 * (r & 1);
+            int d = 16 * kk + 8 * (r >> 1) + 2 * t4;
+            qa[kk][r] = qi < a.Sq ? *(const uint32_t *)(q + ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D + d) : 0u;
+        }
+    if (NORM) {
+        float ss[2] = {0.0f, 0.0f};
+        #pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            #pragma unroll
+            for (int r = 0; r < 4; r++)
+                #pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float x = half_of<T>(qa[kk][r], e);
+                    ss[r & 1] += x * x;
+                }
+        float rs[2];
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], 1);
+            ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], 2);
+            rs[i] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(ss[i] / FA_D, nrm.eps)));
+        }
+        #pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            #pragma unroll
+            for (int r = 0; r < 4; r++) {
+                int d = 16 * kk + 8 * (r >> 1) + 2 * t4;
+                float lo = norm_weight<T>(half_of<T>(qa[kk][r], 0) * rs[r & 1], nrm, nrm.qw, d);
+                float hi = norm_weight<T>(half_of<T>(qa[kk][r], 1) * rs[r & 1], nrm, nrm.qw, d + 1);
+                qa[kk][r] = pack2<T>(lo, hi);
+            }
+    }
+
+    float acc[8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    #pragma unroll
+    for (int n = 0; n < 8; n++)
+        #pragma unroll
+        for (int e = 0; e < 4; e++)
+            acc[n][e] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < a.Sk; k0 += TC_BK) {
+        /* 16-byte copies of the tiles; keys past Sk are zeros (and masked below). */
+        for (int c = threadIdx.x; c < TC_BK * FA_D / 8; c += TC_THREADS) {
+            int row = c / (FA_D / 8), col = c % (FA_D / 8) * 8;
+            int64_t kj = k0 + row;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (kj < a.Sk) {
+                kv = *(const uint4 *)(k + kvb + kj * a.HD + col);
+                vv = *(const uint4 *)(v + kvb + kj * a.HD + col);
+            }
+            *(uint4 *)(ks + row * TC_LD + col) = kv;
+            *(uint4 *)(vs + row * TC_LD + col) = vv;
+        }
+        __syncthreads();
+        if (NORM) { /* two threads per key row, 32 dims each */
+            T *kr = ks + (threadIdx.x / 2) * TC_LD + (threadIdx.x % 2) * 32;
+            float ss = 0.0f;
+            for (int d = 0; d < 32; d++)
+                ss += to_f(kr[d]) * to_f(kr[d]);
+            ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+            float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(ss / FA_D, nrm.eps)));
+            for (int d = 0; d < 32; d++)
+                kr[d] = from_f<T>(norm_weight<T>(to_f(kr[d]) * rs, nrm, nrm.kw, (threadIdx.x % 2) * 32 + d));
+            __syncthreads();
+        }
+        /* S = Q K^T for this warp's 16 rows and the tile's 64 keys, 8 keys per n-tile. */
+        float s[8][4];
+        #pragma unroll
+        for (int n = 0; n < 8; n++) {
+            #pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[n][e] = 0.0f;
+            #pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                const T *kr = ks + (n * 8 + g) * TC_LD + 16 * kk + 2 * t4;
+                mma16816<T>(s[n], qa[kk], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
+            }
+        }
+        /* Element e of n-tile n is row g + 8 (e >> 1), key k0 + 8 n + 2 t4 + (e & 1). */
+        float mx[2] = {m[0], m[1]};
+        #pragma unroll
+        for (int n = 0; n < 8; n++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                bool vis = k0 + 8 * n + 2 * t4 + (e & 1) < a.Sk;
+                s[n][e] = vis ? s[n][e] * sl2 : -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+        /* Key k0 < Sk is visible to every row, so the new maximum is finite. */
+        float alpha[2];
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            alpha[i] = exp2f(m[i] - mx[i]);
+            m[i] = mx[i];
+            l[i] *= alpha[i];
+        }
+        #pragma unroll
+        for (int n = 0; n < 8; n++)
+            #pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+                l[e >> 1] += s[n][e];
+                acc[n][e] *= alpha[e >> 1];
+            }
+        /* O += P V, 16 keys per k-step: P's A fragment is n-tiles 2 kc and 2 kc + 1. */
+        #pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            uint32_t pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
+                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+            #pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const T *vr = vs + (16 * kc + 2 * t4) * TC_LD + n * 8 + g;
+                mma16816<T>(acc[n], pa, pack_raw(vr[0], vr[TC_LD]),
+                            pack_raw(vr[8 * TC_LD], vr[9 * TC_LD]));
+            }
+        }
+        __syncthreads(); /* before the next tile overwrites K and V */
+    }
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int64_t qi = row0 + g + 8 * i;
+        if (qi >= a.Sq) continue;
+        float inv = 1.0f / l[i];
+        T *orow = o + ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D + 2 * t4;
+        #pragma unroll
+        for (int n = 0; n < 8; n++)
+            *(uint32_t *)(orow + 8 * n) = pack2<T>(acc[n][2 * i] * inv, acc[n][2 * i + 1] * inv);
+        if (lse && t4 == 0)
+            lse[((int64_t)b * a.H + h) * a.Sq + qi] = (m[i] + log2f(l[i])) * 0.6931471805599453f;
+    }
+}
+
 /* Max (want_max) or sum of v over the block; every thread gets the result. */
 static __device__ float block_reduce(float v, bool want_max, float *red)
 {
@@ -214,17 +443,50 @@ static int attention_generic(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, cons
     return 0;
 }
 
+/* The tensor-core kernel takes 16-bit head-64 attention without bias or causal mask (the
+ * transformer's joint attention), on 16-byte aligned rows. */
+static bool tc_eligible(const kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
+                        const kn_tensor *v, const kn_attn_args *args)
+{
+    int64_t B = q->shape[0], HD = q->shape[2];
+    bool aligned = (((uintptr_t)o->data | (uintptr_t)q->data | (uintptr_t)k->data |
+                     (uintptr_t)v->data) & 15) == 0;
+    return (q->dtype == KN_BF16 || q->dtype == KN_F16) && HD / args->heads == FA_D && !args->bias &&
+           !args->causal && B * args->heads <= 65535 && aligned;
+}
+
+int cuda_attention_folds_norm(const kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
+                              const kn_tensor *v, const kn_attn_args *args)
+{
+    return tc_eligible(o, q, k, v, args);
+}
+
 int cuda_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
                    const kn_tensor *v, const kn_attn_args *args)
 {
     attn_dims a = {q->shape[1], k->shape[1], q->shape[2], args->heads, args->scale, args->causal};
     int64_t B = q->shape[0], Dh = a.HD / a.H;
     if (B == 0 || a.Sq == 0 || a.HD == 0) return 0;
+    cudaStream_t s = cuda_st(ctx)->stream;
+    float *lse = args->lse ? (float *)args->lse->data : NULL;
+    if (tc_eligible(o, q, k, v, args)) {
+        dim3 grid((unsigned)((a.Sq + TC_BQ - 1) / TC_BQ), (unsigned)(B * a.H));
+        tc_norm n = {args->q_norm ? args->q_norm->data : NULL,
+                     args->k_norm ? args->k_norm->data : NULL,
+                     args->q_norm ? args->q_norm->dtype : KN_F32, args->norm_eps};
+        return with_act(q->dtype, [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (!std::is_same<T, float>::value) {
+                auto kern = n.qw ? flash64_tc_kernel<T, true> : flash64_tc_kernel<T, false>;
+                kern<<<grid, TC_THREADS, 0, s>>>((T *)o->data, (const T *)q->data,
+                                                 (const T *)k->data, (const T *)v->data, a, n, lse);
+            }
+            return cuda_launched("kn_attention");
+        });
+    }
     if (Dh != FA_D || B * a.H > 65535) return attention_generic(ctx, o, q, k, v, args, a);
     dim3 grid((unsigned)((a.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * a.H));
-    cudaStream_t s = cuda_st(ctx)->stream;
     const float *bias = args->bias ? (const float *)args->bias->data : NULL;
-    float *lse = args->lse ? (float *)args->lse->data : NULL;
     flash64_kernel<<<grid, FA_THREADS, 0, s>>>(o->data, q->data, k->data, v->data, q->dtype, a,
                                                bias, lse);
     return cuda_launched("kn_attention");

@@ -52,6 +52,10 @@ int cuda_add_scaled(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, float s, cons
 int cuda_scale(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, float s);
 int cuda_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
                    const kn_tensor *v, const kn_attn_args *args);
+/* Whether cuda_attention applies args' q/k RMSNorm itself (its tensor-core path) for these
+ * operands; otherwise kn_attention normalises first. */
+int cuda_attention_folds_norm(const kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
+                              const kn_tensor *v, const kn_attn_args *args);
 
 int cuda_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                 const kn_tensor *b, int stride, int pad);

@@ -1,8 +1,9 @@
 #!/bin/sh
 # make test-gpu: runs every GPU test binary; when one of them found a usable device, the GPU
 # shell suites (focusd serving on the GPU) and the op test again under compute-sanitizer's
-# memcheck (a short run over every CUDA op). Each binary prints SKIP and passes nothing without
-# a device, so a run on a machine without one claims nothing. Usage: tests/gpu/run.sh BUILD_DIR
+# memcheck and then its racecheck (shared-memory hazards), each a short run over every CUDA op.
+# Each binary prints SKIP and passes nothing without a device, so a run on a machine without one
+# claims nothing. Usage: tests/gpu/run.sh BUILD_DIR
 set -u
 BUILD=${1:-build}
 status=0
@@ -24,9 +25,15 @@ for d in "${CUDA_HOME:-}" /usr/local/cuda; do
     [ -z "$sanitizer" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && sanitizer=$d/bin/compute-sanitizer
 done
 if [ -z "$sanitizer" ]; then
-    echo "test-gpu: compute-sanitizer not found: the memcheck run was skipped"
+    echo "test-gpu: compute-sanitizer not found: the memcheck and racecheck runs were skipped"
     exit 1
 fi
-echo "test-gpu: compute-sanitizer --tool memcheck on test_cuda_ops"
-"$sanitizer" --tool memcheck --leak-check full --error-exitcode 3 "$BUILD/tests-gpu/test_cuda_ops" || status=1
+for tool in "memcheck --leak-check full" racecheck; do
+    echo "test-gpu: compute-sanitizer --tool $tool on test_cuda_ops"
+    # shellcheck disable=SC2086 # tool holds the tool's options
+    "$sanitizer" --tool $tool --error-exitcode 3 "$BUILD/tests-gpu/test_cuda_ops" || {
+        echo "test-gpu: compute-sanitizer ${tool%% *} failed"
+        status=1
+    }
+done
 exit "$status"

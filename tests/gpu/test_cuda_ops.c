@@ -395,7 +395,9 @@ struct attn_case {
     float scale;
 };
 
-static void attention_case(const struct attn_case *c, kn_dtype dt)
+/* norm: the q/k RMSNorm of kn_attn_args, weights of dtype dt (the GPU's tensor-core kernel folds
+ * it, the CPU and the other GPU paths normalise first). */
+static void attention_case(const struct attn_case *c, kn_dtype dt, int norm)
 {
     int64_t HD = c->H * c->Dh;
     int64_t qs[3] = {c->B, c->Sq, HD}, ks[3] = {c->B, c->Sk, HD};
@@ -403,6 +405,12 @@ static void attention_case(const struct attn_case *c, kn_dtype dt)
     pair q = rand_pair(dt, 3, qs, 1.5f), k = rand_pair(dt, 3, ks, 1.5f);
     pair v = rand_pair(dt, 3, ks, 1.0f), bias = rand_pair(KN_F32, 3, bs, 2.0f);
     pair lse = out_pair(KN_F32, KN_F32, 3, ls), o = out_pair(KN_F32, dt, 3, qs);
+    int64_t ws[1] = {c->Dh};
+    float *wv = rand_buf(c->Dh, 1.0f);
+    for (int64_t i = 0; i < c->Dh; i++)
+        wv[i] += 1.0f; /* weights around 1, as trained qk_norm weights are */
+    pair qw = make_pair(dt, 1, ws, wv, 1), kw = make_pair(dt, 1, ws, wv, 1);
+    free(wv);
     pair qc = {q.c, q.g}, kc = {k.c, k.g}, vc = {v.c, v.g};
     if (dt != KN_F32) { /* the CPU reference runs in float32 on the rounded values */
         pair *ps[3] = {&qc, &kc, &vc};
@@ -413,16 +421,21 @@ static void attention_case(const struct attn_case *c, kn_dtype dt)
             ps[i]->c = f;
         }
     }
-    kn_attn_args ca = {(int)c->H, c->scale, c->causal, c->bias ? &bias.c : NULL,
-                       c->lse ? &lse.c : NULL};
-    kn_attn_args ga = {(int)c->H, c->scale, c->causal, c->bias ? &bias.g : NULL,
-                       c->lse ? &lse.g : NULL};
+    kn_attn_args ca = {.heads = (int)c->H, .scale = c->scale, .causal = c->causal,
+                       .bias = c->bias ? &bias.c : NULL, .lse = c->lse ? &lse.c : NULL,
+                       .q_norm = norm ? &qw.c : NULL, .k_norm = norm ? &kw.c : NULL,
+                       .norm_eps = 1e-6f};
+    kn_attn_args ga = {.heads = (int)c->H, .scale = c->scale, .causal = c->causal,
+                       .bias = c->bias ? &bias.g : NULL, .lse = c->lse ? &lse.g : NULL,
+                       .q_norm = norm ? &qw.g : NULL, .k_norm = norm ? &kw.g : NULL,
+                       .norm_eps = 1e-6f};
     CHECKF(kn_attention(cpu, &o.c, &qc.c, &kc.c, &vc.c, &ca) == 0, "%s", err_msg());
     CHECKF(kn_attention(gpu, &o.g, &q.g, &k.g, &v.g, &ga) == 0, "%s", err_msg());
     char what[128];
-    snprintf(what, sizeof what, "attention %s B%lld Sq%lld Sk%lld H%lld Dh%lld%s%s",
+    snprintf(what, sizeof what, "attention %s B%lld Sq%lld Sk%lld H%lld Dh%lld%s%s%s",
              kn_dtype_name(dt), (long long)c->B, (long long)c->Sq, (long long)c->Sk,
-             (long long)c->H, (long long)c->Dh, c->causal ? " causal" : "", c->bias ? " bias" : "");
+             (long long)c->H, (long long)c->Dh, c->causal ? " causal" : "", c->bias ? " bias" : "",
+             norm ? " qk-norm" : "");
     /* outputs are convex combinations of values in [-1, 1]: absolute tolerances */
     CHECK(close_pair(&o, NULL, dt == KN_F32 ? 2e-5 : 2e-2, 0.0, what));
     if (c->lse) CHECK(close_pair(&lse, NULL, dt == KN_F32 ? 1e-5 : 5e-2, 1e-6, what));
@@ -435,6 +448,8 @@ static void attention_case(const struct attn_case *c, kn_dtype dt)
     free_pair(&bias);
     free_pair(&lse);
     free_pair(&o);
+    free_pair(&qw);
+    free_pair(&kw);
 }
 
 static void test_attention(void)
@@ -457,10 +472,48 @@ static void test_attention(void)
         {1, 1024, 1024, 1, 512, 0, 0, 1, 0.04419417f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        attention_case(&cases[i], KN_F32);
-    attention_case(&cases[7], KN_BF16);
-    attention_case(&cases[8], KN_F16);
-    attention_case(&cases[1], KN_BF16);
+        attention_case(&cases[i], KN_F32, 0);
+    attention_case(&cases[7], KN_BF16, 0);
+    attention_case(&cases[8], KN_F16, 0);
+    attention_case(&cases[1], KN_BF16, 0);
+    /* the normalise-first route on the GPU: float32, and 16-bit with a causal mask */
+    attention_case(&cases[6], KN_F32, 1);
+    attention_case(&cases[7], KN_BF16, 1);
+}
+
+/* The tensor-core kernel (16-bit, head size 64, no bias, no mask): one query and one key,
+ * partial query blocks and key tiles, the transformer's 24 heads, with and without the folded
+ * q/k RMSNorm, against the CPU in float32 on the same rounded inputs. */
+static void test_attention_tensor_core(void)
+{
+    static const struct attn_case cases[] = {
+        {1, 1, 1, 1, 64, 0, 0, 1, 0.125f},     {2, 130, 77, 3, 64, 0, 0, 1, 0.125f},
+        {1, 200, 333, 2, 64, 0, 0, 1, 0.125f}, {1, 77, 77, 20, 64, 0, 0, 1, 0.125f},
+        {2, 333, 1024, 24, 64, 0, 0, 0, 0.125f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        attention_case(&cases[i], KN_BF16, 0);
+        attention_case(&cases[i], KN_F16, 0);
+    }
+    attention_case(&cases[1], KN_BF16, 1);
+    attention_case(&cases[2], KN_F16, 1);
+    attention_case(&cases[4], KN_BF16, 1);
+}
+
+/* A q/k norm must come in pairs: the op refuses one alone on either backend. */
+static void test_attention_norm_pair(void)
+{
+    int64_t s3[3] = {1, 4, 64}, s1[1] = {64};
+    pair q = rand_pair(KN_F32, 3, s3, 1.0f), o = out_pair(KN_F32, KN_F32, 3, s3);
+    pair w = rand_pair(KN_F32, 1, s1, 1.0f);
+    kn_attn_args ca = {.heads = 1, .scale = 0.125f, .q_norm = &w.c};
+    kn_attn_args ga = {.heads = 1, .scale = 0.125f, .q_norm = &w.g};
+    CHECK(kn_attention(cpu, &o.c, &q.c, &q.c, &q.c, &ca) == ERR_INVALID);
+    CHECK(kn_attention(gpu, &o.g, &q.g, &q.g, &q.g, &ga) == ERR_INVALID);
+    CHECK(strstr(err_msg(), "q_norm and k_norm") != NULL);
+    free_pair(&q);
+    free_pair(&o);
+    free_pair(&w);
 }
 
 /* ---- image ops ---- */
@@ -572,6 +625,8 @@ int main(void)
     RUN(test_elementwise);
     RUN(test_modulation);
     RUN(test_attention);
+    RUN(test_attention_tensor_core);
+    RUN(test_attention_norm_pair);
     RUN(test_conv2d);
     RUN(test_moves);
     CHECKF(kn_sync(gpu) == 0, "%s", err_msg());

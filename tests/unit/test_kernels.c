@@ -688,6 +688,38 @@ static void test_shape_errors(void)
         kn_free(ctx, all[i]);
 }
 
+/* kn_attn_args' q/k RMSNorm is kn_rms_norm over each head of q and k, then the attention: on the
+ * CPU the same ops run, so the results are identical. One of the two alone is refused. */
+static void test_attention_qk_norm(void)
+{
+    int64_t qs[3] = {2, 9, 3 * 8}, ks[3] = {2, 11, 3 * 8}, hq[2] = {2 * 9 * 3, 8},
+            hk[2] = {2 * 11 * 3, 8}, ws[1] = {8};
+    float *vals[5] = {rand_buf(2 * 9 * 24, 1.5f), rand_buf(2 * 11 * 24, 1.5f),
+                      rand_buf(2 * 11 * 24, 1.0f), rand_buf(8, 1.0f), rand_buf(8, 1.0f)};
+    kn_tensor q = make_f32(3, qs, vals[0]), k = make_f32(3, ks, vals[1]), v = make_f32(3, ks, vals[2]);
+    kn_tensor qw = make_f32(1, ws, vals[3]), kw = make_f32(1, ws, vals[4]);
+    kn_tensor qn = zeros(3, qs), kn = zeros(3, ks), want = zeros(3, qs), got = zeros(3, qs);
+    kn_tensor qh = kn_reshape(&q, 2, hq), kh = kn_reshape(&k, 2, hk);
+    kn_tensor qnh = kn_reshape(&qn, 2, hq), knh = kn_reshape(&kn, 2, hk);
+    CHECK(kn_rms_norm(ctx, &qnh, &qh, &qw, 1e-6f) == 0);
+    CHECK(kn_rms_norm(ctx, &knh, &kh, &kw, 1e-6f) == 0);
+    kn_attn_args plain = {.heads = 3, .scale = 0.35f};
+    CHECK(kn_attention(ctx, &want, &qn, &kn, &v, &plain) == 0);
+    kn_attn_args normed = {.heads = 3, .scale = 0.35f, .q_norm = &qw, .k_norm = &kw, .norm_eps = 1e-6f};
+    CHECKF(kn_attention(ctx, &got, &q, &k, &v, &normed) == 0, "%s", err_msg());
+    CHECK(memcmp(got.data, want.data, (size_t)kn_numel(&want) * sizeof(float)) == 0);
+    normed.k_norm = NULL;
+    CHECK(kn_attention(ctx, &got, &q, &k, &v, &normed) == ERR_INVALID);
+    CHECKF(msg_has("q_norm and k_norm"), "%s", err_msg());
+    normed.k_norm = &qn; /* not a [head_dim] vector */
+    CHECK(kn_attention(ctx, &got, &q, &k, &v, &normed) < 0);
+    kn_tensor *all[] = {&q, &k, &v, &qw, &kw, &qn, &kn, &want, &got};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        kn_free(ctx, all[i]);
+    for (int i = 0; i < 5; i++)
+        free(vals[i]);
+}
+
 int main(void)
 {
     if (kn_ctx_create(KN_CPU, 0, &ctx) != 0) {
@@ -704,6 +736,7 @@ int main(void)
     RUN(test_modulation);
     RUN(test_attention_small);
     RUN(test_attention_long);
+    RUN(test_attention_qk_norm);
     RUN(test_conv2d);
     RUN(test_upsample_transpose);
     RUN(test_shape_errors);
