@@ -1,6 +1,7 @@
-/* CLIP BPE tokenizer: a C reimplementation of transformers 4.46's slow CLIPTokenizer as it runs
- * without ftfy (BasicTokenizer(strip_accents=False, do_split_on_punc=False) for cleanup), which
- * is what StableDiffusion3Pipeline loads. The ids must equal the reference exactly, so every
+/* CLIP BPE tokenizer: a C reimplementation of transformers 4.46-4.57's slow CLIPTokenizer as it
+ * runs without ftfy (BasicTokenizer(strip_accents=False, do_split_on_punc=False) for cleanup),
+ * which is what StableDiffusion3Pipeline loads, added tokens' lstrip/rstrip/single_word
+ * included (transformers 5's CLIPTokenizer is another, tokenizers-based, pipeline). The ids must equal the reference exactly, so every
  * stage mirrors a reference step; comments name the step and the Python semantics kept.
  * Not for decoding ids back to text, and not for the ftfy variant.
  *
