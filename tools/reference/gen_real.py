@@ -87,40 +87,74 @@ FLAG_TEXTS = [
 ]
 
 
-def flag_config(folder, first_id):
-    """tokenizer_config.json of folder with FLAG_TOKENS added from first_id on."""
-    cfg = json.load(open(os.path.join(FIX, folder, "tokenizer_config.json"), encoding="utf-8"))
-    for i, (c, sw, ls, rs, norm, sp) in enumerate(FLAG_TOKENS):
-        cfg["added_tokens_decoder"][str(first_id + i)] = {
-            "content": c, "lstrip": ls, "normalized": norm, "rstrip": rs, "single_word": sw, "special": sp}
-    return cfg
+def flag_entries(first_id):
+    return [{"id": first_id + i, "content": c, "single_word": sw, "lstrip": ls, "rstrip": rs, "normalized": norm,
+             "special": sp} for i, (c, sw, ls, rs, norm, sp) in enumerate(FLAG_TOKENS)]
+
+
+# (folder, name, changes to tokenizer_config.json, whether FLAG_TOKENS go to tokenizer.json instead)
+FLAG_RUNS = [
+    ("tokenizer", "flags", {}, False),
+    ("tokenizer_2", "flags", {}, False),
+    ("tokenizer_2", "split_special_tokens", {"split_special_tokens": True}, False),
+    ("tokenizer_3", "flags", {}, False),
+    ("tokenizer_3", "split_special_tokens", {"split_special_tokens": True}, False),
+    ("tokenizer_3", "add_prefix_space_false", {"add_prefix_space": False}, False),
+    ("tokenizer_3", "legacy_false", {"legacy": False}, False),
+    # Without add_prefix_space transformers loads tokenizer.json as it is, added tokens included.
+    ("tokenizer_3", "tokenizer_json", {"add_prefix_space": None}, True),
+]
+
+
+def flag_run(tmp, folder, name, changes, in_json):
+    """One FLAG_RUNS entry: the files it changes and the ids of FLAG_TEXTS through them."""
+    first_id = 32100 if folder == "tokenizer_3" else 49408
+    d = os.path.join(tmp, f"{folder}-{name}")
+    os.makedirs(d)
+    for n in FILES[folder]:
+        shutil.copyfile(os.path.join(FIX, folder, n), os.path.join(d, n))
+    cfg = json.load(open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8"))
+    run = {"folder": folder, "name": name}
+    if in_json:
+        tj = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
+        run["added_tokens"] = tj["added_tokens"] + flag_entries(first_id)
+        tj["added_tokens"] = run["added_tokens"]
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tj, f, ensure_ascii=False)
+    else:
+        for e in flag_entries(first_id):
+            cfg["added_tokens_decoder"][str(e.pop("id"))] = e
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k)
+        else:
+            cfg[k] = v
+    if in_json:
+        cfg.pop("added_tokens_decoder")
+    run["config"] = cfg
+    with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, ensure_ascii=False)
+    if folder == "tokenizer_3":
+        tok = T5TokenizerFast.from_pretrained(d)
+        call = dict(padding="max_length", max_length=256, truncation=True, add_special_tokens=True)
+    else:
+        tok = CLIPTokenizer.from_pretrained(d)
+        call = dict(padding="max_length", max_length=77, truncation=True)
+    for i, (c, *_) in enumerate(FLAG_TOKENS):
+        assert tok.convert_tokens_to_ids(c) == first_id + i, (folder, name, c, tok.convert_tokens_to_ids(c))
+    texts = FLAG_TEXTS + whitespace_cases()[:64]
+    run["ids"] = [tok(t, **call).input_ids for t in texts]
+    return run, texts
 
 
 def flag_goldens(tmp):
-    """Ids of FLAG_TEXTS with FLAG_TOKENS added to each tokenizer; the configs are stored too."""
-    out = {"texts": FLAG_TEXTS}
-    for folder, first_id in (("tokenizer", 49408), ("tokenizer_2", 49408), ("tokenizer_3", 32100)):
-        d = os.path.join(tmp, folder)
-        os.makedirs(d)
-        for n in FILES[folder]:
-            shutil.copyfile(os.path.join(FIX, folder, n), os.path.join(d, n))
-        cfg = flag_config(folder, first_id)
-        with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-            json.dump(cfg, f, indent=2, ensure_ascii=False)
-        with open(os.path.join(GOLD, f"flags_{folder}_config.json"), "w", encoding="utf-8") as f:
-            json.dump(cfg, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        if folder == "tokenizer_3":
-            tok = T5TokenizerFast.from_pretrained(d)
-            call = dict(padding="max_length", max_length=256, truncation=True, add_special_tokens=True)
-        else:
-            tok = CLIPTokenizer.from_pretrained(d)
-            call = dict(padding="max_length", max_length=77, truncation=True)
-        for i, (c, *_) in enumerate(FLAG_TOKENS):
-            assert tok.convert_tokens_to_ids(c) == first_id + i, (folder, c, tok.convert_tokens_to_ids(c))
-        out[folder] = [tok(t, **call).input_ids for t in FLAG_TEXTS]
+    """golden/real_tokenizer/flags.json: each FLAG_RUNS entry with its files and ids."""
+    runs = []
+    for r in FLAG_RUNS:
+        run, texts = flag_run(tmp, *r)
+        runs.append(run)
     with open(os.path.join(GOLD, "flags.json"), "w", encoding="ascii") as f:
-        json.dump(out, f, ensure_ascii=True)
+        json.dump({"texts": texts, "runs": runs}, f, ensure_ascii=True)
         f.write("\n")
 
 
