@@ -222,6 +222,34 @@ static void test_bad_files(void)
     CHECKF(rc == ERR_FORMAT && strstr(msg, "pad_token"), "%d %s", rc, msg);
     rc = load_t5(NULL, "[]", &t, msg, sizeof msg);
     CHECKF(rc == ERR_FORMAT && strstr(msg, "not a JSON object"), "%d %s", rc, msg);
+    /* CLIP: the published tokenizer_2 config with one bad field at a time. */
+    static const char *const clip_bad[][2] = {
+        {"{\"model_max_length\": 77, \"added_tokens_decoder\": {\"0\": {\"content\": \"!\", "
+         "\"lstrip\": 1}}}",
+         "\"lstrip\" must be true or false"},
+        {"{\"model_max_length\": 77, \"added_tokens_decoder\": {\"0\": {\"content\": \"!\", "
+         "\"strip\": true}}}",
+         "unknown field \"strip\""},
+        {"{\"model_max_length\": 77, \"added_tokens_decoder\": [1]}",
+         "\"added_tokens_decoder\" is not an object"},
+        {"{\"model_max_length\": 77, \"split_special_tokens\": \"no\"}",
+         "\"split_special_tokens\" must be"},
+        {"{\"model_max_length\": 77, \"added_tokens_decoder\": {\"x\": {\"content\": \"!\"}}}",
+         "is malformed"},
+    };
+    for (size_t i = 0; i < sizeof clip_bad / sizeof *clip_bad; i++) {
+        json_t *run = json_pack("{s:s, s:o}", "folder", "tokenizer_2", "config",
+                                json_loads(clip_bad[i][0], 0, NULL));
+        char dir[1024];
+        CHECK(flag_dir(run, dir, sizeof dir) == 0);
+        clip_tokenizer *c = NULL;
+        rc = clip_tokenizer_load(dir, &c);
+        CHECKF(rc == ERR_FORMAT && c == NULL && strstr(err_msg(), "tokenizer_config.json") &&
+                   strstr(err_msg(), clip_bad[i][1]),
+               "CLIP case %zu: %d %s", i, rc, err_msg());
+        remove_dir(dir);
+        json_decref(run);
+    }
 }
 
 int main(void)
