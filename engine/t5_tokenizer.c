@@ -5,7 +5,7 @@
  * and segmented by the Unigram model; then "$A </s>" truncation and right padding. Added
  * tokens honour single_word, lstrip, rstrip, normalized and special as find_matches does.
  * tokenizer_config.json's add_prefix_space (and legacy) make transformers rebuild the
- * tokenizer from spiece.model; the rebuilt chain is applied here (t5_rebuild_as_converted).
+ * tokenizer from spiece.model; the rebuilt chain is applied here (rebuild_as_converted).
  * Only the component types T5 tokenizer.json files use are interpreted; any other is refused
  * at load time rather than approximated. Offsets are not tracked, except for whether a piece
  * begins at original byte 0 (Metaspace's prepend_scheme "first"). */
