@@ -1,7 +1,9 @@
-/* The T5 tokenizer as transformers' T5TokenizerFast runs it from tokenizer.json: the
- * normalizer chain (precompiled SentencePiece charsmap, whitespace rules), the Metaspace
- * pre-tokenizer, Unigram Viterbi segmentation with unknown-piece fusion, the "$A </s>"
- * template, truncation and right padding with <pad>. */
+/* The T5 tokenizer as transformers' T5TokenizerFast runs it from tokenizer.json: added tokens
+ * matched with their single_word/lstrip/rstrip/normalized/special flags, the normalizer chain
+ * (precompiled SentencePiece charsmap, whitespace rules), the Metaspace pre-tokenizer, Unigram
+ * Viterbi segmentation with unknown-piece fusion, the "$A </s>" template, truncation and right
+ * padding with <pad>. tokenizer_config.json's add_prefix_space/legacy rebuild the chain as
+ * transformers' converter does, and split_special_tokens is honoured. */
 #ifndef FOCUS_ENGINE_T5_TOKENIZER_H
 #define FOCUS_ENGINE_T5_TOKENIZER_H
 
@@ -10,6 +12,9 @@
 
 typedef struct t5_tokenizer t5_tokenizer;
 
+/* ERR_IO when tokenizer.json cannot be read, ERR_FORMAT for a malformed tokenizer.json or
+ * tokenizer_config.json, an unsupported component or a bad added token; the message names the
+ * file and the field. */
 int t5_tokenizer_load(const char *dir, t5_tokenizer **out);
 void t5_tokenizer_free(t5_tokenizer *t);
 /* Writes exactly max_length ids: content[:max_length-1] + [</s>] + [<pad>]...

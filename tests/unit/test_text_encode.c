@@ -4,7 +4,7 @@
  * outputs (CLIP-L, CLIP-G, T5) to localise a mismatch, agree within
  *     max |ours - golden| <= 1e-4 * max(1, max |golden|)
  * (float32 reduction-order noise). Also: the T5 bucket function against torch's values, the
- * layout of text_embeds_stack, the zero T5 block of a model without text_encoder_3, the refusal
+ * same on tiny-sd35-real (the published tokenizer files), the layout of text_embeds_stack, the zero T5 block of a model without text_encoder_3, the refusal
  * of a config that contradicts the weights (naming the file and the tensor), and bad inputs. */
 #include "tests/unit/check.h"
 
@@ -37,12 +37,13 @@ static json_t *cases;
 static char model_dir[PATH_MAX];
 static char tmp_root[512];
 static double worst_ratio; /* largest error / allowed error seen, reported at the end */
+static const char *golden_sub = "encode"; /* golden/<sub>/ of the model under test */
 
 /* ---- helpers ---- */
 
 static void golden_path(char *buf, size_t n, const char *case_name, const char *file)
 {
-    snprintf(buf, n, "%s/golden/encode/%s/%s", fixtures_dir(), case_name, file);
+    snprintf(buf, n, "%s/golden/%s/%s/%s", fixtures_dir(), golden_sub, case_name, file);
 }
 
 /* Compares a float tensor with a golden .npy of the same shape. */
@@ -293,6 +294,40 @@ static void test_encode_matches_goldens(void)
     }
 }
 
+/* The same three checks on tiny-sd35-real: the published tokenizer files (byte-exact) with
+ * tiny F16 encoders of the real vocabulary sizes, against golden/real_encode/ (prompts with
+ * sentinels, Unicode white space and "!", written by tools/reference/gen_real_model.py). */
+static void test_real_tokenizer_files(void)
+{
+    char path[PATH_MAX], dir[PATH_MAX];
+    snprintf(path, sizeof path, "%s/tiny-sd35-real", fixtures_dir());
+    CHECK(realpath(path, dir) != NULL);
+    snprintf(path, sizeof path, "%s/golden/real_encode/cases.json", fixtures_dir());
+    json_t *real_cases = json_load_file(path, 0, NULL);
+    model_config *real_cfg = NULL;
+    text_encoder *real_te = NULL;
+    CHECKF(json_array_size(real_cases) >= 3, "%s", path);
+    CHECKF(model_config_load(dir, &real_cfg) == 0 && text_encoder_load(ctx, real_cfg, &real_te) == 0, "%s: %s", dir,
+           err_msg());
+    if (real_te && json_array_size(real_cases)) {
+        model_config *saved_cfg = cfg;
+        text_encoder *saved_te = te;
+        json_t *saved_cases = cases;
+        char saved_dir[PATH_MAX];
+        memcpy(saved_dir, model_dir, sizeof saved_dir);
+        cfg = real_cfg, te = real_te, cases = real_cases, golden_sub = "real_encode";
+        memcpy(model_dir, dir, sizeof model_dir);
+        test_tokens_match_cases();
+        test_encoders_match_goldens();
+        test_encode_matches_goldens();
+        cfg = saved_cfg, te = saved_te, cases = saved_cases, golden_sub = "encode";
+        memcpy(model_dir, saved_dir, sizeof model_dir);
+    }
+    text_encoder_free(real_te);
+    model_config_free(real_cfg);
+    json_decref(real_cases);
+}
+
 /* Two encodings stacked with two copies each: [a, a, b, b], as the pipeline lays out
  * [negative x n, positive x n]. */
 static void test_embeds_stack(void)
@@ -483,6 +518,7 @@ int main(void)
     RUN(test_tokens_match_cases);
     RUN(test_encoders_match_goldens);
     RUN(test_encode_matches_goldens);
+    RUN(test_real_tokenizer_files);
     RUN(test_embeds_stack);
     RUN(test_bad_inputs);
     RUN(test_config_contradicts_weights);

@@ -88,10 +88,12 @@ ENCODE_CASES = [
 
 
 @torch.no_grad()
-def gen_encode(pipe):
-    d = fresh("encode")
+def gen_encode(pipe, cases=None, sub="encode"):
+    """encode_prompt goldens of cases (ENCODE_CASES) into golden/<sub>/; gen_real_model.py
+    calls it for the published tokenizers."""
+    d = fresh(sub)
     listing = []
-    for c in ENCODE_CASES:
+    for c in cases or ENCODE_CASES:
         cd = os.path.join(d, c["name"])
         pe, npe, pp, npp = pipe.encode_prompt(prompt=c["prompt"], prompt_2=None, prompt_3=None, device="cpu",
                                               num_images_per_prompt=1, do_classifier_free_guidance=True,
@@ -114,7 +116,8 @@ def gen_encode(pipe):
         save(cd, "t5_hidden.npy", f32(t5))
         # The per-encoder outputs must be exactly the slices encode_prompt assembles.
         clip = torch.cat([parts["clip_l"][0], parts["clip_g"][0]], dim=-1)
-        assert torch.equal(pe[:, :77, :80], clip) and torch.all(pe[:, :77, 80:] == 0)
+        w = clip.shape[-1]
+        assert torch.equal(pe[:, :77, :w], clip) and torch.all(pe[:, :77, w:] == 0)
         assert torch.equal(pe[:, 77:], t5)
         assert torch.equal(pp, torch.cat([parts["clip_l"][1], parts["clip_g"][1]], dim=-1))
         listing.append({**c, "prompt_2": None, "prompt_3": None, "num_images_per_prompt": 1,
