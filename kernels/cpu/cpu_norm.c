@@ -1,26 +1,60 @@
 /* CPU backend: LayerNorm, RMSNorm, GroupNorm and the adaLN modulation that follows a LayerNorm,
- * on float32 activations. Row statistics are summed in double, which gives the correctly
- * rounded float32 mean and variance that PyTorch's cascaded float sums approximate; the
- * normalisation itself is then written in PyTorch's float32 order of operations. Large inputs
- * are split over the worker threads by row (or group), never inside one row's sums. */
+ * on float32 activations. Row statistics are float32 sums in 32 lanes combined pairwise, in an
+ * order fixed by the row's length (as accurate as PyTorch's cascaded float sums, and vectorised
+ * by the compiler: plain C, so every CPU sums alike); the normalisation itself is then written
+ * in PyTorch's float32 order of operations. Large inputs are split over the worker threads by
+ * row (or group), never inside one row's sums. */
 #include "kernels/cpu/cpu_ops.h"
 
 #include <math.h>
 
-/* Mean and 1/sqrt(biased variance + eps) of n floats, two passes in double. */
+#define SUM_LANES 32
+
+/* acc[0] after adding its upper halves onto its lower ones, then the tail's sum. */
+static float lanes_total(float acc[SUM_LANES], float tail)
+{
+    for (int w = SUM_LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] += acc[l + w];
+    return acc[0] + tail;
+}
+
+/* The sum of x[0, n). */
+static float sum_lanes(const float *x, int64_t n)
+{
+    float acc[SUM_LANES] = {0}, tail = 0.0f;
+    int64_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++)
+            acc[l] += x[i + l];
+    for (; i < n; i++)
+        tail += x[i];
+    return lanes_total(acc, tail);
+}
+
+/* The sum of (x - c)^2 over x[0, n). */
+static float sum_sq_lanes(const float *x, int64_t n, float c)
+{
+    float acc[SUM_LANES] = {0}, tail = 0.0f;
+    int64_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++) {
+            float d = x[i + l] - c;
+            acc[l] += d * d;
+        }
+    for (; i < n; i++) {
+        float d = x[i] - c;
+        tail += d * d;
+    }
+    return lanes_total(acc, tail);
+}
+
+/* Mean and 1/sqrt(biased variance + eps) of n floats, in two passes. */
 static void moments(const float *x, int64_t n, float eps, float *mean_out, float *rstd_out)
 {
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        s += x[i];
-    double mean = n ? s / (double)n : 0.0;
-    double v = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = x[i] - mean;
-        v += d * d;
-    }
-    float var = n ? (float)(v / (double)n) : 0.0f;
-    *mean_out = (float)mean;
+    float mean = n ? sum_lanes(x, n) / (float)n : 0.0f;
+    float var = n ? sum_sq_lanes(x, n, mean) / (float)n : 0.0f;
+    *mean_out = mean;
     *rstd_out = 1.0f / sqrtf(var + eps);
 }
 
@@ -77,12 +111,7 @@ static void rms_norm_range(void *p, int64_t lo, int64_t hi)
     for (int64_t r = lo; r < hi; r++) {
         const float *xr = j->x + r * D;
         float *yr = j->y + r * D;
-        double s = 0.0;
-        for (int64_t k = 0; k < D; k++) {
-            float sq = xr[k] * xr[k];
-            s += sq;
-        }
-        float var = D ? (float)(s / (double)D) : 0.0f;
+        float var = D ? sum_sq_lanes(xr, D, 0.0f) / (float)D : 0.0f;
         float rs = 1.0f / sqrtf(var + j->eps);
         for (int64_t k = 0; k < D; k++) {
             float t = xr[k] * rs;
