@@ -567,16 +567,15 @@ static int load_index(const char *dir, bool *has_t5)
     return rc;
 }
 
-int model_config_load(const char *path, model_config **out)
+int model_config_load(const char *spec, model_config **out)
 {
     *out = NULL;
-    char *dir;
-    int rc = model_dir_resolve(path, &dir);
+    char *path;
+    int rc = model_dir_resolve(spec, &path);
     if (rc)
         return rc;
     model_config *m = xcalloc(1, sizeof *m);
-    m->path = dir;
-    path = dir;
+    m->path = path;
     rc = load_index(path, &m->has_t5);
     if (!rc)
         rc = load_clip(path, "text_encoder", &m->clip_l);
