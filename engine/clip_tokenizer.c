@@ -112,6 +112,7 @@ struct added_token {
     char *s;
     size_t len;
     int32_t id;
+    int lstrip, rstrip, single_word;
 };
 
 struct clip_tokenizer {
@@ -129,6 +130,7 @@ struct clip_tokenizer {
     size_t nadded;
     int32_t bos_id, eos_id, pad_id, unk_id;
     int max_length;
+    int split_special; /* split_special_tokens: no added token is matched */
     pcre2_code *pattern;
 };
 
@@ -471,7 +473,11 @@ static int32_t token_to_id(clip_tokenizer *t, const char *s, size_t n)
     return sym >= 0 && t->syms[sym].vocab_id >= 0 ? t->syms[sym].vocab_id : -1;
 }
 
-static int add_token(clip_tokenizer *t, const char *s, int32_t id, const char *path)
+/* Registers an added token unless one with that content exists (the first one wins, as
+ * the reference's added_tokens_decoder does over the special tokens). flags may be NULL
+ * (AddedToken's defaults); else its lstrip, rstrip, single_word, normalized and special
+ * must be booleans where present, and no other field may appear. */
+static int add_token(clip_tokenizer *t, const char *s, int32_t id, const json_t *flags, const char *path)
 {
     size_t n = strlen(s);
     if (!n)
@@ -479,6 +485,27 @@ static int add_token(clip_tokenizer *t, const char *s, int32_t id, const char *p
     for (size_t i = 0; i < t->nadded; i++)
         if (t->added[i].len == n && !memcmp(t->added[i].s, s, n))
             return 0;
+    int v[3] = {0, 0, 0};
+    if (flags) {
+        static const char *const names[] = {"lstrip", "rstrip", "single_word", "normalized", "special"};
+        for (int f = 0; f < 5; f++) {
+            json_t *x = json_object_get(flags, names[f]);
+            if (x && !json_is_boolean(x))
+                return err_set(ERR_FORMAT, "%s: added token \"%s\": \"%s\" must be true or false", path, s, names[f]);
+            if (f < 3)
+                v[f] = json_is_true(x);
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach((json_t *)flags, key, val) {
+            static const char *const known[] = {"content", "lstrip", "rstrip", "single_word", "normalized", "special", "__type"};
+            size_t k = 0;
+            while (k < sizeof known / sizeof *known && strcmp(key, known[k]))
+                k++;
+            if (k == sizeof known / sizeof *known)
+                return err_set(ERR_FORMAT, "%s: added token \"%s\": unknown field \"%s\"", path, s, key);
+        }
+    }
     struct added_token *na = realloc(t->added, (t->nadded + 1) * sizeof *na);
     if (!na)
         return err_set(ERR_NOMEM, "%s: out of memory", path);
@@ -487,14 +514,18 @@ static int add_token(clip_tokenizer *t, const char *s, int32_t id, const char *p
         return err_set(ERR_NOMEM, "%s: out of memory", path);
     na[t->nadded].len = n;
     na[t->nadded].id = id;
+    na[t->nadded].lstrip = v[0];
+    na[t->nadded].rstrip = v[1];
+    na[t->nadded].single_word = v[2];
     t->nadded++;
     return 0;
 }
 
 /* The added tokens of tokenizer_config.json's added_tokens_decoder, then the special tokens,
- * which the reference also registers as unsplittable (with their vocab id). lstrip/rstrip
- * are accepted and ignored: they only strip whitespace next to the token, which the
- * BasicTokenizer drops anyway; single_word changes the split and is not supported. */
+ * which the reference also registers as unsplittable (with their vocab id), and
+ * split_special_tokens. normalized and special change nothing here: the slow tokenizer
+ * lowercases before matching only for a do_lower_case attribute CLIPTokenizer lacks, and
+ * split_special_tokens turns off every added token, special or not. */
 static int load_config(clip_tokenizer *t, const char *dir)
 {
     char path[4096], map_path[4096];
@@ -510,8 +541,18 @@ static int load_config(clip_tokenizer *t, const char *dir)
         goto done;
     }
     t->max_length = (int)json_integer_value(mml);
-
+    json_t *split = json_object_get(cfg, "split_special_tokens");
+    if (split && !json_is_boolean(split) && !json_is_null(split)) {
+        rc = err_set(ERR_FORMAT, "%s: \"split_special_tokens\" must be true, false or null", path);
+        goto done;
+    }
+    t->split_special = json_is_true(split);
     json_t *dec = json_object_get(cfg, "added_tokens_decoder");
+    if (dec && !json_is_object(dec) && !json_is_null(dec)) {
+        rc = err_set(ERR_FORMAT, "%s: \"added_tokens_decoder\" is not an object", path);
+        goto done;
+    }
+
     const char *key;
     json_t *val;
     json_object_foreach(dec, key, val)
@@ -523,12 +564,7 @@ static int load_config(clip_tokenizer *t, const char *dir)
             rc = err_set(ERR_FORMAT, "%s: added_tokens_decoder entry \"%s\" is malformed", path, key);
             goto done;
         }
-        if (json_is_true(json_object_get(val, "single_word"))) {
-            rc = err_set(ERR_FORMAT, "%s: added token \"%s\" has single_word, which is not supported", path,
-                         json_string_value(content));
-            goto done;
-        }
-        if ((rc = add_token(t, json_string_value(content), (int32_t)id, path)))
+        if ((rc = add_token(t, json_string_value(content), (int32_t)id, val, path)))
             goto done;
     }
 
@@ -545,7 +581,7 @@ static int load_config(clip_tokenizer *t, const char *dir)
             rc = err_set(ERR_FORMAT, "%s: %s \"%s\" is not in the vocabulary", path, names[i], values[i]);
             goto done;
         }
-        if ((rc = add_token(t, values[i], *ids[i], path)))
+        if ((rc = add_token(t, values[i], *ids[i], NULL, path)))
             goto done;
     }
 done:
@@ -918,6 +954,132 @@ static int tokenize_segment(const clip_tokenizer *t, struct work *w, const uint8
     return 0;
 }
 
+/* Python's str.isspace(): White_Space plus U+001C..U+001F. */
+static int py_space(int32_t c)
+{
+    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+/* One element of the reference's `tokens` list: a view of the text, or an owned string once
+ * single_word glued a token to a neighbour. */
+struct piece {
+    const uint8_t *s;
+    size_t len;
+    uint8_t *own;
+};
+
+static size_t lstrip_len(const uint8_t *s, size_t n)
+{
+    size_t p = 0;
+    while (p < n) {
+        int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(s + p, (utf8proc_ssize_t)(n - p), &c);
+        if (!py_space(c))
+            break;
+        p += (size_t)k;
+    }
+    return p;
+}
+
+static size_t rstrip_len(const uint8_t *s, size_t n)
+{
+    size_t e = n;
+    while (e > 0) {
+        size_t b = e - 1;
+        while (b > 0 && (s[b] & 0xC0) == 0x80)
+            b--;
+        int32_t c;
+        utf8proc_iterate(s + b, (utf8proc_ssize_t)(e - b), &c);
+        if (!py_space(c))
+            break;
+        e = b;
+    }
+    return n - e;
+}
+
+static const struct added_token *find_added(const clip_tokenizer *t, const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < t->nadded; i++)
+        if (t->added[i].len == n && !memcmp(t->added[i].s, s, n))
+            return &t->added[i];
+    return NULL;
+}
+
+/* a + b as a new owned piece. */
+static int glue(struct piece *dst, const uint8_t *a, size_t na, const uint8_t *b, size_t nb)
+{
+    uint8_t *o = malloc(na + nb + 1);
+    if (!o)
+        return err_set(ERR_NOMEM, "clip tokenizer: out of memory");
+    memcpy(o, a, na);
+    memcpy(o + na, b, nb);
+    free(dst->own);
+    *dst = (struct piece){o, na + nb, o};
+    return 0;
+}
+
+/* tokens_trie.split() (the leftmost added token, the longest where several start), then
+ * PreTrainedTokenizer.tokenize's pass over the pieces: rstrip lstrips the right neighbour,
+ * lstrip rstrips the left one (Python's whitespace), and a single_word token whose original
+ * neighbour does not end or start with a space is glued to it and tokenized as text. */
+static int split_added(const clip_tokenizer *t, const uint8_t *s, size_t len, struct piece **out, size_t *nout)
+{
+    size_t n = 0, cap = 8, seg = 0;
+    struct piece *v = malloc(cap * sizeof *v);
+    if (!v)
+        return err_set(ERR_NOMEM, "clip tokenizer: out of memory");
+    for (size_t p = 0; p <= len;) {
+        const struct added_token *hit = NULL;
+        for (size_t i = 0; !t->split_special && p < len && i < t->nadded; i++)
+            if (t->added[i].len <= len - p && !memcmp(s + p, t->added[i].s, t->added[i].len) &&
+                (!hit || t->added[i].len > hit->len))
+                hit = &t->added[i];
+        if (!hit && p < len) {
+            p++;
+            continue;
+        }
+        if (n + 2 > cap) {
+            struct piece *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) {
+                free(v);
+                return err_set(ERR_NOMEM, "clip tokenizer: out of memory");
+            }
+            v = nv;
+        }
+        if (p > seg)
+            v[n++] = (struct piece){s + seg, p - seg, NULL};
+        if (hit)
+            v[n++] = (struct piece){s + p, hit->len, NULL};
+        p += hit ? hit->len : 1;
+        seg = p;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const struct added_token *a = find_added(t, v[i].s, v[i].len);
+        if (!a)
+            continue;
+        struct piece left = i > 0 ? v[i - 1] : (struct piece){0}, right = i + 1 < n ? v[i + 1] : (struct piece){0};
+        if (a->rstrip && right.len) {
+            size_t k = lstrip_len(right.s, right.len);
+            v[i + 1].s += k;
+            v[i + 1].len -= k;
+        }
+        if (a->lstrip && left.len)
+            v[i - 1].len -= rstrip_len(left.s, left.len);
+        if (a->single_word && left.len && left.s[left.len - 1] != ' ') {
+            rc = glue(&v[i - 1], v[i - 1].s, v[i - 1].len, v[i].s, v[i].len);
+            v[i].len = 0;
+        } else if (a->single_word && right.len && right.s[0] != ' ') {
+            rc = glue(&v[i + 1], v[i].s, v[i].len, v[i + 1].s, v[i + 1].len);
+            v[i].len = 0;
+        }
+    }
+    *out = v;
+    *nout = n;
+    return rc;
+}
+
 int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids)
 {
     const uint8_t *s = (const uint8_t *)text;
@@ -929,25 +1091,22 @@ int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t
     w.ids = ids + 1;
     w.md = pcre2_match_data_create_from_pattern(t->pattern, NULL);
     int rc = w.md ? 0 : err_set(ERR_NOMEM, "clip tokenizer: out of memory");
-    /* tokens_trie.split(): the leftmost added token, the longest one where several start. */
-    size_t seg = 0;
-    for (size_t p = 0; !rc && p <= len && w.nids < w.cap_ids;) {
-        const struct added_token *hit = NULL;
-        for (size_t i = 0; p < len && i < t->nadded; i++)
-            if (t->added[i].len <= len - p && !memcmp(s + p, t->added[i].s, t->added[i].len) &&
-                (!hit || t->added[i].len > hit->len))
-                hit = &t->added[i];
-        if (!hit && p < len) {
-            p++;
+    struct piece *pieces = NULL;
+    size_t npieces = 0;
+    if (!rc)
+        rc = split_added(t, s, len, &pieces, &npieces);
+    for (size_t i = 0; !rc && i < npieces && w.nids < w.cap_ids; i++) {
+        if (!pieces[i].len)
             continue;
-        }
-        if (p > seg)
-            rc = tokenize_segment(t, &w, s + seg, p - seg);
-        if (!rc && hit)
-            emit(&w, hit->id);
-        p += hit ? hit->len : 1;
-        seg = p;
+        const struct added_token *a = t->split_special ? NULL : find_added(t, pieces[i].s, pieces[i].len);
+        if (a)
+            emit(&w, a->id);
+        else
+            rc = tokenize_segment(t, &w, pieces[i].s, pieces[i].len);
     }
+    for (size_t i = 0; i < npieces; i++)
+        free(pieces[i].own);
+    free(pieces);
     pcre2_match_data_free(w.md);
     free(w.text);
     free(w.cps);

@@ -1,10 +1,14 @@
-/* T5 tokenizer (see t5_tokenizer.h), following tokenizers 0.20's Tokenizer::encode as
- * transformers' T5TokenizerFast calls it: added (special) tokens are cut out of the raw
- * text, each remaining segment is normalized and pre-tokenized on its own, each piece is
- * segmented by the Unigram model, then "$A </s>" truncation and right padding. Only the
- * component types T5 tokenizer.json files use are interpreted; any other is refused at load
- * time rather than approximated. Offsets are not tracked, except for whether a piece begins
- * at original byte 0 (Metaspace's prepend_scheme "first"). */
+/* T5 tokenizer (see t5_tokenizer.h), following tokenizers 0.22's Tokenizer::encode as
+ * transformers 4.57's T5TokenizerFast calls it. AddedVocabulary::extract_and_normalize:
+ * non-normalized added tokens are cut out of the raw text, each remaining segment is
+ * normalized, normalized added tokens are cut out of that, and what is left is pre-tokenized
+ * and segmented by the Unigram model; then "$A </s>" truncation and right padding. Added
+ * tokens honour single_word, lstrip, rstrip, normalized and special as find_matches does.
+ * tokenizer_config.json's add_prefix_space (and legacy) make transformers rebuild the
+ * tokenizer from spiece.model; the rebuilt chain is applied here (t5_rebuild_as_converted).
+ * Only the component types T5 tokenizer.json files use are interpreted; any other is refused
+ * at load time rather than approximated. Offsets are not tracked, except for whether a piece
+ * begins at original byte 0 (Metaspace's prepend_scheme "first"). */
 #include "engine/t5_tokenizer.h"
 
 #include <jansson.h>
@@ -42,11 +46,23 @@ typedef struct {
     int split;
 } pretok_step;
 
-/* Added tokens as a byte trie for the leftmost-longest scan. */
+/* An added token with the flags that change how it is matched. */
 typedef struct {
-    int32_t first_child, next_sibling, token_id;
+    char *content;
+    int32_t id;
+    int single_word, lstrip, rstrip, normalized, special;
+} added_token;
+
+/* Added tokens as a byte trie for the leftmost-longest scan; tok indexes t5_tokenizer.tokens. */
+typedef struct {
+    int32_t first_child, next_sibling, tok;
     unsigned char byte;
 } added_node;
+
+typedef struct {
+    added_node *v;
+    size_t n, cap;
+} added_trie;
 
 struct t5_tokenizer {
     norm_step *norms;
@@ -54,8 +70,11 @@ struct t5_tokenizer {
     pretok_step *pretoks;
     size_t n_pretoks;
     t5_unigram *model;
-    added_node *added;
-    size_t n_added, cap_added;
+    added_token *tokens;
+    size_t n_tokens;
+    added_trie raw, norm; /* matched before / after normalization */
+    int split_special;    /* tokenizer_config.json split_special_tokens: specials not matched */
+    pcre2_code *word_re;  /* the regex crate's \w, for single_word */
     int32_t prefix_ids[8], suffix_ids[8];
     int n_prefix, n_suffix;
     int32_t pad_id;
@@ -222,69 +241,150 @@ static int load_pretokenizer(t5_tokenizer *t, const json_t *o)
     return 0;
 }
 
-static void added_insert(t5_tokenizer *t, const unsigned char *s, size_t n, int32_t id)
+static int normalize(const t5_tokenizer *t, t5_buf *b, int *at_origin, pcre2_match_data **md);
+
+static void trie_insert(added_trie *tr, const unsigned char *s, size_t n, int32_t tok)
 {
+    if (!tr->v) {
+        tr->cap = 256;
+        tr->v = xmalloc(tr->cap * sizeof *tr->v);
+        tr->v[0] = (added_node){-1, -1, -1, 0};
+        tr->n = 1;
+    }
     int32_t node = 0;
     for (size_t i = 0; i < n; i++) {
-        int32_t c = t->added[node].first_child;
-        while (c >= 0 && t->added[c].byte != s[i])
-            c = t->added[c].next_sibling;
+        int32_t c = tr->v[node].first_child;
+        while (c >= 0 && tr->v[c].byte != s[i])
+            c = tr->v[c].next_sibling;
         if (c < 0) {
-            if (t->n_added == t->cap_added) {
-                t->cap_added *= 2;
-                t->added = xrealloc(t->added, t->cap_added * sizeof *t->added);
+            if (tr->n == tr->cap) {
+                tr->cap *= 2;
+                tr->v = xrealloc(tr->v, tr->cap * sizeof *tr->v);
             }
-            c = (int32_t)t->n_added++;
-            t->added[c] = (added_node){-1, t->added[node].first_child, -1, s[i]};
-            t->added[node].first_child = c;
+            c = (int32_t)tr->n++;
+            tr->v[c] = (added_node){-1, tr->v[node].first_child, -1, s[i]};
+            tr->v[node].first_child = c;
         }
         node = c;
     }
-    t->added[node].token_id = id;
+    tr->v[node].tok = tok;
 }
 
-static int load_added_tokens(t5_tokenizer *t, const json_t *list)
+/* One AddedToken object ({"content", flags...}); where names it in messages. Absent flags
+ * take AddedToken's defaults (normalized = !special); present ones must be booleans. */
+static int parse_added(t5_tokenizer *t, const json_t *a, json_int_t id, const char *where)
 {
-    t->cap_added = 256;
-    t->added = xmalloc(t->cap_added * sizeof *t->added);
-    t->added[0] = (added_node){-1, -1, -1, 0};
-    t->n_added = 1;
+    json_t *content = json_object_get(a, "content");
+    if (!json_is_object(a) || !json_is_string(content) || json_string_length(content) == 0)
+        return err_set(ERR_FORMAT, "%s: \"content\" must be a non-empty string", where);
+    if (id < 0 || id > INT32_MAX)
+        return err_set(ERR_FORMAT, "%s \"%s\": id must be an integer in [0, 2^31)", where, json_string_value(content));
+    static const char *const names[] = {"single_word", "lstrip", "rstrip", "normalized", "special"};
+    int v[5] = {0, 0, 0, -1, 0};
+    for (int f = 0; f < 5; f++) {
+        json_t *x = json_object_get(a, names[f]);
+        if (x && !json_is_boolean(x))
+            return err_set(ERR_FORMAT, "%s \"%s\": \"%s\" must be true or false", where, json_string_value(content),
+                           names[f]);
+        if (x)
+            v[f] = json_is_true(x);
+    }
+    static const char *const known[] = {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special", "__type"};
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)a, key, val) {
+        size_t k = 0;
+        while (k < sizeof known / sizeof *known && strcmp(key, known[k]))
+            k++;
+        if (k == sizeof known / sizeof *known)
+            return err_set(ERR_FORMAT, "%s \"%s\": unknown field \"%s\"", where, json_string_value(content), key);
+    }
+    t->tokens = xrealloc(t->tokens, (t->n_tokens + 1) * sizeof *t->tokens);
+    t->tokens[t->n_tokens++] = (added_token){xstrdup(json_string_value(content)), (int32_t)id, v[0], v[1], v[2],
+                                             v[3] < 0 ? !v[4] : v[3], v[4]};
+    return 0;
+}
+
+/* tokenizer.json's "added_tokens": an array of AddedToken objects with their "id". */
+static int load_added_list(t5_tokenizer *t, const json_t *list)
+{
     if (!list || json_is_null(list))
         return 0;
     if (!json_is_array(list))
-        return err_set(ERR_FORMAT, "added_tokens is not an array");
+        return err_set(ERR_FORMAT, "\"added_tokens\" is not an array");
     for (size_t i = 0; i < json_array_size(list); i++) {
-        json_t *a = json_array_get(list, i);
-        json_t *content = json_object_get(a, "content"), *id = json_object_get(a, "id");
-        if (!json_is_string(content) || !json_is_integer(id) || json_integer_value(id) < 0 ||
-            json_integer_value(id) > INT32_MAX)
-            return err_set(ERR_FORMAT, "added_tokens[%zu]: needs a string content and an id", i);
-        /* Matching with these flags needs Unicode \w/\s rules or a normalized pass that no
-         * T5 tokenizer uses; refusing them beats silently tokenizing differently. */
-        static const char *const flags[] = {"single_word", "lstrip", "rstrip", "normalized"};
-        for (size_t f = 0; f < sizeof flags / sizeof *flags; f++)
-            if (json_is_true(json_object_get(a, flags[f])))
-                return err_set(ERR_FORMAT, "added_tokens[%zu] \"%s\": %s=true is not supported", i,
-                               json_string_value(content), flags[f]);
-        if (json_string_length(content) > 0)
-            added_insert(t, (const unsigned char *)json_string_value(content), json_string_length(content),
-                         (int32_t)json_integer_value(id));
+        json_t *a = json_array_get(list, i), *id = json_object_get(a, "id");
+        char where[64];
+        snprintf(where, sizeof where, "added_tokens[%zu]", i);
+        int rc = parse_added(t, a, json_is_integer(id) ? json_integer_value(id) : -1, where);
+        if (rc < 0)
+            return rc;
     }
     return 0;
+}
+
+/* tokenizer_config.json's "added_tokens_decoder": {"<id>": AddedToken, ...}. */
+static int load_added_decoder(t5_tokenizer *t, const json_t *dec)
+{
+    if (!json_is_object(dec))
+        return err_set(ERR_FORMAT, "\"added_tokens_decoder\" is not an object");
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)dec, key, val) {
+        char *end;
+        long long id = strtoll(key, &end, 10);
+        char where[96];
+        snprintf(where, sizeof where, "added_tokens_decoder[\"%.40s\"]", key);
+        int rc = parse_added(t, val, *key && !*end ? id : -1, where);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The two tries of AddedVocabulary::refresh_added_tokens: non-normalized tokens by content,
+ * normalized ones by their content passed through the normalizer. */
+static int build_tries(t5_tokenizer *t)
+{
+    pcre2_match_data **md = xcalloc(t->n_norms ? t->n_norms : 1, sizeof *md);
+    int rc = 0, need_word = 0;
+    for (size_t i = 0; i < t->n_tokens && rc == 0; i++) {
+        const added_token *a = &t->tokens[i];
+        need_word |= a->single_word;
+        if (!a->normalized) {
+            trie_insert(&t->raw, (const unsigned char *)a->content, strlen(a->content), (int32_t)i);
+            continue;
+        }
+        t5_buf b = {0};
+        int at_origin = 1;
+        t5_buf_put(&b, a->content, strlen(a->content));
+        rc = normalize(t, &b, &at_origin, md);
+        if (rc == 0 && b.len > 0) /* an empty pattern would match everywhere: such a token never applies */
+            trie_insert(&t->norm, (const unsigned char *)b.data, b.len, (int32_t)i);
+        free(b.data);
+    }
+    for (size_t i = 0; i < t->n_norms; i++)
+        pcre2_match_data_free(md[i]);
+    free(md);
+    if (rc == 0 && need_word) {
+        /* The regex crate's Unicode \w (UTS #18): Alphabetic, marks, decimal digits,
+         * connector punctuation and the two joiners. */
+        int ec;
+        PCRE2_SIZE eo;
+        t->word_re = pcre2_compile((PCRE2_SPTR) "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]",
+                                   PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_ANCHORED, &ec, &eo, NULL);
+        if (!t->word_re)
+            rc = err_set(ERR_FORMAT, "single_word: PCRE2 lacks \\p{Alphabetic} (needs PCRE2 >= 10.40)");
+    }
+    return rc;
 }
 
 /* The id of a token by content, as transformers resolves it: added tokens, then the model. */
 static int32_t token_id(const t5_tokenizer *t, const char *s)
 {
-    int32_t node = 0;
-    for (const char *p = s; *p && node >= 0; p++) {
-        int32_t c = t->added[node].first_child;
-        while (c >= 0 && t->added[c].byte != (unsigned char)*p)
-            c = t->added[c].next_sibling;
-        node = c;
-    }
-    if (node >= 0 && t->added[node].token_id >= 0)
-        return t->added[node].token_id;
+    for (size_t i = t->n_tokens; i-- > 0;)
+        if (!strcmp(t->tokens[i].content, s))
+            return t->tokens[i].id;
     return t5_unigram_piece_id(t->model, s, strlen(s));
 }
 
@@ -324,24 +424,117 @@ static int load_template(t5_tokenizer *t, const json_t *pp)
     return 0;
 }
 
-/* transformers pads with the tokenizer's pad_token (tokenizer_config.json), "<pad>" for T5. */
-static int load_pad_id(t5_tokenizer *t, const char *dir)
+/* A field of tokenizer_config.json that must be a boolean or null; *out keeps its default
+ * (-1: unset) when absent or null. */
+static int config_bool(const json_t *cfg, const char *key, const char *path, int *out)
+{
+    json_t *v = json_object_get(cfg, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v))
+        return err_set(ERR_FORMAT, "%s: \"%s\" must be true, false or null", path, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* transformers 4.57's T5TokenizerFast converts from spiece.model whenever add_prefix_space
+ * is set (true or false), and SpmConverter then builds: normalizer [Precompiled(charsmap),
+ * Strip(right), Replace(" {2,}" -> "▁")], pre-tokenizer Metaspace("▁", split) whose
+ * prepend_scheme is "always" (add_prefix_space and legacy), "first" (legacy false) or
+ * "never", and the added tokens of tokenizer_config.json. The vocabulary and charsmap are
+ * tokenizer.json's: converting spiece.model gives the same ones (tools/reference checks
+ * this on the published files). */
+static int rebuild_as_converted(t5_tokenizer *t, int add_prefix_space, int legacy)
+{
+    norm_step pre = {0};
+    int have_pre = 0;
+    for (size_t i = 0; i < t->n_norms; i++) {
+        if (t->norms[i].kind == NORM_PRECOMPILED && !have_pre) {
+            pre = t->norms[i];
+            have_pre = 1;
+            continue;
+        }
+        spm_precompiled_free(t->norms[i].charsmap);
+        pcre2_code_free(t->norms[i].re);
+        free(t->norms[i].content);
+    }
+    t->n_norms = 0;
+    t->norms = xrealloc(t->norms, 3 * sizeof *t->norms);
+    if (have_pre)
+        t->norms[t->n_norms++] = pre;
+    t->norms[t->n_norms++] = (norm_step){.kind = NORM_STRIP, .strip_right = 1};
+    int ec;
+    PCRE2_SIZE eo;
+    norm_step rep = {.kind = NORM_REPLACE, .content = xstrdup("\xe2\x96\x81")};
+    rep.re = pcre2_compile((PCRE2_SPTR) " {2,}", PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eo, NULL);
+    t->norms[t->n_norms++] = rep;
+    if (!rep.re)
+        return err_set(ERR_FORMAT, "cannot compile the converter's Replace pattern");
+    t->pretoks = xrealloc(t->pretoks, sizeof *t->pretoks);
+    t->n_pretoks = 1;
+    t->pretoks[0] = (pretok_step){.is_metaspace = 1, .repl = "\xe2\x96\x81", .repl_len = 3, .split = 1,
+                                  .prepend = !add_prefix_space ? PREPEND_NEVER : legacy ? PREPEND_ALWAYS : PREPEND_FIRST};
+    return 0;
+}
+
+/* tokenizer_config.json (optional): the pad token transformers pads with, split_special_tokens,
+ * and the settings that make transformers rebuild the tokenizer. */
+static int load_config(t5_tokenizer *t, const char *dir, const json_t *json_added)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_t *cfg = json_load_file(path, 0, NULL);
+    json_error_t jerr;
+    json_t *cfg = json_load_file(path, 0, &jerr);
+    if (!cfg && jerr.line >= 0)
+        return err_set(ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
+    if (cfg && !json_is_object(cfg)) {
+        json_decref(cfg);
+        return err_set(ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    int aps = -1, legacy = -1, split = -1, rc;
+    if ((rc = config_bool(cfg, "add_prefix_space", path, &aps)) < 0 ||
+        (rc = config_bool(cfg, "legacy", path, &legacy)) < 0 ||
+        (rc = config_bool(cfg, "split_special_tokens", path, &split)) < 0)
+        goto done;
+    t->split_special = split == 1;
+    json_t *dec = json_object_get(cfg, "added_tokens_decoder");
+    if (aps >= 0) {
+        rc = rebuild_as_converted(t, aps, legacy != 0); /* the slow tokenizer takes legacy None as true */
+        if (rc == 0 && dec && !json_is_null(dec))
+            rc = load_added_decoder(t, dec);
+        else if (rc == 0)
+            rc = load_added_list(t, json_added);
+    } else {
+        rc = load_added_list(t, json_added);
+    }
+    if (rc < 0) {
+        char json_path[4096];
+        snprintf(json_path, sizeof json_path, "%s/tokenizer.json", dir);
+        rc = err_prefix(rc, "%s: ", aps >= 0 && dec ? path : json_path);
+        goto done;
+    }
+    if ((rc = build_tries(t)) < 0)
+        goto done;
     json_t *pad = json_object_get(cfg, "pad_token");
     if (json_is_object(pad))
         pad = json_object_get(pad, "content");
+    if (pad && !json_is_null(pad) && !json_is_string(pad)) {
+        rc = err_set(ERR_FORMAT, "%s: \"pad_token\" must be a string or a token object with \"content\"", path);
+        goto done;
+    }
     const char *name = json_is_string(pad) ? json_string_value(pad) : "<pad>";
     t->pad_id = token_id(t, name);
-    int rc = t->pad_id < 0 ? err_set(ERR_FORMAT, "%s: pad token \"%s\" is not in the vocabulary", path, name) : 0;
+    if (t->pad_id < 0)
+        rc = err_set(ERR_FORMAT, "%s: pad token \"%s\" is not in the vocabulary", path, name);
+done:
     json_decref(cfg);
     return rc;
 }
 
 static int load_json(t5_tokenizer *t, const json_t *root)
 {
+    if (!json_is_object(root))
+        return err_set(ERR_FORMAT, "not a JSON object");
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model))
         return err_set(ERR_FORMAT, "no \"model\" object");
@@ -353,8 +546,6 @@ static int load_json(t5_tokenizer *t, const json_t *root)
         rc = load_normalizer(t, norm);
     if (rc == 0 && pre && !json_is_null(pre))
         rc = load_pretokenizer(t, pre);
-    if (rc == 0)
-        rc = load_added_tokens(t, json_object_get(root, "added_tokens"));
     if (rc == 0)
         rc = load_template(t, json_object_get(root, "post_processor"));
     return rc;
@@ -370,12 +561,11 @@ int t5_tokenizer_load(const char *dir, t5_tokenizer **out)
         return err_set(jerr.line < 0 ? ERR_IO : ERR_FORMAT, "%s: %s (line %d)", path, jerr.text, jerr.line);
     t5_tokenizer *t = xcalloc(1, sizeof *t);
     int rc = load_json(t, root);
+    if (rc < 0)
+        rc = err_prefix(rc, "%s: ", path);
+    else
+        rc = load_config(t, dir, json_object_get(root, "added_tokens"));
     json_decref(root);
-    if (rc < 0) {
-        t5_tokenizer_free(t);
-        return err_prefix(rc, "%s: ", path);
-    }
-    rc = load_pad_id(t, dir);
     if (rc < 0) {
         t5_tokenizer_free(t);
         return rc;
@@ -396,7 +586,12 @@ void t5_tokenizer_free(t5_tokenizer *t)
     free(t->norms);
     free(t->pretoks);
     t5_unigram_free(t->model);
-    free(t->added);
+    for (size_t i = 0; i < t->n_tokens; i++)
+        free(t->tokens[i].content);
+    free(t->tokens);
+    free(t->raw.v);
+    free(t->norm.v);
+    pcre2_code_free(t->word_re);
     free(t);
 }
 
@@ -552,24 +747,17 @@ typedef struct {
     piece_list a, b;
     t5_buf tmp;
     pcre2_match_data **md;
+    pcre2_match_data *word_md;
     t5_viterbi_scratch w;
 } encoder;
 
-/* Normalizes, pre-tokenizes and segments one text span lying between added tokens. */
-static int encode_segment(encoder *e, const char *s, size_t n, int at_origin)
+/* Pre-tokenizes and segments one normalized span that holds no added token. */
+static void encode_plain(encoder *e, const char *s, size_t n, int at_origin)
 {
     if (n == 0 || e->content.n >= e->cap)
-        return 0;
-    t5_buf text = {0};
-    t5_buf_put(&text, s, n);
-    int rc = normalize(e->t, &text, &at_origin, e->md);
-    if (rc < 0) {
-        free(text.data);
-        return rc;
-    }
+        return;
     pieces_clear(&e->a);
-    pieces_add(&e->a, text.data, text.len, at_origin);
-    free(text.data);
+    pieces_add(&e->a, s, n, at_origin);
     piece_list *cur = &e->a, *next = &e->b;
     for (size_t i = 0; i < e->t->n_pretoks; i++) {
         pieces_clear(next);
@@ -583,48 +771,133 @@ static int encode_segment(encoder *e, const char *s, size_t n, int at_origin)
     }
     for (size_t i = 0; i < cur->n && e->content.n < e->cap; i++)
         t5_unigram_encode(e->t->model, cur->text.data + cur->v[i].off, cur->v[i].len, &e->w, &e->content);
-    return 0;
 }
 
-/* Leftmost-longest added-token match at s[pos..); returns its length (0: none). */
-static size_t added_match(const t5_tokenizer *t, const char *s, size_t n, size_t pos, int32_t *id)
+/* Leftmost-longest match at s[pos..) in tr; returns its length (0: none) and the token. */
+static size_t trie_match(const added_trie *tr, const char *s, size_t n, size_t pos, int32_t *tok)
 {
     size_t best = 0;
     int32_t node = 0;
-    for (size_t j = pos; j < n; j++) {
-        int32_t c = t->added[node].first_child;
-        while (c >= 0 && t->added[c].byte != (unsigned char)s[j])
-            c = t->added[c].next_sibling;
+    for (size_t j = pos; tr->v && j < n; j++) {
+        int32_t c = tr->v[node].first_child;
+        while (c >= 0 && tr->v[c].byte != (unsigned char)s[j])
+            c = tr->v[c].next_sibling;
         if (c < 0)
             break;
         node = c;
-        if (t->added[node].token_id >= 0) {
+        if (tr->v[node].tok >= 0) {
             best = j + 1 - pos;
-            *id = t->added[node].token_id;
+            *tok = tr->v[node].tok;
         }
     }
     return best;
 }
 
-static int encode_text(encoder *e, const char *text, size_t len)
+static int is_word_char(encoder *e, const char *s, size_t n)
 {
-    size_t seg = 0;
-    for (size_t pos = 0; pos < len && e->content.n < e->cap;) {
-        int32_t id = -1;
-        size_t m = added_match(e->t, text, len, pos, &id);
+    if (!e->word_md)
+        e->word_md = pcre2_match_data_create_from_pattern(e->t->word_re, NULL);
+    return pcre2_match(e->t->word_re, (PCRE2_SPTR)s, n, 0, PCRE2_NO_UTF_CHECK, e->word_md, NULL) > 0;
+}
+
+/* Start of the last char of s[0..n), n > 0. */
+static size_t last_char(const char *s, size_t n)
+{
+    size_t i = n - 1;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80)
+        i--;
+    return i;
+}
+
+/* Spans between added tokens, handed to emit_span; tokens go to e->content. */
+typedef int (*span_fn)(encoder *e, const char *s, size_t n, int at_origin);
+
+/* AddedVocabulary::find_matches over s with trie tr: the scan resumes after each match's
+ * own end (a discarded single_word match hides the tokens inside it), single_word needs no
+ * \w char on either side, lstrip and rstrip take the White_Space run before and after the
+ * token (never what an earlier match took), and with split_special_tokens no special token
+ * matches. */
+static int split_added(encoder *e, const added_trie *tr, const char *s, size_t n, int at_origin, span_fn span)
+{
+    const t5_tokenizer *t = e->t;
+    size_t start_offset = 0;
+    if (!tr->v)
+        return span(e, s, n, at_origin);
+    for (size_t pos = 0; pos < n && e->content.n < e->cap;) {
+        int32_t k = -1;
+        size_t m = trie_match(tr, s, n, pos, &k);
         if (m == 0) {
             pos++;
             continue;
         }
-        int rc = encode_segment(e, text + seg, pos - seg, seg == 0);
-        if (rc < 0)
-            return rc;
+        size_t start = pos, stop = pos + m;
+        pos = stop;
+        const added_token *a = &t->tokens[k];
+        if (t->split_special && a->special)
+            continue;
+        if (a->single_word) {
+            int word_before = start > 0 && is_word_char(e, s + last_char(s, start), start - last_char(s, start));
+            int word_after = stop < n && is_word_char(e, s + stop, char_at(s, n, stop, &(utf8proc_int32_t){0}));
+            if (word_before || word_after)
+                continue;
+        }
+        if (a->lstrip) {
+            size_t ns = start;
+            utf8proc_int32_t c;
+            while (ns > start_offset) {
+                size_t p = last_char(s, ns);
+                char_at(s, n, p, &c);
+                if (!is_white_space(c))
+                    break;
+                ns = p;
+            }
+            start = ns;
+        }
+        if (a->rstrip) {
+            utf8proc_int32_t c;
+            size_t k2;
+            while (stop < n && (k2 = char_at(s, n, stop, &c)) > 0 && is_white_space(c))
+                stop += k2;
+        }
+        if (start < start_offset)
+            start = start_offset; /* only a token starting with white space gets here */
+        if (start_offset < start) {
+            int rc = span(e, s + start_offset, start - start_offset, at_origin && start_offset == 0);
+            if (rc < 0)
+                return rc;
+        }
         if (e->content.n < e->cap)
-            t5_ids_push(&e->content, id);
-        pos += m;
-        seg = pos;
+            t5_ids_push(&e->content, a->id);
+        start_offset = stop;
     }
-    return encode_segment(e, text + seg, len - seg, seg == 0);
+    if (start_offset < n)
+        return span(e, s + start_offset, n - start_offset, at_origin && start_offset == 0);
+    return 0;
+}
+
+static int plain_span(encoder *e, const char *s, size_t n, int at_origin)
+{
+    encode_plain(e, s, n, at_origin);
+    return 0;
+}
+
+/* A raw span without non-normalized tokens: normalized, then split on normalized tokens. */
+static int normalized_span(encoder *e, const char *s, size_t n, int at_origin)
+{
+    if (e->content.n >= e->cap)
+        return 0;
+    t5_buf text = {0};
+    t5_buf_put(&text, s, n);
+    int rc = normalize(e->t, &text, &at_origin, e->md);
+    if (rc == 0)
+        rc = split_added(e, &e->t->norm, text.data, text.len, at_origin, plain_span);
+    free(text.data);
+    return rc;
+}
+
+static int encode_text(encoder *e, const char *text, size_t len)
+{
+    return split_added(e, &e->t->raw, text, len, 1, normalized_span);
 }
 
 int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_length, int32_t *ids)
@@ -659,6 +932,7 @@ int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_len
     for (size_t i = 0; i < t->n_norms; i++)
         pcre2_match_data_free(e.md[i]);
     free(e.md);
+    pcre2_match_data_free(e.word_md);
     free(e.content.v);
     pieces_free(&e.a);
     pieces_free(&e.b);
