@@ -18,6 +18,13 @@ expect() { # expect STATUS DESCRIPTION -- COMMAND...
     fi
 }
 
+DAEMON_PID=
+# The EXIT trap of a suite that starts focusd: stops it if it still runs, removes $TMP.
+stop_focusd_and_clean() {
+    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+
 start_focusd() { # start_focusd FOCUSD FOCUS MODEL DEVICE: sets SOCK, DAEMON_PID; fails if not up
     SOCK="ipc://$TMP/focusd.sock"
     "$1" --model "tiny=$3" --listen "$SOCK" --state-dir "$TMP/state" --device "$4" \

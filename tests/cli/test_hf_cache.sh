@@ -13,12 +13,7 @@ FOCUSD=${2:-$BUILD/focusd}
 FOCUS=$BUILD/focus
 MODEL=$(cd "${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35" && pwd)
 . tests/cli/harness.sh
-DAEMON_PID=
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap stop_focusd_and_clean EXIT
 trap 'exit 2' INT TERM
 unset HF_HUB_CACHE HUGGINGFACE_HUB_CACHE XDG_CACHE_HOME FOCUS_SOCKET
 
