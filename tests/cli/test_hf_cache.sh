@@ -51,10 +51,6 @@ if [ ! -x "$FOCUSD" ] || [ ! -x "$FOCUS" ]; then
     echo "SKIP daemon tests: $FOCUSD or $FOCUS is not built"
 else
     check "focusd serves a model named by its repository id" start_focusd "$FOCUSD" "$FOCUS" org/tiny cpu
-    for _ in $(seq 1 120); do
-        "$FOCUS" -s "$SOCK" --json models 2>/dev/null | grep -q '"loaded":true' && break
-        sleep 0.5
-    done
     expect 0 "models names the snapshot read" -- "$FOCUS" -s "$SOCK" --json models
     check "models names the snapshot read" grep -q "snapshots/$COMMIT" "$TMP/out"
     expect 0 "focusd generates from it" -- "$FOCUS" -s "$SOCK" --timeout 60 -q generate x \
