@@ -396,7 +396,8 @@ static int apply_override(struct config *c, const char *key, const char *value)
     char name[CONFIG_NAME_MAX + 1];
     if (!eq || (size_t)(eq - value) > CONFIG_NAME_MAX ||
         (snprintf(name, sizeof name, "%.*s", (int)(eq - value), value), !name_ok(name)))
-        return err_set(ERR_RANGE, "command line: --model \"%s\": expected NAME=DIR", value);
+        return err_set(ERR_RANGE,
+                       "command line: --model \"%s\": expected NAME=DIR or NAME=ORG/REPO", value);
     return set_model_key(model_section(c, name), "path", eq + 1, "command line");
 }
 
@@ -457,7 +458,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: focusd [options]\n"
                "  -c, --config FILE       read FILE (focusd.conf(5)); without it, defaults only\n"
-               "  -m, --model NAME=DIR    serve the diffusers model directory DIR as NAME\n"
+               "  -m, --model NAME=DIR    serve the diffusers model directory DIR (or ORG/REPO in\n"
+               "                          the Hugging Face cache) as NAME\n"
                "  -l, --listen ENDPOINT   ipc:// endpoint (default ipc:///run/focusd/focusd.sock)\n"
                "  -s, --state-dir DIR     job store and images (default /var/lib/focusd)\n"
                "  -d, --device DEV        auto, cpu, cuda or cuda:N\n"

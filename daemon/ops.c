@@ -333,8 +333,9 @@ static void op_models(struct session *s, const struct proto_request *r)
         struct worker *w = daemon_worker(cm->name);
         struct proto_model_info *m = &mi[n++];
         snprintf(m->name, sizeof m->name, "%s", cm->name);
-        snprintf(m->path, sizeof m->path, "%s", cm->path);
         bool loaded = w && atomic_load(&w->loaded);
+        snprintf(m->path, sizeof m->path, "%s",
+                 loaded ? engine_model_config(w->engine)->path : cm->path);
         snprintf(m->device, sizeof m->device, "%s",
                  loaded ? w->resolved : config_model_device(D.cfg, cm));
         snprintf(m->dtype, sizeof m->dtype, "%s",

@@ -367,8 +367,9 @@ static void *worker_main(void *arg)
         post(w, WEV_EXITED, NULL, NULL);
         return NULL;
     }
-    log_info("model %s: loaded %s on %s (%s%s) in %.1f s (%.2f GB of weights)", w->sm.name, w->path,
-             w->resolved, engine_precision_name(opts.compute),
+    /* The directory read, which for a repository id is its Hugging Face cache snapshot. */
+    log_info("model %s: loaded %s on %s (%s%s) in %.1f s (%.2f GB of weights)", w->sm.name,
+             engine_model_config(w->engine)->path, w->resolved, engine_precision_name(opts.compute),
              opts.text_on_cpu ? ", text encoders on the CPU" : "", mono_now() - t0,
              (double)engine_weight_bytes(w->engine) / 1e9);
     w->base_bytes = engine_resident_bytes(w->engine);

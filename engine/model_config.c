@@ -6,6 +6,8 @@
  * are not touched here. */
 #include "engine/model_config.h"
 
+#include "engine/model_dir.h"
+
 #include "common/err.h"
 #include "common/xalloc.h"
 
@@ -565,12 +567,16 @@ static int load_index(const char *dir, bool *has_t5)
     return rc;
 }
 
-int model_config_load(const char *path, model_config **out)
+int model_config_load(const char *spec, model_config **out)
 {
     *out = NULL;
+    char *path;
+    int rc = model_dir_resolve(spec, &path);
+    if (rc)
+        return rc;
     model_config *m = xcalloc(1, sizeof *m);
-    m->path = xstrdup(path);
-    int rc = load_index(path, &m->has_t5);
+    m->path = path;
+    rc = load_index(path, &m->has_t5);
     if (!rc)
         rc = load_clip(path, "text_encoder", &m->clip_l);
     if (!rc)

@@ -48,7 +48,7 @@ typedef struct scheduler_config { /* scheduler/ scheduler_config.json */
 } scheduler_config;
 
 typedef struct model_config {
-    char *path;
+    char *path; /* the directory: the path given, or the Hugging Face cache snapshot it names */
     clip_config clip_l, clip_g;
     t5_config t5;
     bool has_t5; /* text_encoder_3 may be null in model_index.json: T5 embeddings are zeros */
@@ -57,11 +57,12 @@ typedef struct model_config {
     scheduler_config scheduler;
 } model_config;
 
-/* Reads model_index.json and every component config under `path` (text_encoder_3/ only when
- * model_index.json lists it). Absent keys take the reference constructors' defaults. Errors name
- * the file and key: ERR_MISSING for an absent file or required key, ERR_FORMAT for malformed
- * JSON or a wrong type, ERR_RANGE for a value the reference or the engine cannot use. */
-int model_config_load(const char *path, model_config **out);
+/* Reads model_index.json and every component config (text_encoder_3/ only when model_index.json
+ * lists it) of the pipeline `spec` names: a directory, or a Hugging Face repository id in the
+ * local hub cache (model_dir_resolve). Absent keys take the reference constructors' defaults.
+ * Errors name the file and key: ERR_MISSING for an absent file or required key, ERR_FORMAT for
+ * malformed JSON or a wrong type, ERR_RANGE for a value the reference or the engine cannot use. */
+int model_config_load(const char *spec, model_config **out);
 void model_config_free(model_config *m);
 
 #endif

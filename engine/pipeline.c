@@ -179,7 +179,7 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
     if ((rc = model_config_load(model_dir, &e->cfg)) < 0) goto fail;
     if (e->cfg->vae.out_channels != 3) {
         rc = err_set(ERR_RANGE, "%s/vae/config.json: out_channels %d, the engine writes RGB (3)",
-                     model_dir, e->cfg->vae.out_channels);
+                     e->cfg->path, e->cfg->vae.out_channels);
         goto fail;
     }
     if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0) goto fail;

@@ -48,7 +48,7 @@ cuda_libs() {
 
 model() {
     [ -f "$BENCH_MODEL/model_index.json" ] && return
-    echo "writing the bench model to $BENCH_MODEL (16 GB of random BF16 weights)"
+    echo "writing the bench model to $BENCH_MODEL (16 GB of random weights in the published layout and dtypes)"
     $PYTHON tools/make_bench_model.py "$BENCH_MODEL"
 }
 

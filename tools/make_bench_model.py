@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Writes a full-size SD3.5-medium pipeline directory with random weights, for benchmarks.
+"""Writes an SD3.5-medium pipeline directory in the published layout, with random weights.
 
-The shapes, names, configs and file layout are those of the published diffusers pipeline
-(text_encoder CLIP-L, text_encoder_2 CLIP-G, text_encoder_3 T5-XXL in two shards with an
-index, transformer MMDiT-X, vae AutoencoderKL), stored in BF16. Values are small normal noise,
-so the numbers mean nothing: only speed and memory are measured with it. The tokenizers are
-copied from the fixture model, whose CLIP vocabulary is the real one.
+Everything but the weights is copied byte for byte from a directory of the published files
+(default: tests/fixtures/sd35-medium-published, the configs and tokenizers of
+stabilityai/stable-diffusion-3.5-medium). The weights have the published tensor names, shapes,
+dtypes and files: the text encoders in F16 (T5-XXL in the two shards that the published
+model.safetensors.index.json names, tensor by tensor), the transformer and the VAE in BF16, the
+VAE file holding the encoder as well as the decoder. Values are small normal noise from numpy's
+PCG64, so the numbers mean nothing: speed and memory are measured with it, and diffusers loads it
+as it loads the published pipeline.
+
+--tiny shrinks the sizes (widths, depths; the vocabularies stay) by rewriting only those keys of
+each config, for tests that the published layout loads; the T5 shards keep the published
+assignment of every tensor that remains.
 
 Needs only numpy. Usage:
-    make_bench_model.py OUT_DIR [--components text,transformer,vae] [--fixture DIR]
+    make_bench_model.py OUT_DIR [--components text,transformer,vae] [--published DIR] [--tiny]
 """
 import argparse
 import json
@@ -19,42 +26,29 @@ import sys
 
 import numpy as np
 
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-              num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-              num_attention_heads=20, projection_dim=1280, hidden_act="gelu")
-T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=32128,
-              relative_attention_num_buckets=32, relative_attention_max_distance=128,
-              layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", model_type="t5",
-              is_encoder_decoder=True, architectures=["T5EncoderModel"])
-MMDIT = dict(_class_name="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16,
-             out_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-             joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-             pos_embed_max_size=384, dual_attention_layers=list(range(13)), qk_norm="rms_norm")
-VAE = dict(_class_name="AutoencoderKL", in_channels=3, out_channels=3, latent_channels=16,
-           block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-           act_fn="silu", sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609,
-           use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
-           mid_block_add_attention=True,
-           down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-MODEL_INDEX = {
-    "_class_name": "StableDiffusion3Pipeline",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-    "text_encoder_3": ["transformers", "T5EncoderModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "tokenizer_2": ["transformers", "CLIPTokenizer"],
-    "tokenizer_3": ["transformers", "T5TokenizerFast"],
-    "transformer": ["diffusers", "SD3Transformer2DModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+PUBLISHED = os.path.join(HERE, "..", "tests", "fixtures", "sd35-medium-published")
 
+# The keys --tiny rewrites; every other key keeps its published value. The widths agree with
+# each other as the pipeline needs: pooled_projection_dim = the two CLIP projections,
+# joint_attention_dim = T5's d_model, caption_projection_dim = heads x head_dim.
+TINY = {
+    "text_encoder": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, projection_dim=32),
+    "text_encoder_2": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=3, projection_dim=48),
+    "text_encoder_3": dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2,
+                           num_heads=2),
+    "transformer": dict(num_layers=3, num_attention_heads=2, joint_attention_dim=128,
+                        caption_projection_dim=128, pooled_projection_dim=80,
+                        pos_embed_max_size=32, sample_size=32, dual_attention_layers=[0, 1]),
+    "vae": dict(block_out_channels=[32, 32, 64, 64]),
+}
 
 def clip_tensors(c):
     d, i = c["hidden_size"], c["intermediate_size"]
-    yield "text_model.embeddings.token_embedding.weight", (49408, d)
-    yield "text_model.embeddings.position_embedding.weight", (77, d)
+    yield "text_model.embeddings.token_embedding.weight", (c["vocab_size"], d)
+    yield "text_model.embeddings.position_embedding.weight", (c["max_position_embeddings"], d)
     for n in range(c["num_hidden_layers"]):
         p = f"text_model.encoder.layers.{n}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -81,7 +75,7 @@ def t5_tensors(c):
             yield p + f"0.SelfAttention.{w}.weight", (inner, d)
         yield p + "0.SelfAttention.o.weight", (d, inner)
         if n == 0:
-            yield p + "0.SelfAttention.relative_attention_bias.weight", (32, c["num_heads"])
+            yield p + "0.SelfAttention.relative_attention_bias.weight", (c["relative_attention_num_buckets"], c["num_heads"])
         yield p + "0.layer_norm.weight", (d,)
         yield p + "1.DenseReluDense.wi_0.weight", (f, d)
         yield p + "1.DenseReluDense.wi_1.weight", (f, d)
@@ -155,17 +149,46 @@ def resnet(p, cin, cout):
         yield from conv(p + "conv_shortcut", cout, cin, 1)
 
 
+def vae_attention(a, ch):
+    yield from norm(a + "group_norm", ch)
+    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+        yield a + proj + ".weight", (ch, ch)
+        yield a + proj + ".bias", (ch,)
+
+
+def vae_mid_block(p, ch, add_attention):
+    for r in range(2):
+        yield from resnet(f"{p}mid_block.resnets.{r}.", ch, ch)
+    if add_attention:
+        yield from vae_attention(f"{p}mid_block.attentions.0.", ch)
+
+
+def vae_encoder_tensors(c):
+    ch = c["block_out_channels"]
+    yield from conv("encoder.conv_in", ch[0], c["in_channels"], 3)
+    prev = ch[0]
+    for b, cout in enumerate(ch):
+        for r in range(c["layers_per_block"]):
+            yield from resnet(f"encoder.down_blocks.{b}.resnets.{r}.", prev if r == 0 else cout,
+                              cout)
+        prev = cout
+        if b < len(ch) - 1:
+            yield from conv(f"encoder.down_blocks.{b}.downsamplers.0.conv", cout, cout, 3)
+    yield from vae_mid_block("encoder.", prev, c["mid_block_add_attention"])
+    yield from norm("encoder.conv_norm_out", prev)
+    yield from conv("encoder.conv_out", 2 * c["latent_channels"], prev, 3)
+    if c.get("use_quant_conv", True):
+        yield from conv("quant_conv", 2 * c["latent_channels"], 2 * c["latent_channels"], 1)
+
+
 def vae_tensors(c):
+    yield from vae_encoder_tensors(c)
+    if c.get("use_post_quant_conv", True):
+        yield from conv("post_quant_conv", c["latent_channels"], c["latent_channels"], 1)
     ch = list(reversed(c["block_out_channels"]))
     top = ch[0]
     yield from conv("decoder.conv_in", top, c["latent_channels"], 3)
-    for r in range(2):
-        yield from resnet(f"decoder.mid_block.resnets.{r}.", top, top)
-    a = "decoder.mid_block.attentions.0."
-    yield from norm(a + "group_norm", top)
-    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-        yield a + proj + ".weight", (top, top)
-        yield a + proj + ".bias", (top,)
+    yield from vae_mid_block("decoder.", top, c["mid_block_add_attention"])
     prev = top
     for b, cout in enumerate(ch):
         for r in range(c["layers_per_block"] + 1):
@@ -177,32 +200,38 @@ def vae_tensors(c):
     yield from conv("decoder.conv_out", c["out_channels"], prev, 3)
 
 
-class NoisePool:
-    """Random BF16 bytes, cut from one pool at moving offsets: fast to write, no denormals."""
 
-    def __init__(self, seed=0, n=1 << 26):
-        rng = np.random.default_rng(seed)
-        vals = (rng.standard_normal(n, dtype=np.float32) * 0.02).astype(np.float32)
-        self.pool = (vals.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+class NoisePool:
+    """Random bytes of one 16-bit dtype, cut from one pool at moving offsets: fast to write, and
+    normal values of std 0.02, so no denormals, infinities or NaNs."""
+
+    def __init__(self, dtype, seed, n=1 << 26):
+        vals = np.random.default_rng(seed).standard_normal(n, dtype=np.float32) * 0.02
+        if dtype == "BF16":
+            self.pool = memoryview((vals.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+        else:
+            self.pool = memoryview(vals.astype(np.float16).tobytes())
         self.pos = 0
 
-    def take(self, nbytes):
-        out = bytearray()
-        while len(out) < nbytes:
-            chunk = self.pool[self.pos:self.pos + (nbytes - len(out))]
-            out += chunk
+    def write(self, f, nbytes):
+        while nbytes:
+            chunk = self.pool[self.pos:self.pos + nbytes]
+            f.write(chunk)
+            nbytes -= len(chunk)
             self.pos = (self.pos + len(chunk) + 2 * 7919) % (len(self.pool) - 2 * 7919)
-        return bytes(out)
 
 
-ONE_BF16 = struct.pack("<H", 0x3F80)
+ONE = {"BF16": struct.pack("<H", 0x3F80), "F16": struct.pack("<H", 0x3C00)}
 
 
-def write_safetensors(path, tensors, pool):
-    header, off = {}, 0
+def write_safetensors(path, tensors, dtype, pool):
+    """As safetensors' save_file writes it: tensors in name order (one dtype), the header padded
+    with spaces to 8 bytes, transformers' and diffusers' {"format": "pt"} metadata."""
+    tensors = sorted(tensors)
+    header, off = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in tensors:
         n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
         off += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -212,64 +241,98 @@ def write_safetensors(path, tensors, pool):
         for name, shape in tensors:
             n = int(np.prod(shape)) * 2
             # Norm weights of one keep activations in a realistic range.
-            is_norm = len(shape) == 1 and ("norm" in name or "layer_norm" in name)
-            f.write(ONE_BF16 * (n // 2) if is_norm and not name.endswith("bias") else pool.take(n))
+            is_norm = len(shape) == 1 and "norm" in name and not name.endswith("bias")
+            if is_norm:
+                f.write(ONE[dtype] * (n // 2))
+            else:
+                pool.write(f, n)
 
 
-def write_component(out, sub, stem, tensors, config, pool, shards=1, cfg_name="config.json"):
-    d = os.path.join(out, sub)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, cfg_name), "w") as f:
-        json.dump(config, f, indent=2)
-    tensors = list(tensors)
-    if shards == 1:
-        write_safetensors(os.path.join(d, stem + ".safetensors"), tensors, pool)
+def write_config(src, dst, tiny):
+    """The published bytes, or with --tiny the same keys with the sizes shrunk, written as
+    transformers' and diffusers' to_json_file write them."""
+    if tiny is None:
+        shutil.copyfile(src, dst)
         return
-    per = (len(tensors) + shards - 1) // shards
-    weight_map, total = {}, 0
-    for s in range(shards):
-        part = tensors[s * per:(s + 1) * per]
-        fname = f"{stem}-{s + 1:05d}-of-{shards:05d}.safetensors"
-        write_safetensors(os.path.join(d, fname), part, pool)
-        for name, shape in part:
-            weight_map[name] = fname
-            total += int(np.prod(shape)) * 2
+    with open(src) as f:
+        cfg = json.load(f)
+    missing = set(tiny) - set(cfg)
+    if missing:
+        sys.exit(f"{src}: lacks the keys {sorted(missing)} that --tiny rewrites")
+    cfg.update(tiny)
+    with open(dst, "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def write_shards(d, stem, tensors, dtype, pool, published_index):
+    """Every tensor in the shard the published index assigns it to; the index as transformers'
+    save_pretrained writes it (total_size = the tensors' bytes)."""
+    with open(published_index) as f:
+        assign = json.load(f)["weight_map"]
+    shards, weight_map, total = {}, {}, 0
+    for name, shape in tensors:
+        if name not in assign:
+            sys.exit(f"{published_index}: does not name tensor {name}")
+        shards.setdefault(assign[name], []).append((name, shape))
+        weight_map[name] = assign[name]
+        total += int(np.prod(shape)) * 2
+    for fname in sorted(set(assign.values())):
+        write_safetensors(os.path.join(d, fname), shards.get(fname, []), dtype, pool)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     with open(os.path.join(d, stem + ".safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+# component: (weight file stem, tensor list, dtype, sharded)
+COMPONENTS = {
+    "text_encoder": ("model", clip_tensors, "F16", False),
+    "text_encoder_2": ("model", clip_tensors, "F16", False),
+    "text_encoder_3": ("model", t5_tensors, "F16", True),
+    "transformer": ("diffusion_pytorch_model", mmdit_tensors, "BF16", False),
+    "vae": ("diffusion_pytorch_model", vae_tensors, "BF16", False),
+}
+GROUPS = {"text": ("text_encoder", "text_encoder_2", "text_encoder_3"),
+          "transformer": ("transformer",), "vae": ("vae",)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--components", default="text,transformer,vae")
-    ap.add_argument("--fixture", default=os.path.join(os.path.dirname(__file__), "..", "tests",
-                                                      "fixtures", "tiny-sd35"))
+    ap.add_argument("--components", default="text,transformer,vae",
+                    help="comma-separated: text, transformer, vae")
+    ap.add_argument("--published", default=PUBLISHED,
+                    help="directory of the published configs and tokenizers")
+    ap.add_argument("--tiny", action="store_true", help="shrink the sizes (for tests)")
     args = ap.parse_args()
-    want = set(args.components.split(","))
-    pool = NoisePool()
+    want = args.components.split(",")
+    unknown = set(want) - set(GROUPS)
+    if unknown:
+        ap.error(f"unknown components {sorted(unknown)} (text, transformer, vae)")
+    pool_size = 1 << (20 if args.tiny else 26)
+    pools = {dt: NoisePool(dt, seed, pool_size) for dt, seed in (("F16", 1), ("BF16", 2))}
+    pub = args.published
     os.makedirs(args.out, exist_ok=True)
     for sub in ("scheduler", "tokenizer", "tokenizer_2", "tokenizer_3"):
         dst = os.path.join(args.out, sub)
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(os.path.join(args.fixture, sub), dst)
-    common = dict(max_position_embeddings=77, vocab_size=49408, layer_norm_eps=1e-5,
-                  eos_token_id=2, model_type="clip_text_model",
-                  architectures=["CLIPTextModelWithProjection"])
-    if "text" in want:
-        write_component(args.out, "text_encoder", "model", clip_tensors(CLIP_L),
-                        {**common, **CLIP_L}, pool)
-        write_component(args.out, "text_encoder_2", "model", clip_tensors(CLIP_G),
-                        {**common, **CLIP_G}, pool)
-        write_component(args.out, "text_encoder_3", "model", t5_tensors(T5_XXL), T5_XXL, pool,
-                        shards=2)
-    if "transformer" in want:
-        write_component(args.out, "transformer", "diffusion_pytorch_model", mmdit_tensors(MMDIT),
-                        MMDIT, pool)
-    if "vae" in want:
-        write_component(args.out, "vae", "diffusion_pytorch_model", vae_tensors(VAE), VAE, pool)
-    # Last: its presence is what tools/bench-gpu.sh takes for a finished directory.
-    with open(os.path.join(args.out, "model_index.json"), "w") as f:
-        json.dump(MODEL_INDEX, f, indent=2)
+        shutil.copytree(os.path.join(pub, sub), dst)
+    for comp in (c for g in want for c in GROUPS[g]):
+        stem, tensors, dtype, sharded = COMPONENTS[comp]
+        src, d = os.path.join(pub, comp), os.path.join(args.out, comp)
+        os.makedirs(d, exist_ok=True)
+        write_config(os.path.join(src, "config.json"), os.path.join(d, "config.json"),
+                     TINY[comp] if args.tiny else None)
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        if sharded:
+            write_shards(d, stem, tensors(cfg), dtype, pools[dtype],
+                         os.path.join(src, stem + ".safetensors.index.json"))
+        else:
+            write_safetensors(os.path.join(d, stem + ".safetensors"), tensors(cfg), dtype,
+                              pools[dtype])
+    # Last, as the Makefile takes it to mean the directory is complete.
+    shutil.copyfile(os.path.join(pub, "model_index.json"),
+                    os.path.join(args.out, "model_index.json"))
     return 0
 
 

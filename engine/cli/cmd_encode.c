@@ -18,7 +18,7 @@
 #define MAX_IMAGES 64
 
 static const cli_opt encode_opts[] = {
-    {"model", "DIR", "diffusers-layout model directory (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
     {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
     {"negative", "TEXT", "the negative prompt (default: \"\", which is encoded too)", 0},
     {"no-cfg", NULL, "no classifier-free guidance: skip the negative prompt (default: off)", 0},
@@ -119,7 +119,7 @@ static int encode_run(const cli_args *a)
 
 const cli_cmd cli_cmd_encode = {
     .name = "encode",
-    .usage = "--model DIR --prompt TEXT --dump DIR [OPTIONS]",
+    .usage = "--model MODEL --prompt TEXT --dump DIR [OPTIONS]",
     .summary = "encode a prompt as StableDiffusion3Pipeline.encode_prompt does; write .npy files",
     .details =
         "Writes float32 .npy files into the --dump directory and prints each path and shape:\n"

@@ -20,7 +20,7 @@
 
 /* The defaults stated here are gen_params_defaults()'s (the FOCUS model card). */
 static const cli_opt generate_opts[] = {
-    {"model", "DIR", "diffusers-layout model directory (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
     {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
     {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)", 0},
     {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)", 0},
@@ -278,7 +278,7 @@ static int generate_run(const cli_args *a)
 
 const cli_cmd cli_cmd_generate = {
     .name = "generate",
-    .usage = "--model DIR --prompt TEXT -o FILE [OPTIONS]",
+    .usage = "--model MODEL --prompt TEXT -o FILE [OPTIONS]",
     .summary = "generate images as StableDiffusion3Pipeline does; write PNG files",
     .details =
         "The run matches diffusers' StableDiffusion3Pipeline in float32 with\n"

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 static const cli_opt tokenize_opts[] = {
-    {"model", "DIR", "diffusers-layout model directory (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
     {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0},
     {NULL, NULL, NULL, 0},
 };
@@ -53,7 +53,7 @@ static int tokenize_run(const cli_args *a)
 
 const cli_cmd cli_cmd_tokenize = {
     .name = "tokenize",
-    .usage = "--model DIR [--max-seq N] TEXT",
+    .usage = "--model MODEL [--max-seq N] TEXT",
     .summary = "print the ids of the CLIP-L, CLIP-G and T5 tokenizers for TEXT",
     .details = "Prints one line per tokenizer, labelled 'clip_l:', 'clip_g:' and 't5:', each with\n"
                "the padded ids encode_prompt feeds its encoder (77 for CLIP, --max-seq for T5).\n"

@@ -1,7 +1,7 @@
 /* GPU benchmark of the engine on the CUDA backend (make bench-gpu; tools/bench-gpu.sh runs it
  * beside the diffusers baseline, tools/bench_gpu_baseline.py, and prints the ratios). On a
- * full-size SD3.5-medium directory (tools/make_bench_model.py makes one with random BF16
- * weights) it measures, for each image side (512 and 1024 by default):
+ * full-size SD3.5-medium directory (tools/make_bench_model.py makes one with random weights
+ * in the published layout) it measures, for each image side (512 and 1024 by default):
  *  - one MMDiT forward pass at batch 2 (classifier-free guidance) with 154 text rows (77 CLIP +
  *    max_seq 77 T5): warm-up, then the median of N passes, each timed by the host clock around
  *    mmdit_forward + kn_sync; the TFLOP/s this achieves, counting every linear layer and every

@@ -18,13 +18,24 @@ expect() { # expect STATUS DESCRIPTION -- COMMAND...
     fi
 }
 
-start_focusd() { # start_focusd FOCUSD FOCUS MODEL DEVICE: sets SOCK, DAEMON_PID; fails if not up
+DAEMON_PID=
+# The EXIT trap of a suite that starts focusd: stops it if it still runs, removes $TMP.
+stop_focusd_and_clean() {
+    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+
+# start_focusd FOCUSD FOCUS MODEL DEVICE: sets SOCK, DAEMON_PID; fails unless focusd answers and
+# has loaded the model within a minute (it answers while loading, and refuses jobs until then).
+start_focusd() {
     SOCK="ipc://$TMP/focusd.sock"
     "$1" --model "tiny=$3" --listen "$SOCK" --state-dir "$TMP/state" --device "$4" \
         2>"$TMP/focusd.log" &
     DAEMON_PID=$!
     for _ in $(seq 1 120); do
-        if "$2" -s "$SOCK" --timeout 1 ping >/dev/null 2>&1; then return 0; fi
+        if "$2" -s "$SOCK" --timeout 1 --json models 2>/dev/null | grep -q '"loaded":true'; then
+            return 0
+        fi
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.5
     done

@@ -14,12 +14,7 @@ FOCUS=${1:-$BUILD/focus}
 FOCUSD=${2:-$BUILD/focusd}
 MODEL=${FOCUS_FIXTURES:-tests/fixtures}/tiny-sd35
 . tests/cli/harness.sh
-DAEMON_PID=
-cleanup() {
-    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap stop_focusd_and_clean EXIT
 trap 'exit 2' INT TERM
 unset FOCUS_SOCKET
 
