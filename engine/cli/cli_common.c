@@ -148,6 +148,15 @@ const char *cli_required(const cli_args *a, const char *name)
     return v;
 }
 
+const char *cli_model(const cli_args *a)
+{
+    const char *v = cli_required(a, "model");
+    if (!v) return NULL;
+    /* NAME=MODEL as focusd takes it: the name (letters, digits, '_', '-', '.') is dropped. */
+    size_t n = strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.");
+    return n > 0 && v[n] == '=' && v[n + 1] ? v + n + 1 : v;
+}
+
 int cli_int(const cli_args *a, const char *name, int def, int min, int max, int *out)
 {
     const char *v = a->val[known_opt(a, name)];

@@ -65,6 +65,9 @@ const char *cli_str(const cli_args *a, const char *name, const char *def);
 bool cli_flag(const cli_args *a, const char *name);
 /* A required option: returns NULL after printing a usage error when absent. */
 const char *cli_required(const cli_args *a, const char *name);
+/* --model (required): a directory or ORG/NAME, optionally as NAME=MODEL the way focusd's
+ * --model takes it (the name is then dropped). NULL after a usage error. */
+const char *cli_model(const cli_args *a);
 /* An integer option in [min, max]; prints a usage error and returns CLI_EXIT_USAGE when the
  * value is malformed or out of range. */
 int cli_int(const cli_args *a, const char *name, int def, int min, int max, int *out);

@@ -18,7 +18,7 @@
 #define MAX_IMAGES 64
 
 static const cli_opt encode_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
     {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
     {"negative", "TEXT", "the negative prompt (default: \"\", which is encoded too)", 0},
     {"no-cfg", NULL, "no classifier-free guidance: skip the negative prompt (default: off)", 0},
@@ -67,7 +67,7 @@ static int encode_one(text_encoder *te, kn_ctx *ctx, const char *text, int max_s
 
 static int encode_run(const cli_args *a)
 {
-    const char *model = cli_required(a, "model");
+    const char *model = cli_model(a);
     const char *dump = model ? cli_required(a, "dump") : NULL;
     if (!dump) return CLI_EXIT_USAGE;
     const char *prompt = cli_str(a, "prompt", NULL);

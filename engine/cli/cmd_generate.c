@@ -20,7 +20,7 @@
 
 /* The defaults stated here are gen_params_defaults()'s (the FOCUS model card). */
 static const cli_opt generate_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
     {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
     {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)", 0},
     {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)", 0},
@@ -232,7 +232,7 @@ static int run_job(const cli_args *a, sd3_engine *e, const gen_params *p, const 
 
 static int generate_run(const cli_args *a)
 {
-    const char *model = cli_required(a, "model");
+    const char *model = cli_model(a);
     if (!model || !cli_required(a, "output")) return CLI_EXIT_USAGE;
     gen_params p;
     int rc = parse_params(a, &p);

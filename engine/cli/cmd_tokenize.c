@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 static const cli_opt tokenize_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache (required)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
     {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0},
     {NULL, NULL, NULL, 0},
 };
@@ -23,7 +23,7 @@ static void print_ids(const char *label, const int32_t *ids, int n)
 
 static int tokenize_run(const cli_args *a)
 {
-    const char *model = cli_required(a, "model");
+    const char *model = cli_model(a);
     if (!model) return CLI_EXIT_USAGE;
     int max_seq;
     int rc = cli_int(a, "max-seq", TEXT_MAX_SEQ_DEFAULT, 1, TEXT_MAX_SEQ_LIMIT, &max_seq);

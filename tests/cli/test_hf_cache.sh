@@ -35,6 +35,9 @@ expect 0 "tokenize from the plain directory" -- "$RUN" tokenize --model "$MODEL"
 cp "$TMP/out" "$TMP/plain"
 export HF_HOME=$TMP/hf
 expect 0 "tokenize from the cache" -- "$RUN" tokenize --model org/tiny "a photo of a cat"
+cp "$TMP/out" "$TMP/plain-ids"
+expect 0 "tokenize from the cache named as focusd names it" -- "$RUN" tokenize --model tiny=org/tiny "a photo of a cat"
+check "NAME=ORG/NAME reads the same model" cmp -s "$TMP/out" "$TMP/plain-ids"
 check "the same ids either way" cmp -s "$TMP/out" "$TMP/plain"
 expect 0 "generate from the cache" -- "$RUN" generate --model org/tiny --prompt x --steps 1 \
     --width 64 --height 64 -o "$TMP/g.png"
