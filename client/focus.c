@@ -38,6 +38,7 @@ int fc_exit_for_code(enum proto_errcode code)
         return FC_EXIT_CANCELED;
     case PROTO_E_FAILED:
     case PROTO_E_INTERNAL:
+    case PROTO_E_OUT_OF_MEMORY:
     case PROTO_E_COUNT:
         break;
     }

@@ -62,6 +62,7 @@ static const struct key_def keys[] = {
     {"retention_bytes", K_SIZE, OFF(retention_bytes), 0, 0, 0},
     {"retention_interval", K_DURATION, OFF(retention_interval), 0, 0, 0},
     {"client_buffer", K_SIZE, OFF(client_buffer), 0, 0, 0},
+    {"client_backlog", K_U32, OFF(client_backlog), 0, 1, 10000000},
     {"session_timeout", K_DURATION, OFF(session_timeout), 0, 0, 0},
     {"log_level", K_LEVEL, OFF(log_level), 0, 0, 0},
 };
@@ -83,6 +84,7 @@ static void config_defaults(struct config *c)
     c->retention_bytes = 10ull << 30;
     c->retention_interval = 300.0;
     c->client_buffer = 16u << 20;
+    c->client_backlog = 100000;
     c->session_timeout = 600.0;
     c->log_level = LOG_INFO;
 }

@@ -42,7 +42,8 @@ struct config {
     double retention_age;      /* seconds a finished job and its images are kept; 0: forever */
     uint64_t retention_bytes;  /* total image bytes kept; 0: no limit */
     double retention_interval; /* seconds between retention passes */
-    uint64_t client_buffer;    /* bytes queued towards one slow client */
+    uint64_t client_buffer;    /* bytes queued towards one slow client before busy answers */
+    uint32_t client_backlog;   /* busy answers waiting for one client before all are dropped */
     double session_timeout;    /* seconds after which an idle client's session is forgotten */
     int log_level;
     struct config_model *models;

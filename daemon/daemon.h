@@ -15,6 +15,10 @@
 #include <msgpack.h>
 #include <stdbool.h>
 
+/* The most bytes of one frame the sockets read (ZMQ_MAXMSGSIZE): above PROTO_MAX_REQUEST, so
+ * that an over-size request is answered; past it libzmq drops the connection. */
+#define DAEMON_MAX_FRAME (16u << 20)
+
 struct daemon {
     struct config *cfg;
     const struct config_overrides *ov;
@@ -39,6 +43,8 @@ struct worker *daemon_worker(const char *model); /* a configured, not retiring m
 void jobs_status(const struct djob *j, struct proto_job_status *st);
 void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st);
 void jobs_emit(struct djob *j, const struct proto_event *ev);
+/* One event to one session (numbered for it). */
+void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *ev);
 void jobs_watch(struct djob *j, struct session *s);
 /* Admits a durable job into its model's queue and the index (state queued). */
 void jobs_enqueue(struct djob *j, struct worker *w);
@@ -55,6 +61,8 @@ void jobs_release_worker(struct worker *w);
 
 /* ops.c: one request from a session. */
 void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user);
+/* The id of a request frame, for a reply that does not serve it (kind NONE when unreadable). */
+const struct proto_id *ops_request_id(const void *buf, size_t len);
 void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
                      const char *field, const char *message);
 

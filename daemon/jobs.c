@@ -54,18 +54,25 @@ void jobs_status(const struct djob *j, struct proto_job_status *st)
     pthread_mutex_unlock(&m->lock);
 }
 
-void jobs_emit(struct djob *j, const struct proto_event *ev)
+void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *ev)
 {
+    /* Numbered before it is queued: one coalesced or dropped leaves a gap in the seqs. */
+    struct proto_event e = *ev;
+    e.seq = ++s->event_seq;
     msgpack_sbuffer_clear(&D.sb);
-    if (proto_event_encode(&D.sb, ev) < 0) {
+    if (proto_event_encode(&D.sb, &e) < 0) {
         log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind), err_msg());
         return;
     }
+    session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
+                 D.cfg->client_buffer);
+}
+
+void jobs_emit(struct djob *j, const struct proto_event *ev)
+{
     for (size_t i = 0; i < j->n_watchers; i++) {
         struct session *s = session_by_name(j->watchers[i]);
-        if (s)
-            session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
-                         D.cfg->client_buffer);
+        if (s) jobs_emit_to(j, s, ev);
     }
 }
 

@@ -190,8 +190,7 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
         pthread_mutex_lock(&w->sm.lock);
         ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
         pthread_mutex_unlock(&w->sm.lock);
-        msgpack_sbuffer_clear(&D.sb);
-        if (proto_event_encode(&D.sb, &ev) == 0) send_sb(s);
+        jobs_emit_to(j, s, &ev);
     }
 }
 
@@ -364,44 +363,52 @@ static void op_stats(struct session *s, const struct proto_request *r)
     finish_reply(s, &r->id, proto_reply_stats(&D.sb, &r->id, &st));
 }
 
+static struct proto_request req; /* large (two prompts); the reactor is one thread */
+
+const struct proto_id *ops_request_id(const void *buf, size_t len)
+{
+    proto_parse_request(buf, len, &req, NULL);
+    return &req.id;
+}
+
 void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user)
 {
-    static struct proto_request r; /* large (two prompts); the reactor is one thread */
+    struct proto_request *const r = &req;
     struct proto_error perr = {0};
-    if (proto_parse_request(buf, len, &r, &perr) < 0) {
+    if (proto_parse_request(buf, len, r, &perr) < 0) {
         log_debug("session %s: refused request: %s", s->name, err_msg());
-        return ops_reply_error(s, &r.id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE, perr.field,
+        return ops_reply_error(s, &r->id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE, perr.field,
                                perr.message);
     }
-    switch (r.op) {
+    switch (r->op) {
     case PROTO_OP_HELLO:
-        op_hello(s, &r);
+        op_hello(s, r);
         break;
     case PROTO_OP_SUBMIT:
-        op_submit(s, &r, user);
+        op_submit(s, r, user);
         break;
     case PROTO_OP_WATCH:
     case PROTO_OP_CANCEL:
     case PROTO_OP_JOB:
-        op_job(s, &r, user);
+        op_job(s, r, user);
         break;
     case PROTO_OP_JOBS:
-        op_jobs(s, &r);
+        op_jobs(s, r);
         break;
     case PROTO_OP_FETCH:
-        op_fetch(s, &r);
+        op_fetch(s, r);
         break;
     case PROTO_OP_MODELS:
-        op_models(s, &r);
+        op_models(s, r);
         break;
     case PROTO_OP_STATS:
-        op_stats(s, &r);
+        op_stats(s, r);
         break;
     case PROTO_OP_PING:
         msgpack_sbuffer_clear(&D.sb);
-        finish_reply(s, &r.id, proto_reply_pong(&D.sb, &r.id));
+        finish_reply(s, &r->id, proto_reply_pong(&D.sb, &r->id));
         break;
     default:
-        ops_reply_error(s, &r.id, PROTO_E_UNKNOWN_OP, "op", "unknown op");
+        ops_reply_error(s, &r->id, PROTO_E_UNKNOWN_OP, "op", "unknown op");
     }
 }

@@ -27,7 +27,9 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define MAX_FRAME (1u << 20) /* past this libzmq drops the peer; up to it, an error reply */
+/* Past this libzmq drops the connection; up to it a frame is read and, over the request limit,
+ * answered bad_message by the validator, the session kept. */
+#define MAX_FRAME DAEMON_MAX_FRAME
 #define TURN_MESSAGES 512    /* requests read per turn before other work gets its turn */
 
 struct daemon D;
@@ -209,7 +211,10 @@ static void read_requests(void *sock)
         if (user && !s->user[0]) snprintf(s->user, sizeof s->user, "%s", user);
         struct proto_id none = {.kind = PROTO_ID_NONE};
         if (session_congested(s, D.cfg->client_buffer))
-            log_debug("session %s: not reading its replies; request dropped", s->name);
+            session_busy(s, have_body && !extra ? ops_request_id(zmq_msg_data(&body),
+                                                                 zmq_msg_size(&body))
+                                                : &none,
+                         D.cfg->client_backlog);
         else if (!have_body || extra)
             ops_reply_error(s, &none, PROTO_E_BAD_MESSAGE, "",
                             "a request is exactly one frame after the routing id");

@@ -5,6 +5,7 @@
 #include "daemon/log.h"
 
 #include <errno.h>
+#include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,13 @@ static int try_send(struct session *s, const void *buf, size_t len)
     return 0;
 }
 
+static void drop_busy(struct session *s)
+{
+    free(s->busy);
+    s->busy = NULL;
+    s->busy_len = s->busy_cap = s->busy_count = 0;
+}
+
 static void drop_queue(struct session *s)
 {
     while (s->out_head) {
@@ -43,6 +51,7 @@ static void drop_queue(struct session *s)
     }
     s->out_tail = NULL;
     s->out_bytes = s->out_count = 0;
+    drop_busy(s);
 }
 
 static void mark_gone(struct session *s)
@@ -119,6 +128,75 @@ void session_send(struct session *s, const void *buf, size_t len, const char *pr
     enqueue(s, buf, len, progress_job);
 }
 
+/* Sends the busy answers of the backlog, in order, while the peer takes them. */
+static void flush_busy(struct session *s)
+{
+    static msgpack_sbuffer sb; /* the reactor's own: one thread */
+    size_t at = 0;
+    while (at < s->busy_len) {
+        struct proto_id id = {.kind = s->busy[at]};
+        size_t n = 1;
+        if (id.kind == PROTO_ID_UINT) {
+            memcpy(&id.u, s->busy + at + 1, sizeof id.u);
+            n += sizeof id.u;
+        } else if (id.kind == PROTO_ID_STR) {
+            size_t len = s->busy[at + 1];
+            memcpy(id.s, s->busy + at + 2, len);
+            id.s[len] = 0;
+            n += 1 + len;
+        }
+        struct proto_error e = {.code = PROTO_E_BUSY};
+        snprintf(e.message, sizeof e.message,
+                 "this session's unread replies exceed client_buffer; read them, then retry");
+        snprintf(e.limit, sizeof e.limit, "client_buffer");
+        msgpack_sbuffer_clear(&sb);
+        if (proto_reply_refusal(&sb, &id, &e) == 0) {
+            int r = try_send(s, sb.data, sb.size);
+            if (r > 0) break;
+            if (r < 0) {
+                mark_gone(s);
+                return;
+            }
+        }
+        at += n;
+        s->busy_count--;
+    }
+    memmove(s->busy, s->busy + at, s->busy_len - at);
+    s->busy_len -= at;
+    if (!s->busy_len) drop_busy(s);
+}
+
+void session_busy(struct session *s, const struct proto_id *id, size_t backlog)
+{
+    if (s->gone) return;
+    if (s->busy_count >= backlog) {
+        log_warn("session %s: %zu requests sent without reading any reply; its %zu queued "
+                 "message(s) and %zu busy answer(s) are discarded",
+                 s->name, s->busy_count, s->out_count, s->busy_count);
+        drop_queue(s);
+        return;
+    }
+    size_t need = 2 + PROTO_MAX_ID;
+    if (s->busy_len + need > s->busy_cap) {
+        s->busy_cap = s->busy_cap ? 2 * s->busy_cap : 1024;
+        s->busy = xrealloc(s->busy, s->busy_cap);
+    }
+    uint8_t *p = s->busy + s->busy_len;
+    p[0] = (uint8_t)id->kind;
+    if (id->kind == PROTO_ID_UINT) {
+        memcpy(p + 1, &id->u, sizeof id->u);
+        s->busy_len += 1 + sizeof id->u;
+    } else if (id->kind == PROTO_ID_STR) {
+        size_t len = strlen(id->s);
+        p[1] = (uint8_t)len;
+        memcpy(p + 2, id->s, len);
+        s->busy_len += 2 + len;
+    } else {
+        s->busy_len += 1;
+    }
+    s->busy_count++;
+}
+
 bool session_flush_all(void)
 {
     bool waiting = false;
@@ -137,14 +215,15 @@ bool session_flush_all(void)
             s->out_count--;
             free(m);
         }
-        waiting |= s->out_head != NULL;
+        if (!s->out_head && s->busy_len) flush_busy(s);
+        waiting |= s->out_head != NULL || s->busy_len;
     }
     return waiting;
 }
 
 bool session_congested(const struct session *s, size_t limit)
 {
-    return s->out_bytes > limit;
+    return s->out_bytes > limit || s->busy_count;
 }
 
 static void expire(double now, double timeout, bool all)

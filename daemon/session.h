@@ -3,8 +3,12 @@
  * now stays in its queue and is retried each reactor turn; progress events for a job replace
  * an older one still waiting (a slow client sees the latest value); progress past the
  * client_buffer limit is dropped, replies and terminal events never are unless the peer is
- * gone (EHOSTUNREACH), which also discards its queue. Reactor thread only. Not for job
- * ownership or watching (the jobs keep session names). */
+ * gone (EHOSTUNREACH), which also discards its queue. A session whose queue is over
+ * client_buffer has its further requests answered busy: the ids of those requests wait in a
+ * compact backlog, sent as busy replies once the queue has gone; a backlog that reaches
+ * client_backlog requests is discarded with the queue (the one case where replies are lost,
+ * for a peer that sends without ever reading). Each session numbers the events meant for it.
+ * Reactor thread only. Not for job ownership or watching (the jobs keep session names). */
 #ifndef FOCUS_DAEMON_SESSION_H
 #define FOCUS_DAEMON_SESSION_H
 
@@ -28,6 +32,9 @@ struct session {
     unsigned watching; /* live jobs it watches: kept while non-zero */
     struct outmsg *out_head, *out_tail;
     size_t out_bytes, out_count;
+    uint64_t event_seq;      /* the seq of the last event meant for it */
+    uint8_t *busy;           /* backlog: request ids to answer busy, each a tag byte + value */
+    size_t busy_len, busy_cap, busy_count;
     struct session *next;
 };
 
@@ -42,8 +49,12 @@ void session_send(struct session *s, const void *buf, size_t len, const char *pr
                   size_t limit);
 /* Retries every waiting queue; returns true when something is still waiting. */
 bool session_flush_all(void);
-/* True when the peer has more unsent output than limit: its requests wait unread. */
+/* True when the peer has more unsent output than limit, or busy answers still waiting: its
+ * requests are answered busy. */
 bool session_congested(const struct session *s, size_t limit);
+/* Answers request id with busy (limit client_buffer) once the queue has gone; at backlog
+ * requests waiting, discards the queue and the backlog instead. */
+void session_busy(struct session *s, const struct proto_id *id, size_t backlog);
 /* Forgets sessions silent for timeout seconds that watch no live job (their queues too). */
 void session_expire(double now, double timeout);
 size_t session_count(double now, double timeout);

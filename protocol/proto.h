@@ -79,6 +79,7 @@ enum proto_errcode {
     PROTO_E_INTERNAL,
     PROTO_E_FORBIDDEN,           /* e.g. canceling another session's job */
     PROTO_E_UNAVAILABLE,         /* the daemon is stopping or the model is not loaded */
+    PROTO_E_OUT_OF_MEMORY,       /* the job could not get the memory it needed */
     PROTO_E_COUNT
 };
 
@@ -86,6 +87,7 @@ struct proto_error {
     enum proto_errcode code;
     char field[PROTO_MAX_FIELD + 1];    /* "" when no single field is at fault */
     char message[PROTO_MAX_TEXT + 1];
+    char limit[PROTO_MAX_FIELD + 1];    /* busy: the hello limit reached ("" otherwise) */
 };
 
 const char *proto_errcode_name(enum proto_errcode code); /* "bad_field"; "none" for NONE */
@@ -264,6 +266,9 @@ struct proto_stats {
 /* id: the request's id (kind NONE encodes nil). */
 int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
                       const char *field, const char *message);
+/* The same with every part of e, its limit included. */
+int proto_reply_refusal(msgpack_sbuffer *sb, const struct proto_id *id,
+                        const struct proto_error *e);
 int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
                       const struct proto_hello_reply *h);
 int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const char *job);
@@ -295,10 +300,13 @@ enum proto_event_kind {
 const char *proto_event_name(enum proto_event_kind k);
 
 /* Which fields travel depends on kind: queued: position; started: steps; progress: step, steps,
- * elapsed, eta; done: images, elapsed; failed: error; canceled: nothing more. */
+ * elapsed, eta; done: images, elapsed; failed: error; canceled: nothing more. Every event
+ * carries seq: 1 for the first event the daemon meant for a session, one more for each after
+ * it, so that a gap shows the events a session missed (coalesced or dropped progress). */
 struct proto_event {
     enum proto_event_kind kind;
     char job[PROTO_MAX_NAME + 1];
+    uint64_t seq;
     uint32_t position;
     uint32_t step, steps;
     double elapsed, eta; /* seconds since the job started; estimated seconds left */

@@ -43,6 +43,9 @@ struct proto_table {
 #define U64(s, m, b, r) {#m, PF_U64, offsetof(s, m), 0, 0, 0, 0, 0, 0, b, r}
 #define F64(s, m, l, h, b, r) {#m, PF_F64, offsetof(s, m), 0, 0, 0, l, h, 0, b, r}
 
+/* The event table's bit of seq: always sent, optional to read (daemons before it had none). */
+#define PROTO_EVENT_SEQ_BIT (1u << 6)
+
 extern const struct proto_table proto_op_tables[PROTO_OP_COUNT];
 extern const struct proto_table proto_submit_table;
 extern const struct proto_table proto_status_table;

@@ -14,6 +14,7 @@
 static const char *const errcode_names[PROTO_E_COUNT] = {
     "none", "bad_message", "unsupported_version", "unknown_op", "bad_field", "not_found",
     "busy", "too_large", "canceled", "failed", "internal", "forbidden", "unavailable",
+    "out_of_memory",
 };
 
 static const char *const op_names[PROTO_OP_COUNT] = {
@@ -139,6 +140,7 @@ const struct proto_table proto_status_table = {status_fields,
 /* Bits are those of proto_event_fields() in proto_server.c. */
 static const struct proto_field event_fields[] = {
     STR(struct proto_event, job, PROTO_MAX_NAME, 0, true),
+    U64(struct proto_event, seq, PROTO_EVENT_SEQ_BIT, false),
     U32ANY(struct proto_event, position, 1u << 0, false),
     U32ANY(struct proto_event, step, 1u << 1, false),
     U32ANY(struct proto_event, steps, 1u << 2, false),

@@ -19,9 +19,10 @@ static void pack_ok_header(struct proto_writer *w, const struct proto_id *id, ui
 }
 
 static void pack_error_map(msgpack_packer *pk, enum proto_errcode code, const char *field,
-                           const char *message)
+                           const char *message, const char *limit)
 {
-    msgpack_pack_map(pk, 3);
+    bool has_limit = limit && *limit;
+    msgpack_pack_map(pk, 3 + has_limit);
     proto_pack_cstr(pk, "code");
     proto_pack_cstr(pk, proto_errcode_name(code));
     proto_pack_cstr(pk, "field");
@@ -31,10 +32,14 @@ static void pack_error_map(msgpack_packer *pk, enum proto_errcode code, const ch
         msgpack_pack_nil(pk);
     proto_pack_cstr(pk, "message");
     proto_pack_cstr(pk, message ? message : "");
+    if (has_limit) {
+        proto_pack_cstr(pk, "limit");
+        proto_pack_cstr(pk, limit);
+    }
 }
 
-int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
-                      const char *field, const char *message)
+static int reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
+                       const char *field, const char *message, const char *limit)
 {
     struct proto_writer w;
     proto_writer_init(&w, sb);
@@ -43,8 +48,20 @@ int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto
     proto_pack_cstr(&w.pk, "ok");
     msgpack_pack_false(&w.pk);
     proto_pack_cstr(&w.pk, "error");
-    pack_error_map(&w.pk, code, field, message);
+    pack_error_map(&w.pk, code, field, message, limit);
     return proto_writer_finish(&w);
+}
+
+int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
+                      const char *field, const char *message)
+{
+    return reply_error(sb, id, code, field, message, NULL);
+}
+
+int proto_reply_refusal(msgpack_sbuffer *sb, const struct proto_id *id,
+                        const struct proto_error *e)
+{
+    return reply_error(sb, id, e->code, e->field, e->message, e->limit);
 }
 
 int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
@@ -121,7 +138,7 @@ static void pack_status_pairs(msgpack_packer *pk, const struct proto_job_status 
     pack_params(pk, &st->params);
     if (st->error.code != PROTO_E_NONE) {
         proto_pack_cstr(pk, "error");
-        pack_error_map(pk, st->error.code, st->error.field, st->error.message);
+        pack_error_map(pk, st->error.code, st->error.field, st->error.message, NULL);
     }
 }
 
@@ -211,7 +228,7 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
 {
     if ((unsigned)ev->kind >= PROTO_EV_COUNT)
         return err_set(ERR_INVALID, "proto_event_encode: bad kind %d", (int)ev->kind);
-    uint32_t bits = event_bits[ev->kind];
+    uint32_t bits = event_bits[ev->kind] | PROTO_EVENT_SEQ_BIT;
     bool failed = ev->kind == PROTO_EV_FAILED;
     struct proto_writer w;
     proto_writer_init(&w, sb);
@@ -223,7 +240,7 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
     proto_table_encode(&proto_event_table, ev, bits, &w.pk);
     if (failed) {
         proto_pack_cstr(&w.pk, "error");
-        pack_error_map(&w.pk, ev->error.code, ev->error.field, ev->error.message);
+        pack_error_map(&w.pk, ev->error.code, ev->error.field, ev->error.message, NULL);
     }
     return proto_writer_finish(&w);
 }
@@ -267,6 +284,12 @@ static int decode_error_map(const msgpack_object *map, struct proto_error *e,
     const msgpack_object *field = proto_map_get(map, "field", &dup);
     if (field && field->type != MSGPACK_OBJECT_NIL) {
         int rc = proto_copy_str(field, e->field, PROTO_MAX_FIELD, "error.field", perr);
+        if (rc)
+            return rc;
+    }
+    const msgpack_object *limit = proto_map_get(map, "limit", &dup);
+    if (limit) {
+        int rc = proto_copy_str(limit, e->limit, PROTO_MAX_FIELD, "error.limit", perr);
         if (rc)
             return rc;
     }

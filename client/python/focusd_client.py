@@ -39,13 +39,14 @@ class ProtocolError(Exception):
 
 
 class FocusdError(Exception):
-    """The daemon answered a request with ok false."""
+    """The daemon answered a request with ok false. limit: for busy, the hello limit hit."""
 
-    def __init__(self, code, field, message):
+    def __init__(self, code, field, message, limit=None):
         super().__init__(f"{code}{' (' + field + ')' if field else ''}: {message}")
         self.code = code
         self.field = field
         self.message = message
+        self.limit = limit
 
 
 def encode_request(op, req_id, **fields):
@@ -124,7 +125,7 @@ class Client:
             if not msg["ok"]:
                 err = msg.get("error") or {}
                 raise FocusdError(err.get("code", "failed"), err.get("field"),
-                                  err.get("message", ""))
+                                  err.get("message", ""), err.get("limit"))
             return {k: v for k, v in msg.items() if k not in ("v", "id", "ok")}
 
     def hello(self, client="focusd_client.py"):
@@ -173,7 +174,8 @@ class Client:
     def events(self, job=None, timeout=None):
         """Yields events as they arrive; with job, only that job's, ending after its done,
         failed or canceled event (events of other jobs read meanwhile are dropped). timeout:
-        seconds without an event before TimeoutError."""
+        seconds without an event before TimeoutError. Each event's seq numbers the session's
+        events: a gap means some were missed."""
         while True:
             if self._events:
                 ev = self._events.popleft()

@@ -78,7 +78,7 @@ def test_frame_past_transport_limit_drops_only_that_peer(daemon):
     bad = ctx.socket(zmq.DEALER)
     bad.setsockopt(zmq.LINGER, 0)
     bad.connect(daemon.endpoint)
-    bad.send(b"\x00" * (4 << 20))
+    bad.send(b"\x00" * (32 << 20))  # past the 16 MiB the socket reads
     bad.close()
     c = daemon.client(timeout=5)
     c.ping()
