@@ -28,6 +28,7 @@ int fc_exit_for_code(enum proto_errcode code)
     case PROTO_E_BAD_FIELD:
         return FC_EXIT_USAGE;
     case PROTO_E_NOT_FOUND:
+    case PROTO_E_EXPIRED:
         return FC_EXIT_NOT_FOUND;
     case PROTO_E_BUSY:
     case PROTO_E_TOO_LARGE:

@@ -61,6 +61,9 @@ void jobs_release_worker(struct worker *w);
 
 /* ops.c: one request from a session. */
 void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user);
+struct fetch_task;
+/* A fetch the fetch thread has finished: its reply goes to its session, if still there. */
+void ops_fetched(struct fetch_task *t);
 /* The id of a request frame, for a reply that does not serve it (kind NONE when unreadable). */
 const struct proto_id *ops_request_id(const void *buf, size_t len);
 void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,

@@ -6,16 +6,14 @@
 
 #include "common/err.h"
 #include "common/xalloc.h"
+#include "daemon/fetch.h"
 #include "daemon/log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static void send_sb(struct session *s)
 {
@@ -194,6 +192,18 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
     }
 }
 
+/* A job id the store does not hold: one that retention removed, or none ever. */
+static void reply_missing(struct session *s, const struct proto_id *id, const char *job)
+{
+    bool expired = false;
+    if (store_expired(D.store, job, &expired) < 0)
+        return ops_reply_error(s, id, PROTO_E_INTERNAL, "", "the job store failed");
+    if (expired)
+        return ops_reply_error(s, id, PROTO_E_EXPIRED, "job",
+                               "the job has expired: retention removed it and its images");
+    ops_reply_error(s, id, PROTO_E_NOT_FOUND, "job", "no such job");
+}
+
 /* watch, cancel and job: the job's status, live or stored. */
 static void op_job(struct session *s, const struct proto_request *r, const char *user)
 {
@@ -226,8 +236,7 @@ static void op_job(struct session *s, const struct proto_request *r, const char 
         int rc = store_get(D.store, r->u.job.job, sj);
         if (rc == 0) jobs_status_stored(sj, &st);
         free(sj);
-        if (rc == ERR_MISSING)
-            return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+        if (rc == ERR_MISSING) return reply_missing(s, &r->id, r->u.job.job);
         if (rc) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     }
     msgpack_sbuffer_clear(&D.sb);
@@ -264,32 +273,15 @@ static void op_jobs(struct session *s, const struct proto_request *r)
     free(lc.st);
 }
 
-static int read_file(const char *path, uint64_t expect, uint8_t **out)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || (uint64_t)st.st_size != expect) {
-        if (fd >= 0) close(fd);
-        return err_set(ERR_IO, "%s: %s", path, fd < 0 ? strerror(errno) : "size changed");
-    }
-    uint8_t *buf = malloc(expect ? expect : 1);
-    ssize_t n = buf ? read(fd, buf, expect) : -1;
-    close(fd);
-    if (n < 0 || (uint64_t)n != expect) {
-        free(buf);
-        return err_set(ERR_IO, "%s: short read", path);
-    }
-    *out = buf;
-    return 0;
-}
-
+/* The image is read and its reply encoded on the fetch thread (fetch.h); the reply counts
+ * against the session's buffer from now on. */
 static void op_fetch(struct session *s, const struct proto_request *r)
 {
     struct store_job *sj = xmalloc(sizeof *sj);
     struct store_image img;
     int rc = store_get(D.store, r->u.fetch.job, sj);
     if (rc == ERR_MISSING) {
-        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+        reply_missing(s, &r->id, r->u.fetch.job);
     } else if (rc) {
         ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     } else if (sj->state != PROTO_STATE_DONE) {
@@ -300,27 +292,34 @@ static void op_fetch(struct session *s, const struct proto_request *r)
     } else if (store_image(D.store, sj->id, r->u.fetch.index, &img) < 0) {
         ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image is gone");
     } else {
-        uint8_t *png = NULL;
-        if (read_file(img.path, img.bytes, &png) < 0) {
-            log_err("fetch: %s", err_msg());
-            ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image file is gone");
-        } else {
-            struct proto_image pi = {.index = r->u.fetch.index,
-                                     .png = png,
-                                     .png_len = img.bytes,
-                                     .width = sj->params.width,
-                                     .height = sj->params.height,
-                                     .seed = sj->params.seed,
-                                     .params = sj->params};
-            snprintf(pi.job, sizeof pi.job, "%s", sj->id);
-            memcpy(pi.sha256, img.sha256, 32);
-            pi.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
-            msgpack_sbuffer_clear(&D.sb);
-            finish_reply(s, &r->id, proto_reply_fetch(&D.sb, &r->id, &pi));
-            free(png);
-        }
+        struct fetch_task *t = xcalloc(1, sizeof *t);
+        snprintf(t->session, sizeof t->session, "%s", s->name);
+        t->id = r->id;
+        snprintf(t->path, sizeof t->path, "%s", img.path);
+        struct proto_image *pi = &t->img;
+        pi->index = r->u.fetch.index;
+        pi->png_len = img.bytes;
+        pi->width = sj->params.width;
+        pi->height = sj->params.height;
+        pi->seed = sj->params.seed;
+        pi->params = sj->params;
+        pi->params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+        snprintf(pi->job, sizeof pi->job, "%s", sj->id);
+        memcpy(pi->sha256, img.sha256, 32);
+        s->pending_bytes += img.bytes;
+        s->fetching++;
+        fetch_submit(t);
     }
     free(sj);
+}
+
+void ops_fetched(struct fetch_task *t)
+{
+    struct session *s = session_by_name(t->session);
+    if (!s) return;
+    s->pending_bytes -= t->img.png_len;
+    s->fetching--;
+    session_send(s, t->reply, t->reply_len, NULL, D.cfg->client_buffer);
 }
 
 static void op_models(struct session *s, const struct proto_request *r)

@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/xalloc.h"
+#include "daemon/fetch.h"
 #include "daemon/log.h"
 #include "daemon/zap.h"
 
@@ -336,9 +337,10 @@ void reactor_fail(const char *model, const char *why)
 
 static void reload(void)
 {
-    struct config *c;
+    struct config *c = NULL;
     if (config_load(D.ov, &c) < 0 || zap_configure(c) < 0) {
         log_err("reload: %s; the running configuration stays", err_msg());
+        config_free(c); /* NULL when it did not load */
         return;
     }
     sd_notify(0, "RELOADING=1");
@@ -425,30 +427,35 @@ static void read_signals(void)
 
 /* ---- The loop ---- */
 
-static void retention(void)
+/* Returns true when retention left work for its next turn. */
+static bool retention(void)
 {
     uint64_t removed;
+    bool more = false;
     if (store_retention(D.store, now_wall(), D.cfg->retention_age, D.cfg->retention_bytes,
-                        &removed) < 0)
+                        &removed, &more) < 0)
         log_err("retention: %s", err_msg());
     else if (removed)
-        log_info("retention: %llu finished job(s) removed", (unsigned long long)removed);
+        log_info("retention: %llu finished job(s) removed%s", (unsigned long long)removed,
+                 more ? "; more next turn" : "");
+    return more;
 }
 
-static int loop(void)
+static int loop(bool retention_at_start)
 {
     double last_retention = now_mono(), last_expire = now_mono();
-    bool waiting = false;
+    bool waiting = false, retention_more = retention_at_start;
     for (;;) {
-        zmq_pollitem_t items[5] = {
+        zmq_pollitem_t items[6] = {
             {D.zap, 0, ZMQ_POLLIN, 0},
             {NULL, D.sigfd, ZMQ_POLLIN, 0},
             {NULL, worker_events_fd(), ZMQ_POLLIN, 0},
+            {NULL, fetch_fd(), ZMQ_POLLIN, 0},
             {D.router_ipc, 0, ZMQ_POLLIN, 0},
             {D.router_tcp, 0, ZMQ_POLLIN, 0},
         };
-        long timeout = waiting ? 10 : 250;
-        if (zmq_poll(items, D.router_tcp ? 5 : 4, timeout) < 0 && errno != EINTR)
+        long timeout = waiting || retention_more ? 10 : 250;
+        if (zmq_poll(items, D.router_tcp ? 6 : 5, timeout) < 0 && errno != EINTR)
             return err_set(ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
         if (items[0].revents) zap_handle(D.zap);
         if (items[1].revents) read_signals();
@@ -458,8 +465,14 @@ static int loop(void)
                 jobs_worker_event(e);
                 free(e);
             }
-        if (items[3].revents) read_requests(D.router_ipc);
-        if (D.router_tcp && items[4].revents) read_requests(D.router_tcp);
+        if (items[3].revents)
+            for (struct fetch_task *t = fetch_take(), *next; t; t = next) {
+                next = t->next;
+                ops_fetched(t);
+                fetch_task_free(t);
+            }
+        if (items[4].revents) read_requests(D.router_ipc);
+        if (D.router_tcp && items[5].revents) read_requests(D.router_tcp);
         if (store_commit(D.store) < 0)
             log_err("%s", err_msg()); /* the replies still go: their rows may be lost */
         waiting = session_flush_all();
@@ -473,9 +486,10 @@ static int loop(void)
             rc = store_commit(D.store);
             return rc ? rc : D.failure[0] ? err_set(ERR_DEVICE_LOST, "%s", D.failure) : 0;
         }
-        if (now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) {
+        if ((now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) ||
+            retention_more) {
             last_retention = now;
-            retention();
+            retention_more = retention();
         }
         if (now - last_expire >= 5.0) {
             last_expire = now;
@@ -494,6 +508,7 @@ static void cleanup(void)
         jobs_release_worker(w);
         worker_free(w);
     }
+    fetch_stop();
     store_close(D.store);
     session_free_all();
     if (D.router_ipc) zmq_close(D.router_ipc);
@@ -521,16 +536,18 @@ int reactor_run(struct config *cfg, const struct config_overrides *ov)
     last_extend = now_mono();
     int rc = signals_open();
     if (!rc) rc = worker_events_init();
+    if (!rc) rc = fetch_start();
     if (!rc) rc = store_open(cfg->state_dir, &D.store);
+    bool more = false;
     if (!rc) {
-        retention();
+        more = retention();
         D.zctx = zmq_ctx_new();
         rc = D.zctx ? open_sockets() : err_set(ERR_IO, "zmq_ctx_new: %s", zmq_strerror(errno));
     }
     for (size_t i = 0; !rc && i < D.cfg->n_models; i++)
         rc = start_worker(&D.cfg->models[i], false);
     if (!rc) rc = jobs_recover(NULL, true);
-    if (!rc) rc = loop();
+    if (!rc) rc = loop(more);
     if (rc)
         log_err("%s", err_msg());
     else

@@ -223,14 +223,14 @@ bool session_flush_all(void)
 
 bool session_congested(const struct session *s, size_t limit)
 {
-    return s->out_bytes > limit || s->busy_count;
+    return s->out_bytes + s->pending_bytes > limit || s->busy_count;
 }
 
 static void expire(double now, double timeout, bool all)
 {
     for (struct session **p = &sessions; *p;) {
         struct session *s = *p;
-        if (all || (now - s->last_seen > timeout && s->watching == 0)) {
+        if (all || (now - s->last_seen > timeout && s->watching == 0 && s->fetching == 0)) {
             *p = s->next;
             drop_queue(s);
             free(s);

@@ -30,6 +30,8 @@ struct session {
     double last_seen;                /* monotonic seconds */
     bool gone;
     unsigned watching; /* live jobs it watches: kept while non-zero */
+    unsigned fetching; /* fetch replies being read for it: kept while non-zero */
+    size_t pending_bytes; /* their images' bytes, counted against client_buffer */
     struct outmsg *out_head, *out_tail;
     size_t out_bytes, out_count;
     uint64_t event_seq;      /* the seq of the last event meant for it */

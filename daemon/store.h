@@ -58,9 +58,15 @@ int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job 
 
 /* Deletes finished jobs (done, failed, canceled) and their image files older than max_age
  * seconds (0: no age limit), then the oldest finished ones until the images total at most
- * max_bytes (0: no limit). *removed: jobs deleted. Commits. */
+ * max_bytes (0: no limit), each deleted id remembered as expired. A bounded amount of work
+ * per call: *more is true when some was left for the next. *removed: jobs deleted. Files go
+ * only after the transaction that deletes their rows has committed. */
 int store_retention(struct store *s, double now, double max_age, uint64_t max_bytes,
-                    uint64_t *removed);
+                    uint64_t *removed, bool *more);
+/* How long an expired job's id is remembered (store_expired) after retention removed it. */
+#define STORE_EXPIRED_KEEP (30 * 86400.0)
+/* Whether id named a job that retention removed. */
+int store_expired(struct store *s, const char *id, bool *expired);
 int store_count(struct store *s, enum proto_state state, uint64_t *n);
 
 #endif

@@ -80,6 +80,7 @@ enum proto_errcode {
     PROTO_E_FORBIDDEN,           /* e.g. canceling another session's job */
     PROTO_E_UNAVAILABLE,         /* the daemon is stopping or the model is not loaded */
     PROTO_E_OUT_OF_MEMORY,       /* the job could not get the memory it needed */
+    PROTO_E_EXPIRED,             /* the job existed; retention has removed it */
     PROTO_E_COUNT
 };
 

@@ -14,7 +14,7 @@
 static const char *const errcode_names[PROTO_E_COUNT] = {
     "none", "bad_message", "unsupported_version", "unknown_op", "bad_field", "not_found",
     "busy", "too_large", "canceled", "failed", "internal", "forbidden", "unavailable",
-    "out_of_memory",
+    "out_of_memory", "expired",
 };
 
 static const char *const op_names[PROTO_OP_COUNT] = {

@@ -104,9 +104,16 @@ def test_retention_by_age(make_daemon):
             c.job(j)
             return False
         except focusd_client.FocusdError as e:
-            return e.code == "not_found"
+            return e.code == "expired"
     wait_for(gone, timeout=10, what="retention")
     assert not os.path.exists(path)
+    # Its own code, not that of an id that never was.
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.fetch(j)
+    assert (e.value.code, e.value.field) == ("expired", "job")
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.job("jneverexisted")
+    assert e.value.code == "not_found"
 
 
 def test_retention_by_size(make_daemon):
@@ -121,8 +128,8 @@ def test_retention_by_size(make_daemon):
         try:
             c.job(a)
             return False
-        except focusd_client.FocusdError:
-            return True
+        except focusd_client.FocusdError as e:
+            return e.code == "expired"
     wait_for(first_gone, timeout=10, what="size retention")
 
 
