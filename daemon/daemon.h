@@ -48,6 +48,11 @@ void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *e
 void jobs_watch(struct djob *j, struct session *s);
 /* Admits a durable job into its model's queue and the index (state queued). */
 void jobs_enqueue(struct djob *j, struct worker *w);
+/* The cancel policy, the one place it is written: a job may be canceled by the peer that
+ * submitted it (the same uid on ipc, the same CURVE key on tcp), from any of its sessions,
+ * and by no other; a job whose submitter was not recorded (stored by a version before
+ * owners were) by any peer. */
+bool jobs_may_cancel(const struct store_job *j, const char *peer);
 /* Ends a live job: persists its final state, tells its watchers, frees it. */
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
 void jobs_worker_event(struct wevent *e);
@@ -60,7 +65,7 @@ void jobs_counts(uint32_t *queued, uint32_t *running);
 void jobs_release_worker(struct worker *w);
 
 /* ops.c: one request from a session. */
-void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user);
+void ops_dispatch(struct session *s, const void *buf, size_t len);
 struct fetch_task;
 /* A fetch the fetch thread has finished: its reply goes to its session, if still there. */
 void ops_fetched(struct fetch_task *t);

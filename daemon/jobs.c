@@ -106,6 +106,11 @@ static void unwatch_all(struct djob *j)
     }
 }
 
+bool jobs_may_cancel(const struct store_job *j, const char *peer)
+{
+    return !j->owner[0] || strcmp(j->owner, peer) == 0;
+}
+
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err)
 {
     j->sj.state = state;

@@ -52,6 +52,25 @@ static void op_hello(struct session *s, const struct proto_request *r)
     for (size_t i = 0; i < D.cfg->n_models && i < 64; i++)
         names[h.n_models++] = D.cfg->models[i].name;
     h.models = names;
+    /* Every limit of the daemon's that a client can reach, by its configuration key. */
+    const struct config *c = D.cfg;
+    const struct proto_limit limits[] = {
+        {"max_frame", DAEMON_MAX_FRAME},
+        {"max_queue", c->max_queue},
+        {"max_jobs_per_peer", c->max_jobs_per_peer},
+        {"max_job_pixels", c->max_job_pixels},
+        {"batch_max", c->batch_max},
+        {"memory_limit", c->memory_limit},
+        {"client_buffer", c->client_buffer},
+        {"client_backlog", c->client_backlog},
+        {"max_sessions", c->max_sessions},
+        {"max_sessions_per_peer", c->max_sessions_per_peer},
+        {"session_timeout", (uint64_t)c->session_timeout},
+        {"retention_age", (uint64_t)c->retention_age},
+        {"retention_bytes", c->retention_bytes},
+    };
+    h.daemon_limits = limits;
+    h.n_daemon_limits = sizeof limits / sizeof *limits;
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_hello(&D.sb, &r->id, &h));
 }
@@ -107,7 +126,7 @@ static bool fits_memory(const struct worker *w, const gen_params *p)
     return false;
 }
 
-static void op_submit(struct session *s, const struct proto_request *r, const char *user)
+static void op_submit(struct session *s, const struct proto_request *r)
 {
     const struct proto_submit *in = &r->u.submit;
     const char *model = in->model[0] ? in->model : D.cfg->default_model;
@@ -153,23 +172,30 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
         djob_free(j);
         return ops_reply_error(s, &r->id, PROTO_E_TOO_LARGE, p->count > 1 ? "count" : "width", msg);
     }
-    uint32_t queued, running;
+    uint32_t queued, running, mine = 0;
     jobs_counts(&queued, &running);
-    pthread_mutex_lock(&w->sm.lock);
-    uint32_t mine = sched_session_queued(&w->sm, s->name);
-    pthread_mutex_unlock(&w->sm.lock);
-    if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_session) {
+    for (struct worker *wk = D.workers; wk; wk = wk->next) {
+        pthread_mutex_lock(&wk->sm.lock);
+        mine += sched_peer_queued(&wk->sm, s->peer);
+        pthread_mutex_unlock(&wk->sm.lock);
+    }
+    if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_peer) {
         djob_free(j);
-        return ops_reply_error(s, &r->id, PROTO_E_BUSY, "",
-                               queued >= D.cfg->max_queue ? "the queue is full"
-                                                          : "this session's queue is full");
+        bool full = queued >= D.cfg->max_queue;
+        struct proto_error e = {.code = PROTO_E_BUSY};
+        snprintf(e.limit, sizeof e.limit, "%s", full ? "max_queue" : "max_jobs_per_peer");
+        snprintf(e.message, sizeof e.message, "%s",
+                 full ? "the queue is full" : "this peer has max_jobs_per_peer jobs queued");
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_reply_refusal(&D.sb, &r->id, &e) == 0) send_sb(s);
+        return;
     }
     new_job_id(j->sj.id, sizeof j->sj.id);
     snprintf(j->sj.session, sizeof j->sj.session, "%s", s->name);
     j->sj.state = PROTO_STATE_QUEUED;
     j->sj.created = now_wall();
     j->sj.steps = p->steps;
-    snprintf(j->owner, sizeof j->owner, "%s", user);
+    snprintf(j->sj.owner, sizeof j->sj.owner, "%s", s->peer);
     /* The reply waits in the session's queue for the commit at the end of this turn. */
     if (store_insert(D.store, &j->sj) < 0) {
         char msg[PROTO_MAX_TEXT + 1];
@@ -205,14 +231,14 @@ static void reply_missing(struct session *s, const struct proto_id *id, const ch
 }
 
 /* watch, cancel and job: the job's status, live or stored. */
-static void op_job(struct session *s, const struct proto_request *r, const char *user)
+static void op_job(struct session *s, const struct proto_request *r)
 {
     struct proto_job_status st;
     struct djob *j = sched_find(r->u.job.job);
     if (j) {
-        if (r->op == PROTO_OP_CANCEL && j->owner[0] && *user && strcmp(j->owner, user) != 0)
+        if (r->op == PROTO_OP_CANCEL && !jobs_may_cancel(&j->sj, s->peer))
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
-                                   "the job belongs to another user");
+                                   "only the peer that submitted the job may cancel it");
         if (r->op == PROTO_OP_WATCH) jobs_watch(j, s);
         jobs_status(j, &st);
         if (r->op == PROTO_OP_CANCEL) {
@@ -370,7 +396,7 @@ const struct proto_id *ops_request_id(const void *buf, size_t len)
     return &req.id;
 }
 
-void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user)
+void ops_dispatch(struct session *s, const void *buf, size_t len)
 {
     struct proto_request *const r = &req;
     struct proto_error perr = {0};
@@ -384,12 +410,12 @@ void ops_dispatch(struct session *s, const void *buf, size_t len, const char *us
         op_hello(s, r);
         break;
     case PROTO_OP_SUBMIT:
-        op_submit(s, r, user);
+        op_submit(s, r);
         break;
     case PROTO_OP_WATCH:
     case PROTO_OP_CANCEL:
     case PROTO_OP_JOB:
-        op_job(s, r, user);
+        op_job(s, r);
         break;
     case PROTO_OP_JOBS:
         op_jobs(s, r);

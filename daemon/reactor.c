@@ -206,12 +206,22 @@ static void read_requests(void *sock)
             if (!more) break;
         }
         double now = now_mono();
-        struct session *s = session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid), now);
-        s->gone = false;
-        const char *user = have_body ? zmq_msg_gets(&body, "User-Id") : NULL;
-        if (user && !s->user[0]) snprintf(s->user, sizeof s->user, "%s", user);
+        const char *peer = have_body ? zmq_msg_gets(&body, "User-Id") : NULL;
+        struct session_limits lim = {D.cfg->max_sessions, D.cfg->max_sessions_per_peer,
+                                     D.cfg->session_timeout};
+        struct proto_error refusal;
+        struct session *s = session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid),
+                                        peer ? peer : "", now, &lim, &refusal);
         struct proto_id none = {.kind = PROTO_ID_NONE};
-        if (session_congested(s, D.cfg->client_buffer))
+        if (s) s->gone = false;
+        if (!s) {
+            log_debug("frame refused: %s", refusal.message);
+            session_refuse(sock, zmq_msg_data(&rid), zmq_msg_size(&rid),
+                           have_body && !extra ? ops_request_id(zmq_msg_data(&body),
+                                                                zmq_msg_size(&body))
+                                               : &none,
+                           &refusal);
+        } else if (session_congested(s, D.cfg->client_buffer))
             session_busy(s, have_body && !extra ? ops_request_id(zmq_msg_data(&body),
                                                                  zmq_msg_size(&body))
                                                 : &none,
@@ -220,7 +230,7 @@ static void read_requests(void *sock)
             ops_reply_error(s, &none, PROTO_E_BAD_MESSAGE, "",
                             "a request is exactly one frame after the routing id");
         else
-            ops_dispatch(s, zmq_msg_data(&body), zmq_msg_size(&body), s->user);
+            ops_dispatch(s, zmq_msg_data(&body), zmq_msg_size(&body));
         zmq_msg_close(&body);
         zmq_msg_close(&rid);
     }

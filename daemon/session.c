@@ -62,13 +62,48 @@ static void mark_gone(struct session *s)
     drop_queue(s);
 }
 
-struct session *session_get(void *sock, const void *rid, size_t rid_len, double now)
+static void expire(double now, double timeout, bool all);
+
+static size_t n_sessions;
+
+static size_t peer_sessions(const char *peer)
+{
+    size_t n = 0;
+    for (struct session *s = sessions; s; s = s->next)
+        n += strcmp(s->peer, peer) == 0;
+    return n;
+}
+
+static struct session *refuse(struct proto_error *e, enum proto_errcode code, const char *limit,
+                              const char *msg)
+{
+    memset(e, 0, sizeof *e);
+    e->code = code;
+    snprintf(e->limit, sizeof e->limit, "%s", limit);
+    snprintf(e->message, sizeof e->message, "%s", msg);
+    return NULL;
+}
+
+struct session *session_get(void *sock, const void *rid, size_t rid_len, const char *peer,
+                            double now, const struct session_limits *lim, struct proto_error *e)
 {
     for (struct session *s = sessions; s; s = s->next)
         if (s->sock == sock && s->rid_len == rid_len && memcmp(s->rid, rid, rid_len) == 0) {
+            if (peer && strcmp(peer, s->peer) != 0)
+                return refuse(e, PROTO_E_FORBIDDEN, "",
+                              "this routing id is another peer's session; use another one");
             s->last_seen = now;
             return s;
         }
+    if (!peer) peer = "";
+    if (n_sessions >= lim->max_sessions) expire(now, lim->timeout, false);
+    if (n_sessions >= lim->max_sessions)
+        return refuse(e, PROTO_E_BUSY, "max_sessions", "the daemon has as many sessions as "
+                                                       "max_sessions allows");
+    if (peer_sessions(peer) >= lim->max_sessions_per_peer)
+        return refuse(e, PROTO_E_BUSY, "max_sessions_per_peer",
+                      "this peer has as many sessions as max_sessions_per_peer allows; close "
+                      "one, or let it time out");
     if (!boot_tag && getrandom(&boot_tag, sizeof boot_tag, 0) != sizeof boot_tag)
         boot_tag = (uint32_t)now;
     struct session *s = xcalloc(1, sizeof *s);
@@ -76,11 +111,24 @@ struct session *session_get(void *sock, const void *rid, size_t rid_len, double 
     s->rid_len = rid_len < sizeof s->rid ? rid_len : sizeof s->rid;
     s->sock = sock;
     s->last_seen = now;
+    snprintf(s->peer, sizeof s->peer, "%s", peer);
     /* Unique across restarts too, as stored jobs keep their session's name. */
     snprintf(s->name, sizeof s->name, "s%08x-%u", boot_tag, ++session_serial);
     s->next = sessions;
     sessions = s;
+    n_sessions++;
     return s;
+}
+
+void session_refuse(void *sock, const void *rid, size_t rid_len, const struct proto_id *id,
+                    const struct proto_error *e)
+{
+    static msgpack_sbuffer sb;
+    msgpack_sbuffer_clear(&sb);
+    struct session tmp = {.sock = sock, .rid_len = rid_len < sizeof tmp.rid ? rid_len : 255};
+    memcpy(tmp.rid, rid, tmp.rid_len);
+    /* No queue to wait in: a peer that cannot take it now does not get it. */
+    if (proto_reply_refusal(&sb, id, e) == 0) try_send(&tmp, sb.data, sb.size);
 }
 
 struct session *session_by_name(const char *name)
@@ -234,6 +282,7 @@ static void expire(double now, double timeout, bool all)
             *p = s->next;
             drop_queue(s);
             free(s);
+            n_sessions--;
         } else {
             p = &s->next;
         }

@@ -1,5 +1,8 @@
-/* Client sessions: one per ROUTER peer (routing id), with the daemon's name for it, the last
- * time it spoke, and its outbound queue. Sends never block: a message the peer cannot take
+/* Client sessions: one per ROUTER connection (routing id) of one authenticated peer (the
+ * ZAP User-Id: the uid on ipc, the CURVE key in Z85 on tcp), with the daemon's name for it,
+ * the last time it spoke, and its outbound queue. A frame whose peer is not its session's is
+ * refused (a routing id a client chose, reused by another peer, inherits nothing), and new
+ * sessions are refused past max_sessions in all or max_sessions_per_peer of one peer. Sends never block: a message the peer cannot take
  * now stays in its queue and is retried each reactor turn; progress events for a job replace
  * an older one still waiting (a slow client sees the latest value); progress past the
  * client_buffer limit is dropped, replies and terminal events never are unless the peer is
@@ -26,7 +29,7 @@ struct session {
     void *sock; /* the ROUTER it came in on */
     char name[PROTO_MAX_NAME + 1];
     char client[PROTO_MAX_NAME + 1]; /* from hello */
-    char user[PROTO_MAX_NAME + 1];   /* the ZAP User-Id: uid, or the CURVE key */
+    char peer[PROTO_MAX_NAME + 1];   /* the ZAP User-Id: uid, or the CURVE key */
     double last_seen;                /* monotonic seconds */
     bool gone;
     unsigned watching; /* live jobs it watches: kept while non-zero */
@@ -40,8 +43,20 @@ struct session {
     struct session *next;
 };
 
-/* Finds or creates the session of a peer. */
-struct session *session_get(void *sock, const void *rid, size_t rid_len, double now);
+/* How many sessions may exist, and for how long a silent one is kept. */
+struct session_limits {
+    uint32_t max_sessions, max_sessions_per_peer;
+    double timeout;
+};
+
+/* Finds or creates the session of a frame from peer (NULL: whichever the routing id has).
+ * NULL when it may have none, with the refusal in *e: forbidden when the routing id is another
+ * peer's session's, busy (limit max_sessions or max_sessions_per_peer) when no new one fits. */
+struct session *session_get(void *sock, const void *rid, size_t rid_len, const char *peer,
+                            double now, const struct session_limits *lim, struct proto_error *e);
+/* Answers a frame that has no session, if the peer can take it now. */
+void session_refuse(void *sock, const void *rid, size_t rid_len, const struct proto_id *id,
+                    const struct proto_error *e);
 struct session *session_by_name(const char *name);
 
 /* Queues one message; session_flush_all() sends it, which the reactor calls only after the

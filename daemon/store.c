@@ -46,7 +46,12 @@ static const char schema[] =
 #define JOB_COLUMNS                                                                                \
     "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height,"      \
     " max_seq, count, priority, state, created, started, finished, step, images,"                  \
-    " error_code, error_field, error_message"
+    " error_code, error_field, error_message, owner"
+
+/* Columns added since the first schema: added to an older database on open. */
+static const char *const added_columns[] = {
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+};
 
 static int db_fail(struct store *s, const char *what)
 {
@@ -121,6 +126,13 @@ int store_open(const char *state_dir, struct store **out)
     if (!rc) {
         sqlite3_busy_timeout(s->db, 5000);
         if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK) rc = db_fail(s, "schema");
+        for (size_t i = 0; !rc && i < sizeof added_columns / sizeof *added_columns; i++)
+            if (sqlite3_exec(s->db, added_columns[i], NULL, NULL, NULL) != SQLITE_OK &&
+                !strstr(sqlite3_errmsg(s->db), "duplicate column"))
+                rc = db_fail(s, "schema upgrade");
+        if (!rc && sqlite3_exec(s->db, "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)",
+                                NULL, NULL, NULL) != SQLITE_OK)
+            rc = db_fail(s, "schema");
     }
     free(dbpath);
     if (rc) {
@@ -155,7 +167,7 @@ int store_insert(struct store *s, struct store_job *j)
     if (rc || (rc = prepare(s,
                             "INSERT INTO jobs (id, session, model, prompt, negative_prompt, seed,"
                             " steps, guidance, width, height, max_seq, count, priority, state,"
-                            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            " created, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             &st)))
         return rc;
     const struct proto_submit *p = &j->params;
@@ -174,6 +186,7 @@ int store_insert(struct store *s, struct store_job *j)
     sqlite3_bind_int(st, 13, p->priority);
     sqlite3_bind_text(st, 14, proto_state_name(j->state), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 15, j->created);
+    sqlite3_bind_text(st, 16, j->owner, -1, SQLITE_STATIC);
     rc = run_done(s, st, "insert");
     if (!rc) j->seq = sqlite3_last_insert_rowid(s->db);
     return rc;
@@ -261,6 +274,7 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
         j->error.code = proto_errcode_parse((const char *)code, strlen((const char *)code));
     copy_col(st, 21, j->error.field, sizeof j->error.field);
     copy_col(st, 22, j->error.message, sizeof j->error.message);
+    copy_col(st, 23, j->owner, sizeof j->owner);
 }
 
 int store_get(struct store *s, const char *id, struct store_job *j)

@@ -18,6 +18,7 @@ struct store;
 struct store_job {
     char id[PROTO_MAX_NAME + 1];
     char session[PROTO_MAX_NAME + 1];
+    char owner[PROTO_MAX_NAME + 1]; /* the submitting peer (session_peer); "" if not recorded */
     struct proto_submit params; /* resolved: model and every field set */
     enum proto_state state;
     int64_t seq; /* submission order, across restarts */

@@ -77,7 +77,8 @@ enum proto_errcode {
     PROTO_E_CANCELED,
     PROTO_E_FAILED,              /* the job failed; also any code a client does not know */
     PROTO_E_INTERNAL,
-    PROTO_E_FORBIDDEN,           /* e.g. canceling another session's job */
+    PROTO_E_FORBIDDEN,           /* canceling another peer's job (jobs_may_cancel in the
+                                  * daemon is the policy); another peer's routing id */
     PROTO_E_UNAVAILABLE,         /* the daemon is stopping or the model is not loaded */
     PROTO_E_OUT_OF_MEMORY,       /* the job could not get the memory it needed */
     PROTO_E_EXPIRED,             /* the job existed; retention has removed it */
@@ -213,6 +214,12 @@ int proto_encode_request(msgpack_sbuffer *sb, const struct proto_request *req);
 
 /* ---- Reply payloads ---- */
 
+/* One of the daemon's own limits in hello's "limits" (its configuration's). */
+struct proto_limit {
+    const char *name;
+    uint64_t value;
+};
+
 struct proto_hello_reply {
     char server[PROTO_MAX_NAME + 1];    /* "focusd" */
     char version[PROTO_MAX_NAME + 1];   /* the daemon's version, e.g. "0.1.0" */
@@ -222,6 +229,8 @@ struct proto_hello_reply {
     uint32_t max_queue;                 /* jobs the daemon queues before answering busy */
     const char *const *models;          /* model names */
     size_t n_models;
+    const struct proto_limit *daemon_limits; /* encoded beside the protocol's; not decoded */
+    size_t n_daemon_limits;
 };
 
 struct proto_job_status {

@@ -99,10 +99,14 @@ int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
     };
     size_t nl = sizeof limits / sizeof *limits;
     proto_pack_cstr(&w.pk, "limits");
-    msgpack_pack_map(&w.pk, nl + 1);
+    msgpack_pack_map(&w.pk, nl + 1 + h->n_daemon_limits);
     for (size_t i = 0; i < nl; i++) {
         proto_pack_cstr(&w.pk, limits[i].name);
         msgpack_pack_int64(&w.pk, limits[i].value);
+    }
+    for (size_t i = 0; i < h->n_daemon_limits; i++) {
+        proto_pack_cstr(&w.pk, h->daemon_limits[i].name);
+        msgpack_pack_uint64(&w.pk, h->daemon_limits[i].value);
     }
     proto_pack_cstr(&w.pk, "guidance_max");
     msgpack_pack_double(&w.pk, PROTO_GUIDANCE_MAX);

@@ -99,7 +99,7 @@ def jobs_per_s(endpoint, clients, jobs_each):
 
 def main():
     with tempfile.TemporaryDirectory(prefix="focusd-bench-") as tmp:
-        p, ep = start(tmp, "--set", "max_queue=5000", "--set", "max_jobs_per_session=5000",
+        p, ep = start(tmp, "--set", "max_queue=5000", "--set", "max_jobs_per_peer=5000",
                       "--set", "batch_max=8")
         try:
             p50, p99 = ping_latency(ep)
