@@ -45,7 +45,7 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
 void jobs_emit(struct djob *j, const struct proto_event *ev);
 /* One event to one session (numbered for it). */
 void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *ev);
-void jobs_watch(struct djob *j, struct session *s);
+void jobs_watch(struct djob *j, struct session *s, bool png);
 /* Admits a durable job into its model's queue and the index (state queued). */
 void jobs_enqueue(struct djob *j, struct worker *w);
 /* The cancel policy, the one place it is written: a job may be canceled by the peer that
@@ -53,6 +53,14 @@ void jobs_enqueue(struct djob *j, struct worker *w);
  * and by no other; a job whose submitter was not recorded (stored by a version before
  * owners were) by any peer. */
 bool jobs_may_cancel(const struct store_job *j, const char *peer);
+/* Answers request id of session s with j's status when j ends or at deadline (monotonic),
+ * whichever comes first. */
+#define JOBS_WAITS_PER_SESSION 64
+void jobs_wait(struct djob *j, struct session *s, const struct proto_id *id, double deadline);
+/* Answers the waits whose deadline has passed; returns seconds to the next deadline (a
+ * large number when none). */
+double jobs_waits_due(double now);
+void jobs_waits_free(void);
 /* Ends a live job: persists its final state, tells its watchers, frees it. */
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
 void jobs_worker_event(struct wevent *e);

@@ -68,6 +68,7 @@ static void op_hello(struct session *s, const struct proto_request *r)
         {"session_timeout", (uint64_t)c->session_timeout},
         {"retention_age", (uint64_t)c->retention_age},
         {"retention_bytes", c->retention_bytes},
+        {"waits_per_session", JOBS_WAITS_PER_SESSION},
     };
     h.daemon_limits = limits;
     h.n_daemon_limits = sizeof limits / sizeof *limits;
@@ -140,8 +141,9 @@ static void op_submit(struct session *s, const struct proto_request *r)
     struct store_job sj = {0};
     sj.params = *in;
     snprintf(sj.params.model, sizeof sj.params.model, "%s", model);
-    sj.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    sj.params.set = PROTO_SUBMIT_PARAMS;
     sj.params.watch = false;
+    sj.params.png = false;
     /* No seed: a random one, 32 bits since the torch generator uses only those; the job's
      * status reports it, so the image can be made again. */
     uint32_t seed32;
@@ -208,7 +210,7 @@ static void op_submit(struct session *s, const struct proto_request *r)
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_submit(&D.sb, &r->id, j->sj.id));
     if (in->watch) {
-        jobs_watch(j, s);
+        jobs_watch(j, s, in->png);
         struct proto_event ev = {.kind = PROTO_EV_QUEUED};
         snprintf(ev.job, sizeof ev.job, "%s", j->sj.id);
         pthread_mutex_lock(&w->sm.lock);
@@ -239,7 +241,7 @@ static void op_job(struct session *s, const struct proto_request *r)
         if (r->op == PROTO_OP_CANCEL && !jobs_may_cancel(&j->sj, s->peer))
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
                                    "only the peer that submitted the job may cancel it");
-        if (r->op == PROTO_OP_WATCH) jobs_watch(j, s);
+        if (r->op == PROTO_OP_WATCH) jobs_watch(j, s, r->u.job.png);
         jobs_status(j, &st);
         if (r->op == PROTO_OP_CANCEL) {
             struct sched_model *m = j->model;
@@ -272,6 +274,7 @@ static void op_job(struct session *s, const struct proto_request *r)
 struct list_ctx {
     struct proto_job_status *st;
     size_t n;
+    int64_t last_seq, prev_seq; /* of the last row listed and of the one before it */
 };
 
 static void list_one(void *ctx, const struct store_job *sj)
@@ -283,19 +286,40 @@ static void list_one(void *ctx, const struct store_job *sj)
     else
         jobs_status_stored(sj, &lc->st[lc->n]);
     lc->n++;
+    lc->prev_seq = lc->last_seq;
+    lc->last_seq = sj->seq;
 }
 
+/* The caller's own jobs, newest first, a page at a time: the cursor names the seq the next
+ * page starts below. One more row than the page is read to know whether another follows. */
 static void op_jobs(struct session *s, const struct proto_request *r)
 {
-    struct list_ctx lc = {xcalloc(r->u.jobs.limit, sizeof *lc.st), 0};
+    struct store_filter f = {s->peer, r->u.jobs.has_state, r->u.jobs.state, 0};
+    const char *cur = r->u.jobs.cursor;
+    if (*cur) {
+        char *end;
+        long long seq = cur[0] == 'c' ? strtoll(cur + 1, &end, 10) : 0;
+        if (seq <= 0 || *end)
+            return ops_reply_error(s, &r->id, PROTO_E_BAD_FIELD, "cursor",
+                                   "not a cursor from a jobs reply's next");
+        f.before_seq = seq;
+    }
+    uint32_t limit = r->u.jobs.limit;
+    struct list_ctx lc = {xcalloc(limit + 1, sizeof *lc.st), 0, 0, 0};
     /* The store lags behind memory for live jobs; they are listed as they are now. */
-    int rc =
-        store_list(D.store, r->u.jobs.has_state, r->u.jobs.state, r->u.jobs.limit, list_one, &lc);
+    int rc = store_list(D.store, &f, limit + 1, list_one, &lc);
+    char next[PROTO_MAX_CURSOR + 1];
+    bool more = lc.n > limit;
+    if (more) {
+        lc.n = limit;
+        /* The next page starts below the last job of this one. */
+        snprintf(next, sizeof next, "c%lld", (long long)lc.prev_seq);
+    }
     msgpack_sbuffer_clear(&D.sb);
     if (rc)
         ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     else
-        finish_reply(s, &r->id, proto_reply_jobs(&D.sb, &r->id, lc.st, lc.n));
+        finish_reply(s, &r->id, proto_reply_jobs(&D.sb, &r->id, lc.st, lc.n, more ? next : NULL));
     free(lc.st);
 }
 
@@ -329,7 +353,7 @@ static void op_fetch(struct session *s, const struct proto_request *r)
         pi->height = sj->params.height;
         pi->seed = sj->params.seed;
         pi->params = sj->params;
-        pi->params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+        pi->params.set = PROTO_SUBMIT_PARAMS;
         snprintf(pi->job, sizeof pi->job, "%s", sj->id);
         memcpy(pi->sha256, img.sha256, 32);
         s->pending_bytes += img.bytes;
@@ -396,6 +420,29 @@ const struct proto_id *ops_request_id(const void *buf, size_t len)
     return &req.id;
 }
 
+/* A live job's status once it ends or the timeout passes; an ended job's at once. */
+static void op_wait(struct session *s, const struct proto_request *r)
+{
+    struct djob *j = sched_find(r->u.wait.job);
+    if (!j || r->u.wait.timeout <= 0) {
+        struct proto_request as_job = *r;
+        as_job.op = PROTO_OP_JOB;
+        snprintf(as_job.u.job.job, sizeof as_job.u.job.job, "%s", r->u.wait.job);
+        as_job.u.job.png = false;
+        return op_job(s, &as_job);
+    }
+    if (s->waits >= JOBS_WAITS_PER_SESSION) {
+        struct proto_error e = {.code = PROTO_E_BUSY};
+        snprintf(e.limit, sizeof e.limit, "waits_per_session");
+        snprintf(e.message, sizeof e.message, "this session has %d waits unanswered",
+                 JOBS_WAITS_PER_SESSION);
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_reply_refusal(&D.sb, &r->id, &e) == 0) send_sb(s);
+        return;
+    }
+    jobs_wait(j, s, &r->id, now_mono() + r->u.wait.timeout);
+}
+
 void ops_dispatch(struct session *s, const void *buf, size_t len)
 {
     struct proto_request *const r = &req;
@@ -428,6 +475,9 @@ void ops_dispatch(struct session *s, const void *buf, size_t len)
         break;
     case PROTO_OP_STATS:
         op_stats(s, r);
+        break;
+    case PROTO_OP_WAIT:
+        op_wait(s, r);
         break;
     case PROTO_OP_PING:
         msgpack_sbuffer_clear(&D.sb);

@@ -455,6 +455,7 @@ static int loop(bool retention_at_start)
 {
     double last_retention = now_mono(), last_expire = now_mono();
     bool waiting = false, retention_more = retention_at_start;
+    double due = 1e9; /* seconds to the next wait's deadline */
     for (;;) {
         zmq_pollitem_t items[6] = {
             {D.zap, 0, ZMQ_POLLIN, 0},
@@ -464,7 +465,7 @@ static int loop(bool retention_at_start)
             {D.router_ipc, 0, ZMQ_POLLIN, 0},
             {D.router_tcp, 0, ZMQ_POLLIN, 0},
         };
-        long timeout = waiting || retention_more ? 10 : 250;
+        long timeout = waiting || retention_more ? 10 : due < 0.25 ? (long)(due * 1000) + 1 : 250;
         if (zmq_poll(items, D.router_tcp ? 6 : 5, timeout) < 0 && errno != EINTR)
             return err_set(ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
         if (items[0].revents) zap_handle(D.zap);
@@ -485,6 +486,7 @@ static int loop(bool retention_at_start)
         if (D.router_tcp && items[5].revents) read_requests(D.router_tcp);
         if (store_commit(D.store) < 0)
             log_err("%s", err_msg()); /* the replies still go: their rows may be lost */
+        due = jobs_waits_due(now_mono());
         waiting = session_flush_all();
         double now = now_mono();
         watchdog(now);
@@ -519,6 +521,7 @@ static void cleanup(void)
         worker_free(w);
     }
     fetch_stop();
+    jobs_waits_free();
     store_close(D.store);
     session_free_all();
     if (D.router_ipc) zmq_close(D.router_ipc);

@@ -230,14 +230,21 @@ void djob_free(struct djob *j)
     if (!j) return;
     if (j->gj) engine_job_free(j->gj);
     free(j->watchers);
+    for (int i = 0; i < PROTO_COUNT_MAX; i++)
+        free(j->png[i]);
     free(j);
 }
 
-bool djob_add_watcher(struct djob *j, const char *session)
+bool djob_add_watcher(struct djob *j, const char *session, bool png)
 {
     for (size_t i = 0; i < j->n_watchers; i++)
-        if (strcmp(j->watchers[i], session) == 0) return false;
+        if (strcmp(j->watchers[i].session, session) == 0) {
+            j->watchers[i].png |= png;
+            return false;
+        }
     j->watchers = xrealloc(j->watchers, (j->n_watchers + 1) * sizeof *j->watchers);
-    snprintf(j->watchers[j->n_watchers++], PROTO_MAX_NAME + 1, "%s", session);
+    struct djob_watcher *w = &j->watchers[j->n_watchers++];
+    snprintf(w->session, sizeof w->session, "%s", session);
+    w->png = png;
     return true;
 }

@@ -42,10 +42,16 @@ struct djob {
     double t_start;                      /* monotonic seconds when it started */
     uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
     uint64_t bytes[PROTO_COUNT_MAX];
-    char (*watchers)[PROTO_MAX_NAME + 1]; /* sessions to tell; the reactor's */
+    uint8_t *png[PROTO_COUNT_MAX]; /* done: the files' bytes, kept for the done event */
+    struct djob_watcher *watchers; /* sessions to tell; the reactor's */
     size_t n_watchers;
     struct djob *qnext; /* in its session queue */
     struct djob *hnext; /* in the job index */
+};
+
+struct djob_watcher {
+    char session[PROTO_MAX_NAME + 1];
+    bool png; /* its done event carries the PNG files */
 };
 
 struct sched_queue {
@@ -88,7 +94,7 @@ size_t sched_index_count(void);
 
 struct djob *djob_new(const struct store_job *sj);
 void djob_free(struct djob *j);
-/* False when the session already watches the job. */
-bool djob_add_watcher(struct djob *j, const char *session);
+/* False when the session already watches the job (png then added to what it asked). */
+bool djob_add_watcher(struct djob *j, const char *session, bool png);
 
 #endif

@@ -89,9 +89,13 @@ struct session *session_get(void *sock, const void *rid, size_t rid_len, const c
 {
     for (struct session *s = sessions; s; s = s->next)
         if (s->sock == sock && s->rid_len == rid_len && memcmp(s->rid, rid, rid_len) == 0) {
-            if (peer && strcmp(peer, s->peer) != 0)
+            if (peer && strcmp(peer, s->peer) != 0) {
+                /* The routing id is on another connection now: nothing of the session's may
+                 * go there. */
+                mark_gone(s);
                 return refuse(e, PROTO_E_FORBIDDEN, "",
                               "this routing id is another peer's session; use another one");
+            }
             s->last_seen = now;
             return s;
         }
@@ -278,7 +282,8 @@ static void expire(double now, double timeout, bool all)
 {
     for (struct session **p = &sessions; *p;) {
         struct session *s = *p;
-        if (all || (now - s->last_seen > timeout && s->watching == 0 && s->fetching == 0)) {
+        if (all || (now - s->last_seen > timeout && s->watching == 0 && s->fetching == 0 &&
+                    s->waits == 0)) {
             *p = s->next;
             drop_queue(s);
             free(s);

@@ -34,6 +34,7 @@ struct session {
     bool gone;
     unsigned watching; /* live jobs it watches: kept while non-zero */
     unsigned fetching; /* fetch replies being read for it: kept while non-zero */
+    unsigned waits;    /* its wait requests not yet answered: kept while non-zero */
     size_t pending_bytes; /* their images' bytes, counted against client_buffer */
     struct outmsg *out_head, *out_tail;
     size_t out_bytes, out_count;

@@ -244,7 +244,7 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
     memset(j, 0, sizeof *j);
     struct proto_submit *p = &j->params;
     proto_submit_init(p);
-    p->set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    p->set = PROTO_SUBMIT_PARAMS;
     j->seq = sqlite3_column_int64(st, 0);
     copy_col(st, 1, j->id, sizeof j->id);
     copy_col(st, 2, j->session, sizeof j->session);
@@ -330,18 +330,20 @@ static int for_each(struct store *s, sqlite3_stmt *st,
     return r == SQLITE_DONE ? 0 : db_fail(s, "list");
 }
 
-int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t limit,
+int store_list(struct store *s, const struct store_filter *f, uint32_t limit,
                void (*fn)(void *ctx, const struct store_job *j), void *ctx)
 {
+    /* Unset filters match everything; with an owner the (owner, seq) index serves. */
     sqlite3_stmt *st;
     int rc = prepare(s,
-                     has_state ? "SELECT " JOB_COLUMNS " FROM jobs WHERE state=?1"
-                                 " ORDER BY seq DESC LIMIT ?2"
-                               : "SELECT " JOB_COLUMNS " FROM jobs ORDER BY seq DESC LIMIT ?2",
+                     "SELECT " JOB_COLUMNS " FROM jobs WHERE (?1 IS NULL OR owner=?1)"
+                     " AND (?2 IS NULL OR state=?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
                      &st);
     if (rc) return rc;
-    if (has_state) sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, (int)limit);
+    if (f->owner) sqlite3_bind_text(st, 1, f->owner, -1, SQLITE_STATIC);
+    if (f->has_state) sqlite3_bind_text(st, 2, proto_state_name(f->state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, f->before_seq > 0 ? f->before_seq : INT64_MAX);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)limit);
     return for_each(s, st, fn, ctx);
 }
 

@@ -51,8 +51,17 @@ int store_add_image(struct store *s, const char *job, uint32_t index, const char
 int store_get(struct store *s, const char *id, struct store_job *j); /* ERR_MISSING: none */
 int store_image(struct store *s, const char *job, uint32_t index, struct store_image *img);
 
-/* Calls fn for each job, newest first (has_state: only those in state), at most limit. */
-int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t limit,
+/* Which jobs store_list sees: owner NULL any, else that peer's; has_state: only those in
+ * state; before_seq > 0: only those submitted before that seq (a page after it). */
+struct store_filter {
+    const char *owner;
+    bool has_state;
+    enum proto_state state;
+    int64_t before_seq;
+};
+
+/* Calls fn for each job that f admits, newest first, at most limit. */
+int store_list(struct store *s, const struct store_filter *f, uint32_t limit,
                void (*fn)(void *ctx, const struct store_job *j), void *ctx);
 /* At start: running jobs go back to queued; then fn sees every queued job, oldest first. */
 int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job *j), void *ctx);

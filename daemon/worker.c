@@ -112,6 +112,10 @@ static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uin
         else {
             proto_sha256(buf, (size_t)st.st_size, j->sha256[index]);
             j->bytes[index] = (uint64_t)st.st_size;
+            /* Kept until the reactor has sent the done event, which may carry it. */
+            free(j->png[index]);
+            j->png[index] = buf;
+            buf = NULL;
         }
         free(buf);
     }

@@ -43,6 +43,9 @@
 #define PROTO_PRIORITY_MAX 10
 #define PROTO_JOBS_LIMIT_MAX 1000 /* most jobs one `jobs` reply lists */
 #define PROTO_JOBS_LIMIT_DEFAULT 100
+#define PROTO_WAIT_MAX 3600.0     /* seconds a wait may last */
+#define PROTO_WAIT_DEFAULT 60.0
+#define PROTO_MAX_CURSOR 64       /* bytes of a jobs cursor */
 
 /* Defaults the daemon applies to absent submit fields unless its configuration says otherwise
  * (those of the FOCUS model card). The decoder leaves absent fields unset in proto_submit.set. */
@@ -119,6 +122,7 @@ enum proto_op {
     PROTO_OP_MODELS,
     PROTO_OP_STATS,
     PROTO_OP_PING,
+    PROTO_OP_WAIT,
     PROTO_OP_COUNT
 };
 
@@ -149,8 +153,11 @@ enum {
     PROTO_SUBMIT_COUNT = 1u << 8,
     PROTO_SUBMIT_PRIORITY = 1u << 9,
     PROTO_SUBMIT_WATCH = 1u << 10,
-    PROTO_SUBMIT_ALL = (1u << 11) - 1,
+    PROTO_SUBMIT_PNG = 1u << 11,
+    PROTO_SUBMIT_ALL = (1u << 12) - 1,
 };
+/* The request-only fields, absent from a job's resolved params. */
+#define PROTO_SUBMIT_PARAMS (PROTO_SUBMIT_ALL & ~(uint32_t)(PROTO_SUBMIT_WATCH | PROTO_SUBMIT_PNG))
 
 /* Generation parameters: the submit request, and the resolved "params" of a job in replies
  * (where every field but watch is present). Unset fields hold the PROTO_DEFAULT_* values. */
@@ -167,6 +174,7 @@ struct proto_submit {
     uint32_t count;
     int32_t priority;
     bool watch;
+    bool png; /* with watch: the done event carries the PNG files */
 };
 
 /* Clears s and fills the defaults, with no field set. */
@@ -178,12 +186,14 @@ struct proto_request {
     union proto_op_params { /* submit first: proto_submit's offsets are the union's */
         struct { char client[PROTO_MAX_NAME + 1]; } hello;  /* "" when absent */
         struct proto_submit submit;
-        struct { char job[PROTO_MAX_NAME + 1]; } job;       /* watch, cancel, job */
+        struct { char job[PROTO_MAX_NAME + 1]; bool png; } job; /* watch (png), cancel, job */
         struct {
             bool has_state;
             enum proto_state state;
             uint32_t limit;                                /* 1..PROTO_JOBS_LIMIT_MAX */
+            char cursor[PROTO_MAX_CURSOR + 1];             /* "" : from the newest */
         } jobs;
+        struct { char job[PROTO_MAX_NAME + 1]; double timeout; } wait;
         struct { char job[PROTO_MAX_NAME + 1]; uint32_t index; } fetch; /* index 0..count-1 */
     } u;
 };
@@ -285,8 +295,9 @@ int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const cha
 /* The reply of watch, cancel and job: the job's status. */
 int proto_reply_job(msgpack_sbuffer *sb, const struct proto_id *id,
                     const struct proto_job_status *st);
+/* next: the cursor of the following page, NULL when this one is the last. */
 int proto_reply_jobs(msgpack_sbuffer *sb, const struct proto_id *id,
-                     const struct proto_job_status *jobs, size_t n);
+                     const struct proto_job_status *jobs, size_t n, const char *next);
 int proto_reply_fetch(msgpack_sbuffer *sb, const struct proto_id *id,
                       const struct proto_image *img);
 int proto_reply_models(msgpack_sbuffer *sb, const struct proto_id *id,
@@ -317,6 +328,11 @@ struct proto_event {
     enum proto_event_kind kind;
     char job[PROTO_MAX_NAME + 1];
     uint64_t seq;
+    /* done, encoding only: n_png > 0 adds "png" (array of bin) and "sha256" (of bin 32). */
+    const uint8_t *const *png;
+    const size_t *png_len;
+    const uint8_t (*png_sha256)[32];
+    uint32_t n_png;
     uint32_t position;
     uint32_t step, steps;
     double elapsed, eta; /* seconds since the job started; estimated seconds left */

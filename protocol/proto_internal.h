@@ -66,6 +66,10 @@ int proto_event_parse_name(const char *s, size_t len);
 int proto_fail(struct proto_error *perr, enum proto_errcode code, const char *field,
                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
+/* Refuses a key that occurs twice in any map of o (the top level or nested) as bad_field
+ * naming it. */
+int proto_check_unique_keys(const msgpack_object *o, struct proto_error *perr);
+
 /* The value under key in map, or NULL; *dup set when the key occurs more than once. */
 const msgpack_object *proto_map_get(const msgpack_object *map, const char *key, bool *dup);
 

@@ -125,7 +125,7 @@ int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const cha
 
 static void pack_params(msgpack_packer *pk, const struct proto_submit *p)
 {
-    uint32_t set = PROTO_SUBMIT_ALL & ~PROTO_SUBMIT_WATCH;
+    uint32_t set = PROTO_SUBMIT_PARAMS;
     proto_pack_cstr(pk, "params");
     msgpack_pack_map(pk, proto_table_count(&proto_submit_table, set));
     proto_table_encode(&proto_submit_table, p, set, pk);
@@ -157,16 +157,20 @@ int proto_reply_job(msgpack_sbuffer *sb, const struct proto_id *id,
 }
 
 int proto_reply_jobs(msgpack_sbuffer *sb, const struct proto_id *id,
-                     const struct proto_job_status *jobs, size_t n)
+                     const struct proto_job_status *jobs, size_t n, const char *next)
 {
     struct proto_writer w;
     proto_writer_init(&w, sb);
-    pack_ok_header(&w, id, 1);
+    pack_ok_header(&w, id, 1 + (next != NULL));
     proto_pack_cstr(&w.pk, "jobs");
     msgpack_pack_array(&w.pk, n);
     for (size_t i = 0; i < n; i++) {
         msgpack_pack_map(&w.pk, status_pairs(&jobs[i]));
         pack_status_pairs(&w.pk, &jobs[i]);
+    }
+    if (next) {
+        proto_pack_cstr(&w.pk, "next");
+        proto_pack_cstr(&w.pk, next);
     }
     return proto_writer_finish(&w);
 }
@@ -236,7 +240,8 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
     bool failed = ev->kind == PROTO_EV_FAILED;
     struct proto_writer w;
     proto_writer_init(&w, sb);
-    msgpack_pack_map(&w.pk, 2 + proto_table_count(&proto_event_table, bits) + failed);
+    bool pngs = ev->kind == PROTO_EV_DONE && ev->n_png > 0;
+    msgpack_pack_map(&w.pk, 2 + proto_table_count(&proto_event_table, bits) + failed + 2 * pngs);
     proto_pack_cstr(&w.pk, "v");
     msgpack_pack_uint32(&w.pk, PROTO_VERSION);
     proto_pack_cstr(&w.pk, "event");
@@ -245,6 +250,16 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
     if (failed) {
         proto_pack_cstr(&w.pk, "error");
         pack_error_map(&w.pk, ev->error.code, ev->error.field, ev->error.message, NULL);
+    }
+    if (pngs) {
+        proto_pack_cstr(&w.pk, "png");
+        msgpack_pack_array(&w.pk, ev->n_png);
+        for (uint32_t i = 0; i < ev->n_png; i++)
+            msgpack_pack_bin_with_body(&w.pk, ev->png[i], ev->png_len[i]);
+        proto_pack_cstr(&w.pk, "sha256");
+        msgpack_pack_array(&w.pk, ev->n_png);
+        for (uint32_t i = 0; i < ev->n_png; i++)
+            msgpack_pack_bin_with_body(&w.pk, ev->png_sha256[i], 32);
     }
     return proto_writer_finish(&w);
 }
@@ -371,7 +386,7 @@ static int parse_incoming(const void *buf, size_t len, struct proto_incoming *in
         return proto_fail(perr, PROTO_E_BAD_MESSAGE, NULL, "MessagePack decoding failed (%d)",
                           (int)ur);
     rc = proto_check_version(&in->body, perr);
-    if (rc)
+    if (rc || (rc = proto_check_unique_keys(&in->body, perr)))
         return rc;
     bool dup;
     const msgpack_object *name = proto_map_get(&in->body, "event", &dup);

@@ -141,3 +141,12 @@ def test_hello_lists_every_limit(daemon):
                 "max_request", "jobs_limit_max"):
         assert key in lim, key
     assert lim["max_frame"] == 16 << 20 and lim["max_request"] == 65536
+
+
+def test_jobs_lists_only_the_callers_own(curve):
+    curve()
+    a, a2, b = curve.connect(0), curve.connect(0), curve.connect(1)
+    ja = call(a, "submit", prompt="a's", **TINY)["job"]
+    jb = call(b, "submit", prompt="b's", **TINY)["job"]
+    assert [j["job"] for j in call(a2, "jobs")["jobs"]] == [ja]
+    assert [j["job"] for j in call(b, "jobs")["jobs"]] == [jb]

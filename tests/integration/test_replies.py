@@ -3,12 +3,14 @@ without reading gets a busy answer for each request it sent past it, an over-siz
 answered bad_message and the session goes on, and events carry a per-session sequence number
 that shows a client what it missed."""
 
+import hashlib
 import time
 
 import msgpack
+import pytest
 import zmq
 
-from conftest import TINY, wait_state
+from conftest import TINY, focusd_client, wait_state
 
 
 def dealer(endpoint, **opts):
@@ -103,3 +105,66 @@ def test_event_sequence_numbers(daemon):
     assert evb and evb[0]["seq"] == 1
     assert [e["seq"] for e in evb] == list(range(1, len(evb) + 1))
     assert wait_state(a, j2)["state"] == "done"
+
+
+def test_wait_answers_at_the_end_or_the_timeout(make_daemon):
+    d = make_daemon(args=["--set", "batch_max=1"])
+    c = d.client()
+    quick = c.submit("quick", **TINY)
+    st = c.wait(quick, timeout=60)
+    assert st["state"] == "done" and st["images"] == 1
+    # Ended already: at once.
+    t = time.monotonic()
+    assert c.wait(quick, timeout=30)["state"] == "done"
+    assert time.monotonic() - t < 1.0
+    slow = c.submit("slow", steps=200, width=64, height=64)
+    t = time.monotonic()
+    st = c.wait(slow, timeout=0.5)
+    assert 0.4 < time.monotonic() - t < 3.0 and st["state"] in ("queued", "running")
+    # Another client's cancel ends the wait of the first with the final status.
+    other = d.client()
+    c._sock.send(msgpack.packb({"v": 1, "id": "w", "op": "wait", "job": slow, "timeout": 60.0}))
+    time.sleep(0.3)
+    other.cancel(slow)
+    assert c._sock.poll(10000)
+    r = msgpack.unpackb(c._sock.recv(), raw=False)
+    assert r["id"] == "w" and r["state"] == "canceled"
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.wait("jnosuchjob", timeout=1)
+    assert e.value.code == "not_found"
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.request("wait", job=quick, timeout=4000.0)
+    assert (e.value.code, e.value.field) == ("bad_field", "timeout")
+
+
+def test_done_event_carries_the_png_when_asked(daemon):
+    c = daemon.client()
+    job = c.submit("delivered with its event", seed=5, count=2, watch=True, png=True, **TINY)
+    plain = daemon.client()
+    plain.watch(job)
+    done = list(c.events(job, timeout=30))[-1]
+    assert done["event"] == "done" and len(done["png"]) == 2 and len(done["sha256"]) == 2
+    for i in range(2):
+        img = c.fetch(job, i)
+        assert done["png"][i] == img["png"]
+        assert done["sha256"][i] == hashlib.sha256(img["png"]).digest()
+    # A watcher that did not ask gets the plain event.
+    assert "png" not in list(plain.events(job, timeout=30))[-1]
+
+
+def test_jobs_lists_own_jobs_in_pages(daemon):
+    c = daemon.client()
+    mine = [c.submit(f"page {i}", seed=i, **TINY) for i in range(5)]
+    seen, cursor, pages = [], None, 0
+    while True:
+        page, cursor = c.jobs_page(limit=2, cursor=cursor)
+        seen += [j["job"] for j in page]
+        pages += 1
+        if cursor is None:
+            break
+    assert seen == mine[::-1] and pages == 3
+    with pytest.raises(focusd_client.FocusdError) as e:
+        c.jobs(cursor="bogus")
+    assert (e.value.code, e.value.field) == ("bad_field", "cursor")
+    for j in mine:
+        wait_state(c, j)
