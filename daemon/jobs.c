@@ -62,12 +62,24 @@ void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *e
     struct proto_event e = *ev;
     e.seq = ++s->event_seq;
     msgpack_sbuffer_clear(&D.sb);
-    if (proto_event_encode(&D.sb, &e) < 0) {
+    int rc = proto_event_encode(&D.sb, &e);
+    if (rc < 0 && e.n_png) { /* no memory for the images: the event without them */
+        e.n_png = 0;
+        msgpack_sbuffer_clear(&D.sb);
+        rc = proto_event_encode(&D.sb, &e);
+    }
+    if (rc < 0) {
         log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind), err_msg());
         return;
     }
-    session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
-                 D.cfg->client_buffer);
+    if (session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
+                     D.cfg->client_buffer) < 0 &&
+        e.n_png) {
+        e.n_png = 0;
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_event_encode(&D.sb, &e) == 0)
+            session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
+    }
 }
 
 void jobs_emit(struct djob *j, const struct proto_event *ev)

@@ -20,6 +20,15 @@ static void send_sb(struct session *s)
     session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
 }
 
+/* A reply too large to queue now is answered out_of_memory instead: small enough to queue. */
+static void send_or_refuse(struct session *s, const struct proto_id *id, const void *buf,
+                           size_t len)
+{
+    if (session_send(s, buf, len, NULL, D.cfg->client_buffer) == 0) return;
+    log_err("%s", err_msg());
+    ops_reply_error(s, id, PROTO_E_OUT_OF_MEMORY, "", "no memory to queue the reply now");
+}
+
 void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
                      const char *field, const char *message)
 {
@@ -32,7 +41,7 @@ void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_er
 static void finish_reply(struct session *s, const struct proto_id *id, int rc)
 {
     if (rc == 0) {
-        send_sb(s);
+        send_or_refuse(s, id, D.sb.data, D.sb.size);
         return;
     }
     char msg[PROTO_MAX_TEXT + 1];
@@ -369,7 +378,7 @@ void ops_fetched(struct fetch_task *t)
     if (!s) return;
     s->pending_bytes -= t->img.png_len;
     s->fetching--;
-    session_send(s, t->reply, t->reply_len, NULL, D.cfg->client_buffer);
+    send_or_refuse(s, &t->id, t->reply, t->reply_len);
 }
 
 static void op_models(struct session *s, const struct proto_request *r)

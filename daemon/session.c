@@ -1,6 +1,7 @@
 /* Client sessions and their non-blocking outbound queues; see session.h. */
 #include "daemon/session.h"
 
+#include "common/err.h"
 #include "common/xalloc.h"
 #include "daemon/log.h"
 
@@ -142,9 +143,11 @@ struct session *session_by_name(const char *name)
     return NULL;
 }
 
-static void enqueue(struct session *s, const void *buf, size_t len, const char *job)
+/* A message may be an image of megabytes: its copy is allowed to fail. */
+static int enqueue(struct session *s, const void *buf, size_t len, const char *job)
 {
-    struct outmsg *m = xmalloc(sizeof *m + len);
+    struct outmsg *m = malloc(sizeof *m + len);
+    if (!m) return err_set(ERR_NOMEM, "session %s: no memory to queue %zu bytes", s->name, len);
     m->next = NULL;
     snprintf(m->job, sizeof m->job, "%s", job ? job : "");
     m->len = len;
@@ -156,12 +159,13 @@ static void enqueue(struct session *s, const void *buf, size_t len, const char *
     s->out_tail = m;
     s->out_bytes += len;
     s->out_count++;
+    return 0;
 }
 
-void session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
-                  size_t limit)
+int session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
+                 size_t limit)
 {
-    if (s->gone) return;
+    if (s->gone) return 0;
     if (progress_job) {
         for (struct outmsg **p = &s->out_head; *p; p = &(*p)->next) {
             struct outmsg *m = *p;
@@ -173,11 +177,11 @@ void session_send(struct session *s, const void *buf, size_t len, const char *pr
             memcpy(n->data, buf, len);
             if (s->out_tail == m) s->out_tail = n;
             *p = n;
-            return;
+            return 0;
         }
-        if (s->out_bytes + len > limit) return;
+        if (s->out_bytes + len > limit) return 0;
     }
-    enqueue(s, buf, len, progress_job);
+    return enqueue(s, buf, len, progress_job);
 }
 
 /* Sends the busy answers of the backlog, in order, while the peer takes them. */

@@ -63,8 +63,8 @@ struct session *session_by_name(const char *name);
 /* Queues one message; session_flush_all() sends it, which the reactor calls only after the
  * turn's store commit, so that no reply runs ahead of what it announces. progress_job:
  * non-NULL for a progress event of that job (coalesced, droppable). */
-void session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
-                  size_t limit);
+int session_send(struct session *s, const void *buf, size_t len, const char *progress_job,
+                 size_t limit); /* ERR_NOMEM: no memory to queue it, nothing queued */
 /* Retries every waiting queue; returns true when something is still waiting. */
 bool session_flush_all(void);
 /* True when the peer has more unsent output than limit, or busy answers still waiting: its

@@ -75,9 +75,9 @@ enum proto_errcode {
     PROTO_E_UNKNOWN_OP,
     PROTO_E_BAD_FIELD,           /* missing, wrong type, out of range; field names it */
     PROTO_E_NOT_FOUND,           /* no such job, image or model */
-    PROTO_E_BUSY,                /* queue full; retry later */
+    PROTO_E_BUSY,                /* a limit reached, named by error.limit; retry later */
     PROTO_E_TOO_LARGE,           /* the job can never fit on any device */
-    PROTO_E_CANCELED,
+    PROTO_E_CANCELED,            /* only in a canceled job's status, never a reply's error */
     PROTO_E_FAILED,              /* the job failed; also any code a client does not know */
     PROTO_E_INTERNAL,
     PROTO_E_FORBIDDEN,           /* canceling another peer's job (jobs_may_cancel in the

@@ -183,6 +183,17 @@ def wait_state(client, job, states=("done",), timeout=60.0):
                     what=f"job {job} in {states}")
 
 
+def wait_expired(client, job, timeout=10.0):
+    """Waits until retention has removed job: its status then answers expired."""
+    def expired():
+        try:
+            client.job(job)
+            return False
+        except focusd_client.FocusdError as e:
+            return e.code == "expired"
+    wait_for(expired, timeout, what=f"job {job} expired")
+
+
 def notify_socket(path):
     """A datagram socket bound where NOTIFY_SOCKET will point, as systemd's is."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import MODEL, TINY, fault_env, focusd_client, wait_for, wait_state
+from conftest import MODEL, TINY, fault_env, focusd_client, wait_expired, wait_for, wait_state
 
 
 @pytest.fixture
@@ -50,14 +50,7 @@ def test_retention_deletes_files_only_after_commit(make_daemon, faults):
     st = c.job(j)
     assert os.path.exists(path) and st["images"] == 1
     assert c.fetch(j)["png"]
-
-    def expired():
-        try:
-            c.job(j)
-            return False
-        except focusd_client.FocusdError as e:
-            return e.code == "expired"
-    wait_for(expired, timeout=10, what="retention after the disk came back")
+    wait_expired(c, j)  # once the disk has come back
     assert not os.path.exists(path)
 
 
@@ -95,7 +88,7 @@ def test_retention_removes_a_backlog_in_bounded_batches(make_daemon):
     c = d.client()
     t = time.monotonic()
     c.ping()
-    assert time.monotonic() - t < 1.0
+    assert time.monotonic() - t < 3.0  # a few batches' commits at most, on a loaded disk
     wait_for(lambda: c.stats()["done"] == 0, timeout=30, what="the backlog removed")
     assert "256 finished job(s) removed; more next turn" in d.read_log()
     assert not os.listdir(os.path.join(d.state, "images"))

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import FOCUSD, MODEL, TINY, notify_socket, wait_for, wait_state, focusd_client
+from conftest import (FOCUSD, MODEL, TINY, focusd_client, notify_socket, wait_expired, wait_for,
+                      wait_state)
 
 
 def test_kill9_mid_queue_then_restart(make_daemon):
@@ -98,14 +99,7 @@ def test_retention_by_age(make_daemon):
     wait_state(c, j)
     path = os.path.join(d.state, "images", f"{j}-0.png")
     assert os.path.exists(path)
-
-    def gone():
-        try:
-            c.job(j)
-            return False
-        except focusd_client.FocusdError as e:
-            return e.code == "expired"
-    wait_for(gone, timeout=10, what="retention")
+    wait_expired(c, j)
     assert not os.path.exists(path)
     # Its own code, not that of an id that never was.
     with pytest.raises(focusd_client.FocusdError) as e:
@@ -123,14 +117,7 @@ def test_retention_by_size(make_daemon):
     wait_state(c, a)
     b = c.submit("second", **TINY)
     wait_state(c, b)
-
-    def first_gone():
-        try:
-            c.job(a)
-            return False
-        except focusd_client.FocusdError as e:
-            return e.code == "expired"
-    wait_for(first_gone, timeout=10, what="size retention")
+    wait_expired(c, a)
 
 
 def test_sd_notify(make_daemon, workdir):
