@@ -210,8 +210,8 @@ static void read_requests(void *sock)
         struct session_limits lim = {D.cfg->max_sessions, D.cfg->max_sessions_per_peer,
                                      D.cfg->session_timeout};
         struct proto_error refusal;
-        struct session *s = session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid),
-                                        peer ? peer : "", now, &lim, &refusal);
+        struct session *s =
+            session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid), peer, now, &lim, &refusal);
         struct proto_id none = {.kind = PROTO_ID_NONE};
         if (s) s->gone = false;
         if (!s) {
