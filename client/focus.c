@@ -28,6 +28,7 @@ int fc_exit_for_code(enum proto_errcode code)
     case PROTO_E_BAD_FIELD:
         return FC_EXIT_USAGE;
     case PROTO_E_NOT_FOUND:
+    case PROTO_E_EXPIRED:
         return FC_EXIT_NOT_FOUND;
     case PROTO_E_BUSY:
     case PROTO_E_TOO_LARGE:
@@ -38,6 +39,7 @@ int fc_exit_for_code(enum proto_errcode code)
         return FC_EXIT_CANCELED;
     case PROTO_E_FAILED:
     case PROTO_E_INTERNAL:
+    case PROTO_E_OUT_OF_MEMORY:
     case PROTO_E_COUNT:
         break;
     }

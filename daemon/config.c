@@ -54,7 +54,9 @@ static const struct key_def keys[] = {
     {"text_device", K_TEXT_DEVICE, OFF(text_on_cpu), 0, 0, 0},
     {"default_model", K_STR_OFF, OFF(default_model), 0, 0, 0},
     {"max_queue", K_U32, OFF(max_queue), 0, 1, 1000000},
-    {"max_jobs_per_session", K_U32, OFF(max_jobs_per_session), 0, 1, 1000000},
+    {"max_jobs_per_peer", K_U32, OFF(max_jobs_per_peer), 0, 1, 1000000},
+    {"max_sessions", K_U32, OFF(max_sessions), 0, 1, 1000000},
+    {"max_sessions_per_peer", K_U32, OFF(max_sessions_per_peer), 0, 1, 1000000},
     {"batch_max", K_U32, OFF(batch_max), 0, 1, 64},
     {"max_job_pixels", K_SIZE, OFF(max_job_pixels), 0, 0, 0},
     {"memory_limit", K_SIZE, OFF(memory_limit), 0, 0, 0},
@@ -62,6 +64,7 @@ static const struct key_def keys[] = {
     {"retention_bytes", K_SIZE, OFF(retention_bytes), 0, 0, 0},
     {"retention_interval", K_DURATION, OFF(retention_interval), 0, 0, 0},
     {"client_buffer", K_SIZE, OFF(client_buffer), 0, 0, 0},
+    {"client_backlog", K_U32, OFF(client_backlog), 0, 1, 10000000},
     {"session_timeout", K_DURATION, OFF(session_timeout), 0, 0, 0},
     {"log_level", K_LEVEL, OFF(log_level), 0, 0, 0},
 };
@@ -76,13 +79,16 @@ static void config_defaults(struct config *c)
     c->device = xstrdup("auto");
     c->precision = xstrdup("auto");
     c->max_queue = 1000;
-    c->max_jobs_per_session = 200;
+    c->max_jobs_per_peer = 200;
+    c->max_sessions = 4096;
+    c->max_sessions_per_peer = 256;
     c->batch_max = 4;
     c->max_job_pixels = 4u * 1024u * 1024u;
     c->retention_age = 7 * 86400.0;
     c->retention_bytes = 10ull << 30;
     c->retention_interval = 300.0;
     c->client_buffer = 16u << 20;
+    c->client_backlog = 100000;
     c->session_timeout = 600.0;
     c->log_level = LOG_INFO;
 }

@@ -35,14 +35,17 @@ struct config {
     bool text_on_cpu;    /* text_device = cpu: the text encoders on the CPU */
     char *default_model; /* NULL: the first model */
     uint32_t max_queue;  /* queued jobs before submit answers busy */
-    uint32_t max_jobs_per_session;
+    uint32_t max_jobs_per_peer;    /* queued jobs of one peer (uid or CURVE key) */
+    uint32_t max_sessions;         /* sessions in all */
+    uint32_t max_sessions_per_peer;
     uint32_t batch_max;        /* compatible jobs advanced by one engine_step */
     uint64_t max_job_pixels;   /* width * height * count above which submit is too_large */
     uint64_t memory_limit;     /* device bytes a model and one job may take; 0: the device's */
     double retention_age;      /* seconds a finished job and its images are kept; 0: forever */
     uint64_t retention_bytes;  /* total image bytes kept; 0: no limit */
     double retention_interval; /* seconds between retention passes */
-    uint64_t client_buffer;    /* bytes queued towards one slow client */
+    uint64_t client_buffer;    /* bytes queued towards one slow client before busy answers */
+    uint32_t client_backlog;   /* busy answers waiting for one client before all are dropped */
     double session_timeout;    /* seconds after which an idle client's session is forgotten */
     int log_level;
     struct config_model *models;

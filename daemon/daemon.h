@@ -15,6 +15,10 @@
 #include <msgpack.h>
 #include <stdbool.h>
 
+/* The most bytes of one frame the sockets read (ZMQ_MAXMSGSIZE): above PROTO_MAX_REQUEST, so
+ * that an over-size request is answered; past it libzmq drops the connection. */
+#define DAEMON_MAX_FRAME (16u << 20)
+
 struct daemon {
     struct config *cfg;
     const struct config_overrides *ov;
@@ -39,9 +43,24 @@ struct worker *daemon_worker(const char *model); /* a configured, not retiring m
 void jobs_status(const struct djob *j, struct proto_job_status *st);
 void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st);
 void jobs_emit(struct djob *j, const struct proto_event *ev);
-void jobs_watch(struct djob *j, struct session *s);
+/* One event to one session (numbered for it). */
+void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *ev);
+void jobs_watch(struct djob *j, struct session *s, bool png);
 /* Admits a durable job into its model's queue and the index (state queued). */
 void jobs_enqueue(struct djob *j, struct worker *w);
+/* The cancel policy, the one place it is written: a job may be canceled by the peer that
+ * submitted it (the same uid on ipc, the same CURVE key on tcp), from any of its sessions,
+ * and by no other; a job whose submitter was not recorded (stored by a version before
+ * owners were) by any peer. */
+bool jobs_may_cancel(const struct store_job *j, const char *peer);
+/* Answers request id of session s with j's status when j ends or at deadline (monotonic),
+ * whichever comes first. */
+#define JOBS_WAITS_PER_SESSION 64
+void jobs_wait(struct djob *j, struct session *s, const struct proto_id *id, double deadline);
+/* Answers the waits whose deadline has passed; returns seconds to the next deadline (a
+ * large number when none). */
+double jobs_waits_due(double now);
+void jobs_waits_free(void);
 /* Ends a live job: persists its final state, tells its watchers, frees it. */
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
 void jobs_worker_event(struct wevent *e);
@@ -54,7 +73,12 @@ void jobs_counts(uint32_t *queued, uint32_t *running);
 void jobs_release_worker(struct worker *w);
 
 /* ops.c: one request from a session. */
-void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user);
+void ops_dispatch(struct session *s, const void *buf, size_t len);
+struct fetch_task;
+/* A fetch the fetch thread has finished: its reply goes to its session, if still there. */
+void ops_fetched(struct fetch_task *t);
+/* The id of a request frame, for a reply that does not serve it (kind NONE when unreadable). */
+const struct proto_id *ops_request_id(const void *buf, size_t len);
 void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
                      const char *field, const char *message);
 

@@ -5,9 +5,11 @@
 #include "daemon/daemon.h"
 
 #include "common/err.h"
+#include "common/xalloc.h"
 #include "daemon/log.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct worker *daemon_worker(const char *model)
@@ -40,7 +42,7 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
     st->started = sj->started;
     st->finished = sj->finished;
     st->params = sj->params;
-    st->params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    st->params.set = PROTO_SUBMIT_PARAMS;
     st->error = sj->error;
 }
 
@@ -54,24 +56,58 @@ void jobs_status(const struct djob *j, struct proto_job_status *st)
     pthread_mutex_unlock(&m->lock);
 }
 
-void jobs_emit(struct djob *j, const struct proto_event *ev)
+void jobs_emit_to(struct djob *j, struct session *s, const struct proto_event *ev)
 {
+    /* Numbered before it is queued: one coalesced or dropped leaves a gap in the seqs. */
+    struct proto_event e = *ev;
+    e.seq = ++s->event_seq;
     msgpack_sbuffer_clear(&D.sb);
-    if (proto_event_encode(&D.sb, ev) < 0) {
+    int rc = proto_event_encode(&D.sb, &e);
+    if (rc < 0 && e.n_png) { /* no memory for the images: the event without them */
+        e.n_png = 0;
+        msgpack_sbuffer_clear(&D.sb);
+        rc = proto_event_encode(&D.sb, &e);
+    }
+    if (rc < 0) {
         log_err("job %s: encoding a %s event: %s", j->sj.id, proto_event_name(ev->kind), err_msg());
         return;
     }
-    for (size_t i = 0; i < j->n_watchers; i++) {
-        struct session *s = session_by_name(j->watchers[i]);
-        if (s)
-            session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
-                         D.cfg->client_buffer);
+    if (session_send(s, D.sb.data, D.sb.size, ev->kind == PROTO_EV_PROGRESS ? j->sj.id : NULL,
+                     D.cfg->client_buffer) < 0 &&
+        e.n_png) {
+        e.n_png = 0;
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_event_encode(&D.sb, &e) == 0)
+            session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
     }
 }
 
-void jobs_watch(struct djob *j, struct session *s)
+void jobs_emit(struct djob *j, const struct proto_event *ev)
 {
-    if (djob_add_watcher(j, s->name)) s->watching++;
+    /* A done event with the images, for the watchers that asked, while the frame limit
+     * allows; without them the client fetches. */
+    struct proto_event with = *ev;
+    const uint8_t *png[PROTO_COUNT_MAX];
+    size_t len[PROTO_COUNT_MAX], total = 0;
+    for (uint32_t i = 0; ev->kind == PROTO_EV_DONE && i < j->sj.images && j->png[i]; i++) {
+        png[i] = j->png[i];
+        len[i] = j->bytes[i];
+        total += len[i];
+        with.n_png = i + 1;
+    }
+    if (with.n_png != j->sj.images || total > PROTO_MAX_SERVER - 65536) with.n_png = 0;
+    with.png = png;
+    with.png_len = len;
+    with.png_sha256 = (const uint8_t(*)[32])j->sha256;
+    for (size_t i = 0; i < j->n_watchers; i++) {
+        struct session *s = session_by_name(j->watchers[i].session);
+        if (s) jobs_emit_to(j, s, j->watchers[i].png ? &with : ev);
+    }
+}
+
+void jobs_watch(struct djob *j, struct session *s, bool png)
+{
+    if (djob_add_watcher(j, s->name, png)) s->watching++;
 }
 
 void jobs_enqueue(struct djob *j, struct worker *w)
@@ -94,9 +130,93 @@ static void event_init(struct proto_event *ev, enum proto_event_kind kind, const
 static void unwatch_all(struct djob *j)
 {
     for (size_t i = 0; i < j->n_watchers; i++) {
-        struct session *s = session_by_name(j->watchers[i]);
+        struct session *s = session_by_name(j->watchers[i].session);
         if (s && s->watching) s->watching--;
     }
+}
+
+/* Waits in arrival order; at most JOBS_WAITS_PER_SESSION per session, so the list stays
+ * short enough to scan. */
+struct wait {
+    char session[PROTO_MAX_NAME + 1];
+    char job[PROTO_MAX_NAME + 1];
+    struct proto_id id;
+    double deadline;
+    struct wait *next;
+};
+static struct wait *waits;
+
+void jobs_wait(struct djob *j, struct session *s, const struct proto_id *id, double deadline)
+{
+    struct wait *w = xcalloc(1, sizeof *w);
+    snprintf(w->session, sizeof w->session, "%s", s->name);
+    snprintf(w->job, sizeof w->job, "%s", j->sj.id);
+    w->id = *id;
+    w->deadline = deadline;
+    w->next = waits;
+    waits = w;
+    s->waits++;
+}
+
+/* Answers and frees the waits that pick selects (st: the status to answer with; NULL: the
+ * live job's, read now). */
+static void answer_waits(bool (*pick)(const struct wait *w, const void *arg), const void *arg,
+                         const struct proto_job_status *st)
+{
+    for (struct wait **p = &waits; *p;) {
+        struct wait *w = *p;
+        if (!pick(w, arg)) {
+            p = &w->next;
+            continue;
+        }
+        *p = w->next;
+        struct session *s = session_by_name(w->session);
+        struct proto_job_status now;
+        struct djob *j = st ? NULL : sched_find(w->job);
+        if (j) jobs_status(j, &now);
+        if (s && (st || j)) {
+            s->waits--;
+            msgpack_sbuffer_clear(&D.sb);
+            if (proto_reply_job(&D.sb, &w->id, st ? st : &now) == 0)
+                session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
+        } else if (s) {
+            s->waits--;
+        }
+        free(w);
+    }
+}
+
+static bool wait_for_job(const struct wait *w, const void *job)
+{
+    return strcmp(w->job, job) == 0;
+}
+
+static bool wait_due(const struct wait *w, const void *now)
+{
+    return w->deadline <= *(const double *)now;
+}
+
+double jobs_waits_due(double now)
+{
+    answer_waits(wait_due, &now, NULL);
+    double next = 1e9;
+    for (struct wait *w = waits; w; w = w->next)
+        if (w->deadline - now < next) next = w->deadline - now;
+    return next;
+}
+
+void jobs_waits_free(void)
+{
+    while (waits) {
+        struct wait *w = waits;
+        waits = w->next;
+        free(w);
+    }
+}
+
+bool jobs_may_cancel(const struct store_job *j, const char *peer)
+{
+    return !j->owner[0] || strcmp(j->owner, peer) == 0;
 }
 
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err)
@@ -115,6 +235,9 @@ void jobs_finish(struct djob *j, enum proto_state state, const struct proto_erro
     ev.elapsed = j->sj.started > 0 ? j->sj.finished - j->sj.started : 0;
     if (err) ev.error = *err;
     jobs_emit(j, &ev);
+    struct proto_job_status st;
+    jobs_status_stored(&j->sj, &st);
+    answer_waits(wait_for_job, j->sj.id, &st);
     log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
             proto_state_name(state), err ? ": " : "", err ? err->message : "");
     unwatch_all(j);
@@ -214,8 +337,10 @@ int jobs_recover(struct worker *w, bool at_start)
 {
     struct recover_ctx ctx = {w, 0, 0};
     int rc = at_start ? store_recover(D.store, recover_one, &ctx)
-                      : store_list(D.store, true, PROTO_STATE_QUEUED, UINT32_MAX >> 1, recover_one,
-                                   &ctx);
+                      : store_list(D.store,
+                                   &(struct store_filter){.has_state = true,
+                                                          .state = PROTO_STATE_QUEUED},
+                                   UINT32_MAX >> 1, recover_one, &ctx);
     if (ctx.loaded) log_info("job store: %u queued job(s) resumed", ctx.loaded);
     if (ctx.orphans)
         log_warn("job store: %u queued job(s) wait for a model that is not configured",

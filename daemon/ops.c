@@ -6,20 +6,27 @@
 
 #include "common/err.h"
 #include "common/xalloc.h"
+#include "daemon/fetch.h"
 #include "daemon/log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static void send_sb(struct session *s)
 {
     session_send(s, D.sb.data, D.sb.size, NULL, D.cfg->client_buffer);
+}
+
+/* A reply too large to queue now is answered out_of_memory instead: small enough to queue. */
+static void send_or_refuse(struct session *s, const struct proto_id *id, const void *buf,
+                           size_t len)
+{
+    if (session_send(s, buf, len, NULL, D.cfg->client_buffer) == 0) return;
+    log_err("%s", err_msg());
+    ops_reply_error(s, id, PROTO_E_OUT_OF_MEMORY, "", "no memory to queue the reply now");
 }
 
 void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_errcode code,
@@ -34,7 +41,7 @@ void ops_reply_error(struct session *s, const struct proto_id *id, enum proto_er
 static void finish_reply(struct session *s, const struct proto_id *id, int rc)
 {
     if (rc == 0) {
-        send_sb(s);
+        send_or_refuse(s, id, D.sb.data, D.sb.size);
         return;
     }
     char msg[PROTO_MAX_TEXT + 1];
@@ -54,6 +61,26 @@ static void op_hello(struct session *s, const struct proto_request *r)
     for (size_t i = 0; i < D.cfg->n_models && i < 64; i++)
         names[h.n_models++] = D.cfg->models[i].name;
     h.models = names;
+    /* Every limit of the daemon's that a client can reach, by its configuration key. */
+    const struct config *c = D.cfg;
+    const struct proto_limit limits[] = {
+        {"max_frame", DAEMON_MAX_FRAME},
+        {"max_queue", c->max_queue},
+        {"max_jobs_per_peer", c->max_jobs_per_peer},
+        {"max_job_pixels", c->max_job_pixels},
+        {"batch_max", c->batch_max},
+        {"memory_limit", c->memory_limit},
+        {"client_buffer", c->client_buffer},
+        {"client_backlog", c->client_backlog},
+        {"max_sessions", c->max_sessions},
+        {"max_sessions_per_peer", c->max_sessions_per_peer},
+        {"session_timeout", (uint64_t)c->session_timeout},
+        {"retention_age", (uint64_t)c->retention_age},
+        {"retention_bytes", c->retention_bytes},
+        {"waits_per_session", JOBS_WAITS_PER_SESSION},
+    };
+    h.daemon_limits = limits;
+    h.n_daemon_limits = sizeof limits / sizeof *limits;
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_hello(&D.sb, &r->id, &h));
 }
@@ -109,7 +136,7 @@ static bool fits_memory(const struct worker *w, const gen_params *p)
     return false;
 }
 
-static void op_submit(struct session *s, const struct proto_request *r, const char *user)
+static void op_submit(struct session *s, const struct proto_request *r)
 {
     const struct proto_submit *in = &r->u.submit;
     const char *model = in->model[0] ? in->model : D.cfg->default_model;
@@ -123,8 +150,9 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
     struct store_job sj = {0};
     sj.params = *in;
     snprintf(sj.params.model, sizeof sj.params.model, "%s", model);
-    sj.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    sj.params.set = PROTO_SUBMIT_PARAMS;
     sj.params.watch = false;
+    sj.params.png = false;
     /* No seed: a random one, 32 bits since the torch generator uses only those; the job's
      * status reports it, so the image can be made again. */
     uint32_t seed32;
@@ -155,23 +183,30 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
         djob_free(j);
         return ops_reply_error(s, &r->id, PROTO_E_TOO_LARGE, p->count > 1 ? "count" : "width", msg);
     }
-    uint32_t queued, running;
+    uint32_t queued, running, mine = 0;
     jobs_counts(&queued, &running);
-    pthread_mutex_lock(&w->sm.lock);
-    uint32_t mine = sched_session_queued(&w->sm, s->name);
-    pthread_mutex_unlock(&w->sm.lock);
-    if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_session) {
+    for (struct worker *wk = D.workers; wk; wk = wk->next) {
+        pthread_mutex_lock(&wk->sm.lock);
+        mine += sched_peer_queued(&wk->sm, s->peer);
+        pthread_mutex_unlock(&wk->sm.lock);
+    }
+    if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_peer) {
         djob_free(j);
-        return ops_reply_error(s, &r->id, PROTO_E_BUSY, "",
-                               queued >= D.cfg->max_queue ? "the queue is full"
-                                                          : "this session's queue is full");
+        bool full = queued >= D.cfg->max_queue;
+        struct proto_error e = {.code = PROTO_E_BUSY};
+        snprintf(e.limit, sizeof e.limit, "%s", full ? "max_queue" : "max_jobs_per_peer");
+        snprintf(e.message, sizeof e.message, "%s",
+                 full ? "the queue is full" : "this peer has max_jobs_per_peer jobs queued");
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_reply_refusal(&D.sb, &r->id, &e) == 0) send_sb(s);
+        return;
     }
     new_job_id(j->sj.id, sizeof j->sj.id);
     snprintf(j->sj.session, sizeof j->sj.session, "%s", s->name);
     j->sj.state = PROTO_STATE_QUEUED;
     j->sj.created = now_wall();
     j->sj.steps = p->steps;
-    snprintf(j->owner, sizeof j->owner, "%s", user);
+    snprintf(j->sj.owner, sizeof j->sj.owner, "%s", s->peer);
     /* The reply waits in the session's queue for the commit at the end of this turn. */
     if (store_insert(D.store, &j->sj) < 0) {
         char msg[PROTO_MAX_TEXT + 1];
@@ -184,27 +219,38 @@ static void op_submit(struct session *s, const struct proto_request *r, const ch
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_submit(&D.sb, &r->id, j->sj.id));
     if (in->watch) {
-        jobs_watch(j, s);
+        jobs_watch(j, s, in->png);
         struct proto_event ev = {.kind = PROTO_EV_QUEUED};
         snprintf(ev.job, sizeof ev.job, "%s", j->sj.id);
         pthread_mutex_lock(&w->sm.lock);
         ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
         pthread_mutex_unlock(&w->sm.lock);
-        msgpack_sbuffer_clear(&D.sb);
-        if (proto_event_encode(&D.sb, &ev) == 0) send_sb(s);
+        jobs_emit_to(j, s, &ev);
     }
 }
 
+/* A job id the store does not hold: one that retention removed, or none ever. */
+static void reply_missing(struct session *s, const struct proto_id *id, const char *job)
+{
+    bool expired = false;
+    if (store_expired(D.store, job, &expired) < 0)
+        return ops_reply_error(s, id, PROTO_E_INTERNAL, "", "the job store failed");
+    if (expired)
+        return ops_reply_error(s, id, PROTO_E_EXPIRED, "job",
+                               "the job has expired: retention removed it and its images");
+    ops_reply_error(s, id, PROTO_E_NOT_FOUND, "job", "no such job");
+}
+
 /* watch, cancel and job: the job's status, live or stored. */
-static void op_job(struct session *s, const struct proto_request *r, const char *user)
+static void op_job(struct session *s, const struct proto_request *r)
 {
     struct proto_job_status st;
     struct djob *j = sched_find(r->u.job.job);
     if (j) {
-        if (r->op == PROTO_OP_CANCEL && j->owner[0] && *user && strcmp(j->owner, user) != 0)
+        if (r->op == PROTO_OP_CANCEL && !jobs_may_cancel(&j->sj, s->peer))
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
-                                   "the job belongs to another user");
-        if (r->op == PROTO_OP_WATCH) jobs_watch(j, s);
+                                   "only the peer that submitted the job may cancel it");
+        if (r->op == PROTO_OP_WATCH) jobs_watch(j, s, r->u.job.png);
         jobs_status(j, &st);
         if (r->op == PROTO_OP_CANCEL) {
             struct sched_model *m = j->model;
@@ -227,8 +273,7 @@ static void op_job(struct session *s, const struct proto_request *r, const char 
         int rc = store_get(D.store, r->u.job.job, sj);
         if (rc == 0) jobs_status_stored(sj, &st);
         free(sj);
-        if (rc == ERR_MISSING)
-            return ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+        if (rc == ERR_MISSING) return reply_missing(s, &r->id, r->u.job.job);
         if (rc) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     }
     msgpack_sbuffer_clear(&D.sb);
@@ -238,6 +283,7 @@ static void op_job(struct session *s, const struct proto_request *r, const char 
 struct list_ctx {
     struct proto_job_status *st;
     size_t n;
+    int64_t last_seq, prev_seq; /* of the last row listed and of the one before it */
 };
 
 static void list_one(void *ctx, const struct store_job *sj)
@@ -249,48 +295,52 @@ static void list_one(void *ctx, const struct store_job *sj)
     else
         jobs_status_stored(sj, &lc->st[lc->n]);
     lc->n++;
+    lc->prev_seq = lc->last_seq;
+    lc->last_seq = sj->seq;
 }
 
+/* The caller's own jobs, newest first, a page at a time: the cursor names the seq the next
+ * page starts below. One more row than the page is read to know whether another follows. */
 static void op_jobs(struct session *s, const struct proto_request *r)
 {
-    struct list_ctx lc = {xcalloc(r->u.jobs.limit, sizeof *lc.st), 0};
+    struct store_filter f = {s->peer, r->u.jobs.has_state, r->u.jobs.state, 0};
+    const char *cur = r->u.jobs.cursor;
+    if (*cur) {
+        char *end;
+        long long seq = cur[0] == 'c' ? strtoll(cur + 1, &end, 10) : 0;
+        if (seq <= 0 || *end)
+            return ops_reply_error(s, &r->id, PROTO_E_BAD_FIELD, "cursor",
+                                   "not a cursor from a jobs reply's next");
+        f.before_seq = seq;
+    }
+    uint32_t limit = r->u.jobs.limit;
+    struct list_ctx lc = {xcalloc(limit + 1, sizeof *lc.st), 0, 0, 0};
     /* The store lags behind memory for live jobs; they are listed as they are now. */
-    int rc =
-        store_list(D.store, r->u.jobs.has_state, r->u.jobs.state, r->u.jobs.limit, list_one, &lc);
+    int rc = store_list(D.store, &f, limit + 1, list_one, &lc);
+    char next[PROTO_MAX_CURSOR + 1];
+    bool more = lc.n > limit;
+    if (more) {
+        lc.n = limit;
+        /* The next page starts below the last job of this one. */
+        snprintf(next, sizeof next, "c%lld", (long long)lc.prev_seq);
+    }
     msgpack_sbuffer_clear(&D.sb);
     if (rc)
         ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     else
-        finish_reply(s, &r->id, proto_reply_jobs(&D.sb, &r->id, lc.st, lc.n));
+        finish_reply(s, &r->id, proto_reply_jobs(&D.sb, &r->id, lc.st, lc.n, more ? next : NULL));
     free(lc.st);
 }
 
-static int read_file(const char *path, uint64_t expect, uint8_t **out)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || (uint64_t)st.st_size != expect) {
-        if (fd >= 0) close(fd);
-        return err_set(ERR_IO, "%s: %s", path, fd < 0 ? strerror(errno) : "size changed");
-    }
-    uint8_t *buf = malloc(expect ? expect : 1);
-    ssize_t n = buf ? read(fd, buf, expect) : -1;
-    close(fd);
-    if (n < 0 || (uint64_t)n != expect) {
-        free(buf);
-        return err_set(ERR_IO, "%s: short read", path);
-    }
-    *out = buf;
-    return 0;
-}
-
+/* The image is read and its reply encoded on the fetch thread (fetch.h); the reply counts
+ * against the session's buffer from now on. */
 static void op_fetch(struct session *s, const struct proto_request *r)
 {
     struct store_job *sj = xmalloc(sizeof *sj);
     struct store_image img;
     int rc = store_get(D.store, r->u.fetch.job, sj);
     if (rc == ERR_MISSING) {
-        ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "job", "no such job");
+        reply_missing(s, &r->id, r->u.fetch.job);
     } else if (rc) {
         ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     } else if (sj->state != PROTO_STATE_DONE) {
@@ -301,27 +351,34 @@ static void op_fetch(struct session *s, const struct proto_request *r)
     } else if (store_image(D.store, sj->id, r->u.fetch.index, &img) < 0) {
         ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image is gone");
     } else {
-        uint8_t *png = NULL;
-        if (read_file(img.path, img.bytes, &png) < 0) {
-            log_err("fetch: %s", err_msg());
-            ops_reply_error(s, &r->id, PROTO_E_NOT_FOUND, "index", "the image file is gone");
-        } else {
-            struct proto_image pi = {.index = r->u.fetch.index,
-                                     .png = png,
-                                     .png_len = img.bytes,
-                                     .width = sj->params.width,
-                                     .height = sj->params.height,
-                                     .seed = sj->params.seed,
-                                     .params = sj->params};
-            snprintf(pi.job, sizeof pi.job, "%s", sj->id);
-            memcpy(pi.sha256, img.sha256, 32);
-            pi.params.set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
-            msgpack_sbuffer_clear(&D.sb);
-            finish_reply(s, &r->id, proto_reply_fetch(&D.sb, &r->id, &pi));
-            free(png);
-        }
+        struct fetch_task *t = xcalloc(1, sizeof *t);
+        snprintf(t->session, sizeof t->session, "%s", s->name);
+        t->id = r->id;
+        snprintf(t->path, sizeof t->path, "%s", img.path);
+        struct proto_image *pi = &t->img;
+        pi->index = r->u.fetch.index;
+        pi->png_len = img.bytes;
+        pi->width = sj->params.width;
+        pi->height = sj->params.height;
+        pi->seed = sj->params.seed;
+        pi->params = sj->params;
+        pi->params.set = PROTO_SUBMIT_PARAMS;
+        snprintf(pi->job, sizeof pi->job, "%s", sj->id);
+        memcpy(pi->sha256, img.sha256, 32);
+        s->pending_bytes += img.bytes;
+        s->fetching++;
+        fetch_submit(t);
     }
     free(sj);
+}
+
+void ops_fetched(struct fetch_task *t)
+{
+    struct session *s = session_by_name(t->session);
+    if (!s) return;
+    s->pending_bytes -= t->img.png_len;
+    s->fetching--;
+    send_or_refuse(s, &t->id, t->reply, t->reply_len);
 }
 
 static void op_models(struct session *s, const struct proto_request *r)
@@ -365,44 +422,78 @@ static void op_stats(struct session *s, const struct proto_request *r)
     finish_reply(s, &r->id, proto_reply_stats(&D.sb, &r->id, &st));
 }
 
-void ops_dispatch(struct session *s, const void *buf, size_t len, const char *user)
+static struct proto_request req; /* large (two prompts); the reactor is one thread */
+
+const struct proto_id *ops_request_id(const void *buf, size_t len)
 {
-    static struct proto_request r; /* large (two prompts); the reactor is one thread */
+    proto_parse_request(buf, len, &req, NULL);
+    return &req.id;
+}
+
+/* A live job's status once it ends or the timeout passes; an ended job's at once. */
+static void op_wait(struct session *s, const struct proto_request *r)
+{
+    struct djob *j = sched_find(r->u.wait.job);
+    if (!j || r->u.wait.timeout <= 0) {
+        struct proto_request as_job = *r;
+        as_job.op = PROTO_OP_JOB;
+        snprintf(as_job.u.job.job, sizeof as_job.u.job.job, "%s", r->u.wait.job);
+        as_job.u.job.png = false;
+        return op_job(s, &as_job);
+    }
+    if (s->waits >= JOBS_WAITS_PER_SESSION) {
+        struct proto_error e = {.code = PROTO_E_BUSY};
+        snprintf(e.limit, sizeof e.limit, "waits_per_session");
+        snprintf(e.message, sizeof e.message, "this session has %d waits unanswered",
+                 JOBS_WAITS_PER_SESSION);
+        msgpack_sbuffer_clear(&D.sb);
+        if (proto_reply_refusal(&D.sb, &r->id, &e) == 0) send_sb(s);
+        return;
+    }
+    jobs_wait(j, s, &r->id, now_mono() + r->u.wait.timeout);
+}
+
+void ops_dispatch(struct session *s, const void *buf, size_t len)
+{
+    struct proto_request *const r = &req;
     struct proto_error perr = {0};
-    if (proto_parse_request(buf, len, &r, &perr) < 0) {
+    if (proto_parse_request(buf, len, r, &perr) < 0) {
         log_debug("session %s: refused request: %s", s->name, err_msg());
-        return ops_reply_error(s, &r.id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE, perr.field,
+        return ops_reply_error(s, &r->id, perr.code ? perr.code : PROTO_E_BAD_MESSAGE, perr.field,
                                perr.message);
     }
-    switch (r.op) {
+    switch (r->op) {
     case PROTO_OP_HELLO:
-        op_hello(s, &r);
+        op_hello(s, r);
         break;
     case PROTO_OP_SUBMIT:
-        op_submit(s, &r, user);
+        op_submit(s, r);
         break;
     case PROTO_OP_WATCH:
     case PROTO_OP_CANCEL:
     case PROTO_OP_JOB:
-        op_job(s, &r, user);
+        op_job(s, r);
         break;
     case PROTO_OP_JOBS:
-        op_jobs(s, &r);
+        op_jobs(s, r);
         break;
     case PROTO_OP_FETCH:
-        op_fetch(s, &r);
+        op_fetch(s, r);
         break;
     case PROTO_OP_MODELS:
-        op_models(s, &r);
+        op_models(s, r);
         break;
     case PROTO_OP_STATS:
-        op_stats(s, &r);
+        op_stats(s, r);
+        break;
+    case PROTO_OP_WAIT:
+        op_wait(s, r);
         break;
     case PROTO_OP_PING:
         msgpack_sbuffer_clear(&D.sb);
-        finish_reply(s, &r.id, proto_reply_pong(&D.sb, &r.id));
+        finish_reply(s, &r->id, proto_reply_pong(&D.sb, &r->id));
         break;
     default:
-        ops_reply_error(s, &r.id, PROTO_E_UNKNOWN_OP, "op", "unknown op");
+        ops_reply_error(s, &r->id, PROTO_E_UNKNOWN_OP, "op", "unknown op");
     }
 }

@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/xalloc.h"
+#include "daemon/fetch.h"
 #include "daemon/log.h"
 #include "daemon/zap.h"
 
@@ -27,7 +28,9 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define MAX_FRAME (1u << 20) /* past this libzmq drops the peer; up to it, an error reply */
+/* Past this libzmq drops the connection; up to it a frame is read and, over the request limit,
+ * answered bad_message by the validator, the session kept. */
+#define MAX_FRAME DAEMON_MAX_FRAME
 #define TURN_MESSAGES 512    /* requests read per turn before other work gets its turn */
 
 struct daemon D;
@@ -203,18 +206,31 @@ static void read_requests(void *sock)
             if (!more) break;
         }
         double now = now_mono();
-        struct session *s = session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid), now);
-        s->gone = false;
-        const char *user = have_body ? zmq_msg_gets(&body, "User-Id") : NULL;
-        if (user && !s->user[0]) snprintf(s->user, sizeof s->user, "%s", user);
+        const char *peer = have_body ? zmq_msg_gets(&body, "User-Id") : NULL;
+        struct session_limits lim = {D.cfg->max_sessions, D.cfg->max_sessions_per_peer,
+                                     D.cfg->session_timeout};
+        struct proto_error refusal;
+        struct session *s =
+            session_get(sock, zmq_msg_data(&rid), zmq_msg_size(&rid), peer, now, &lim, &refusal);
         struct proto_id none = {.kind = PROTO_ID_NONE};
-        if (session_congested(s, D.cfg->client_buffer))
-            log_debug("session %s: not reading its replies; request dropped", s->name);
+        if (s) s->gone = false;
+        if (!s) {
+            log_debug("frame refused: %s", refusal.message);
+            session_refuse(sock, zmq_msg_data(&rid), zmq_msg_size(&rid),
+                           have_body && !extra ? ops_request_id(zmq_msg_data(&body),
+                                                                zmq_msg_size(&body))
+                                               : &none,
+                           &refusal);
+        } else if (session_congested(s, D.cfg->client_buffer))
+            session_busy(s, have_body && !extra ? ops_request_id(zmq_msg_data(&body),
+                                                                 zmq_msg_size(&body))
+                                                : &none,
+                         D.cfg->client_backlog);
         else if (!have_body || extra)
             ops_reply_error(s, &none, PROTO_E_BAD_MESSAGE, "",
                             "a request is exactly one frame after the routing id");
         else
-            ops_dispatch(s, zmq_msg_data(&body), zmq_msg_size(&body), s->user);
+            ops_dispatch(s, zmq_msg_data(&body), zmq_msg_size(&body));
         zmq_msg_close(&body);
         zmq_msg_close(&rid);
     }
@@ -331,9 +347,10 @@ void reactor_fail(const char *model, const char *why)
 
 static void reload(void)
 {
-    struct config *c;
+    struct config *c = NULL;
     if (config_load(D.ov, &c) < 0 || zap_configure(c) < 0) {
         log_err("reload: %s; the running configuration stays", err_msg());
+        config_free(c); /* NULL when it did not load */
         return;
     }
     sd_notify(0, "RELOADING=1");
@@ -420,30 +437,36 @@ static void read_signals(void)
 
 /* ---- The loop ---- */
 
-static void retention(void)
+/* Returns true when retention left work for its next turn. */
+static bool retention(void)
 {
     uint64_t removed;
+    bool more = false;
     if (store_retention(D.store, now_wall(), D.cfg->retention_age, D.cfg->retention_bytes,
-                        &removed) < 0)
+                        &removed, &more) < 0)
         log_err("retention: %s", err_msg());
     else if (removed)
-        log_info("retention: %llu finished job(s) removed", (unsigned long long)removed);
+        log_info("retention: %llu finished job(s) removed%s", (unsigned long long)removed,
+                 more ? "; more next turn" : "");
+    return more;
 }
 
-static int loop(void)
+static int loop(bool retention_at_start)
 {
     double last_retention = now_mono(), last_expire = now_mono();
-    bool waiting = false;
+    bool waiting = false, retention_more = retention_at_start;
+    double due = 1e9; /* seconds to the next wait's deadline */
     for (;;) {
-        zmq_pollitem_t items[5] = {
+        zmq_pollitem_t items[6] = {
             {D.zap, 0, ZMQ_POLLIN, 0},
             {NULL, D.sigfd, ZMQ_POLLIN, 0},
             {NULL, worker_events_fd(), ZMQ_POLLIN, 0},
+            {NULL, fetch_fd(), ZMQ_POLLIN, 0},
             {D.router_ipc, 0, ZMQ_POLLIN, 0},
             {D.router_tcp, 0, ZMQ_POLLIN, 0},
         };
-        long timeout = waiting ? 10 : 250;
-        if (zmq_poll(items, D.router_tcp ? 5 : 4, timeout) < 0 && errno != EINTR)
+        long timeout = waiting || retention_more ? 10 : due < 0.25 ? (long)(due * 1000) + 1 : 250;
+        if (zmq_poll(items, D.router_tcp ? 6 : 5, timeout) < 0 && errno != EINTR)
             return err_set(ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
         if (items[0].revents) zap_handle(D.zap);
         if (items[1].revents) read_signals();
@@ -453,10 +476,17 @@ static int loop(void)
                 jobs_worker_event(e);
                 free(e);
             }
-        if (items[3].revents) read_requests(D.router_ipc);
-        if (D.router_tcp && items[4].revents) read_requests(D.router_tcp);
+        if (items[3].revents)
+            for (struct fetch_task *t = fetch_take(), *next; t; t = next) {
+                next = t->next;
+                ops_fetched(t);
+                fetch_task_free(t);
+            }
+        if (items[4].revents) read_requests(D.router_ipc);
+        if (D.router_tcp && items[5].revents) read_requests(D.router_tcp);
         if (store_commit(D.store) < 0)
             log_err("%s", err_msg()); /* the replies still go: their rows may be lost */
+        due = jobs_waits_due(now_mono());
         waiting = session_flush_all();
         double now = now_mono();
         watchdog(now);
@@ -468,9 +498,10 @@ static int loop(void)
             rc = store_commit(D.store);
             return rc ? rc : D.failure[0] ? err_set(ERR_DEVICE_LOST, "%s", D.failure) : 0;
         }
-        if (now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) {
+        if ((now - last_retention >= D.cfg->retention_interval && D.cfg->retention_interval > 0) ||
+            retention_more) {
             last_retention = now;
-            retention();
+            retention_more = retention();
         }
         if (now - last_expire >= 5.0) {
             last_expire = now;
@@ -489,6 +520,8 @@ static void cleanup(void)
         jobs_release_worker(w);
         worker_free(w);
     }
+    fetch_stop();
+    jobs_waits_free();
     store_close(D.store);
     session_free_all();
     if (D.router_ipc) zmq_close(D.router_ipc);
@@ -516,16 +549,18 @@ int reactor_run(struct config *cfg, const struct config_overrides *ov)
     last_extend = now_mono();
     int rc = signals_open();
     if (!rc) rc = worker_events_init();
+    if (!rc) rc = fetch_start();
     if (!rc) rc = store_open(cfg->state_dir, &D.store);
+    bool more = false;
     if (!rc) {
-        retention();
+        more = retention();
         D.zctx = zmq_ctx_new();
         rc = D.zctx ? open_sockets() : err_set(ERR_IO, "zmq_ctx_new: %s", zmq_strerror(errno));
     }
     for (size_t i = 0; !rc && i < D.cfg->n_models; i++)
         rc = start_worker(&D.cfg->models[i], false);
     if (!rc) rc = jobs_recover(NULL, true);
-    if (!rc) rc = loop();
+    if (!rc) rc = loop(more);
     if (rc)
         log_err("%s", err_msg());
     else

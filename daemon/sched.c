@@ -24,11 +24,11 @@ void sched_model_destroy(struct sched_model *m)
     free(m->active);
 }
 
-static struct sched_queue *find_queue(const struct sched_model *m, const char *session,
+static struct sched_queue *find_queue(const struct sched_model *m, const char *peer,
                                       size_t *index)
 {
     for (size_t i = 0; i < m->n_queues; i++)
-        if (strcmp(m->queues[i].session, session) == 0) {
+        if (strcmp(m->queues[i].peer, peer) == 0) {
             if (index) *index = i;
             return &m->queues[i];
         }
@@ -45,9 +45,9 @@ static bool before(const struct djob *a, const struct djob *b)
 
 void sched_push(struct sched_model *m, struct djob *j)
 {
-    struct sched_queue *q = find_queue(m, j->sj.session, NULL);
+    struct sched_queue *q = find_queue(m, j->sj.owner, NULL);
     if (!q) {
-        /* A new session joins at the end of the current round. */
+        /* A new peer joins at the end of the current round. */
         m->queues = xrealloc(m->queues, (m->n_queues + 1) * sizeof *m->queues);
         size_t at = m->n_queues ? m->rr : 0;
         memmove(&m->queues[at + 1], &m->queues[at], (m->n_queues - at) * sizeof *m->queues);
@@ -55,7 +55,7 @@ void sched_push(struct sched_model *m, struct djob *j)
         if (m->n_queues > 1) m->rr = (m->rr + 1) % m->n_queues;
         q = &m->queues[at];
         memset(q, 0, sizeof *q);
-        snprintf(q->session, sizeof q->session, "%s", j->sj.session);
+        snprintf(q->peer, sizeof q->peer, "%s", j->sj.owner);
     }
     j->sj.state = PROTO_STATE_QUEUED;
     j->qnext = NULL;
@@ -89,7 +89,7 @@ static void drop_queue(struct sched_model *m, size_t i)
 bool sched_remove(struct sched_model *m, struct djob *j)
 {
     size_t qi;
-    struct sched_queue *q = find_queue(m, j->sj.session, &qi);
+    struct sched_queue *q = find_queue(m, j->sj.owner, &qi);
     if (!q || j->sj.state != PROTO_STATE_QUEUED) return false;
     struct djob *prev = NULL;
     for (struct djob *p = q->head; p; prev = p, p = p->qnext) {
@@ -140,13 +140,13 @@ void sched_deactivate(struct sched_model *m, struct djob *j)
 uint32_t sched_position(const struct sched_model *m, const struct djob *j)
 {
     size_t qi;
-    const struct sched_queue *q = find_queue(m, j->sj.session, &qi);
+    const struct sched_queue *q = find_queue(m, j->sj.owner, &qi);
     if (!q) return 0;
     uint32_t k = 0;
     for (const struct djob *p = q->head; p && p != j; p = p->qnext)
         k++;
-    /* Each round serves every session once, starting at rr: a session served before j's in
-     * the round gets k + 1 of its jobs in ahead of j, one after it gets k. */
+    /* Each round serves every peer once, starting at rr: a peer served before j's in the
+     * round gets k + 1 of its jobs in ahead of j, one after it gets k. */
     uint32_t pos = k;
     size_t n = m->n_queues, mine = (qi + n - m->rr) % n;
     for (size_t i = 0; i < n; i++) {
@@ -157,9 +157,9 @@ uint32_t sched_position(const struct sched_model *m, const struct djob *j)
     return pos;
 }
 
-uint32_t sched_session_queued(const struct sched_model *m, const char *session)
+uint32_t sched_peer_queued(const struct sched_model *m, const char *peer)
 {
-    const struct sched_queue *q = find_queue(m, session, NULL);
+    const struct sched_queue *q = find_queue(m, peer, NULL);
     return q ? q->n : 0;
 }
 
@@ -230,14 +230,21 @@ void djob_free(struct djob *j)
     if (!j) return;
     if (j->gj) engine_job_free(j->gj);
     free(j->watchers);
+    for (int i = 0; i < PROTO_COUNT_MAX; i++)
+        free(j->png[i]);
     free(j);
 }
 
-bool djob_add_watcher(struct djob *j, const char *session)
+bool djob_add_watcher(struct djob *j, const char *session, bool png)
 {
     for (size_t i = 0; i < j->n_watchers; i++)
-        if (strcmp(j->watchers[i], session) == 0) return false;
+        if (strcmp(j->watchers[i].session, session) == 0) {
+            j->watchers[i].png |= png;
+            return false;
+        }
     j->watchers = xrealloc(j->watchers, (j->n_watchers + 1) * sizeof *j->watchers);
-    snprintf(j->watchers[j->n_watchers++], PROTO_MAX_NAME + 1, "%s", session);
+    struct djob_watcher *w = &j->watchers[j->n_watchers++];
+    snprintf(w->session, sizeof w->session, "%s", session);
+    w->png = png;
     return true;
 }

@@ -1,7 +1,7 @@
 /* The in-memory side of the job queue: live jobs (queued or running), their per-model queues
- * and the fair choice of what runs next. Each model has one queue per client session; the next
- * job comes from the sessions in round-robin order, and within a session by priority, then
- * age. Up to batch_max jobs of a model are active (prepared and stepping) at once.
+ * and the fair choice of what runs next. Each model has one queue per peer (the authenticated
+ * client: its uid, or its CURVE key, however many sockets it opens); the next job comes from
+ * the peers in round-robin order, and within a peer by priority, then age. Up to batch_max jobs of a model are active (prepared and stepping) at once.
  *
  * Locking: one mutex per model guards its queues, its active list and the scheduling fields of
  * its jobs (state, step, cancel). The reactor takes it briefly to queue, cancel or read a job;
@@ -39,18 +39,23 @@ struct djob {
     int prep_rc;                         /* the encoder's result */
     char prep_msg[512];                  /* its message when prep_rc < 0 */
     bool cancel;                         /* asked to stop at the next step boundary */
-    char owner[PROTO_MAX_NAME + 1];      /* the submitter's ZAP User-Id; "" after a restart */
     double t_start;                      /* monotonic seconds when it started */
     uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
     uint64_t bytes[PROTO_COUNT_MAX];
-    char (*watchers)[PROTO_MAX_NAME + 1]; /* sessions to tell; the reactor's */
+    uint8_t *png[PROTO_COUNT_MAX]; /* done: the files' bytes, kept for the done event */
+    struct djob_watcher *watchers; /* sessions to tell; the reactor's */
     size_t n_watchers;
     struct djob *qnext; /* in its session queue */
     struct djob *hnext; /* in the job index */
 };
 
-struct sched_queue {
+struct djob_watcher {
     char session[PROTO_MAX_NAME + 1];
+    bool png; /* its done event carries the PNG files */
+};
+
+struct sched_queue {
+    char peer[PROTO_MAX_NAME + 1]; /* the jobs' sj.owner */
     struct djob *head, *tail;
     uint32_t n;
 };
@@ -59,7 +64,7 @@ struct sched_model {
     char name[PROTO_MAX_NAME + 1];
     pthread_mutex_t lock;
     pthread_cond_t wake;        /* the worker waits here for work or a stop */
-    struct sched_queue *queues; /* sessions with queued jobs; rr: the next to serve */
+    struct sched_queue *queues; /* peers with queued jobs; rr: the next to serve */
     size_t n_queues, rr;
     uint32_t n_queued;
     struct djob **active; /* running: prepared or about to be */
@@ -79,7 +84,7 @@ struct djob *sched_pop(struct sched_model *m);
 void sched_deactivate(struct sched_model *m, struct djob *j);
 /* Under m->lock: jobs that would start before j (0: it is next). */
 uint32_t sched_position(const struct sched_model *m, const struct djob *j);
-uint32_t sched_session_queued(const struct sched_model *m, const char *session);
+uint32_t sched_peer_queued(const struct sched_model *m, const char *peer);
 
 /* The job index: live jobs by id (reactor thread only). */
 void sched_index_add(struct djob *j);
@@ -89,7 +94,7 @@ size_t sched_index_count(void);
 
 struct djob *djob_new(const struct store_job *sj);
 void djob_free(struct djob *j);
-/* False when the session already watches the job. */
-bool djob_add_watcher(struct djob *j, const char *session);
+/* False when the session already watches the job (png then added to what it asked). */
+bool djob_add_watcher(struct djob *j, const char *session, bool png);
 
 #endif

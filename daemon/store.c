@@ -7,7 +7,6 @@
 #include "daemon/log.h"
 
 #include <errno.h>
-#include <float.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -40,12 +39,19 @@ static const char schema[] =
     "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);"
     "CREATE TABLE IF NOT EXISTS images ("
     " job TEXT NOT NULL, idx INTEGER NOT NULL, file TEXT NOT NULL, sha256 BLOB NOT NULL,"
-    " bytes INTEGER NOT NULL, PRIMARY KEY (job, idx));";
+    " bytes INTEGER NOT NULL, PRIMARY KEY (job, idx));"
+    "CREATE TABLE IF NOT EXISTS expired (id TEXT PRIMARY KEY, at REAL NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS expired_at ON expired (at);";
 
 #define JOB_COLUMNS                                                                                \
     "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height,"      \
     " max_seq, count, priority, state, created, started, finished, step, images,"                  \
-    " error_code, error_field, error_message"
+    " error_code, error_field, error_message, owner"
+
+/* Columns added since the first schema: added to an older database on open. */
+static const char *const added_columns[] = {
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+};
 
 static int db_fail(struct store *s, const char *what)
 {
@@ -73,6 +79,13 @@ static int begin(struct store *s)
         return db_fail(s, "begin");
     s->in_tx = true;
     return 0;
+}
+
+static void rollback(struct store *s)
+{
+    if (!s->in_tx) return;
+    s->in_tx = false;
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 int store_commit(struct store *s)
@@ -113,6 +126,13 @@ int store_open(const char *state_dir, struct store **out)
     if (!rc) {
         sqlite3_busy_timeout(s->db, 5000);
         if (sqlite3_exec(s->db, schema, NULL, NULL, NULL) != SQLITE_OK) rc = db_fail(s, "schema");
+        for (size_t i = 0; !rc && i < sizeof added_columns / sizeof *added_columns; i++)
+            if (sqlite3_exec(s->db, added_columns[i], NULL, NULL, NULL) != SQLITE_OK &&
+                !strstr(sqlite3_errmsg(s->db), "duplicate column"))
+                rc = db_fail(s, "schema upgrade");
+        if (!rc && sqlite3_exec(s->db, "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)",
+                                NULL, NULL, NULL) != SQLITE_OK)
+            rc = db_fail(s, "schema");
     }
     free(dbpath);
     if (rc) {
@@ -147,7 +167,7 @@ int store_insert(struct store *s, struct store_job *j)
     if (rc || (rc = prepare(s,
                             "INSERT INTO jobs (id, session, model, prompt, negative_prompt, seed,"
                             " steps, guidance, width, height, max_seq, count, priority, state,"
-                            " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            " created, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             &st)))
         return rc;
     const struct proto_submit *p = &j->params;
@@ -166,6 +186,7 @@ int store_insert(struct store *s, struct store_job *j)
     sqlite3_bind_int(st, 13, p->priority);
     sqlite3_bind_text(st, 14, proto_state_name(j->state), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 15, j->created);
+    sqlite3_bind_text(st, 16, j->owner, -1, SQLITE_STATIC);
     rc = run_done(s, st, "insert");
     if (!rc) j->seq = sqlite3_last_insert_rowid(s->db);
     return rc;
@@ -223,7 +244,7 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
     memset(j, 0, sizeof *j);
     struct proto_submit *p = &j->params;
     proto_submit_init(p);
-    p->set = PROTO_SUBMIT_ALL & ~(uint32_t)PROTO_SUBMIT_WATCH;
+    p->set = PROTO_SUBMIT_PARAMS;
     j->seq = sqlite3_column_int64(st, 0);
     copy_col(st, 1, j->id, sizeof j->id);
     copy_col(st, 2, j->session, sizeof j->session);
@@ -253,6 +274,7 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
         j->error.code = proto_errcode_parse((const char *)code, strlen((const char *)code));
     copy_col(st, 21, j->error.field, sizeof j->error.field);
     copy_col(st, 22, j->error.message, sizeof j->error.message);
+    copy_col(st, 23, j->owner, sizeof j->owner);
 }
 
 int store_get(struct store *s, const char *id, struct store_job *j)
@@ -308,18 +330,20 @@ static int for_each(struct store *s, sqlite3_stmt *st,
     return r == SQLITE_DONE ? 0 : db_fail(s, "list");
 }
 
-int store_list(struct store *s, bool has_state, enum proto_state state, uint32_t limit,
+int store_list(struct store *s, const struct store_filter *f, uint32_t limit,
                void (*fn)(void *ctx, const struct store_job *j), void *ctx)
 {
+    /* Unset filters match everything; with an owner the (owner, seq) index serves. */
     sqlite3_stmt *st;
     int rc = prepare(s,
-                     has_state ? "SELECT " JOB_COLUMNS " FROM jobs WHERE state=?1"
-                                 " ORDER BY seq DESC LIMIT ?2"
-                               : "SELECT " JOB_COLUMNS " FROM jobs ORDER BY seq DESC LIMIT ?2",
+                     "SELECT " JOB_COLUMNS " FROM jobs WHERE (?1 IS NULL OR owner=?1)"
+                     " AND (?2 IS NULL OR state=?2) AND seq < ?3 ORDER BY seq DESC LIMIT ?4",
                      &st);
     if (rc) return rc;
-    if (has_state) sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, (int)limit);
+    if (f->owner) sqlite3_bind_text(st, 1, f->owner, -1, SQLITE_STATIC);
+    if (f->has_state) sqlite3_bind_text(st, 2, proto_state_name(f->state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, f->before_seq > 0 ? f->before_seq : INT64_MAX);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)limit);
     return for_each(s, st, fn, ctx);
 }
 
@@ -328,8 +352,11 @@ int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job 
     int rc = begin(s);
     if (rc) return rc;
     if (sqlite3_exec(s->db, "UPDATE jobs SET state='queued', step=0 WHERE state='running'", NULL,
-                     NULL, NULL) != SQLITE_OK)
-        return db_fail(s, "requeue");
+                     NULL, NULL) != SQLITE_OK) {
+        rc = db_fail(s, "requeue");
+        rollback(s);
+        return rc;
+    }
     int requeued = sqlite3_changes(s->db);
     if ((rc = store_commit(s))) return rc;
     if (requeued) log_info("job store: %d interrupted job(s) queued again", requeued);
@@ -340,80 +367,170 @@ int store_recover(struct store *s, void (*fn)(void *ctx, const struct store_job 
     return for_each(s, st, fn, ctx);
 }
 
-/* Removes one job's image files and rows (inside the open transaction). */
-static int delete_job(struct store *s, const char *id, uint64_t *removed)
+/* Retention works in batches of RETENTION_BATCH jobs, one transaction each, and at most
+ * RETENTION_BATCHES of them per call, so that a large backlog never holds the reactor long:
+ * the rest waits for the next call. */
+#define RETENTION_BATCH 64
+#define RETENTION_BATCHES 4
+#define FILE_NAME_MAX (PROTO_MAX_NAME + 16)
+
+struct batch {
+    char ids[RETENTION_BATCH][PROTO_MAX_NAME + 1];
+    int n;
+    char files[RETENTION_BATCH * PROTO_COUNT_MAX][FILE_NAME_MAX];
+    int n_files;
+};
+
+/* Binds id to ?1 of sql and steps it to the end. */
+static int exec_id(struct store *s, const char *sql, const char *id, double at, const char *what)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, sql, &st);
+    if (rc) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, at);
+    return run_done(s, st, what);
+}
+
+/* The batch's image file names, read before its rows go. */
+static int batch_files(struct store *s, struct batch *b)
 {
     sqlite3_stmt *st;
     int rc = prepare(s, "SELECT file FROM images WHERE job=?", &st);
-    if (rc) return rc;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    for (int i = 0; !rc && i < b->n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, b->ids[i], -1, SQLITE_STATIC);
+        int r;
+        while ((r = sqlite3_step(st)) == SQLITE_ROW && b->n_files < RETENTION_BATCH * PROTO_COUNT_MAX)
+            copy_col(st, 0, b->files[b->n_files++], FILE_NAME_MAX);
+        if (r != SQLITE_ROW && r != SQLITE_DONE) rc = db_fail(s, "retention files");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Deletes the batch's rows, leaving a tombstone for each id, in one transaction; only once it
+ * has committed are the image files unlinked, so that a failed commit leaves every row with
+ * its files. */
+static int retire(struct store *s, struct batch *b, double now, uint64_t *removed)
+{
+    b->n_files = 0;
+    int rc = batch_files(s, b);
+    if (!rc) rc = begin(s);
+    for (int i = 0; !rc && i < b->n; i++) {
+        rc = exec_id(s, "INSERT OR REPLACE INTO expired (id, at) VALUES (?1, ?2)", b->ids[i], now,
+                     "retention");
+        if (!rc) rc = exec_id(s, "DELETE FROM images WHERE job=?1", b->ids[i], 0, "retention");
+        if (!rc) rc = exec_id(s, "DELETE FROM jobs WHERE id=?1", b->ids[i], 0, "retention");
+    }
+    if (!rc) rc = store_commit(s);
+    if (rc) {
+        rollback(s);
+        return rc;
+    }
     char path[PATH_MAX];
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        snprintf(path, sizeof path, "%s/%s", s->images, (const char *)sqlite3_column_text(st, 0));
+    for (int i = 0; i < b->n_files; i++) {
+        snprintf(path, sizeof path, "%s/%s", s->images, b->files[i]);
         if (unlink(path) != 0 && errno != ENOENT)
             log_warn("retention: %s: %s", path, strerror(errno));
     }
-    sqlite3_finalize(st);
-    static const char *const dels[] = {"DELETE FROM images WHERE job=?",
-                                       "DELETE FROM jobs WHERE id=?"};
-    for (int i = 0; i < 2 && !rc; i++) {
-        if ((rc = prepare(s, dels[i], &st))) break;
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-        rc = run_done(s, st, "delete");
-    }
-    if (!rc) (*removed)++;
-    return rc;
+    *removed += (uint64_t)b->n;
+    return 0;
 }
 
-/* Deletes the jobs that sql selects (its ?1 bound to arg), in batches, or with max_bytes one
- * at a time until the images total at most max_bytes. */
-static int delete_selected(struct store *s, const char *sql, double arg, uint64_t max_bytes,
-                           uint64_t *removed)
+/* Up to RETENTION_BATCH finished jobs, oldest first, finished before cutoff. Finished jobs
+ * alone have finished > 0, which keeps the index scan off the live ones. */
+static int select_batch(struct store *s, double cutoff, struct batch *b)
 {
-    char ids[64][PROTO_MAX_NAME + 1];
-    for (;;) {
-        if (max_bytes) {
-            sqlite3_stmt *sum;
-            int rc = prepare(s, "SELECT COALESCE(SUM(bytes), 0) FROM images", &sum);
-            if (rc) return rc;
-            uint64_t total =
-                sqlite3_step(sum) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(sum, 0) : 0;
-            sqlite3_finalize(sum);
-            if (total <= max_bytes) return 0;
-        }
-        sqlite3_stmt *st;
-        int rc = prepare(s, sql, &st);
-        if (rc) return rc;
-        sqlite3_bind_double(st, 1, arg);
-        int n = 0;
-        while (n < (max_bytes ? 1 : 64) && sqlite3_step(st) == SQLITE_ROW)
-            copy_col(st, 0, ids[n++], sizeof ids[0]);
-        sqlite3_finalize(st);
-        if (n == 0) return 0;
-        if ((rc = begin(s))) return rc;
-        for (int i = 0; i < n && !rc; i++)
-            rc = delete_job(s, ids[i], removed);
-        if (!rc) rc = store_commit(s);
-        if (rc) return rc;
-    }
+    sqlite3_stmt *st;
+    int rc = prepare(s,
+                     "SELECT id FROM jobs WHERE finished > 0 AND finished < ?1"
+                     " AND state IN ('done','failed','canceled') ORDER BY finished LIMIT ?2",
+                     &st);
+    if (rc) return rc;
+    sqlite3_bind_double(st, 1, cutoff);
+    sqlite3_bind_int(st, 2, RETENTION_BATCH);
+    int r;
+    b->n = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW)
+        copy_col(st, 0, b->ids[b->n++], sizeof b->ids[0]);
+    sqlite3_finalize(st);
+    return r == SQLITE_DONE ? 0 : db_fail(s, "retention select");
+}
+
+static int image_bytes(struct store *s, const char *job, uint64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, job ? "SELECT COALESCE(SUM(bytes), 0) FROM images WHERE job=?"
+                            : "SELECT COALESCE(SUM(bytes), 0) FROM images",
+                     &st);
+    if (rc) return rc;
+    if (job) sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    *out = r == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return r == SQLITE_ROW ? 0 : db_fail(s, "retention bytes");
 }
 
 int store_retention(struct store *s, double now, double max_age, uint64_t max_bytes,
-                    uint64_t *removed)
+                    uint64_t *removed, bool *more)
 {
     *removed = 0;
+    *more = false;
     int rc = store_commit(s);
-    if (!rc && max_age > 0)
-        rc = delete_selected(s,
-                             "SELECT id FROM jobs WHERE state IN ('done','failed','canceled')"
-                             " AND finished < ? ORDER BY finished LIMIT 64",
-                             now - max_age, 0, removed);
-    if (!rc && max_bytes)
-        rc = delete_selected(s,
-                             "SELECT id FROM jobs WHERE finished < ?1 AND id IN"
-                             " (SELECT job FROM images) ORDER BY finished LIMIT 1",
-                             DBL_MAX, max_bytes, removed);
+    struct batch *b = xmalloc(sizeof *b);
+    int batches = 0;
+    /* By age. */
+    while (!rc && max_age > 0 && batches < RETENTION_BATCHES) {
+        if ((rc = select_batch(s, now - max_age, b)) || b->n == 0) break;
+        rc = retire(s, b, now, removed);
+        batches++;
+    }
+    /* By size: the total is summed once, then lowered by what each retired job held. */
+    uint64_t total = 0;
+    if (!rc && max_bytes && batches < RETENTION_BATCHES) rc = image_bytes(s, NULL, &total);
+    while (!rc && max_bytes && total > max_bytes && batches < RETENTION_BATCHES) {
+        if ((rc = select_batch(s, now + 1, b)) || b->n == 0) break;
+        uint64_t freed = 0;
+        int keep = 0;
+        for (int i = 0; !rc && i < b->n && total - freed > max_bytes; i++) {
+            uint64_t bytes;
+            rc = image_bytes(s, b->ids[i], &bytes);
+            freed += bytes;
+            keep = i + 1;
+        }
+        b->n = keep;
+        if (!rc) rc = retire(s, b, now, removed);
+        if (!rc) total -= freed;
+        batches++;
+    }
+    *more = !rc && batches == RETENTION_BATCHES;
+    /* Tombstones are kept for STORE_EXPIRED_KEEP seconds, a bounded number per call. */
+    if (!rc && !*more) {
+        sqlite3_stmt *st;
+        rc = prepare(s,
+                     "DELETE FROM expired WHERE rowid IN"
+                     " (SELECT rowid FROM expired WHERE at < ?1 LIMIT 1024)",
+                     &st);
+        if (!rc) {
+            sqlite3_bind_double(st, 1, now - STORE_EXPIRED_KEEP);
+            rc = run_done(s, st, "tombstones");
+        }
+    }
+    free(b);
     return rc;
+}
+
+int store_expired(struct store *s, const char *id, bool *expired)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(s, "SELECT 1 FROM expired WHERE id=?", &st);
+    if (rc) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    *expired = r == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return r == SQLITE_ROW || r == SQLITE_DONE ? 0 : db_fail(s, "expired");
 }
 
 int store_count(struct store *s, enum proto_state state, uint64_t *n)

@@ -112,6 +112,10 @@ static int write_image(struct worker *w, struct djob *j, const uint8_t *rgb, uin
         else {
             proto_sha256(buf, (size_t)st.st_size, j->sha256[index]);
             j->bytes[index] = (uint64_t)st.st_size;
+            /* Kept until the reactor has sent the done event, which may carry it. */
+            free(j->png[index]);
+            j->png[index] = buf;
+            buf = NULL;
         }
         free(buf);
     }
@@ -166,14 +170,20 @@ static bool take_work(struct worker *w, struct djob **gone, size_t *n_gone, stru
     return true;
 }
 
-static void fail_job(struct worker *w, struct djob *j, const char *msg)
+/* A job the engine could not get memory for ends out_of_memory: the job, not the daemon. */
+static enum proto_errcode failure_code(int rc, enum proto_errcode otherwise)
+{
+    return rc == ERR_NOMEM ? PROTO_E_OUT_OF_MEMORY : otherwise;
+}
+
+static void fail_job(struct worker *w, struct djob *j, int rc, const char *msg)
 {
     engine_job_free(j->gj);
     j->gj = NULL;
     pthread_mutex_lock(&w->sm.lock);
     sched_deactivate(&w->sm, j);
     pthread_mutex_unlock(&w->sm.lock);
-    post_error(w, WEV_FAILED, j, PROTO_E_FAILED, msg);
+    post_error(w, WEV_FAILED, j, failure_code(rc, PROTO_E_FAILED), msg);
 }
 
 /* Fresh jobs start: encoded and attached here, or handed to the encoder thread. Returns
@@ -193,7 +203,7 @@ static int start_jobs(struct worker *w, struct encoder *enc, struct djob **fresh
         int rc = engine_job_prepare(w->engine, &j->gp, &j->gj);
         if (rc == ERR_DEVICE_LOST) return rc;
         if (rc < 0) {
-            fail_job(w, j, err_msg());
+            fail_job(w, j, rc, err_msg());
             continue;
         }
         pthread_mutex_lock(&w->sm.lock);
@@ -219,7 +229,7 @@ static int attach_encoded(struct worker *w)
         int rc = j->prep_rc < 0 ? j->prep_rc : engine_job_attach(w->engine, j->gj);
         if (rc == ERR_DEVICE_LOST) return rc;
         if (rc < 0) {
-            fail_job(w, j, j->prep_rc < 0 ? j->prep_msg : err_msg());
+            fail_job(w, j, rc, j->prep_rc < 0 ? j->prep_msg : err_msg());
             continue;
         }
         pthread_mutex_lock(&m->lock);
@@ -280,7 +290,8 @@ static int step_batch(struct worker *w, struct djob **batch, size_t n_batch)
         engine_job_free(j->gj);
         j->gj = NULL;
         if (frc < 0)
-            post_error(w, WEV_FAILED, j, rc ? PROTO_E_FAILED : PROTO_E_INTERNAL, err_msg());
+            post_error(w, WEV_FAILED, j,
+                       failure_code(frc, rc ? PROTO_E_FAILED : PROTO_E_INTERNAL), err_msg());
         else
             post(w, WEV_DONE, j, &tpl);
     }

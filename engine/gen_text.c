@@ -15,7 +15,8 @@ void gen_text_fill(gen_text *t, const gen_params *p, const char *model, const ch
     snprintf(t->seed, sizeof t->seed, "%llu", (unsigned long long)p->seed);
     snprintf(t->steps, sizeof t->steps, "%d", p->steps);
     snprintf(t->guidance, sizeof t->guidance, "%g", (double)p->guidance);
-    snprintf(t->size, sizeof t->size, "%dx%d", p->width, p->height);
+    snprintf(t->width, sizeof t->width, "%d", p->width);
+    snprintf(t->height, sizeof t->height, "%d", p->height);
     snprintf(t->max_seq, sizeof t->max_seq, "%d", p->max_seq);
     snprintf(t->count, sizeof t->count, "%d", p->count);
     snprintf(t->index, sizeof t->index, "%d", index);
@@ -24,8 +25,9 @@ void gen_text_fill(gen_text *t, const gen_params *p, const char *model, const ch
     add(t, "seed", t->seed);
     add(t, "steps", t->steps);
     add(t, "guidance", t->guidance);
-    add(t, "size", t->size);
-    add(t, "max_sequence_length", t->max_seq);
+    add(t, "width", t->width);
+    add(t, "height", t->height);
+    add(t, "max_seq", t->max_seq);
     add(t, "model", model);
     add(t, "sampler", ENGINE_SAMPLER_NAME);
     add(t, "Software", software);

@@ -1,19 +1,21 @@
-/* The text chunks a generated PNG carries: its generation parameters (prompt, negative prompt,
- * seed, steps, guidance, size, max_sequence_length, model, sampler, software, count, index and,
- * when used, skip-layer guidance), so that the image documents itself. focus-run and focusd
- * write the same keys; only "model" and "Software" differ with the program. */
+/* The text chunks a generated PNG carries: its generation parameters under the names the
+ * protocol's submit request gives them (prompt, negative_prompt, seed, steps, guidance, width,
+ * height, max_seq, model, count), then sampler, Software, index and, when used,
+ * skip_layer_guidance, so that the image documents itself. focus-run and focusd write the same
+ * keys; only "model" and "Software" differ with the program. */
 #ifndef FOCUS_ENGINE_GEN_TEXT_H
 #define FOCUS_ENGINE_GEN_TEXT_H
 
 #include "engine/pipeline.h"
 #include "engine/png_out.h"
 
-#define GEN_TEXT_MAX 13
+#define GEN_TEXT_MAX 14
 
 typedef struct gen_text {
     png_out_kv kv[GEN_TEXT_MAX]; /* the values point into the buffers below and into p */
     int n;
-    char seed[32], steps[16], guidance[32], size[32], max_seq[16], count[16], index[16];
+    char seed[32], steps[16], guidance[32], width[16], height[16], max_seq[16], count[16];
+    char index[16];
     char slg[192];
 } gen_text;
 

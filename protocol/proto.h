@@ -43,6 +43,9 @@
 #define PROTO_PRIORITY_MAX 10
 #define PROTO_JOBS_LIMIT_MAX 1000 /* most jobs one `jobs` reply lists */
 #define PROTO_JOBS_LIMIT_DEFAULT 100
+#define PROTO_WAIT_MAX 3600.0     /* seconds a wait may last */
+#define PROTO_WAIT_DEFAULT 60.0
+#define PROTO_MAX_CURSOR 64       /* bytes of a jobs cursor */
 
 /* Defaults the daemon applies to absent submit fields unless its configuration says otherwise
  * (those of the FOCUS model card). The decoder leaves absent fields unset in proto_submit.set. */
@@ -72,13 +75,16 @@ enum proto_errcode {
     PROTO_E_UNKNOWN_OP,
     PROTO_E_BAD_FIELD,           /* missing, wrong type, out of range; field names it */
     PROTO_E_NOT_FOUND,           /* no such job, image or model */
-    PROTO_E_BUSY,                /* queue full; retry later */
+    PROTO_E_BUSY,                /* a limit reached, named by error.limit; retry later */
     PROTO_E_TOO_LARGE,           /* the job can never fit on any device */
-    PROTO_E_CANCELED,
+    PROTO_E_CANCELED,            /* only in a canceled job's status, never a reply's error */
     PROTO_E_FAILED,              /* the job failed; also any code a client does not know */
     PROTO_E_INTERNAL,
-    PROTO_E_FORBIDDEN,           /* e.g. canceling another session's job */
+    PROTO_E_FORBIDDEN,           /* canceling another peer's job (jobs_may_cancel in the
+                                  * daemon is the policy); another peer's routing id */
     PROTO_E_UNAVAILABLE,         /* the daemon is stopping or the model is not loaded */
+    PROTO_E_OUT_OF_MEMORY,       /* the job could not get the memory it needed */
+    PROTO_E_EXPIRED,             /* the job existed; retention has removed it */
     PROTO_E_COUNT
 };
 
@@ -86,6 +92,7 @@ struct proto_error {
     enum proto_errcode code;
     char field[PROTO_MAX_FIELD + 1];    /* "" when no single field is at fault */
     char message[PROTO_MAX_TEXT + 1];
+    char limit[PROTO_MAX_FIELD + 1];    /* busy: the hello limit reached ("" otherwise) */
 };
 
 const char *proto_errcode_name(enum proto_errcode code); /* "bad_field"; "none" for NONE */
@@ -115,6 +122,7 @@ enum proto_op {
     PROTO_OP_MODELS,
     PROTO_OP_STATS,
     PROTO_OP_PING,
+    PROTO_OP_WAIT,
     PROTO_OP_COUNT
 };
 
@@ -145,8 +153,11 @@ enum {
     PROTO_SUBMIT_COUNT = 1u << 8,
     PROTO_SUBMIT_PRIORITY = 1u << 9,
     PROTO_SUBMIT_WATCH = 1u << 10,
-    PROTO_SUBMIT_ALL = (1u << 11) - 1,
+    PROTO_SUBMIT_PNG = 1u << 11,
+    PROTO_SUBMIT_ALL = (1u << 12) - 1,
 };
+/* The request-only fields, absent from a job's resolved params. */
+#define PROTO_SUBMIT_PARAMS (PROTO_SUBMIT_ALL & ~(uint32_t)(PROTO_SUBMIT_WATCH | PROTO_SUBMIT_PNG))
 
 /* Generation parameters: the submit request, and the resolved "params" of a job in replies
  * (where every field but watch is present). Unset fields hold the PROTO_DEFAULT_* values. */
@@ -163,6 +174,7 @@ struct proto_submit {
     uint32_t count;
     int32_t priority;
     bool watch;
+    bool png; /* with watch: the done event carries the PNG files */
 };
 
 /* Clears s and fills the defaults, with no field set. */
@@ -174,12 +186,14 @@ struct proto_request {
     union proto_op_params { /* submit first: proto_submit's offsets are the union's */
         struct { char client[PROTO_MAX_NAME + 1]; } hello;  /* "" when absent */
         struct proto_submit submit;
-        struct { char job[PROTO_MAX_NAME + 1]; } job;       /* watch, cancel, job */
+        struct { char job[PROTO_MAX_NAME + 1]; bool png; } job; /* watch (png), cancel, job */
         struct {
             bool has_state;
             enum proto_state state;
             uint32_t limit;                                /* 1..PROTO_JOBS_LIMIT_MAX */
+            char cursor[PROTO_MAX_CURSOR + 1];             /* "" : from the newest */
         } jobs;
+        struct { char job[PROTO_MAX_NAME + 1]; double timeout; } wait;
         struct { char job[PROTO_MAX_NAME + 1]; uint32_t index; } fetch; /* index 0..count-1 */
     } u;
 };
@@ -210,6 +224,12 @@ int proto_encode_request(msgpack_sbuffer *sb, const struct proto_request *req);
 
 /* ---- Reply payloads ---- */
 
+/* One of the daemon's own limits in hello's "limits" (its configuration's). */
+struct proto_limit {
+    const char *name;
+    uint64_t value;
+};
+
 struct proto_hello_reply {
     char server[PROTO_MAX_NAME + 1];    /* "focusd" */
     char version[PROTO_MAX_NAME + 1];   /* the daemon's version, e.g. "0.1.0" */
@@ -219,6 +239,8 @@ struct proto_hello_reply {
     uint32_t max_queue;                 /* jobs the daemon queues before answering busy */
     const char *const *models;          /* model names */
     size_t n_models;
+    const struct proto_limit *daemon_limits; /* encoded beside the protocol's; not decoded */
+    size_t n_daemon_limits;
 };
 
 struct proto_job_status {
@@ -264,14 +286,18 @@ struct proto_stats {
 /* id: the request's id (kind NONE encodes nil). */
 int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
                       const char *field, const char *message);
+/* The same with every part of e, its limit included. */
+int proto_reply_refusal(msgpack_sbuffer *sb, const struct proto_id *id,
+                        const struct proto_error *e);
 int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
                       const struct proto_hello_reply *h);
 int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const char *job);
 /* The reply of watch, cancel and job: the job's status. */
 int proto_reply_job(msgpack_sbuffer *sb, const struct proto_id *id,
                     const struct proto_job_status *st);
+/* next: the cursor of the following page, NULL when this one is the last. */
 int proto_reply_jobs(msgpack_sbuffer *sb, const struct proto_id *id,
-                     const struct proto_job_status *jobs, size_t n);
+                     const struct proto_job_status *jobs, size_t n, const char *next);
 int proto_reply_fetch(msgpack_sbuffer *sb, const struct proto_id *id,
                       const struct proto_image *img);
 int proto_reply_models(msgpack_sbuffer *sb, const struct proto_id *id,
@@ -295,10 +321,18 @@ enum proto_event_kind {
 const char *proto_event_name(enum proto_event_kind k);
 
 /* Which fields travel depends on kind: queued: position; started: steps; progress: step, steps,
- * elapsed, eta; done: images, elapsed; failed: error; canceled: nothing more. */
+ * elapsed, eta; done: images, elapsed; failed: error; canceled: nothing more. Every event
+ * carries seq: 1 for the first event the daemon meant for a session, one more for each after
+ * it, so that a gap shows the events a session missed (coalesced or dropped progress). */
 struct proto_event {
     enum proto_event_kind kind;
     char job[PROTO_MAX_NAME + 1];
+    uint64_t seq;
+    /* done, encoding only: n_png > 0 adds "png" (array of bin) and "sha256" (of bin 32). */
+    const uint8_t *const *png;
+    const size_t *png_len;
+    const uint8_t (*png_sha256)[32];
+    uint32_t n_png;
     uint32_t position;
     uint32_t step, steps;
     double elapsed, eta; /* seconds since the job started; estimated seconds left */

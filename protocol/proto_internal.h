@@ -43,6 +43,9 @@ struct proto_table {
 #define U64(s, m, b, r) {#m, PF_U64, offsetof(s, m), 0, 0, 0, 0, 0, 0, b, r}
 #define F64(s, m, l, h, b, r) {#m, PF_F64, offsetof(s, m), 0, 0, 0, l, h, 0, b, r}
 
+/* The event table's bit of seq: always sent, optional to read (daemons before it had none). */
+#define PROTO_EVENT_SEQ_BIT (1u << 6)
+
 extern const struct proto_table proto_op_tables[PROTO_OP_COUNT];
 extern const struct proto_table proto_submit_table;
 extern const struct proto_table proto_status_table;
@@ -62,6 +65,10 @@ int proto_event_parse_name(const char *s, size_t len);
 /* Fills *perr and the err.h message; returns ERR_FORMAT (ERR_RANGE for bad_field). */
 int proto_fail(struct proto_error *perr, enum proto_errcode code, const char *field,
                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Refuses a key that occurs twice in any map of o (the top level or nested) as bad_field
+ * naming it. */
+int proto_check_unique_keys(const msgpack_object *o, struct proto_error *perr);
 
 /* The value under key in map, or NULL; *dup set when the key occurs more than once. */
 const msgpack_object *proto_map_get(const msgpack_object *map, const char *key, bool *dup);

@@ -15,6 +15,8 @@ void proto_request_init(struct proto_request *r, enum proto_op op)
         proto_submit_init(&r->u.submit);
     else if (op == PROTO_OP_JOBS)
         r->u.jobs.limit = PROTO_JOBS_LIMIT_DEFAULT;
+    else if (op == PROTO_OP_WAIT)
+        r->u.wait.timeout = PROTO_WAIT_DEFAULT;
 }
 
 /* Reads "id" into *id; on failure *id stays NONE and the error is reported. */
@@ -86,6 +88,10 @@ static int parse_fields(const msgpack_object *map, struct proto_request *req,
         return rc;
     if (id_rc)
         return proto_fail(perr, id_err.code, id_err.field, "%s", id_err.message);
+    /* A repeated key is refused even where the op ignores it: a reader that took the other
+     * value would see another request. */
+    if ((rc = proto_check_unique_keys(map, perr)))
+        return rc;
     enum proto_op op;
     rc = parse_op(map, &op, perr);
     if (rc)
@@ -160,7 +166,9 @@ int proto_encode_request(msgpack_sbuffer *sb, const struct proto_request *req)
     else if (req->op == PROTO_OP_HELLO)
         set = req->u.hello.client[0] ? 1u : 0u;
     else if (req->op == PROTO_OP_JOBS)
-        set = (req->u.jobs.has_state ? 1u : 0u) | 2u;
+        set = (req->u.jobs.has_state ? 1u : 0u) | 2u | (req->u.jobs.cursor[0] ? 4u : 0u);
+    else if (req->op == PROTO_OP_WATCH)
+        set = req->u.job.png ? 1u : 0u;
     struct proto_writer w;
     proto_writer_init(&w, sb);
     msgpack_pack_map(&w.pk, 3 + proto_table_count(t, set));

@@ -9,15 +9,18 @@
 #include <float.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const errcode_names[PROTO_E_COUNT] = {
     "none", "bad_message", "unsupported_version", "unknown_op", "bad_field", "not_found",
     "busy", "too_large", "canceled", "failed", "internal", "forbidden", "unavailable",
+    "out_of_memory", "expired",
 };
 
 static const char *const op_names[PROTO_OP_COUNT] = {
     "hello", "submit", "watch", "cancel", "job", "jobs", "fetch", "models", "stats", "ping",
+    "wait",
 };
 
 static const char *const state_names[PROTO_STATE_COUNT] = {
@@ -118,6 +121,8 @@ static const struct proto_field submit_fields[] = {
      PROTO_PRIORITY_MAX, 0, 0, 0, PROTO_SUBMIT_PRIORITY, false},
     {"watch", PF_BOOL, offsetof(struct proto_submit, watch), 0, 0, 0, 0, 0, 0,
      PROTO_SUBMIT_WATCH, false},
+    {"png", PF_BOOL, offsetof(struct proto_submit, png), 0, 0, 0, 0, 0, 0, PROTO_SUBMIT_PNG,
+     false},
 };
 const struct proto_table proto_submit_table = {submit_fields,
                                                sizeof submit_fields / sizeof *submit_fields};
@@ -139,6 +144,7 @@ const struct proto_table proto_status_table = {status_fields,
 /* Bits are those of proto_event_fields() in proto_server.c. */
 static const struct proto_field event_fields[] = {
     STR(struct proto_event, job, PROTO_MAX_NAME, 0, true),
+    U64(struct proto_event, seq, PROTO_EVENT_SEQ_BIT, false),
     U32ANY(struct proto_event, position, 1u << 0, false),
     U32ANY(struct proto_event, step, 1u << 1, false),
     U32ANY(struct proto_event, steps, 1u << 2, false),
@@ -155,9 +161,19 @@ static const struct proto_field hello_req_fields[] = {
 static const struct proto_field jobref_fields[] = {
     NAMED_STR("job", union proto_op_params, job.job, PROTO_MAX_NAME, 0, true),
 };
+static const struct proto_field watch_req_fields[] = {
+    NAMED_STR("job", union proto_op_params, job.job, PROTO_MAX_NAME, 0, true),
+    {"png", PF_BOOL, offsetof(union proto_op_params, job.png), 0, 0, 0, 0, 0, 0, 1, false},
+};
 static const struct proto_field jobs_req_fields[] = {
     {"state", PF_STATE, offsetof(union proto_op_params, jobs.state), 0, 0, 0, 0, 0, 0, 1, false},
     NAMED_U32("limit", union proto_op_params, jobs.limit, 1, PROTO_JOBS_LIMIT_MAX, 0, 2, false),
+    NAMED_STR("cursor", union proto_op_params, jobs.cursor, PROTO_MAX_CURSOR, 4, false),
+};
+static const struct proto_field wait_req_fields[] = {
+    NAMED_STR("job", union proto_op_params, wait.job, PROTO_MAX_NAME, 0, true),
+    {"timeout", PF_F64, offsetof(union proto_op_params, wait.timeout), 0, 0, 0, 0,
+     PROTO_WAIT_MAX, 0, 1, false},
 };
 static const struct proto_field fetch_req_fields[] = {
     NAMED_STR("job", union proto_op_params, fetch.job, PROTO_MAX_NAME, 0, true),
@@ -168,11 +184,12 @@ static const struct proto_field fetch_req_fields[] = {
 const struct proto_table proto_op_tables[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {hello_req_fields, 1},
     [PROTO_OP_SUBMIT] = {submit_fields, sizeof submit_fields / sizeof *submit_fields},
-    [PROTO_OP_WATCH] = {jobref_fields, 1},
+    [PROTO_OP_WATCH] = {watch_req_fields, 2},
     [PROTO_OP_CANCEL] = {jobref_fields, 1},
     [PROTO_OP_JOB] = {jobref_fields, 1},
-    [PROTO_OP_JOBS] = {jobs_req_fields, 2},
+    [PROTO_OP_JOBS] = {jobs_req_fields, 3},
     [PROTO_OP_FETCH] = {fetch_req_fields, 2},
+    [PROTO_OP_WAIT] = {wait_req_fields, 2},
 };
 
 static const struct proto_field hello_fields[] = {
@@ -238,6 +255,51 @@ const msgpack_object *proto_map_get(const msgpack_object *map, const char *key, 
         }
     }
     return found;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    const msgpack_object *x = *(const msgpack_object *const *)a, *y = *(const msgpack_object *const *)b;
+    uint32_t n = x->via.str.size < y->via.str.size ? x->via.str.size : y->via.str.size;
+    int c = memcmp(x->via.str.ptr, y->via.str.ptr, n);
+    return c ? c : (x->via.str.size > y->via.str.size) - (x->via.str.size < y->via.str.size);
+}
+
+int proto_check_unique_keys(const msgpack_object *o, struct proto_error *perr)
+{
+    if (o->type == MSGPACK_OBJECT_ARRAY) {
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            int rc = proto_check_unique_keys(&o->via.array.ptr[i], perr);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return 0;
+    uint32_t n = o->via.map.size;
+    /* The validator bounds n (64 in a request, 4096 from a daemon) and makes every key a str:
+     * sorted pointers find a repeated one in n log n. */
+    const msgpack_object **keys = n ? malloc(n * sizeof *keys) : NULL;
+    if (n && !keys)
+        return proto_fail(perr, PROTO_E_INTERNAL, NULL, "out of memory");
+    for (uint32_t i = 0; i < n; i++)
+        keys[i] = &o->via.map.ptr[i].key;
+    qsort(keys, n, sizeof *keys, key_cmp);
+    int rc = 0;
+    for (uint32_t i = 1; !rc && i < n; i++)
+        if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
+            char name[PROTO_MAX_FIELD + 1];
+            size_t len = keys[i]->via.str.size < PROTO_MAX_FIELD ? keys[i]->via.str.size
+                                                                  : PROTO_MAX_FIELD;
+            memcpy(name, keys[i]->via.str.ptr, len);
+            name[len] = 0;
+            rc = proto_fail(perr, PROTO_E_BAD_FIELD, name, "appears more than once");
+        }
+    free(keys);
+    for (uint32_t i = 0; !rc && i < n; i++)
+        rc = proto_check_unique_keys(&o->via.map.ptr[i].val, perr);
+    return rc;
 }
 
 int proto_copy_str(const msgpack_object *o, char *dst, size_t cap, const char *field,

@@ -19,9 +19,10 @@ static void pack_ok_header(struct proto_writer *w, const struct proto_id *id, ui
 }
 
 static void pack_error_map(msgpack_packer *pk, enum proto_errcode code, const char *field,
-                           const char *message)
+                           const char *message, const char *limit)
 {
-    msgpack_pack_map(pk, 3);
+    bool has_limit = limit && *limit;
+    msgpack_pack_map(pk, 3 + has_limit);
     proto_pack_cstr(pk, "code");
     proto_pack_cstr(pk, proto_errcode_name(code));
     proto_pack_cstr(pk, "field");
@@ -31,10 +32,14 @@ static void pack_error_map(msgpack_packer *pk, enum proto_errcode code, const ch
         msgpack_pack_nil(pk);
     proto_pack_cstr(pk, "message");
     proto_pack_cstr(pk, message ? message : "");
+    if (has_limit) {
+        proto_pack_cstr(pk, "limit");
+        proto_pack_cstr(pk, limit);
+    }
 }
 
-int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
-                      const char *field, const char *message)
+static int reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
+                       const char *field, const char *message, const char *limit)
 {
     struct proto_writer w;
     proto_writer_init(&w, sb);
@@ -43,8 +48,20 @@ int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto
     proto_pack_cstr(&w.pk, "ok");
     msgpack_pack_false(&w.pk);
     proto_pack_cstr(&w.pk, "error");
-    pack_error_map(&w.pk, code, field, message);
+    pack_error_map(&w.pk, code, field, message, limit);
     return proto_writer_finish(&w);
+}
+
+int proto_reply_error(msgpack_sbuffer *sb, const struct proto_id *id, enum proto_errcode code,
+                      const char *field, const char *message)
+{
+    return reply_error(sb, id, code, field, message, NULL);
+}
+
+int proto_reply_refusal(msgpack_sbuffer *sb, const struct proto_id *id,
+                        const struct proto_error *e)
+{
+    return reply_error(sb, id, e->code, e->field, e->message, e->limit);
 }
 
 int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
@@ -82,10 +99,14 @@ int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
     };
     size_t nl = sizeof limits / sizeof *limits;
     proto_pack_cstr(&w.pk, "limits");
-    msgpack_pack_map(&w.pk, nl + 1);
+    msgpack_pack_map(&w.pk, nl + 1 + h->n_daemon_limits);
     for (size_t i = 0; i < nl; i++) {
         proto_pack_cstr(&w.pk, limits[i].name);
         msgpack_pack_int64(&w.pk, limits[i].value);
+    }
+    for (size_t i = 0; i < h->n_daemon_limits; i++) {
+        proto_pack_cstr(&w.pk, h->daemon_limits[i].name);
+        msgpack_pack_uint64(&w.pk, h->daemon_limits[i].value);
     }
     proto_pack_cstr(&w.pk, "guidance_max");
     msgpack_pack_double(&w.pk, PROTO_GUIDANCE_MAX);
@@ -104,7 +125,7 @@ int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const cha
 
 static void pack_params(msgpack_packer *pk, const struct proto_submit *p)
 {
-    uint32_t set = PROTO_SUBMIT_ALL & ~PROTO_SUBMIT_WATCH;
+    uint32_t set = PROTO_SUBMIT_PARAMS;
     proto_pack_cstr(pk, "params");
     msgpack_pack_map(pk, proto_table_count(&proto_submit_table, set));
     proto_table_encode(&proto_submit_table, p, set, pk);
@@ -121,7 +142,7 @@ static void pack_status_pairs(msgpack_packer *pk, const struct proto_job_status 
     pack_params(pk, &st->params);
     if (st->error.code != PROTO_E_NONE) {
         proto_pack_cstr(pk, "error");
-        pack_error_map(pk, st->error.code, st->error.field, st->error.message);
+        pack_error_map(pk, st->error.code, st->error.field, st->error.message, NULL);
     }
 }
 
@@ -136,16 +157,20 @@ int proto_reply_job(msgpack_sbuffer *sb, const struct proto_id *id,
 }
 
 int proto_reply_jobs(msgpack_sbuffer *sb, const struct proto_id *id,
-                     const struct proto_job_status *jobs, size_t n)
+                     const struct proto_job_status *jobs, size_t n, const char *next)
 {
     struct proto_writer w;
     proto_writer_init(&w, sb);
-    pack_ok_header(&w, id, 1);
+    pack_ok_header(&w, id, 1 + (next != NULL));
     proto_pack_cstr(&w.pk, "jobs");
     msgpack_pack_array(&w.pk, n);
     for (size_t i = 0; i < n; i++) {
         msgpack_pack_map(&w.pk, status_pairs(&jobs[i]));
         pack_status_pairs(&w.pk, &jobs[i]);
+    }
+    if (next) {
+        proto_pack_cstr(&w.pk, "next");
+        proto_pack_cstr(&w.pk, next);
     }
     return proto_writer_finish(&w);
 }
@@ -211,11 +236,12 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
 {
     if ((unsigned)ev->kind >= PROTO_EV_COUNT)
         return err_set(ERR_INVALID, "proto_event_encode: bad kind %d", (int)ev->kind);
-    uint32_t bits = event_bits[ev->kind];
+    uint32_t bits = event_bits[ev->kind] | PROTO_EVENT_SEQ_BIT;
     bool failed = ev->kind == PROTO_EV_FAILED;
     struct proto_writer w;
     proto_writer_init(&w, sb);
-    msgpack_pack_map(&w.pk, 2 + proto_table_count(&proto_event_table, bits) + failed);
+    bool pngs = ev->kind == PROTO_EV_DONE && ev->n_png > 0;
+    msgpack_pack_map(&w.pk, 2 + proto_table_count(&proto_event_table, bits) + failed + 2 * pngs);
     proto_pack_cstr(&w.pk, "v");
     msgpack_pack_uint32(&w.pk, PROTO_VERSION);
     proto_pack_cstr(&w.pk, "event");
@@ -223,7 +249,17 @@ int proto_event_encode(msgpack_sbuffer *sb, const struct proto_event *ev)
     proto_table_encode(&proto_event_table, ev, bits, &w.pk);
     if (failed) {
         proto_pack_cstr(&w.pk, "error");
-        pack_error_map(&w.pk, ev->error.code, ev->error.field, ev->error.message);
+        pack_error_map(&w.pk, ev->error.code, ev->error.field, ev->error.message, NULL);
+    }
+    if (pngs) {
+        proto_pack_cstr(&w.pk, "png");
+        msgpack_pack_array(&w.pk, ev->n_png);
+        for (uint32_t i = 0; i < ev->n_png; i++)
+            msgpack_pack_bin_with_body(&w.pk, ev->png[i], ev->png_len[i]);
+        proto_pack_cstr(&w.pk, "sha256");
+        msgpack_pack_array(&w.pk, ev->n_png);
+        for (uint32_t i = 0; i < ev->n_png; i++)
+            msgpack_pack_bin_with_body(&w.pk, ev->png_sha256[i], 32);
     }
     return proto_writer_finish(&w);
 }
@@ -267,6 +303,12 @@ static int decode_error_map(const msgpack_object *map, struct proto_error *e,
     const msgpack_object *field = proto_map_get(map, "field", &dup);
     if (field && field->type != MSGPACK_OBJECT_NIL) {
         int rc = proto_copy_str(field, e->field, PROTO_MAX_FIELD, "error.field", perr);
+        if (rc)
+            return rc;
+    }
+    const msgpack_object *limit = proto_map_get(map, "limit", &dup);
+    if (limit) {
+        int rc = proto_copy_str(limit, e->limit, PROTO_MAX_FIELD, "error.limit", perr);
         if (rc)
             return rc;
     }
@@ -344,7 +386,7 @@ static int parse_incoming(const void *buf, size_t len, struct proto_incoming *in
         return proto_fail(perr, PROTO_E_BAD_MESSAGE, NULL, "MessagePack decoding failed (%d)",
                           (int)ur);
     rc = proto_check_version(&in->body, perr);
-    if (rc)
+    if (rc || (rc = proto_check_unique_keys(&in->body, perr)))
         return rc;
     bool dup;
     const msgpack_object *name = proto_map_get(&in->body, "event", &dup);

@@ -27,11 +27,12 @@ MAX_REQUEST = 64 * 1024
 MAX_SERVER = 64 * 1024 * 1024
 DEFAULT_ENDPOINT = os.environ.get("FOCUS_SOCKET", "ipc:///run/focusd/focusd.sock")
 
-OPS = ("hello", "submit", "watch", "cancel", "job", "jobs", "fetch", "models", "stats", "ping")
+OPS = ("hello", "submit", "watch", "cancel", "job", "jobs", "fetch", "models", "stats", "ping",
+       "wait")
 EVENTS = ("queued", "started", "progress", "done", "failed", "canceled")
 TERMINAL_EVENTS = ("done", "failed", "canceled")
 SUBMIT_FIELDS = ("model", "prompt", "negative_prompt", "seed", "steps", "guidance", "width",
-                 "height", "max_seq", "count", "priority", "watch")
+                 "height", "max_seq", "count", "priority", "watch", "png")
 
 
 class ProtocolError(Exception):
@@ -39,13 +40,14 @@ class ProtocolError(Exception):
 
 
 class FocusdError(Exception):
-    """The daemon answered a request with ok false."""
+    """The daemon answered a request with ok false. limit: for busy, the hello limit hit."""
 
-    def __init__(self, code, field, message):
+    def __init__(self, code, field, message, limit=None):
         super().__init__(f"{code}{' (' + field + ')' if field else ''}: {message}")
         self.code = code
         self.field = field
         self.message = message
+        self.limit = limit
 
 
 def encode_request(op, req_id, **fields):
@@ -124,7 +126,7 @@ class Client:
             if not msg["ok"]:
                 err = msg.get("error") or {}
                 raise FocusdError(err.get("code", "failed"), err.get("field"),
-                                  err.get("message", ""))
+                                  err.get("message", ""), err.get("limit"))
             return {k: v for k, v in msg.items() if k not in ("v", "id", "ok")}
 
     def hello(self, client="focusd_client.py"):
@@ -132,7 +134,8 @@ class Client:
 
     def submit(self, prompt, **params):
         """Queues a job and returns its id. params: model, negative_prompt, seed, steps,
-        guidance, width, height, max_seq, count, priority, watch."""
+        guidance, width, height, max_seq, count, priority, watch, png (with watch: the done
+        event carries the PNG files)."""
         unknown = set(params) - set(SUBMIT_FIELDS)
         if unknown:
             raise TypeError(f"unknown submit fields {sorted(unknown)}")
@@ -140,9 +143,22 @@ class Client:
             params["guidance"] = float(params["guidance"])
         return self.request("submit", prompt=prompt, **params)["job"]
 
-    def watch(self, job):
-        """Subscribes to the job's events; returns its status."""
-        return self.request("watch", job=job)
+    def watch(self, job, png=None):
+        """Subscribes to the job's events; returns its status. png: the done event carries
+        the PNG files."""
+        return self.request("watch", job=job, png=png)
+
+    def wait(self, job, timeout=None):
+        """The job's status once it has ended, or once timeout seconds (default 60, at most
+        3600) have passed, whichever is first."""
+        saved = self.timeout
+        if self.timeout is not None:
+            self.timeout = max(self.timeout, (60.0 if timeout is None else timeout) + 10)
+        try:
+            return self.request("wait", job=job,
+                                timeout=None if timeout is None else float(timeout))
+        finally:
+            self.timeout = saved
 
     def cancel(self, job):
         return self.request("cancel", job=job)
@@ -150,8 +166,14 @@ class Client:
     def job(self, job):
         return self.request("job", job=job)
 
-    def jobs(self, state=None, limit=None):
-        return self.request("jobs", state=state, limit=limit)["jobs"]
+    def jobs(self, state=None, limit=None, cursor=None):
+        """This peer's jobs, newest first, one page; jobs_page() also gives the cursor of the
+        next."""
+        return self.jobs_page(state, limit, cursor)[0]
+
+    def jobs_page(self, state=None, limit=None, cursor=None):
+        r = self.request("jobs", state=state, limit=limit, cursor=cursor)
+        return r["jobs"], r.get("next")
 
     def fetch(self, job, index=0):
         """One image of a finished job: png (bytes), sha256 (checked), width, height, seed,
@@ -173,7 +195,8 @@ class Client:
     def events(self, job=None, timeout=None):
         """Yields events as they arrive; with job, only that job's, ending after its done,
         failed or canceled event (events of other jobs read meanwhile are dropped). timeout:
-        seconds without an event before TimeoutError."""
+        seconds without an event before TimeoutError. Each event's seq numbers the session's
+        events: a gap means some were missed."""
         while True:
             if self._events:
                 ev = self._events.popleft()

@@ -286,7 +286,7 @@ const cli_cmd cli_cmd_generate = {
         "initial noise, bit for bit. With --count N > 1 all N images come from one draw of\n"
         "that generator (num_images_per_prompt=N) and are written to FILE, then FILE with\n"
         "-1, -2, ... before its extension (out.png, out-1.png, out-2.png). Each PNG carries\n"
-        "text chunks: prompt, negative_prompt, seed, steps, guidance, size, max_sequence_length,\n"
+        "text chunks: prompt, negative_prompt, seed, steps, guidance, width, height, max_seq,\n"
         "model, sampler, Software, count, index (and skip_layer_guidance when used). The paths\n"
         "written go to stdout; per-step progress and timings go to stderr.\n"
         "--dump DIR writes float32 .npy files: noise.npy (the initial latents, [N, 16, H/8,\n"

@@ -1,9 +1,12 @@
 """Serving benchmark for `make bench-serve`: starts build/focusd (or $FOCUSD) with the fixture
 model on a temporary ipc socket and reports ping latency (p50/p99), small requests per second,
-jobs per second with 1 and 8 clients, and the daemon's RSS idle and with 1000 jobs queued.
-Needs pyzmq and msgpack. Figures depend on the machine: quote them with its description."""
+the reply latency (p50/p99) with 64 clients each pipelining 1,000 requests, jobs per second with
+1 and 8 clients, and the daemon's RSS idle, with 1000 jobs queued, and with 10,000 jobs queued
+and 1,000 sessions open. Loopback only, bounded loops, about a minute. Needs pyzmq and msgpack.
+Figures depend on the machine: quote them with its description."""
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,89 @@ def requests_per_s(endpoint, seconds=2.0, window=256):
     return got / dt
 
 
+def pipelined_latency(endpoint, clients=64, each=1000):
+    """64 sockets each send 1,000 pings at once; each reply's latency runs from its own send
+    to its receipt. One thread drives all sockets, so the figures are the daemon's queueing,
+    not the client's scheduling."""
+    ctx = zmq.Context()
+    socks = []
+    for _ in range(clients):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(endpoint)
+        socks.append(s)
+    for s in socks:  # connected and known to the daemon before the clock starts
+        s.send(msgpack.packb({"v": 1, "id": "warm", "op": "ping"}))
+        s.recv()
+    sent = {}
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    lat, busy = [], 0
+
+    def drain(wait_ms):
+        nonlocal busy
+        for s, _ in poller.poll(wait_ms):
+            while True:
+                try:
+                    m = msgpack.unpackb(s.recv(zmq.NOBLOCK), raw=False)
+                except zmq.Again:
+                    break
+                lat.append(time.perf_counter() - sent[m["id"]])
+                busy += not m["ok"]
+    # Rounds of one request per socket, replies read between them: 64,000 requests in
+    # flight at most, each client's 1,000 pipelined without waiting for its replies.
+    for k in range(each):
+        for i, s in enumerate(socks):
+            rid = i * each + k
+            sent[rid] = time.perf_counter()
+            s.send(msgpack.packb({"v": 1, "id": rid, "op": "ping"}))
+        drain(0)
+    deadline = time.monotonic() + 60
+    while len(lat) < clients * each and time.monotonic() < deadline:
+        drain(1000)
+    for s in socks:
+        s.close()
+    ctx.term()
+    lat.sort()
+    n = len(lat)
+    return n, busy, lat[n // 2] * 1e6, lat[int(n * 0.99)] * 1e6
+
+
+def queued_and_sessions_rss(pid, endpoint, jobs=10000, sessions=1000):
+    """RSS with jobs queued behind a long job and sessions open (each has said hello)."""
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, sessions + 16)
+    c = Client(endpoint, timeout=120, context=ctx)
+    first = c.submit("hold the worker", steps=200, width=64, height=64)
+    s = c._sock
+    for k in range(jobs):
+        s.send(msgpack.packb({"v": 1, "id": 10 + k, "op": "submit", "prompt": f"queued {k}",
+                              "seed": k, "priority": -1, "steps": 1, "width": 64,
+                              "height": 64, "guidance": 0.0}))
+    ok = 0
+    for _ in range(jobs):
+        ok += msgpack.unpackb(s.recv(), raw=False)["ok"]
+    open_socks = []
+    for _ in range(sessions):
+        z = ctx.socket(zmq.DEALER)
+        z.setsockopt(zmq.LINGER, 0)
+        z.connect(endpoint)
+        z.send(msgpack.packb({"v": 1, "id": 1, "op": "hello"}))
+        open_socks.append(z)
+    for z in open_socks:
+        z.recv()
+    rss = rss_kib(pid)
+    c.cancel(first)
+    for z in open_socks:
+        z.close()
+    c.close()
+    ctx.term()
+    return ok, rss
+
+
 def jobs_per_s(endpoint, clients, jobs_each):
     def run(i):
         c = Client(endpoint, timeout=120)
@@ -98,13 +184,19 @@ def jobs_per_s(endpoint, clients, jobs_each):
 
 
 def main():
+    # 1,000 sessions are 1,000 connections: file descriptors on both ends.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     with tempfile.TemporaryDirectory(prefix="focusd-bench-") as tmp:
-        p, ep = start(tmp, "--set", "max_queue=5000", "--set", "max_jobs_per_session=5000",
+        p, ep = start(tmp, "--set", "max_queue=20000", "--set", "max_jobs_per_peer=20000",
                       "--set", "batch_max=8")
         try:
             p50, p99 = ping_latency(ep)
             print(f"ping latency over ipc: p50 {p50:.0f} us, p99 {p99:.0f} us")
             print(f"small requests (ping, 256 in flight): {requests_per_s(ep):.0f} /s")
+            n, busy, p50, p99 = pipelined_latency(ep)
+            print(f"reply latency, 64 clients each pipelining 1000 pings: p50 {p50 / 1000:.1f} ms, "
+                  f"p99 {p99 / 1000:.1f} ms ({n} replies, {busy} busy)")
             print(f"jobs/s, 64x64, 1 step, 1 client: {jobs_per_s(ep, 1, 40):.1f}")
             print(f"jobs/s, 64x64, 1 step, 8 clients: {jobs_per_s(ep, 8, 20):.1f}")
             time.sleep(0.5)
@@ -118,6 +210,8 @@ def main():
                   f"{queued / 1024:.1f} MiB (+{(queued - idle) / 1000:.1f} KiB per job)")
             c.cancel(first)
             c.close()
+            ok, rss = queued_and_sessions_rss(p.pid, ep)
+            print(f"daemon RSS with {ok} jobs queued and 1000 sessions: {rss / 1024:.1f} MiB")
         finally:
             p.terminate()
             p.wait(30)

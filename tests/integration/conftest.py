@@ -105,6 +105,25 @@ class Daemon:
         self.clients = []
 
 
+@pytest.fixture(scope="session")
+def fault_lib(tmp_path_factory):
+    """tests/integration/fault_inject.c built into a library to preload into focusd."""
+    out = str(tmp_path_factory.mktemp("faults") / "fault_inject.so")
+    src = os.path.join(os.path.dirname(__file__), "fault_inject.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O1", "-o", out, src,
+                    "-ldl"], check=True)
+    return out
+
+
+def fault_env(lib, control):
+    """The environment that preloads lib into focusd, armed by the file control."""
+    env = {"LD_PRELOAD": lib, "FOCUSD_FAULTS": control}
+    # A sanitizer build wants its runtime first; the preloaded library only wraps libc and
+    # SQLite functions, which the runtime does not intercept.
+    env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    return env
+
+
 @pytest.fixture
 def workdir():
     # ipc paths must fit sun_path (108 bytes): keep the directory short.
@@ -162,6 +181,17 @@ def wait_for(pred, timeout=30.0, step=0.02, what="condition"):
 def wait_state(client, job, states=("done",), timeout=60.0):
     return wait_for(lambda: client.job(job)["state"] in states and client.job(job), timeout,
                     what=f"job {job} in {states}")
+
+
+def wait_expired(client, job, timeout=10.0):
+    """Waits until retention has removed job: its status then answers expired."""
+    def expired():
+        try:
+            client.job(job)
+            return False
+        except focusd_client.FocusdError as e:
+            return e.code == "expired"
+    wait_for(expired, timeout, what=f"job {job} expired")
 
 
 def notify_socket(path):

@@ -63,6 +63,13 @@ def test_submit_watch_fetch(daemon):
         assert (w, h) == (64, 64) == (img["width"], img["height"])
         text = png_text(img["png"])
         assert text[b"seed"] == b"7" and text[b"index"] == str(i).encode()
+        # The chunks are named as the request's fields and hold the job's parameters.
+        for k, v in st["params"].items():
+            want = repr(v) if isinstance(v, float) and v != int(v) else str(v)
+            if isinstance(v, float) and v == int(v):
+                want = str(int(v))
+            if k != "priority":
+                assert text[k.encode()].decode() == want, k
         # The file in the state directory is what was sent.
         with open(os.path.join(daemon.state, "images", f"{job}-{i}.png"), "rb") as f:
             assert f.read() == img["png"]

@@ -53,6 +53,11 @@ CASES = [
     ("job not a string", req(op="job", job=[1]), "bad_field", "job"),
     ("fetch index huge", req(op="fetch", job="j1", index=2**40), "bad_field", "index"),
     ("jobs bad state", req(op="jobs", state="sleeping"), "bad_field", "state"),
+    # A key twice, one the op does not even define: refused, naming it.
+    ("duplicate key", b"\x85\xa1v\x01\xa2id\x09\xa2op\xa4ping\xa1x\x01\xa1x\x02", "bad_field",
+     "x"),
+    ("duplicate key in submit", b"\x85\xa1v\x01\xa2id\x09\xa2op\xa6submit\xa6prompt\xa1a"
+     b"\xa6prompt\xa1b", "bad_field", "prompt"),
     ("invalid utf-8", b"\x83\xa1v\x01\xa2id\x09\xa2op\xa4\xff\xfe\xfd\xfc", "bad_message", None),
 ]
 
@@ -78,7 +83,7 @@ def test_frame_past_transport_limit_drops_only_that_peer(daemon):
     bad = ctx.socket(zmq.DEALER)
     bad.setsockopt(zmq.LINGER, 0)
     bad.connect(daemon.endpoint)
-    bad.send(b"\x00" * (4 << 20))
+    bad.send(b"\x00" * (32 << 20))  # past the 16 MiB the socket reads
     bad.close()
     c = daemon.client(timeout=5)
     c.ping()

@@ -556,7 +556,7 @@ static void sample_status(struct proto_job_status *st, const char *job, enum pro
     strcpy(st->params.prompt, "a lighthouse");
     strcpy(st->params.model, "focus");
     st->params.seed = 42;
-    st->params.set = PROTO_SUBMIT_ALL & ~PROTO_SUBMIT_WATCH;
+    st->params.set = PROTO_SUBMIT_PARAMS;
     if (s == PROTO_STATE_FAILED) {
         st->error.code = PROTO_E_FAILED;
         strcpy(st->error.message, "out of memory on cuda:0");
@@ -571,7 +571,7 @@ static void test_reply_roundtrips(void)
 
     msgpack_sbuffer_init(&sb);
     const char *names[] = {"focus", "sd35m"};
-    struct proto_hello_reply h = {"focusd", "0.1.0", 1, "s-1", "focus", 64, names, 2};
+    struct proto_hello_reply h = {"focusd", "0.1.0", 1, "s-1", "focus", 64, names, 2, NULL, 0};
     CHECK(proto_reply_hello(&sb, &id, &h) == 0 && incoming(&sb, &in) == 0);
     struct proto_hello_reply h2;
     CHECK(!in.is_event && in.ok && in.id.kind == PROTO_ID_STR && strcmp(in.id.s, "r1") == 0);
@@ -601,7 +601,7 @@ static void test_reply_roundtrips(void)
     sample_status(&list[2], "c", PROTO_STATE_DONE);
     struct proto_job_status *got;
     size_t n;
-    CHECK(proto_reply_jobs(&sb, &id, list, 3) == 0 && incoming(&sb, &in) == 0);
+    CHECK(proto_reply_jobs(&sb, &id, list, 3, NULL) == 0 && incoming(&sb, &in) == 0);
     CHECK(proto_decode_jobs(&in, &got, &n, NULL) == 0 && n == 3 &&
           memcmp(got, list, sizeof list) == 0);
     proto_incoming_free(&in);
