@@ -139,6 +139,7 @@ static int t5_run(void *p)
 int main(int argc, char **argv)
 {
     encode_opts o = parse_args(argc, argv);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress reaches a reading pipe line by line */
     model_config *cfg;
     if (model_config_load(o.model, &cfg) < 0) return fail(o.model);
     kn_ctx *ctx;
@@ -196,7 +197,6 @@ int main(int argc, char **argv)
         double best;
         if (best_of(&o, ctx, t5_run, &r, &best) < 0) return fail("T5");
         printf("T5-XXL encode, %3d tokens  %8.3f s  (best of %d)\n", o.t5_lens[i], best, o.repeats);
-        fflush(stdout);
         kn_free(ctx, &out);
     }
     double rss_end = bench_peak_rss();

@@ -160,7 +160,6 @@ static double time_steps(const step_opts *o, kn_ctx *ctx, mmdit *m, const mmdit_
             die("transformer forward");
         double dt = bench_now() - ts;
         printf("  step %d: %.2f s%s\n", r, dt, r == 0 ? " (warm-up)" : "");
-        fflush(stdout);
         if (r > 0) {
             sum += dt;
             if (dt < best) best = dt;
@@ -229,7 +228,6 @@ static void bench_vae(const step_opts *o, kn_ctx *ctx, const model_config *mc)
         }
         printf("VAE decode %dx%d: %.2f s (best of %d after a warm-up)\n", side, side, best,
                o->repeats);
-        fflush(stdout);
         kn_free(ctx, &z);
         kn_free(ctx, &img);
     }
@@ -239,6 +237,7 @@ static void bench_vae(const step_opts *o, kn_ctx *ctx, const model_config *mc)
 int main(int argc, char **argv)
 {
     step_opts o = parse_args(argc, argv);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress reaches a reading pipe line by line */
     model_config *mc;
     kn_ctx *ctx;
     if (model_config_load(o.model, &mc) < 0) die("loading the configuration");
