@@ -16,7 +16,7 @@ directory with torch_dtype float32 or bfloat16 and times exactly that call
 warm-up pass, then the best of REPEATS.
 
 It also prints the whole step's GFLOP/s. The FLOP count is bench_step's (bench_mmdit_flops in
-tests/bench/common/bench_util.h), read from its output: two FLOPs per multiply-add of every
+tests/bench/common/bench_util.h, from the model's config), read from `bench_step --only flops`: two FLOPs per multiply-add of every
 linear layer of the forward pass (patch embedding, timestep and pooled embedders, context
 embedder, per block the adaLN projections of both streams, q/k/v and output projections, the
 feed-forward, the dual-attention blocks' second attention, norm_out and proj_out) at the rows
@@ -91,6 +91,8 @@ def parse_args():
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--parts", default="step,vae,t5")
+    ap.add_argument("--sides", default="engine,diffusers",
+                    help="which side(s) to run (default both)")
     ap.add_argument("--mem-limit", type=float, default=None,
                     help="GB a process may use at most (default: MemAvailable)")
     ap.add_argument("--threads", type=int, default=os.sysconf("SC_NPROCESSORS_ONLN"),
@@ -101,6 +103,10 @@ def parse_args():
     a.sizes = [int(s) for s in a.sizes.split(",")]
     a.precisions = a.precisions.split(",")
     a.parts = a.parts.split(",")
+    a.sides = a.sides.split(",")
+    for s in a.sides:
+        if s not in ("engine", "diffusers"):
+            ap.error(f"--sides: {s!r} is not engine or diffusers")
     for s in a.sizes:
         if s < 16 or s % 16:
             ap.error(f"--sizes: {s} is not a positive multiple of 16")
@@ -169,7 +175,9 @@ def run_diffusers(a):
         import diffusers
 
         # low_cpu_mem_usage=False: a decoder-only file (no encoder tensors) then loads with the
-        # encoder left at its initialisation, which decode never touches.
+        # encoder left at its initialisation, which decode never touches; the warning that lists
+        # every encoder tensor is silenced.
+        diffusers.utils.logging.set_verbosity_error()
         m = diffusers.AutoencoderKL.from_pretrained(path, torch_dtype=dtype,
                                                     low_cpu_mem_usage=False).eval()
         print(f"diffusers {diffusers.__version__}: VAE load {time.perf_counter() - t0:.2f} s")
@@ -276,6 +284,16 @@ class Driver:
                     rates[prec] = float(rx.match(line).group(1))
         return rates
 
+    def record_flops(self):
+        """The step's FLOP count at each side, as bench_step counts it (nothing is run)."""
+        lines = self.run_child([os.path.join(self.a.build, "bench", "bench_step"), self.a.model,
+                                "--sizes", ",".join(map(str, self.a.sizes)), "--only", "flops"],
+                               None)
+        for line in lines or []:
+            m = FLOP_RE.match(line)
+            if m:
+                self.results[("flop", int(m.group(1)))] = float(m.group(2)) * 1e9
+
     def engine(self, part, prec):
         numel, size = component_weights(self.a.model, part)
         sides = self.a.sizes if part != "t5" else [T5_TOKENS]
@@ -313,9 +331,6 @@ class Driver:
             m = rx.match(line)
             if m:
                 found[int(m.group(1))] = float(m.group(2))
-            m = FLOP_RE.match(line)
-            if m and part == "step":
-                self.results[("flop", int(m.group(1)))] = float(m.group(2)) * 1e9
             m = COMPUTE_RE.search(line)
             if m and side == "engine":
                 self.results[("compute", part, prec)] = m.group(1)
@@ -332,12 +347,16 @@ class Driver:
         # The GEMM rate serves only the steps' figures.
         measure_gemm = "step" in a.parts
         rates = self.gemm_rates() if measure_gemm else {}
+        if "step" in a.parts:
+            self.record_flops()
         for part in ("step", "vae", "t5"):
             if part not in a.parts:
                 continue
             for prec in a.precisions:
-                self.record(part, prec, "engine", self.engine(part, prec))
-                self.record(part, prec, "diffusers", self.diffusers(part, prec))
+                if "engine" in a.sides:
+                    self.record(part, prec, "engine", self.engine(part, prec))
+                if "diffusers" in a.sides:
+                    self.record(part, prec, "diffusers", self.diffusers(part, prec))
         if measure_gemm:
             again = self.gemm_rates()
             m, k, n = GEMM_SHAPE
@@ -348,10 +367,11 @@ class Driver:
         self.table()
 
     def ratios(self):
-        for (name, prec, side), v in list(self.results.items()):
-            if side != "engine" or name.startswith(("peak_rss", "gemm")):
-                continue
-            d = self.results.get((name, prec, "diffusers"))
+        keys = sorted({(k[0], k[1]) for k in self.results
+                       if len(k) == 3 and k[2] in ("engine", "diffusers")
+                       and not k[0].startswith(("peak_rss", "gemm"))})
+        for name, prec in keys:
+            v, d = (self.results.get((name, prec, s)) for s in ("engine", "diffusers"))
             self.emit(name, prec, "ratio", v / d if v and d else None, "engine/diffusers")
             if name.startswith("mmdit_step_"):
                 flop = self.results.get(("flop", int(name.rsplit("_", 1)[1])))
@@ -374,13 +394,15 @@ class Driver:
         rows += [("t5", f"t5_encode_{T5_TOKENS}", f"T5-XXL encode, {T5_TOKENS} tokens")]
         for part, key, label in rows:
             for prec in self.a.precisions:
-                if (key, prec, "engine") not in r:
+                if not any((key, prec, s) in r for s in ("engine", "diffusers")):
                     continue
-                e, d, q = (r.get((key, prec, s)) for s in ("engine", "diffusers", "ratio"))
+                q = r.get((key, prec, "ratio"))
+                shown = {s: fmt(r[(key, prec, s)], " s") if (key, prec, s) in r else "-"
+                         for s in ("engine", "diffusers")}
                 comp = r.get(("compute", part, prec))
                 note = f"  (engine computes in {comp})" if comp and comp != prec else ""
                 ratio = "-" if q is None else f"{q:.2f}"
-                print(f"{label:30} {prec:9} {fmt(e, ' s'):>10} {fmt(d, ' s'):>10} "
+                print(f"{label:30} {prec:9} {shown['engine']:>10} {shown['diffusers']:>10} "
                       f"{ratio:>17}{note}")
         print()
         for prec in self.a.precisions if "step" in self.a.parts else ():

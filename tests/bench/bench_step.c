@@ -12,7 +12,8 @@
  * The lines "MMDiT step SxS batch 2, 154 text rows: X s best" and "VAE decode SxS: X s" are
  * read by other scripts (tools/bench_cpu_peers.py): keep their form. Figures, not a test:
  * nothing here passes or fails. The text encoders have their own benchmark (bench_encode.c).
- * Usage: bench_step MODEL_DIR [REPEATS] [--precision P] [--sizes 512,1024] [--only step|vae] */
+ * Usage: bench_step MODEL_DIR [REPEATS] [--precision P] [--sizes 512,1024]
+ *                   [--only step|vae|flops]   (flops: the FLOP count alone, nothing run) */
 #include "common/err.h"
 #include "engine/mmdit.h"
 #include "engine/model_config.h"
@@ -40,6 +41,7 @@ typedef struct step_opts {
     int sizes[MAX_SIZES];
     int n_sizes;
     bool step, vae; /* which parts run */
+    bool flops_only;
 } step_opts;
 
 static void die(const char *what)
@@ -52,12 +54,13 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_step MODEL_DIR [REPEATS] [--precision P] [--sizes 512,1024]\n"
-            "                  [--only step|vae]\n"
+            "                  [--only step|vae|flops]\n"
             "  REPEATS      timed passes after a warm-up, the best reported (2)\n"
             "  --precision  auto, fp32, bf16 or fp16: the transformer's and the VAE's compute\n"
             "               dtype (auto: as focus-run picks it on the CPU)\n"
             "  --sizes      image sides, multiples of 16 (512)\n"
-            "  --only       the MMDiT step or the VAE decode alone (both)\n");
+            "  --only       the MMDiT step or the VAE decode alone (both), or the step's FLOP\n"
+            "               count at each side without running anything\n");
     exit(2);
 }
 
@@ -84,6 +87,8 @@ static step_opts parse_args(int argc, char **argv)
             o.vae = false;
         } else if (strcmp(a, "--only") == 0 && strcmp(v, "vae") == 0) {
             o.step = false;
+        } else if (strcmp(a, "--only") == 0 && strcmp(v, "flops") == 0) {
+            o.flops_only = true;
         } else {
             usage();
         }
@@ -137,6 +142,11 @@ static int64_t image_tokens(const mmdit_config *c, int side)
 {
     const int64_t lat = side / 8;
     return (lat / c->patch_size) * (lat / c->patch_size);
+}
+
+static double step_flops(const mmdit_config *c, int side)
+{
+    return bench_mmdit_flops(c, BATCH, (double)image_tokens(c, side), TEXT_ROWS);
 }
 
 /* One side's steps: a warm-up pass (it maps the weights and sizes the scratch), then
@@ -200,7 +210,7 @@ static void bench_steps(const step_opts *o, kn_ctx *ctx, const model_config *mc)
     printf("cblas_sgemm %dx%dx%d again: %.1f GFLOP/s\n", gm, gn, gk, sgemm_after);
     if (sgemm_after > sgemm) sgemm = sgemm_after;
     for (int i = 0; i < o->n_sizes; i++) {
-        double flops = bench_mmdit_flops(c, BATCH, (double)image_tokens(c, o->sizes[i]), TEXT_ROWS);
+        double flops = step_flops(c, o->sizes[i]);
         printf("  %dx%d: %.1f GFLOP per step, %.1f GFLOP/s = %.0f%% of sgemm\n", o->sizes[i],
                o->sizes[i], flops * 1e-9, flops / best[i] * 1e-9,
                100.0 * flops / best[i] * 1e-9 / sgemm);
@@ -242,6 +252,14 @@ int main(int argc, char **argv)
     kn_ctx *ctx;
     if (model_config_load(o.model, &mc) < 0) die("loading the configuration");
     if (kn_ctx_create(KN_CPU, 0, &ctx) < 0) die("creating the CPU context");
+    if (o.flops_only) {
+        for (int i = 0; i < o.n_sizes; i++)
+            printf("  %dx%d: %.1f GFLOP per step\n", o.sizes[i], o.sizes[i],
+                   step_flops(&mc->mmdit, o.sizes[i]) * 1e-9);
+        kn_ctx_destroy(ctx);
+        model_config_free(mc);
+        return 0;
+    }
     double rss_dit = 0;
     if (o.step) {
         bench_steps(&o, ctx, mc);
