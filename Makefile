@@ -127,7 +127,7 @@ bench: bench-kernels bench-encode bench-step bench-memory
 
 # This engine against diffusers (installed from PyPI into $(BUILD)/peers-venv on first use) on
 # the same cores: BENCH_PEERS_ARGS takes tools/bench_cpu_peers.py's options (--repeats N,
-# --sizes, --precisions, --parts, --mem-limit GB).
+# --sizes, --precisions, --parts, --sides, --mem-limit GB).
 bench-cpu-peers: $(BUILD)/bench/bench_step $(BUILD)/bench/bench_encode $(BUILD)/bench/bench_kernels \
 		bench-model
 	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-cpu-peers.sh run $(BENCH_PEERS_ARGS)
