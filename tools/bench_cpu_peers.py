@@ -411,13 +411,13 @@ class Driver:
             print(f"{prec} GEMM {m}x{k}x{n} ({what}): {fmt(gemm, ' GFLOP/s')}")
             for s in self.a.sizes:
                 parts = []
-                for side in ("engine", "diffusers"):
+                for side in self.a.sides:
                     g = r.get((f"mmdit_step_{s}_gflops", prec, side))
                     pct = f" = {100 * g / gemm:.0f}% of it" if g and gemm else ""
                     parts.append(f"{side} {fmt(g, ' GFLOP/s')}{pct}")
                 flop = r.get(("flop", s))
-                print(f"  whole {prec} step {s}x{s} ({fmt(flop and flop * 1e-9)} GFLOP): "
-                      + ", ".join(parts))
+                count = "not counted" if flop is None else f"{flop * 1e-9:.1f} GFLOP"
+                print(f"  whole {prec} step {s}x{s} ({count}): " + ", ".join(parts))
         rss = [f"{part} {prec} {side} {v / GB:.1f} GB" for (part, prec, side), v in self.rss.items()]
         if rss:
             print("peak RSS per process: " + "; ".join(rss))
