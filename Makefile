@@ -73,7 +73,8 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 .DEFAULT_GOAL := all
 include install.mk
 
-.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model
+.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model \
+	bench-cpu-peers
 all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
 $(BUILD)/%.o: %.c
@@ -125,6 +126,13 @@ bench-memory: $(BUILD)/bench/bench_memory bench-model
 	$(BUILD)/bench/bench_memory $(BENCH_MODEL) 512 1024
 
 bench: bench-kernels bench-encode bench-step bench-memory
+
+# This engine against diffusers (installed from PyPI into $(BUILD)/peers-venv on first use) on
+# the same cores: BENCH_PEERS_ARGS takes tools/bench_cpu_peers.py's options (--repeats N,
+# --sizes, --precisions, --parts, --sides, --mem-limit GB).
+bench-cpu-peers: $(BUILD)/bench/bench_step $(BUILD)/bench/bench_encode $(BUILD)/bench/bench_kernels \
+		bench-model
+	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-cpu-peers.sh run $(BENCH_PEERS_ARGS)
 
 bench-gpu: $(BUILD)/bench/bench_gpu
 	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-gpu.sh

@@ -72,10 +72,9 @@ static void usage(void)
 
 static int parse_count(const char *s, int lo, int hi)
 {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi) usage();
-    return (int)v;
+    int v = bench_parse_count(s, lo, hi);
+    if (v < 0) usage();
+    return v;
 }
 
 static bench_opts parse_args(int argc, char **argv)
@@ -113,15 +112,8 @@ static bench_opts parse_args(int argc, char **argv)
         } else if (strcmp(a, "--jobs") == 0) {
             o.jobs = parse_count(v, 1, ENGINE_MAX_COUNT);
         } else if (strcmp(a, "--sizes") == 0) {
-            char buf[64];
-            snprintf(buf, sizeof buf, "%s", v);
-            o.n_sizes = 0;
-            for (char *save, *tok = strtok_r(buf, ",", &save); tok;
-                 tok = strtok_r(NULL, ",", &save)) {
-                if (o.n_sizes == MAX_SIZES) usage();
-                o.sizes[o.n_sizes++] = parse_count(tok, 16, 4096);
-            }
-            if (o.n_sizes == 0) usage();
+            o.n_sizes = bench_parse_sizes(v, o.sizes, MAX_SIZES);
+            if (o.n_sizes < 0) usage();
         } else {
             usage();
         }

@@ -1,5 +1,6 @@
-/* Helpers shared by the benchmark programs of tests/bench/: a monotonic clock, deterministic
- * input tensors, the BLAS baseline and the FLOP count of one MMDiT forward pass. Header-only (static inline)
+/* Helpers shared by the benchmark programs of tests/bench/: a monotonic clock, the peak
+ * resident memory, option values, deterministic input tensors, the BLAS baseline and the FLOP
+ * count of one MMDiT forward pass. Header-only (static inline)
  * because the Makefile makes one program of each C file directly in tests/bench and links
  * nothing else from this folder. Not for tests: nothing here checks a result. */
 #ifndef FOCUS_TESTS_BENCH_UTIL_H
@@ -12,7 +13,9 @@
 #include <cblas.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +25,48 @@ static inline double bench_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* VmHWM of this process (the peak resident set), bytes; 0 where /proc cannot tell. */
+static inline double bench_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+/* A decimal integer in [lo, hi], the whole of s; -1 otherwise (callers print their usage). */
+static inline int bench_parse_count(const char *s, int lo, int hi)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi) return -1;
+    return (int)v;
+}
+
+/* A comma-separated list of integers in [lo, hi], each a multiple of `multiple` ("512,1024"),
+ * into out[0..max). Returns how many, or -1 for a malformed or too long list. */
+static inline int bench_parse_list(const char *s, int lo, int hi, int multiple, int *out, int max)
+{
+    char buf[128];
+    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf) return -1;
+    int n = 0;
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int v = bench_parse_count(tok, lo, hi);
+        if (n == max || v < 0 || v % multiple != 0) return -1;
+        out[n++] = v;
+    }
+    return n > 0 ? n : -1;
+}
+
+/* Image sides: multiples of 16 (whole patches of whole latent cells) up to 4096. */
+static inline int bench_parse_sizes(const char *s, int *sides, int max)
+{
+    return bench_parse_list(s, 16, 4096, 16, sides, max);
 }
 
 /* y[M, N] = x[M, K] . w[N, K]^T by cblas_sgemm with OpenBLAS threaded over every core: the
