@@ -603,8 +603,8 @@ static int run_block(mmdit *m, const block *bl, acts *a)
     kn_tensor mod_flat = kn_reshape(&mod, 2, (int64_t[]){B, mod.shape[1] * D});
     kn_tensor modc_flat = kn_reshape(&modc, 2, (int64_t[]){B, modc.shape[1] * D});
     int rc;
-    if ((rc = kn_linear(m->ctx, &mod_flat, &a->tact, &bl->norm1.w, &bl->norm1.b)) < 0 ||
-        (rc = kn_linear(m->ctx, &modc_flat, &a->tact, &bl->norm1_ctx.w, &bl->norm1_ctx.b)) < 0)
+    if ((rc = kn_linear_rows(m->ctx, &mod_flat, &a->tact, &bl->norm1.w, &bl->norm1.b)) < 0 ||
+        (rc = kn_linear_rows(m->ctx, &modc_flat, &a->tact, &bl->norm1_ctx.w, &bl->norm1_ctx.b)) < 0)
         return rc;
 
     /* Chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift_msa2,
@@ -674,12 +674,12 @@ static int embed(mmdit *m, acts *a, const kn_tensor *x32, const float *t, const 
     for (int64_t b = 0; b < B; b++)
         mmdit_timestep_proj(t[b], m->tproj_host + b * MMDIT_TPROJ);
     rc = kn_write_f32(m->ctx, &a->tproj, m->tproj_host);
-    if (rc < 0 || (rc = kn_linear(m->ctx, &a->tmp, &a->tproj, &m->t1.w, &m->t1.b)) < 0 ||
+    if (rc < 0 || (rc = kn_linear_rows(m->ctx, &a->tmp, &a->tproj, &m->t1.w, &m->t1.b)) < 0 ||
         (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
-        (rc = kn_linear(m->ctx, &a->temb, &a->tmp, &m->t2.w, &m->t2.b)) < 0 ||
-        (rc = kn_linear(m->ctx, &a->tmp, pooled, &m->p1.w, &m->p1.b)) < 0 ||
+        (rc = kn_linear_rows(m->ctx, &a->temb, &a->tmp, &m->t2.w, &m->t2.b)) < 0 ||
+        (rc = kn_linear_rows(m->ctx, &a->tmp, pooled, &m->p1.w, &m->p1.b)) < 0 ||
         (rc = kn_activate(m->ctx, &a->tmp, &a->tmp, KN_ACT_SILU)) < 0 ||
-        (rc = kn_linear(m->ctx, &a->tact, &a->tmp, &m->p2.w, &m->p2.b)) < 0 ||
+        (rc = kn_linear_rows(m->ctx, &a->tact, &a->tmp, &m->p2.w, &m->p2.b)) < 0 ||
         (rc = kn_add(m->ctx, &a->temb, &a->temb, &a->tact)) < 0 ||
         (rc = kn_activate(m->ctx, &a->tact, &a->temb, KN_ACT_SILU)) < 0)
         return rc;
@@ -696,7 +696,7 @@ static int head(mmdit *m, acts *a, kn_tensor *out)
     kn_tensor y = kn_view(&a->hid, 0, 3, (int64_t[]){B, a->N, P});
     int rc;
     /* norm_out is AdaLayerNormContinuous: chunks scale, shift. */
-    if ((rc = kn_linear(m->ctx, &mod_flat, &a->tact, &m->norm_out.w, &m->norm_out.b)) < 0 ||
+    if ((rc = kn_linear_rows(m->ctx, &mod_flat, &a->tact, &m->norm_out.w, &m->norm_out.b)) < 0 ||
         (rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 1, 0, MMDIT_EPS)) < 0 ||
         (rc = kn_linear(m->ctx, &y, &a->ntok, &m->proj_out.w, &m->proj_out.b)) < 0)
         return rc;

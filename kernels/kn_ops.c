@@ -5,23 +5,36 @@
 
 #include "common/err.h"
 
-int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b)
+/* The checks kn_linear and kn_linear_rows share. */
+static int check_linear(kn_ctx *ctx, const char *op, kn_tensor *y, const kn_tensor *x,
+                        const kn_tensor *w, const kn_tensor *b)
 {
-    static const char op[] = "kn_linear";
     KN_TRY(kn_check_act(ctx, op, "x", x, NULL));
     KN_TRY(kn_check_act(ctx, op, "y", y, x));
     KN_TRY(kn_check_weight(ctx, op, "w", w, 2));
     if (x->ndim < 1 || kn_cols(x) != w->shape[1]) {
         char sx[96], sw[96];
-        return err_set(ERR_SHAPE, "kn_linear: x %s does not match w %s (in features)",
+        return err_set(ERR_SHAPE, "%s: x %s does not match w %s (in features)", op,
                        kn_shape_str(x, sx, sizeof sx), kn_shape_str(w, sw, sizeof sw));
     }
     kn_tensor want = *x;
     want.shape[want.ndim - 1] = w->shape[0];
     KN_TRY(kn_check_shape(op, "y", y, want.ndim, want.shape));
     KN_TRY(kn_check_vec(ctx, op, "b", b, w->shape[0]));
-    KN_TRY(kn_check_no_alias(op, "y", y, "x", x));
+    return kn_check_no_alias(op, "y", y, "x", x);
+}
+
+int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, const kn_tensor *b)
+{
+    KN_TRY(check_linear(ctx, "kn_linear", y, x, w, b));
     return KN_DISPATCH(ctx, linear, y, x, w, b);
+}
+
+int kn_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                   const kn_tensor *b)
+{
+    KN_TRY(check_linear(ctx, "kn_linear_rows", y, x, w, b));
+    return KN_DISPATCH(ctx, linear_rows, y, x, w, b);
 }
 
 int kn_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n)

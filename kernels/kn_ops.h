@@ -20,6 +20,13 @@
 int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
               const kn_tensor *b);
 
+/* kn_linear for the per-sample conditioning rows (adaLN modulation, timestep and pooled
+ * embeddings: as many rows as the batch): the CPU multiplies each row on its own, which for a
+ * few rows is several times faster than kn_linear's fixed tiles. A call site keeps to one of
+ * the two, since their roundings differ; neither's rows depend on the other rows. */
+int kn_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                   const kn_tensor *b);
+
 /* y[n, D] = table[ids[i], :] for i < n; ids are host int32, checked against rows(table). */
 int kn_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n);
 

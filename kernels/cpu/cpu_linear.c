@@ -93,8 +93,9 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
     return dst;
 }
 
-int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
-                   const kn_tensor *b, int has_act, kn_act act)
+/* y = act(x . w^T + b), each row alone when single (one-row tiles). */
+static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b, int single, int has_act, kn_act act)
 {
     int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
     float *yd = y->data;
@@ -110,7 +111,8 @@ int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
                 .ldb = K,
                 .b_form = MM_PLAIN_NT,
                 .b_dtype = w->dtype,
-                .pack_chunks = 1,
+                .pack_chunks = !single,
+                .single_rows = single,
                 .bias = bias,
                 .has_act = has_act,
                 .act = act,
@@ -123,9 +125,11 @@ int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
         }
         return 0;
     }
-    /* A bf16 context multiplies weights packed once; a float32 one widens and packs a chunk of
-     * rows per task, so that a full float32 copy of a 16-bit weight never exists. */
-    if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16))) return err_code();
+    /* A bf16 context multiplies weights packed once; a float32 one widens (and for whole tiles
+     * packs) a chunk of rows per task, so that a full float32 copy of a 16-bit weight never
+     * exists. */
+    if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16, single)))
+        return err_code();
     int rc = cpu_mm_run(&g, 1);
     return rc < 0 ? err_prefix(rc, "a [%lld, %lld] x [%lld, %lld] product: ", (long long)M,
                             (long long)K, (long long)N, (long long)K)
@@ -137,7 +141,15 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
-    return cpu_linear_act(ctx, y, x, w, b, 0, KN_ACT_SILU);
+    return linear(ctx, y, x, w, b, 0, 0, KN_ACT_SILU);
+}
+
+int cpu_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                    const kn_tensor *b)
+{
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_linear_rows(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
+    return linear(ctx, y, x, w, b, 1, 0, KN_ACT_SILU);
 }
 
 int cpu_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n)

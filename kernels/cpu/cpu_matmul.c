@@ -139,7 +139,8 @@ static struct mm_prim *prim_get(const cpu_mm_key *k)
     pthread_mutex_lock(&lib.mu);
     struct mm_prim *p = lib.prims;
     while (p && !(p->key.N == k->N && p->key.K == k->K && p->key.ldb == k->ldb &&
-                  p->key.form == k->form && p->key.dt == k->dt && p->key.round_bf16 == k->round_bf16))
+                  p->key.form == k->form && p->key.dt == k->dt &&
+                  p->key.round_bf16 == k->round_bf16 && p->key.single == k->single))
         p = p->next;
     if (!p && (p = prim_make(k)) != NULL) {
         p->next = lib.prims;
@@ -348,6 +349,7 @@ static int mm_prepare(const cpu_mm *g, struct mm_run *r)
                     .form = g->packed || g->pack_chunks ? MM_PACKED : g->b_form,
                     .dt = g->packed ? g->packed->store : KN_F32,
                     .round_bf16 = g->packed && g->packed->store != g->packed->dt,
+                    .single = g->single_rows,
                     .ldb = g->packed || g->pack_chunks ? 0
                            : g->b_form == MM_PLAIN_KN || g->b_dtype == KN_F32 ? g->ldb
                                                                               : g->K};

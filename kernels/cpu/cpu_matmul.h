@@ -33,12 +33,13 @@ typedef struct cpu_mm_key {
     cpu_mm_form form;
     kn_dtype dt;
     int round_bf16;
+    int single; /* tiles of one row: each row multiplied alone (kn_linear_rows) */
 } cpu_mm_key;
 
 /* The rows of every tile of a product made for key k. */
 static inline int64_t cpu_mm_tile_rows(const cpu_mm_key *k)
 {
-    return k->dt == KN_F32 && !k->round_bf16 ? MM_TILE_M_F32 : MM_TILE_M_BF16;
+    return k->single ? 1 : k->dt == KN_F32 && !k->round_bf16 ? MM_TILE_M_F32 : MM_TILE_M_BF16;
 }
 
 /* A weight w[N, K] packed chunk by chunk (MM_TILE_N rows of w each) for products in dtype dt
@@ -48,6 +49,7 @@ typedef struct cpu_packed {
     const void *src; /* the weight's data, which identifies it */
     int64_t N, K;
     kn_dtype dt, store;
+    int single; /* packed for one-row tiles */
     int64_t chunks;
     size_t *offset; /* byte offset of each chunk in data */
     void *data;
@@ -68,6 +70,7 @@ typedef struct cpu_mm {
     kn_dtype b_dtype;
     const cpu_packed *packed;
     int pack_chunks; /* MM_PLAIN_NT b packed chunk by chunk for the tiles of each task */
+    int single_rows; /* one-row tiles */
     const float *bias;
     int has_act;
     kn_act act;
@@ -101,7 +104,7 @@ struct cpu_pack_table *cpu_pack_table(kn_ctx *ctx);
 
 /* The packed form of weight w for products in dtype dt, made on first use and kept by ctx;
  * NULL with the error set when it cannot be made. */
-const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt);
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single);
 void cpu_packed_free_all(kn_ctx *ctx);
 static inline const void *cpu_packed_chunk(const cpu_packed *p, int64_t chunk)
 {

@@ -23,10 +23,11 @@ static size_t hash_ptr(const void *p, size_t cap)
     return (size_t)(h >> 20) & (cap - 1);
 }
 
-static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt)
+static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt, int single)
 {
     size_t i = hash_ptr(src, t->cap);
-    while (t->slot[i] && (t->slot[i]->src != src || t->slot[i]->dt != dt))
+    while (t->slot[i] &&
+           (t->slot[i]->src != src || t->slot[i]->dt != dt || t->slot[i]->single != single))
         i = (i + 1) & (t->cap - 1);
     return &t->slot[i];
 }
@@ -37,7 +38,7 @@ static int table_grow(struct cpu_pack_table *t)
     struct cpu_pack_table n = {calloc(cap, sizeof *n.slot), cap, t->used};
     if (!n.slot) return err_set(ERR_NOMEM, "out of memory for the packed weight table");
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slot[i]) *table_find(&n, t->slot[i]->src, t->slot[i]->dt) = t->slot[i];
+        if (t->slot[i]) *table_find(&n, t->slot[i]->src, t->slot[i]->dt, t->slot[i]->single) = t->slot[i];
     free(t->slot);
     *t = n;
     return 0;
@@ -57,7 +58,12 @@ static void pack_range(void *arg, int64_t lo, int64_t hi)
     for (int64_t c = lo; c < hi; c++) {
         int64_t n0 = c * MM_TILE_N, nt = j->p->N - n0 < MM_TILE_N ? j->p->N - n0 : MM_TILE_N;
         int round = j->p->store != j->p->dt;
-        cpu_mm_key k = {.N = nt, .K = K, .form = MM_PACKED, .dt = j->p->store, .round_bf16 = round};
+        cpu_mm_key k = {.N = nt,
+                        .K = K,
+                        .form = MM_PACKED,
+                        .dt = j->p->store,
+                        .round_bf16 = round,
+                        .single = j->p->single};
         const char *src = (const char *)j->w->data + (size_t)(n0 * K) * es;
         const float *wf = (const float *)src;
         if (j->w->dtype != KN_F32 || round) {
@@ -92,16 +98,17 @@ static void packed_free(cpu_packed *p)
     free(p);
 }
 
-static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt)
+static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
 {
     cpu_packed *p = calloc(1, sizeof *p);
     if (!p) goto nomem;
-    *p = (cpu_packed){.src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt, .store = dt};
+    *p = (cpu_packed){
+        .src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt, .store = dt, .single = single};
     p->chunks = (p->N + MM_TILE_N - 1) / MM_TILE_N;
     if (!(p->offset = calloc((size_t)p->chunks, sizeof *p->offset))) goto nomem;
     for (int64_t c = 0; c < p->chunks; c++) {
         int64_t nt = p->N - c * MM_TILE_N < MM_TILE_N ? p->N - c * MM_TILE_N : MM_TILE_N;
-        cpu_mm_key k = {.N = nt, .K = p->K, .form = MM_PACKED, .dt = p->store};
+        cpu_mm_key k = {.N = nt, .K = p->K, .form = MM_PACKED, .dt = p->store, .single = p->single};
         size_t sz = cpu_mm_packed_size(&k);
         if (!sz && c == 0 && dt == KN_BF16) {
             /* No bf16 product on this CPU (oneDNN needs AVX-512 for one): float32 products
@@ -139,13 +146,13 @@ nomem:
     return NULL;
 }
 
-const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt)
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
 {
     struct cpu_pack_table *t = cpu_pack_table(ctx);
     if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0) return NULL;
-    cpu_packed **s = table_find(t, w->data, dt);
+    cpu_packed **s = table_find(t, w->data, dt, single);
     if (*s) return *s;
-    if (!(*s = pack(ctx, w, dt))) return NULL;
+    if (!(*s = pack(ctx, w, dt, single))) return NULL;
     t->used++;
     return *s;
 }

@@ -240,3 +240,9 @@ int cuda_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
     }
     return b ? add_bias(ctx, y, b, P, O, op) : 0;
 }
+
+int cuda_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                     const kn_tensor *b)
+{
+    return cuda_linear(ctx, y, x, w, b);
+}

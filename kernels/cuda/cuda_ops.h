@@ -40,6 +40,9 @@ int cuda_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *sr
 
 int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                 const kn_tensor *b);
+/* kn_linear_rows: on CUDA the product of kn_linear. */
+int cuda_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                     const kn_tensor *b);
 int cuda_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n);
 int cuda_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                     const kn_tensor *b, float eps);

@@ -149,8 +149,9 @@ static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M
 }
 
 /* x in activation dtype adt, w in wdt: the GPU result against the CPU's float32 result on the
- * same (rounded) values. 16-bit outputs allow two roundings of the output dtype. */
-static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
+ * same (rounded) values, through kn_linear or (rows) kn_linear_rows. 16-bit outputs allow two
+ * roundings of the output dtype. */
+static void linear_op_case(int rows, kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
                         kn_dtype bdt)
 {
     int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N}, bs[1] = {N};
@@ -162,11 +163,14 @@ static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_
         CHECK(kn_alloc(cpu, &x.c, KN_F32, 3, xs) == 0);
         kn_convert_from_f32(x.c.data, xv, KN_F32, (size_t)(M * K));
     }
-    CHECKF(kn_linear(cpu, &y.c, &x.c, &w.c, bias ? &b.c : NULL) == 0, "%s", err_msg());
-    CHECKF(kn_linear(gpu, &y.g, &x.g, &w.g, bias ? &b.g : NULL) == 0, "%s", err_msg());
+    int (*op)(kn_ctx *, kn_tensor *, const kn_tensor *, const kn_tensor *, const kn_tensor *) =
+        rows ? kn_linear_rows : kn_linear;
+    CHECKF(op(cpu, &y.c, &x.c, &w.c, bias ? &b.c : NULL) == 0, "%s", err_msg());
+    CHECKF(op(gpu, &y.g, &x.g, &w.g, bias ? &b.g : NULL) == 0, "%s", err_msg());
     double *mag = linear_mag(&x, &w, bias ? &b : NULL, M, K, N);
     char what[96];
-    snprintf(what, sizeof what, "linear %s x %s %lldx%lldx%lld", kn_dtype_name(adt),
+    snprintf(what, sizeof what, "linear%s %s x %s %lldx%lldx%lld", rows ? "_rows" : "",
+             kn_dtype_name(adt),
              kn_dtype_name(wdt), (long long)M, (long long)K, (long long)N);
     double eps = adt == KN_BF16 ? 1.0 / 256 : adt == KN_F16 ? 1.0 / 2048 : 1e-5;
     CHECK(close_pair(&y, mag, 1e-30, eps * 2, what));
@@ -178,6 +182,20 @@ static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_
     free_pair(&w);
     free_pair(&b);
     free_pair(&y);
+}
+
+static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
+                        kn_dtype bdt)
+{
+    linear_op_case(0, adt, wdt, M, K, N, bias, bdt);
+}
+
+/* kn_linear_rows: the conditioning rows' product (on CUDA the same kernel as kn_linear). */
+static void test_linear_rows(void)
+{
+    linear_op_case(1, KN_F32, KN_BF16, 2, 1536, 2000, 1, KN_F32);
+    linear_op_case(1, KN_F32, KN_F16, 5, 300, 700, 0, KN_F32);
+    linear_op_case(1, KN_BF16, KN_BF16, 3, 256, 300, 1, KN_BF16);
 }
 
 static void test_linear(void)
@@ -612,6 +630,7 @@ int main(void)
         CHECK_DONE();
     }
     RUN(test_linear);
+    RUN(test_linear_rows);
     RUN(test_linear_16bit);
     RUN(test_weight_upload_large);
 #ifdef FOCUS_HAVE_CUDA

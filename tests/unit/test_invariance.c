@@ -1,6 +1,6 @@
 /* The same bytes whatever the batch or the split: a row's (a sample's, a job's) result must not
  * change with the rows beside it, its position among them or the number of CPU threads. Op by
- * op (linear in float32 and bf16 products, attention, convolution, activations, norms), then the
+ * op (linear and linear_rows in float32 and bf16 products, attention, convolution, activations, norms), then the
  * whole pipeline: a job's final latents and image bytes alone, batched beside other jobs in
  * either position, on 1, 2, 3 and all threads, with the text encoders on a context of their
  * own, in fp32 and in bf16. Run again by tests/isa/test_isa.sh with oneDNN held to other
@@ -41,7 +41,10 @@ static kn_tensor host(kn_dtype dt, int ndim, const int64_t *shape, const float *
 
 /* ---- linear: rows placed among M - 1 others at every kind of position ---- */
 
-static void linear_rows(kn_dtype wdt, kn_dtype matmul, int64_t K, int64_t N)
+typedef int (*linear_op)(kn_ctx *, kn_tensor *, const kn_tensor *, const kn_tensor *,
+                         const kn_tensor *);
+
+static void linear_rows(linear_op op, kn_dtype wdt, kn_dtype matmul, int64_t K, int64_t N)
 {
     CHECK(kn_ctx_set_matmul(ctx, matmul) == 0);
     const int64_t R = 3; /* the rows followed */
@@ -53,7 +56,7 @@ static void linear_rows(kn_dtype wdt, kn_dtype matmul, int64_t K, int64_t N)
     for (int64_t r = 0; r < R; r++) {
         kn_tensor x = host(KN_F32, 2, (int64_t[]){1, K}, rows + r * K), y;
         kn_alloc(ctx, &y, KN_F32, 2, (int64_t[]){1, N});
-        CHECKF(kn_linear(ctx, &y, &x, &w, &b) == 0, "%s", err_msg());
+        CHECKF(op(ctx, &y, &x, &w, &b) == 0, "%s", err_msg());
         kn_read_f32(ctx, &y, ref + r * N);
         kn_free(ctx, &x);
         kn_free(ctx, &y);
@@ -71,7 +74,7 @@ static void linear_rows(kn_dtype wdt, kn_dtype matmul, int64_t K, int64_t N)
         kn_alloc(ctx, &y, KN_F32, 2, (int64_t[]){M, N});
         for (int t = 0; t < nth; t++) {
             CHECK(kn_cpu_set_threads(th[t]) == 0);
-            CHECKF(kn_linear(ctx, &y, &x, &w, &b) == 0, "%s", err_msg());
+            CHECKF(op(ctx, &y, &x, &w, &b) == 0, "%s", err_msg());
             kn_read_f32(ctx, &y, yv);
             for (int64_t r = 0; r < R; r++)
                 if (at[r] >= 0 && memcmp(yv + at[r] * N, ref + r * N, (size_t)N * sizeof(float))) {
@@ -98,16 +101,24 @@ static void linear_rows(kn_dtype wdt, kn_dtype matmul, int64_t K, int64_t N)
 
 static void test_linear_fp32(void)
 {
-    linear_rows(KN_F32, KN_F32, 200, 300);
-    linear_rows(KN_BF16, KN_F32, 96, 520);
-    linear_rows(KN_F16, KN_F32, 64, 40);
+    linear_rows(kn_linear, KN_F32, KN_F32, 200, 300);
+    linear_rows(kn_linear, KN_BF16, KN_F32, 96, 520);
+    linear_rows(kn_linear, KN_F16, KN_F32, 64, 40);
 }
 
 static void test_linear_bf16(void)
 {
-    linear_rows(KN_BF16, KN_BF16, 200, 300);
-    linear_rows(KN_F32, KN_BF16, 96, 520);
-    linear_rows(KN_F16, KN_BF16, 64, 40);
+    linear_rows(kn_linear, KN_BF16, KN_BF16, 200, 300);
+    linear_rows(kn_linear, KN_F32, KN_BF16, 96, 520);
+    linear_rows(kn_linear, KN_F16, KN_BF16, 64, 40);
+}
+
+static void test_linear_rows_op(void)
+{
+    linear_rows(kn_linear_rows, KN_BF16, KN_F32, 200, 300);
+    linear_rows(kn_linear_rows, KN_F32, KN_F32, 96, 520);
+    linear_rows(kn_linear_rows, KN_BF16, KN_BF16, 200, 300);
+    linear_rows(kn_linear_rows, KN_F16, KN_BF16, 64, 40);
 }
 
 /* ---- ops over samples: a sample alone, then beside others, on every thread count ---- */
@@ -344,6 +355,7 @@ int main(void)
     }
     RUN(test_linear_fp32);
     RUN(test_linear_bf16);
+    RUN(test_linear_rows_op);
     RUN(test_attention);
     RUN(test_conv2d);
     RUN(test_rowwise);
