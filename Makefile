@@ -1,7 +1,10 @@
 # focusd: one plain Makefile for the engine, the daemon, the client and their tests.
 #
 #   make                 build everything under build/
-#   make test            build and run every test; ends with "N passed, N failed"
+#   make programs        build focusd, focus-run and focus alone
+#   make demo            install what is missing, build the programs, run them on the fixture
+#   make test            install what is missing, build and run every test; ends with
+#                        "N passed, N failed"
 #   make deps            install the Debian packages the build and tests need (idempotent)
 #   make SANITIZE=address,undefined test
 #                        the same with sanitizers, in build/san/
