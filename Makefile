@@ -1,7 +1,10 @@
 # focusd: one plain Makefile for the engine, the daemon, the client and their tests.
 #
 #   make                 build everything under build/
-#   make test            build and run every test; ends with "N passed, N failed"
+#   make programs        build focusd, focus-run and focus alone
+#   make demo            install what is missing, build the programs, run them on the fixture
+#   make test            install what is missing, build and run every test; ends with
+#                        "N passed, N failed"
 #   make deps            install the Debian packages the build and tests need (idempotent)
 #   make SANITIZE=address,undefined test
 #                        the same with sanitizers, in build/san/
@@ -22,20 +25,27 @@ BUILD ?= build
 SAN_FLAGS =
 endif
 
-PKGS = jansson libutf8proc libpcre2-8 openblas libpng libzmq msgpack libsystemd sqlite3 libmd
-PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+# Libraries, by part of the tree: each part names its pkg-config packages (*_PKGS) and the
+# libraries that come without a .pc file (*_LIBS, as -l flags or options). A program links the
+# parts it is built from and nothing else, so that its run-time dependencies are what it uses
+# whatever the linker's defaults (Debian's gcc passes --as-needed, a sanitizer build does not).
+PROTO_PKGS = msgpack libutf8proc libmd
+CLIENT_PKGS = libzmq jansson
+CLIENT_LIBS = -lm
+ENGINE_PKGS = jansson libutf8proc libpcre2-8 libpng
+# oneDNN (the CPU's matrix products) has no .pc file; it runs on libgomp, whose thread count
+# the backend sets per thread.
+ENGINE_LIBS = -ldnnl -lgomp -lm -pthread
+DAEMON_PKGS = libzmq msgpack libsystemd sqlite3
+DAEMON_LIBS = -pthread
+# The benchmarks time OpenBLAS's sgemm beside the engine's products.
+BENCH_PKGS = openblas
 
-OPT ?= -O2
-CFLAGS ?= $(OPT) -g
-override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS) \
-	-DFOCUS_VERSION='"$(VERSION)"'
-override LDFLAGS += $(SAN_FLAGS)
-LDLIBS = $(PKG_LIBS) -ldnnl -lgomp -lm -lpthread
-
-# Library code: everything except the programs' main files.
-LIB_SRC := $(wildcard common/*.c kernels/*.c kernels/cpu/*.c engine/*.c protocol/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# Library code, one archive per layer: everything except the programs' main files. The client
+# stands on common and protocol alone, focus-run on common and the engine (with the kernels).
+COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard common/*.c))
+PROTO_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard protocol/*.c))
+ENGINE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard kernels/*.c kernels/cpu/*.c engine/*.c))
 
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 ifneq ($(NVCC),)
@@ -46,14 +56,37 @@ ifneq ($(CUDA_SRC),)
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
               -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-LIB_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+ENGINE_OBJ += $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 override CFLAGS += -DFOCUS_HAVE_CUDA
 WITH_CUDA = yes
-LDLIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 endif
 
-LIB := $(BUILD)/libfocus.a
+# pkg-config answers once, as make reads this file. So the goals that install packages first
+# (demo, test, ...) run `make deps` and then build in a second make, which reads the flags of
+# what deps installed; any other build without the packages stops before compiling, naming them.
+ALL_PKGS := $(sort $(PROTO_PKGS) $(CLIENT_PKGS) $(ENGINE_PKGS) $(DAEMON_PKGS) $(BENCH_PKGS))
+pkg_libs = $(shell $(PKG_CONFIG) --libs $(sort $(1)) 2>/dev/null)
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(ALL_PKGS) 2>/dev/null)
+PKG_CHECK := $(if $(shell $(PKG_CONFIG) --exists $(ALL_PKGS) 2>/dev/null && echo y),,missing-packages)
+CLIENT_LDLIBS := $(call pkg_libs,$(CLIENT_PKGS) $(PROTO_PKGS)) $(CLIENT_LIBS)
+RUN_LDLIBS := $(call pkg_libs,$(ENGINE_PKGS)) $(ENGINE_LIBS)
+DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS) $(ENGINE_PKGS) $(PROTO_PKGS)) $(DAEMON_LIBS) \
+	$(ENGINE_LIBS)
+# The tests and benchmarks reach into every part.
+TEST_LDLIBS := $(call pkg_libs,$(ALL_PKGS)) $(CLIENT_LIBS) $(ENGINE_LIBS) $(DAEMON_LIBS)
+
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS) \
+	-DFOCUS_VERSION='"$(VERSION)"'
+override LDFLAGS += $(SAN_FLAGS)
+
+COMMON_LIB := $(BUILD)/libfocus-common.a
+PROTO_LIB := $(BUILD)/libfocus-proto.a
+ENGINE_LIB := $(BUILD)/libfocus-engine.a
+LIBS := $(ENGINE_LIB) $(PROTO_LIB) $(COMMON_LIB)
 
 DAEMON_SRC := $(wildcard daemon/*.c)
 CLIENT_SRC := $(wildcard client/*.c)
@@ -73,11 +106,13 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 .DEFAULT_GOAL := all
 include install.mk
 
-.PHONY: all test test-gpu test-integration deps demo clean bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model \
+.PHONY: all programs test test-gpu test-integration deps demo clean missing-packages bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model \
 	bench-cpu-peers
-all: $(LIB) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
+all: $(LIBS) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
-$(BUILD)/%.o: %.c
+programs: $(PROGRAMS)
+
+$(BUILD)/%.o: %.c | $(PKG_CHECK)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -86,43 +121,58 @@ $(BUILD)/%.o: %.cu
 	$(NVCC) -O3 -I. $(CUDA_ARCHS) -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
 		-MMD -MP -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+$(COMMON_LIB): $(COMMON_OBJ)
+$(PROTO_LIB): $(PROTO_OBJ)
+$(ENGINE_LIB): $(ENGINE_OBJ)
+$(LIBS): | $(PKG_CHECK)
 	@mkdir -p $(dir $@)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(BUILD)/focus-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard engine/cli/*.c)) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+missing-packages:
+	@echo "pkg-config does not find the libraries the build needs; make deps installs them" >&2
+	@$(PKG_CONFIG) --print-errors --exists $(ALL_PKGS)
+	@exit 1
 
-$(BUILD)/focusd: $(DAEMON_SRC:%.c=$(BUILD)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/focus-run: $(patsubst %.c,$(BUILD)/%.o,$(wildcard engine/cli/*.c)) $(ENGINE_LIB) \
+		$(COMMON_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(RUN_LDLIBS)
 
-$(BUILD)/focus: $(CLIENT_SRC:%.c=$(BUILD)/%.o) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/focusd: $(DAEMON_SRC:%.c=$(BUILD)/%.o) $(ENGINE_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(DAEMON_LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+$(BUILD)/focus: $(CLIENT_SRC:%.c=$(BUILD)/%.o) $(PROTO_LIB) $(COMMON_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LDLIBS)
 
-$(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
+$(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LDLIBS)
 
 $(BENCH_MODEL)/model_index.json:
 	$(BUILD)/pyenv/bin/python tools/make_bench_model.py $(BENCH_MODEL)
 
-bench-model: deps $(BENCH_MODEL)/model_index.json
+# The goals from here to deps install what is missing first, then build in a second make (see
+# pkg-config above).
+bench-model: deps
+	$(MAKE) $(BENCH_MODEL)/model_index.json
 
 bench-kernels: $(BUILD)/bench/bench_kernels
 	$(BUILD)/bench/bench_kernels
 
-bench-encode: $(BUILD)/bench/bench_encode bench-model
+bench-encode: bench-model
+	$(MAKE) $(BUILD)/bench/bench_encode
 	$(BUILD)/bench/bench_encode $(BENCH_MODEL)
 
-bench-step: $(BUILD)/bench/bench_step bench-model
+bench-step: bench-model
+	$(MAKE) $(BUILD)/bench/bench_step
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
-bench-memory: $(BUILD)/bench/bench_memory bench-model
+bench-memory: bench-model
+	$(MAKE) $(BUILD)/bench/bench_memory
 	$(BUILD)/bench/bench_memory $(BENCH_MODEL) 512 1024
 
 bench: bench-kernels bench-encode bench-step bench-memory
@@ -137,27 +187,31 @@ bench-cpu-peers: $(BUILD)/bench/bench_step $(BUILD)/bench/bench_encode $(BUILD)/
 bench-gpu: $(BUILD)/bench/bench_gpu
 	BUILD=$(BUILD) BENCH_MODEL=$(BENCH_MODEL) tools/bench-gpu.sh
 
-bench-serve: deps $(BUILD)/focusd
+bench-serve: deps
+	$(MAKE) $(BUILD)/focusd
 	BUILD=$(BUILD) build/pyenv/bin/python tests/bench/bench_serve.py
 
-test-integration: deps all
+test-integration: deps
+	$(MAKE) all
 	BUILD=$(BUILD) build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/integration
 
-$(BUILD)/tests-gpu/%: $(BUILD)/tests/gpu/%.o $(LIB)
+$(BUILD)/tests-gpu/%: $(BUILD)/tests/gpu/%.o $(LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LDLIBS)
 
 test-gpu: $(GPU_TEST_BIN)
 	tests/gpu/run.sh $(BUILD)
 
-test: all
+test: deps
+	$(MAKE) all
 	BUILD=$(BUILD) tests/run
+
+demo: deps
+	$(MAKE) programs
+	BUILD=$(BUILD) tools/demo.sh
 
 deps:
 	tools/deps.sh
-
-demo: deps all
-	BUILD=$(BUILD) tools/demo.sh
 
 clean:
 	rm -rf build

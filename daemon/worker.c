@@ -7,7 +7,6 @@
 #include "daemon/encoder.h"
 #include "daemon/log.h"
 #include "engine/gen_text.h"
-#include "kernels/kn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -345,9 +344,7 @@ static int resolve_device(const char *dev, engine_options *o, char *name, size_t
     o->device = KN_CPU;
     if (strncmp(dev, "cuda", 4) == 0 || strcmp(dev, "auto") == 0) {
         int index = strncmp(dev, "cuda:", 5) == 0 ? atoi(dev + 5) : 0;
-        kn_ctx *probe;
-        if (kn_ctx_create(KN_CUDA, index, &probe) == 0) {
-            kn_ctx_destroy(probe);
+        if (engine_probe_device(KN_CUDA, index) == 0) {
             o->device = KN_CUDA;
             o->device_index = index;
         } else if (strcmp(dev, "auto") != 0) {

@@ -119,6 +119,11 @@ static kn_tensor rows_of(const kn_tensor *t, int64_t first, int64_t n)
 
 /* ---- load ---- */
 
+int engine_probe_device(kn_device device, int index)
+{
+    return kn_device_probe(device, index);
+}
+
 int engine_precision_parse(const char *name, kn_device device, kn_dtype *out)
 {
     static const struct {

@@ -44,6 +44,12 @@ typedef struct engine_options {
     bool text_on_cpu;
 } engine_options;
 
+/* Whether the engine can compute on `device` (CUDA device number `index`), checked without
+ * creating anything on it, so that a caller can choose a device before engine_load: the CPU
+ * always; CUDA in a build with CUDA, on a present device of compute capability 8.0 or later.
+ * Returns 0, or ERR_DEVICE with the reason. */
+int engine_probe_device(kn_device device, int index);
+
 /* "fp32", "bf16" or "fp16"; "auto" is bf16 on CUDA and on CPUs that multiply bf16 natively
  * (AVX512-BF16 or AMX), fp32 on other CPUs. ERR_INVALID for anything else. */
 int engine_precision_parse(const char *name, kn_device device, kn_dtype *out);

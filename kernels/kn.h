@@ -76,6 +76,9 @@ typedef struct kn_ctx kn_ctx;
 /* KN_CPU always works; KN_CUDA needs a build with CUDA and a usable device `index`. */
 int kn_ctx_create(kn_device dev, int index, kn_ctx **out);
 void kn_ctx_destroy(kn_ctx *ctx);
+/* Whether kn_ctx_create(dev, index) finds its device usable, without creating anything on it
+ * (no context, stream or library handle): 0, or ERR_DEVICE with the reason. */
+int kn_device_probe(kn_device dev, int index);
 kn_device kn_ctx_device(const kn_ctx *ctx);
 /* Waits until every op queued on ctx has finished; reports a deferred backend error. */
 int kn_sync(kn_ctx *ctx);

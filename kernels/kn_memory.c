@@ -13,7 +13,7 @@ int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
 {
     *out = NULL;
 #ifndef FOCUS_HAVE_CUDA
-    if (dev == KN_CUDA) return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
+    if (dev == KN_CUDA) return kn_device_probe(dev, index);
 #endif
     kn_ctx *ctx = xcalloc(1, sizeof *ctx);
     ctx->device = dev;
@@ -29,6 +29,17 @@ int kn_ctx_create(kn_device dev, int index, kn_ctx **out)
     }
     *out = ctx;
     return 0;
+}
+
+int kn_device_probe(kn_device dev, int index)
+{
+    if (dev == KN_CPU) return 0;
+#ifdef FOCUS_HAVE_CUDA
+    return cuda_probe(index);
+#else
+    (void)index;
+    return err_set(ERR_DEVICE, "this build of focusd has no CUDA backend");
+#endif
 }
 
 void kn_ctx_destroy(kn_ctx *ctx)

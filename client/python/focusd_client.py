@@ -1,8 +1,9 @@
 """A small client for focusd, speaking the protocol of focusd-protocol(7).
 
-It needs pyzmq and msgpack (pip install pyzmq msgpack). One Client holds one DEALER socket;
-requests are answered in order of their ids, and the events pushed for watched jobs are kept
-until events() reads them. It is a convenience for scripts and tests, not a second
+It needs pyzmq and msgpack (Debian: python3-zmq and python3-msgpack, which the package
+python3-focusd-client depends on; elsewhere pip install pyzmq msgpack). One Client holds one
+DEALER socket; requests are answered in order of their ids, and the events pushed for watched
+jobs are kept until events() reads them. It is a convenience for scripts and tests, not a second
 implementation of the daemon's checks: the daemon validates every request itself.
 
     from focusd_client import Client

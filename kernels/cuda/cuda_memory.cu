@@ -117,7 +117,8 @@ static int state_init(cuda_state *st, int index)
     return 0;
 }
 
-int cuda_ctx_init(kn_ctx *ctx)
+/* Device `index` present and of a compute capability the build carries code for; fills *prop. */
+static int probe(int index, cudaDeviceProp *prop)
 {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -125,18 +126,31 @@ int cuda_ctx_init(kn_ctx *ctx)
         return err_set(ERR_DEVICE, "no usable CUDA device (cudaGetDeviceCount: %s)",
                        cudaGetErrorString(e));
     if (count == 0) return err_set(ERR_DEVICE, "no usable CUDA device (none found)");
-    if (ctx->index < 0 || ctx->index >= count)
-        return err_set(ERR_DEVICE, "CUDA device %d requested; %d present", ctx->index, count);
-    cudaDeviceProp prop;
-    if ((e = cudaGetDeviceProperties(&prop, ctx->index)) != cudaSuccess)
+    if (index < 0 || index >= count)
+        return err_set(ERR_DEVICE, "CUDA device %d requested; %d present", index, count);
+    if ((e = cudaGetDeviceProperties(prop, index)) != cudaSuccess)
         return cuda_fail("cudaGetDeviceProperties", e);
     /* The build carries code for compute capability 8.0 and later only. */
-    if (prop.major < 8)
+    if (prop->major < 8)
         return err_set(ERR_DEVICE, "CUDA device %d (%s) has compute capability %d.%d; 8.0 or "
-                                   "later is needed", ctx->index, prop.name, prop.major, prop.minor);
+                                   "later is needed", index, prop->name, prop->major, prop->minor);
+    return 0;
+}
+
+int cuda_probe(int index)
+{
+    cudaDeviceProp prop;
+    return probe(index, &prop);
+}
+
+int cuda_ctx_init(kn_ctx *ctx)
+{
+    cudaDeviceProp prop;
+    int rc = probe(ctx->index, &prop);
+    if (rc < 0) return rc;
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     if (!st) return err_set(ERR_NOMEM, "cannot allocate the CUDA context");
-    int rc = state_init(st, ctx->index);
+    rc = state_init(st, ctx->index);
     if (rc < 0) {
         state_free(st);
         return err_prefix(rc, "CUDA device %d (%s): ", ctx->index, prop.name);

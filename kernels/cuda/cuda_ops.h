@@ -22,6 +22,8 @@ extern "C" {
 /* Context: device `ctx->index`, one non-blocking stream, cuBLAS and cuBLASLt handles. Fails with
  * ERR_DEVICE and a message naming the cause when no usable GPU exists. */
 int cuda_ctx_init(kn_ctx *ctx);
+/* The device checks of cuda_ctx_init alone, with no context, stream or handle made. */
+int cuda_probe(int index);
 void cuda_ctx_fini(kn_ctx *ctx);
 int cuda_sync(kn_ctx *ctx);
 /* float32 products on tensor cores (TF32) instead of full float32; off by default, which is

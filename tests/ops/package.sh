@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The Debian packages, end to end: builds focusd and focus-client with dpkg-buildpackage from
-# a copy of the source tree (so that the build's `make clean` cannot touch the working tree),
-# checks what each package holds, installs both with dpkg -i on this machine, starts the
-# installed daemon by hand as the user focusd, and pings it with the installed client. Then it
-# purges the packages; the user and groups that the postinst created stay, as Debian policy
+# The Debian packages, end to end: builds focusd (daemon and engine), focus-client (the focus
+# command) and python3-focusd-client (the Python module) with dpkg-buildpackage from a copy of
+# the source tree (so that the build's `make clean` cannot touch the working tree), checks what
+# each package holds and depends on, installs the three with dpkg -i on this machine, starts the
+# installed daemon by hand as the user focusd, and talks to it with the installed client and the
+# installed Python module (the system's python3, with the module's dependencies installed by
+# make deps). Then it purges the packages; the user and groups that the postinst created stay, as Debian policy
 # keeps them. Slow (a full build) and it changes the machine: run it as root on a throwaway
 # machine such as CI's, not from `make test`.
 #
@@ -29,6 +31,7 @@ if dpkg-query -W -f='${Status}' focusd 2>/dev/null | grep -q 'ok installed'; the
     finish
 fi
 
+packages="focusd focus-client python3-focusd-client"
 T=$(mktemp -d)
 daemon=
 # The directories the package's tmpfiles.d entry creates; removed again where they are new.
@@ -38,7 +41,7 @@ for d in /run/focusd /var/lib/focusd /var/cache/focusd; do
 done
 cleanup() {
     [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-    dpkg --purge focusd focus-client > /dev/null 2>&1
+    dpkg --purge $packages > /dev/null 2>&1
     rm -rf "$T" $created
 }
 trap cleanup EXIT
@@ -64,20 +67,25 @@ fi
 arch=$(dpkg --print-architecture)
 deb_d=$T/focusd_${version}_$arch.deb
 deb_c=$T/focus-client_${version}_$arch.deb
-check "both packages built" "$(ls "$T")" test -f "$deb_d" -a -f "$deb_c"
+deb_p=$T/python3-focusd-client_${version}_all.deb
+check "the three packages built" "$(ls "$T")" test -f "$deb_d" -a -f "$deb_c" -a -f "$deb_p"
 
 unitdir=$(pkg-config --variable=systemdsystemunitdir systemd)
 contents_d=$(dpkg-deb -c "$deb_d" | awk '{ print $6 }' | sed 's|^\.||')
 contents_c=$(dpkg-deb -c "$deb_c" | awk '{ print $6 }' | sed 's|^\.||')
+contents_p=$(dpkg-deb -c "$deb_p" | awk '{ print $6 }' | sed 's|^\.||')
 missing=
 for f in /usr/sbin/focusd /usr/bin/focus-run /etc/focusd/focusd.conf \
     "$unitdir/focusd.service" "$unitdir/focusd.socket" "$unitdir/focusd-nvidia.service" \
     /usr/lib/sysusers.d/focusd.conf /usr/lib/tmpfiles.d/focusd.conf \
-    /usr/share/man/man8/focusd.8.gz /usr/share/man/man5/focusd.conf.5.gz; do
+    /usr/share/man/man8/focusd.8.gz /usr/share/man/man5/focusd.conf.5.gz \
+    /usr/share/man/man1/focus-run.1.gz /usr/share/man/man7/focusd-protocol.7.gz; do
     grep -qx "$f" <<< "$contents_d" || missing="$missing $f"
 done
-check "focusd holds the daemon, units, sysusers/tmpfiles entries, config, pages" \
+check "focusd holds the daemon, focus-run, units, sysusers/tmpfiles entries, config, pages" \
     "missing:$missing" test -z "$missing"
+check "focusd does not hold the client or the Python module" "it does" \
+    test -z "$(grep -E '/usr/bin/focus$|focusd_client' <<< "$contents_d")"
 missing=
 for f in /usr/bin/focus /usr/share/bash-completion/completions/focus \
     /usr/share/man/man1/focus.1.gz; do
@@ -85,8 +93,44 @@ for f in /usr/bin/focus /usr/share/bash-completion/completions/focus \
 done
 check "focus-client holds focus, its completion and focus(1)" "missing:$missing" \
     test -z "$missing"
-check "focus-client does not hold the daemon" "it does" \
-    test -z "$(grep 'focusd$' <<< "$contents_c")"
+check "focus-client holds nothing of the daemon, the engine or the module" \
+    "$(grep -E 'focusd|focus-run|systemd/system|python' <<< "$contents_c")" \
+    test -z "$(grep -E 'focusd|focus-run|systemd/system|python' <<< "$contents_c")"
+missing=
+for f in /usr/lib/python3/dist-packages/focusd_client.py \
+    /usr/share/doc/python3-focusd-client/examples/example.py; do
+    grep -qx "$f" <<< "$contents_p" || missing="$missing $f"
+done
+check "python3-focusd-client holds the module and its example" "missing:$missing" \
+    test -z "$missing"
+check "python3-focusd-client holds no program" "$(grep '/bin/' <<< "$contents_p")" \
+    test -z "$(grep '/bin/' <<< "$contents_p")"
+
+# What each package depends on: the libraries of what it holds, and nothing of the others'.
+# depends DEB: the package's Depends field, one package name a line.
+depends() { dpkg-deb -f "$1" Depends | tr ',|' '\n\n' | sed 's/^ *//; s/[ :(].*//' | sort -u; }
+deps_d=$(depends "$deb_d")
+deps_c=$(depends "$deb_c")
+deps_p=$(depends "$deb_p")
+missing=
+for d in libzmq5 libmsgpackc2 libsqlite3-0 libsystemd0 libpng16-16 libopenblas0 libjansson4; do
+    grep -q "^$d" <<< "$deps_d" || missing="$missing $d"
+done
+check "focusd depends on the libraries of the daemon and the engine" \
+    "missing:$missing; Depends: $(echo $deps_d)" test -z "$missing"
+missing=
+for d in libzmq5 libmsgpackc2 libjansson4; do
+    grep -qx "$d" <<< "$deps_c" || missing="$missing $d"
+done
+check "focus-client depends on libzmq5, libmsgpackc2 and libjansson4" \
+    "missing:$missing; Depends: $(echo $deps_c)" test -z "$missing"
+check "focus-client depends on nothing of the engine or the daemon" "Depends: $(echo $deps_c)" \
+    test -z "$(grep -E 'openblas|sqlite|systemd|png|pcre|cuda|cublas|dnnl|focusd' <<< "$deps_c")"
+arch_p=$(dpkg-deb -f "$deb_p" Architecture)
+check "python3-focusd-client: architecture all, depends on python3, python3-zmq, python3-msgpack" \
+    "Architecture: $arch_p; Depends: $(echo $deps_p)" \
+    test "$arch_p $(echo $(grep -E '^python3(-zmq|-msgpack)?$' <<< "$deps_p"))" = \
+    "all python3 python3-msgpack python3-zmq"
 dpkg-deb -e "$deb_d" "$T/ctl"
 check "focusd's configuration is a conffile" "conffiles: $(cat "$T/ctl/conffiles" 2>&1)" \
     grep -qx /etc/focusd/focusd.conf "$T/ctl/conffiles"
@@ -95,10 +139,10 @@ check "focusd's postinst creates the user and enables the units" \
     sh -c "grep -q systemd-sysusers '$T/ctl/postinst' &&
            grep -q 'deb-systemd-helper.*focusd.socket' '$T/ctl/postinst'"
 
-if dpkg -i "$deb_d" "$deb_c" > "$T/install.log" 2>&1; then
-    ok "dpkg -i focusd focus-client"
+if dpkg -i "$deb_d" "$deb_c" "$deb_p" > "$T/install.log" 2>&1; then
+    ok "dpkg -i $packages"
 else
-    fail "dpkg -i focusd focus-client" "$(tail -n 10 "$T/install.log")"
+    fail "dpkg -i $packages" "$(tail -n 10 "$T/install.log")"
     finish
 fi
 check "postinst: user focusd, group focus" "$(getent passwd focusd) $(getent group focus)" \
@@ -129,14 +173,33 @@ else
 fi
 check "focus models lists the model" "$(focus models 2>&1)" \
     sh -c 'focus models | grep -q tiny'
+# The installed module, from outside the source tree, with the system's Python: one small job.
+cat > "$T/job.py" << 'EOF'
+import sys, time
+from focusd_client import Client
+with Client("ipc:///run/focusd/focusd.sock", timeout=120) as c:
+    # The socket answers at once; jobs are taken once the model is resident.
+    for _ in range(600):
+        if all(m["loaded"] for m in c.models()):
+            break
+        time.sleep(0.1)
+    job = c.submit("a red fox", width=64, height=64, steps=2, seed=1, watch=True)
+    for ev in c.events(job, timeout=120):
+        if ev["event"] in ("done", "failed", "canceled"):
+            break
+    sys.stdout.buffer.write(c.fetch(job)["png"])
+EOF
+(cd / && /usr/bin/python3 "$T/job.py" > "$T/job.png" 2> "$T/job.err")
+check "the installed Python module submits a job and fetches its PNG" \
+    "$(cat "$T/job.err")" sh -c "head -c 4 '$T/job.png' | od -An -c | grep -q 'P   N   G'"
 kill -TERM "$daemon" 2>/dev/null
 rc=0
 wait "$daemon" || rc=$?
 daemon=
 check "the installed daemon stops cleanly on SIGTERM" "exit status $rc" test "$rc" -eq 0
 
-dpkg --purge focusd focus-client > "$T/purge.log" 2>&1
-check "dpkg --purge removes the programs and the configuration" \
-    "$(ls /usr/sbin/focusd /usr/bin/focus /etc/focusd 2>&1)" \
-    sh -c '! [ -e /usr/sbin/focusd ] && ! [ -e /usr/bin/focus ] && ! [ -e /etc/focusd ]'
+dpkg --purge $packages > "$T/purge.log" 2>&1
+gone="/usr/sbin/focusd /usr/bin/focus /usr/lib/python3/dist-packages/focusd_client.py /etc/focusd"
+check "dpkg --purge removes the programs, the module and the configuration" \
+    "$(ls -d $gone 2>&1)" sh -c "! ls -d $gone > /dev/null 2>&1"
 finish

@@ -486,6 +486,28 @@ static void test_defaults(void)
     CHECK(p.slg_scale == 2.8f && p.slg_start == 0.01 && p.slg_stop == 0.2);
 }
 
+/* A device the probe refuses is one a context cannot be made on, for the same reason, and a
+ * device a context is made on passes the probe: the daemon chooses its device by the probe. */
+static void test_probe_device(void)
+{
+    CHECK(engine_probe_device(KN_CPU, 0) == 0);
+    for (int index = -1; index <= 1; index++) {
+        kn_ctx *ctx = NULL;
+        int made = kn_ctx_create(KN_CUDA, index, &ctx);
+        char why[256];
+        snprintf(why, sizeof why, "%s", made < 0 ? err_msg() : "");
+        kn_ctx_destroy(ctx);
+        int probed = engine_probe_device(KN_CUDA, index);
+        if (made == 0) CHECKF(probed == 0, "cuda:%d: %s", index, err_msg());
+        if (probed < 0) {
+            CHECK(probed == ERR_DEVICE && made == ERR_DEVICE);
+            CHECKF(strcmp(why, err_msg()) == 0, "probe: \"%s\", context: \"%s\"", err_msg(), why);
+        }
+    }
+    CHECK(engine_probe_device(KN_CUDA, -1) == ERR_DEVICE);
+    CHECK(engine_probe_device(KN_CUDA, 1 << 20) == ERR_DEVICE);
+}
+
 int main(void)
 {
     char path[512];
@@ -499,6 +521,7 @@ int main(void)
         return 1;
     }
     RUN(test_defaults);
+    RUN(test_probe_device);
     RUN(test_reference_cases);
     RUN(test_batching);
     RUN(test_not_batchable);
