@@ -24,7 +24,7 @@ they see (B x image tokens or B x text rows), plus 4 x B x L^2 x D for each atte
 p.v (L the tokens it attends over); norms, activations and softmax are left out. Each step's
 GFLOP/s stands against the GEMM rate of the engine's own kn_linear for 2356x1536x6144
 (build/bench/bench_kernels --shape, before and after everything, the better of the two): bf16
-steps against the bf16 mode's product (BF16 activations and weights), fp32 steps against
+steps against the bf16 mode's product (kn_linear in a context of bf16 products), fp32 steps against
 cblas_sgemm on all cores.
 
 Memory: one component is loaded at a time, in one process that exits before the next starts.
@@ -79,7 +79,7 @@ T5_RE = re.compile(r"^T5-XXL encode,\s+(\d+) tokens\s+([0-9.]+) s")
 COMPUTE_RE = re.compile(r"(?:compute|encoders compute in) (fp32|bf16|fp16)")
 GEMM_RE = {
     "fp32": re.compile(r"^\s+cblas_sgemm\s+([0-9.]+) GFLOP/s"),
-    "bf16": re.compile(r"^\s+kn_linear BF16 activations\s+([0-9.]+) GFLOP/s"),
+    "bf16": re.compile(r"^\s+kn_linear bf16 products\s+([0-9.]+) GFLOP/s"),
 }
 
 
@@ -407,7 +407,7 @@ class Driver:
         print()
         for prec in self.a.precisions if "step" in self.a.parts else ():
             gemm = r.get((f"gemm_{m}x{k}x{n}", prec, "engine"))
-            what = "cblas_sgemm" if prec == "fp32" else "kn_linear, BF16 activations and weights"
+            what = "cblas_sgemm" if prec == "fp32" else "kn_linear, bf16 products"
             print(f"{prec} GEMM {m}x{k}x{n} ({what}): {fmt(gemm, ' GFLOP/s')}")
             for s in self.a.sizes:
                 parts = []

@@ -29,11 +29,10 @@ LIMIT=$((64 * 1024 * 1024))
 # The programs the GPU half runs, as paths under the build folder: make test-gpu's binaries
 # (the Makefile's GPU_TEST_BIN), focusd and focus for its daemon suite, and bench_gpu.
 PROGRAMS="$(for t in tests/gpu/test_*.c; do printf 'tests-gpu/%s ' "$(basename "$t" .c)"; done)focusd focus bench/bench_gpu"
-# The baseline's versions: the reference of the spec. The GPU image's own transformers and
-# huggingface_hub are newer majors that diffusers 0.31.0 does not support; importlib_metadata
-# is diffusers' one pure-Python need that the image lacks.
-WHEELS="diffusers==0.31.0 transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.26.2
-importlib_metadata==8.5.0"
+# The baseline: a diffusers that runs on the GPU image's own transformers 5 and
+# huggingface_hub 1 (0.42.1, the version make bench-cpu-peers pins), so that only diffusers and
+# importlib_metadata, its one pure-Python need that the image lacks, travel.
+WHEELS="diffusers==0.42.1 importlib_metadata==8.5.0"
 WHEEL_PYTHON=3.12
 # Libraries the GPU machine's own: glibc (which must match its loader), the C++ runtime (newer
 # there) and CUDA's (the driver's version). Everything else ldd lists is carried.
@@ -89,7 +88,8 @@ pack() {
     mkdir -p "$stage/lib" "$PACK/wheels"
     for p in $PROGRAMS; do
         mkdir -p "$stage/$(dirname "$p")"
-        cp "$build/$p" "$stage/$p"
+        # Without debug sections or local symbols: the device call's 64 MiB carries the tree too.
+        strip --strip-unneeded -o "$stage/$p" "$build/$p"
         # DT_RPATH, not RUNPATH: it also serves the libraries' own dependencies.
         patchelf --force-rpath --set-rpath '$ORIGIN/lib:$ORIGIN/../lib' "$stage/$p"
         ldd "$build/$p" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }'
@@ -110,8 +110,8 @@ pack() {
         echo "needs $glibc or later, the C++ runtime, CUDA $(nvcc --version | sed -n 's/.*release \([0-9]*\).*/\1/p') (libcudart, libcublas, libcublasLt)"
         echo "carried libraries: $(ls "$stage/lib" | paste -sd' ' -)"
     } >"$PACK/MANIFEST"
-    # xz: OpenBLAS, which holds kernels for every x86-64 generation, shrinks to 4 MB (11 with gzip).
-    tar -C "$stage" -cf - . | xz -T2 -6 >"$PACK/build.tar.xz"
+    # xz at its strongest: oneDNN, which holds kernels for every x86-64 generation, is 40 MB.
+    tar -C "$stage" -cf - . | xz -T2 -9e >"$PACK/build.tar.xz"
     rm -rf "$stage"
     if [ "${GPU_CHECK_NO_WHEELS:-}" = 1 ]; then
         rmdir "$PACK/wheels"

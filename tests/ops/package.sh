@@ -113,7 +113,7 @@ deps_d=$(depends "$deb_d")
 deps_c=$(depends "$deb_c")
 deps_p=$(depends "$deb_p")
 missing=
-for d in libzmq5 libmsgpackc2 libsqlite3-0 libsystemd0 libpng16-16 libopenblas0 libjansson4; do
+for d in libzmq5 libmsgpackc2 libsqlite3-0 libsystemd0 libpng16-16 libdnnl2 libjansson4; do
     grep -q "^$d" <<< "$deps_d" || missing="$missing $d"
 done
 check "focusd depends on the libraries of the daemon and the engine" \

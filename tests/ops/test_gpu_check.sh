@@ -31,8 +31,8 @@ tar -C "$TMP/u" -xJf "$TMP/pack/build.tar.xz"
 for p in tests-gpu/test_cuda_ops tests-gpu/test_gpu_pipeline focusd focus bench/bench_gpu; do
     check "$p is packed" test -x "$TMP/u/$p"
 done
-for l in libzmq.so.5 libmsgpackc.so.2 libopenblas.so.0 libpng16.so.16 libsqlite3.so.0 \
-    libjansson.so.4 libutf8proc.so.2 libpcre2-8.so.0 libsystemd.so.0 libmd.so.0 libgfortran.so.5; do
+for l in libzmq.so.5 libmsgpackc.so.2 libdnnl.so.2 libgomp.so.1 libpng16.so.16 libsqlite3.so.0 \
+    libjansson.so.4 libutf8proc.so.2 libpcre2-8.so.0 libsystemd.so.0 libmd.so.0; do
     check "$l is packed" test -f "$TMP/u/lib/$l"
 done
 check "no glibc, C++ runtime or CUDA library is packed" \
