@@ -278,10 +278,12 @@ int proto_check_unique_keys(const msgpack_object *o, struct proto_error *perr)
     if (o->type != MSGPACK_OBJECT_MAP)
         return 0;
     uint32_t n = o->via.map.size;
+    if (n == 0)
+        return 0;
     /* The validator bounds n (64 in a request, 4096 from a daemon) and makes every key a str:
      * sorted pointers find a repeated one in n log n. */
-    const msgpack_object **keys = n ? malloc(n * sizeof *keys) : NULL;
-    if (n && !keys)
+    const msgpack_object **keys = malloc(n * sizeof *keys);
+    if (!keys)
         return proto_fail(perr, PROTO_E_INTERNAL, NULL, "out of memory");
     for (uint32_t i = 0; i < n; i++)
         keys[i] = &o->via.map.ptr[i].key;
