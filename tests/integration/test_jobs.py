@@ -10,7 +10,7 @@ import zlib
 import pytest
 import zmq
 
-from conftest import MODEL, ROOT, BUILD, TINY, wait_state, focusd_client
+from conftest import MODEL, ROOT, BUILD, TINY, auto_precision, wait_state, focusd_client
 
 
 def png_chunks(data):
@@ -79,7 +79,8 @@ def test_submit_watch_fetch(daemon):
     assert c.stats()["done"] == 1
     assert any(j["job"] == job for j in c.jobs(state="done"))
     (m,) = c.models()
-    assert m["name"] == "tiny" and m["loaded"] and m["device"] == "cpu" and m["dtype"] == "fp32"
+    assert m["name"] == "tiny" and m["loaded"] and m["device"] == "cpu"
+    assert m["dtype"] == auto_precision()
     # Measured: the mapped weight files and what the job left resident (its scratch).
     weights = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(MODEL)
                   for f in fs if f.endswith(".safetensors"))
