@@ -33,7 +33,7 @@ static float act_quick_gelu(float x)
     return x * s;
 }
 
-/* y = act(x), row by row (rows of n columns). */
+/* y[0, n) = act(x[0, n)). */
 struct act_job {
     float *y;
     const float *x;
@@ -89,8 +89,7 @@ static float (*act_fn(kn_act act))(float)
                                      : act_quick_gelu;
 }
 
-/* y[0, n) = act(x[0, n)): the whole vectors of a row in eight lanes, its tail scalar, so that
- * an element's result depends on its column alone, however rows are split over threads. */
+/* y[0, n) = act(x[0, n)): the whole vectors in eight lanes, the tail scalar. */
 static void act_row(float *y, const float *x, int64_t n, kn_act act)
 {
     int64_t i = 0;
@@ -136,20 +135,24 @@ void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, 
     if (g->has_act) act_row(out, out, n, g->act);
 }
 
+/* Elements are split in whole units of eight, so that whether an element takes the vector or
+ * the scalar path depends on its index alone (only the tensor's last partial unit is scalar),
+ * however the units are spread over threads. */
+#define ACT_UNIT 8
+
 static void act_range(void *p, int64_t lo, int64_t hi)
 {
     const struct act_job *j = p;
-    for (int64_t r = lo; r < hi; r++)
-        act_row(j->y + r * j->n, j->x + r * j->n, j->n, j->act);
+    int64_t i0 = lo * ACT_UNIT, i1 = hi * ACT_UNIT < j->n ? hi * ACT_UNIT : j->n;
+    act_row(j->y + i0, j->x + i0, i1 - i0, j->act);
 }
 
 int cpu_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act)
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_activate(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), act));
-    struct act_job j = {y->data, x->data, kn_cols(x), act};
-    int64_t rows = kn_numel(x) / (j.n > 0 ? j.n : 1);
-    if (j.n > 0) cpu_parallel(rows, rows * j.n, act_range, &j);
+    struct act_job j = {y->data, x->data, kn_numel(x), act};
+    cpu_parallel((j.n + ACT_UNIT - 1) / ACT_UNIT, j.n, act_range, &j);
     return 0;
 }
 
