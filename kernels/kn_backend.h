@@ -34,7 +34,8 @@ void cpu_free(kn_ctx *ctx, kn_tensor *t);
 int cpu_fill(kn_ctx *ctx, kn_tensor *t, float v);
 int cpu_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src);
 int cpu_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src);
-/* Scratch memory of at least n bytes owned by the context, reused between ops. */
+/* Scratch memory of at least n bytes owned by the context, reused between ops; NULL, with the
+ * error set, when there is no memory (the slot keeps its former buffer). */
 void *cpu_scratch(kn_ctx *ctx, int slot, size_t n);
 #define CPU_SCRATCH_SLOTS 4
 

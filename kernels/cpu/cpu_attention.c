@@ -195,6 +195,7 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
     j.tasks = B * j.H * j.nblocks;
     if (j.parts > j.tasks) j.parts = j.tasks;
     j.scores = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(j.parts * j.block * j.Sk) * sizeof(float));
+    if (!j.scores) return -1;
     int rc = 0;
     j.rc = &rc;
     cpu_parallel(j.parts, j.tasks * j.Sk * j.HD, attend_parts, &j);

@@ -7,16 +7,31 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/kn_convert.h"
 
-#include "common/xalloc.h"
+#include "common/err.h"
 
 #include <stdlib.h>
 
+static __thread cpu_half half;
+
+cpu_half *cpu_half_begin(void)
+{
+    half.n = 0;
+    return &half;
+}
+
 static kn_tensor *new_twin(cpu_half *h, const kn_tensor *t)
 {
+    size_t n = (size_t)kn_numel(t);
+    void *data = malloc(n * sizeof(float) + sizeof(float));
+    if (!data) {
+        err_set(ERR_NOMEM, "no memory for a float32 copy of %zu %s values", n,
+                kn_dtype_name(t->dtype));
+        longjmp(h->no_memory, 1);
+    }
     kn_tensor *w = &h->twin[h->n];
     *w = *t;
     w->dtype = KN_F32;
-    w->data = xmalloc((size_t)kn_numel(t) * sizeof(float) + sizeof(float));
+    w->data = data;
     h->dst[h->n++] = NULL;
     return w;
 }

@@ -74,6 +74,7 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     if (rows > g.Ho) rows = g.Ho;
     float *col =
         direct ? NULL : cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(rows * g.Wo * CK) * sizeof(float));
+    if (!wd || (!direct && !col)) return -1;
     for (int64_t n = 0; n < B; n++) {
         const float *xn = (const float *)x->data + n * g.C * g.H * g.W;
         float *yn = (float *)y->data + n * O * P;
@@ -114,6 +115,7 @@ int cpu_conv2d(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     }
     if (b) {
         const float *bd = cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, O);
+        if (!bd) return -1;
         for (int64_t n = 0; n < B; n++)
             for (int64_t o = 0; o < O; o++) {
                 float *yc = (float *)y->data + (n * O + o) * P;

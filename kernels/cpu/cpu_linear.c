@@ -89,6 +89,7 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
 {
     if (t->dtype == KN_F32) return (const float *)t->data + off;
     float *dst = cpu_scratch(ctx, slot, (size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!dst) return NULL;
     widen(dst, (const char *)t->data + (size_t)off * kn_dtype_size(t->dtype), t->dtype, (size_t)n);
     return dst;
 }
@@ -101,6 +102,7 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     float *yd = y->data;
     if (M == 0 || N == 0) return 0;
     const float *bias = b ? cpu_f32_span(ctx, CPU_SLOT_PARAM, b, 0, N) : NULL;
+    if (b && !bias) return -1;
     cpu_mm g = {.M = M,
                 .N = N,
                 .K = K,

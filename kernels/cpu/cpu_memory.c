@@ -42,8 +42,13 @@ void *cpu_scratch(kn_ctx *ctx, int slot, size_t n)
 {
     struct cpu_state *st = ctx->backend;
     if (st->scratch_size[slot] < n) {
+        void *p = malloc(n);
+        if (!p) {
+            err_set(ERR_NOMEM, "no memory for a %zu-byte work buffer", n);
+            return NULL;
+        }
         free(st->scratch[slot]);
-        st->scratch[slot] = xmalloc(n);
+        st->scratch[slot] = p;
         kn_account(ctx, (int64_t)n - (int64_t)st->scratch_size[slot]);
         st->scratch_size[slot] = n;
     }
@@ -98,6 +103,7 @@ int cpu_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src)
         kn_convert_from_f32(dst->data, src->data, dst->dtype, n);
     } else {
         float *tmp = cpu_scratch(ctx, 0, n * sizeof(float));
+        if (!tmp) return -1;
         kn_convert_to_f32(tmp, src->data, src->dtype, n);
         kn_convert_from_f32(dst->data, tmp, dst->dtype, n);
     }

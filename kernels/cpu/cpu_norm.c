@@ -99,6 +99,7 @@ int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
     struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
     j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
     j.b = b ? cpu_f32_span(ctx, CPU_SLOT_PARAM2, b, 0, D) : NULL;
+    if ((w && !j.w) || (b && !j.b)) return -1;
     cpu_parallel(R, R * D, layer_norm_range, &j);
     return 0;
 }
@@ -127,6 +128,7 @@ int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor 
     int64_t R = kn_rows(x), D = kn_cols(x);
     struct norm_job j = {.y = y->data, .x = x->data, .D = D, .eps = eps};
     j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
+    if (w && !j.w) return -1;
     cpu_parallel(R, R * D, rms_norm_range, &j);
     return 0;
 }
@@ -174,6 +176,7 @@ int cpu_group_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
                           C / groups,
                           HW,
                           eps};
+    if (!j.w || !j.b) return -1;
     cpu_parallel(B * groups, B * C * HW, group_norm_range, &j);
     return 0;
 }

@@ -10,6 +10,8 @@
 #include "kernels/kn_image.h"
 #include "kernels/kn_ops.h"
 
+#include <setjmp.h>
+
 /* Scratch slot use, so that an op's buffers never collide (slot 0 is also kn_copy's). */
 enum {
     CPU_SLOT_WEIGHT = 0, /* a panel of widened weight rows */
@@ -70,24 +72,32 @@ __attribute__((target("avx2,fma"))) static inline __m256 cpu_exp8_nonpos(__m256 
  *     if (y->dtype != KN_F32) CPU_HALF(cpu_op(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x)));
  * cpu_half_in gives t itself when it is F32 (or NULL), else a widened copy; cpu_half_out gives
  * a twin that cpu_half_finish rounds into t (load: widen t's values into it first, for an
- * output the op also reads). cpu_half_finish frees the twins and returns rc. */
+ * output the op also reads). cpu_half_finish frees the twins and returns rc. A twin is made
+ * while the op's arguments are evaluated, before the op runs, so a twin that cannot be
+ * allocated jumps back to CPU_HALF (longjmp), which frees the others and returns the error
+ * without running the op. The state is the thread's own (the F32 run of an op never comes
+ * back through CPU_HALF), so that nothing local to the op changes between setjmp and longjmp. */
 #define CPU_HALF_MAX 6
 typedef struct cpu_half {
     kn_tensor twin[CPU_HALF_MAX];
     kn_tensor *dst[CPU_HALF_MAX];
     int n;
+    jmp_buf no_memory;
 } cpu_half;
+cpu_half *cpu_half_begin(void);
 const kn_tensor *cpu_half_in(cpu_half *h, const kn_tensor *t);
 kn_tensor *cpu_half_out(cpu_half *h, kn_tensor *t, int load);
 int cpu_half_finish(cpu_half *h, int rc);
 #define CPU_HALF(call)                                                                             \
     do {                                                                                           \
-        cpu_half half_ = {0}, *const H = &half_;                                                   \
+        cpu_half *const H = cpu_half_begin();                                                      \
+        if (setjmp(H->no_memory)) return cpu_half_finish(H, -1);                                   \
         return cpu_half_finish(H, (call));                                                         \
     } while (0)
 
 /* Elements [off, off + n) of float tensor t as float32: t's own memory when it is F32,
- * otherwise widened into scratch `slot` (valid until the slot's next use). */
+ * otherwise widened into scratch `slot` (valid until the slot's next use); NULL, with the
+ * error set, when the scratch cannot grow. */
 const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off, int64_t n);
 
 int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
