@@ -154,16 +154,28 @@ def flag_goldens(tmp):
         run, texts = flag_run(tmp, *r)
         runs.append(run)
     with open(os.path.join(GOLD, "flags.json"), "w", encoding="ascii") as f:
-        json.dump({"texts": texts, "runs": runs}, f, ensure_ascii=True)
+        json.dump({"texts": texts, "runs": runs}, f, ensure_ascii=True, separators=(",", ":"))
         f.write("\n")
 
 
 def main():
     src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared", "real-sd35")
+    # A file equal to one of an earlier folder (tokenizer_2's vocabulary and merges are
+    # tokenizer's) becomes a link to it, as the hub's cache holds it.
+    copied = {}
     for folder, names in FILES.items():
         os.makedirs(os.path.join(FIX, folder), exist_ok=True)
         for n in names:
-            shutil.copyfile(os.path.join(src, folder, n), os.path.join(FIX, folder, n))
+            data = open(os.path.join(src, folder, n), "rb").read()
+            dst = os.path.join(FIX, folder, n)
+            if os.path.lexists(dst):
+                os.remove(dst)
+            if data in copied:
+                os.symlink(os.path.join("..", *copied[data]), dst)
+            else:
+                with open(dst, "wb") as f:
+                    f.write(data)
+                copied[data] = (folder, n)
     # The rebuilt T5 tokenizer must be the published tokenizer.json, or the engine, which reads
     # tokenizer.json's vocabulary and charsmap, would not be what transformers runs.
     t5 = T5TokenizerFast.from_pretrained(os.path.join(FIX, "tokenizer_3"))
@@ -185,7 +197,7 @@ def main():
                 "clip_g": clip_g(text, padding="max_length", max_length=77, truncation=True).input_ids,
                 "t5": t5(text, padding="max_length", max_length=256, truncation=True, add_special_tokens=True).input_ids,
             }
-            f.write(json.dumps(row, ensure_ascii=True) + (",\n" if i + 1 < len(texts) else "\n"))
+            f.write(json.dumps(row, ensure_ascii=True, separators=(",", ":")) + (",\n" if i + 1 < len(texts) else "\n"))
         f.write("]\n")
     with tempfile.TemporaryDirectory() as tmp:
         flag_goldens(tmp)

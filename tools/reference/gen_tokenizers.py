@@ -65,10 +65,14 @@ def build_clip(merges):
                             pad_token=pad, model_max_length=77)
         tok.save_pretrained(d)
         # save_pretrained re-sorts vocab.json by key; keep OpenAI's id order as the hub files do.
-        with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8") as f:
-            f.write(vocab_json)
-        with open(os.path.join(d, "merges.txt"), "w", encoding="utf-8") as f:
-            f.write(merges_txt)
+        # tokenizer_2's are the same files: links to tokenizer's, as the hub's cache holds them.
+        for name, text in (("vocab.json", vocab_json), ("merges.txt", merges_txt)):
+            os.remove(os.path.join(d, name))
+            if sub == "tokenizer":
+                with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                os.symlink(os.path.join("..", "tokenizer", name), os.path.join(d, name))
     shutil.rmtree(tmp)
 
 
