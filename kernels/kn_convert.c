@@ -3,6 +3,46 @@
 
 #include <math.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+static int have_avx2;
+
+/* Run at load time, so that the threads only ever read the flag. */
+__attribute__((constructor)) static void detect_avx2(void)
+{
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+}
+
+/* kn_f32_to_bf16 of eight floats, each result in the low half of its 32-bit lane. */
+__attribute__((target("avx2"))) static __m256i bf16_of8(const float *src)
+{
+    __m256i u = _mm256_loadu_si256((const __m256i *)src);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+
+/* dst[0, m) for the largest m <= n that is a multiple of 16; returns m. The same bits as
+ * kn_f32_to_bf16 element by element. */
+__attribute__((target("avx2"))) static size_t bf16_narrow_avx2(uint16_t *dst, const float *src,
+                                                               size_t n)
+{
+    size_t m = n / 16 * 16;
+    for (size_t i = 0; i < m; i += 16) {
+        /* packus interleaves the 128-bit halves; the permute puts them back in order. */
+        __m256i packed = _mm256_packus_epi32(bf16_of8(src + i), bf16_of8(src + i + 8));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_permute4x64_epi64(packed, 0xd8));
+    }
+    return m;
+}
+#endif
+
 float kn_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31;
@@ -105,10 +145,15 @@ void kn_convert_from_f32(void *dst, const float *src, kn_dtype dt, size_t n)
         for (size_t i = 0; i < n; i++)
             ((uint16_t *)dst)[i] = kn_f32_to_f16(src[i]);
         break;
-    case KN_BF16:
-        for (size_t i = 0; i < n; i++)
+    case KN_BF16: {
+        size_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (have_avx2) i = bf16_narrow_avx2(dst, src, n);
+#endif
+        for (; i < n; i++)
             ((uint16_t *)dst)[i] = kn_f32_to_bf16(src[i]);
         break;
+    }
     default:
         break;
     }

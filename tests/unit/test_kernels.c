@@ -720,12 +720,47 @@ static void test_attention_qk_norm(void)
         free(vals[i]);
 }
 
+/* kn_convert_from_f32 to BF16 (vectorised where the CPU allows) gives kn_f32_to_bf16's bits
+ * for every kind of float: ties both ways, subnormals, the largest finite values that round
+ * to infinity, infinities and NaNs of both signs, and random bit patterns; at every length
+ * and offset, so that the vector part and the scalar tail meet anywhere. */
+static void test_bf16_narrowing(void)
+{
+    enum { N = 4099 };
+    static float src[N];
+    static uint16_t got[N];
+    const uint32_t special[] = {0x00000000u, 0x80000000u, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
+                                0x00000001u, 0x807fffffu, 0x7f7fffffu, 0xff7fffffu, 0x7f800000u,
+                                0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u, 0xff812345u,
+                                0x7fffffffu, 0xffffffffu, 0x3f7f8000u, 0x477fe000u};
+    const size_t ns = sizeof special / sizeof special[0];
+    for (size_t i = 0; i < N; i++) {
+        test_rng_state ^= test_rng_state << 13;
+        test_rng_state ^= test_rng_state >> 7;
+        test_rng_state ^= test_rng_state << 17;
+        uint32_t u = i % 3 == 0 ? special[i / 3 % ns] : (uint32_t)(test_rng_state >> 17);
+        memcpy(&src[i], &u, 4);
+    }
+    int bad = 0;
+    for (size_t off = 0; off < 17; off++)
+        for (size_t n = 0; off + n <= N; n += n < 40 ? 1 : 997) {
+            memset(got, 0xa5, sizeof got);
+            kn_convert_from_f32(got + off, src + off, KN_BF16, n);
+            for (size_t i = 0; i < N; i++) {
+                uint16_t want = i >= off && i < off + n ? kn_f32_to_bf16(src[i]) : 0xa5a5;
+                bad += got[i] != want;
+            }
+        }
+    CHECKF(bad == 0, "%d elements differ from kn_f32_to_bf16", bad);
+}
+
 int main(void)
 {
     if (kn_ctx_create(KN_CPU, 0, &ctx) != 0) {
         fprintf(stderr, "kn_ctx_create: %s\n", err_msg());
         return 1;
     }
+    RUN(test_bf16_narrowing);
     RUN(test_linear_dtypes);
     RUN(test_embedding);
     RUN(test_layer_norm);
