@@ -147,6 +147,14 @@ const char *engine_precision_name(kn_dtype compute)
     return compute == KN_BF16 ? "bf16" : compute == KN_F16 ? "fp16" : "fp32";
 }
 
+int engine_ctx_precision(kn_ctx *ctx, kn_dtype compute, kn_dtype *activations)
+{
+    *activations = compute;
+    if (compute != KN_BF16 || kn_ctx_device(ctx) != KN_CPU) return 0;
+    *activations = KN_F32;
+    return kn_ctx_set_matmul(ctx, KN_BF16);
+}
+
 /* Bytes of one component's weight files, opened as its loader opens them. */
 static int component_bytes(const model_config *cfg, const char *sub, const char *stem,
                            uint64_t *total)
@@ -190,17 +198,13 @@ int engine_load(const char *model_dir, const engine_options *opts, sd3_engine **
     if ((rc = kn_ctx_create(opts->device, opts->device_index, &e->ctx)) < 0) goto fail;
     e->text_ctx = e->ctx;
     if (opts->text_on_cpu && (rc = kn_ctx_create(KN_CPU, 0, &e->text_ctx)) < 0) goto fail;
-    /* bf16 on the CPU is its matrix products' dtype (activations stay float32); the text
-     * encoders' products follow the mode on whichever context they have. */
+    /* The text encoders' products follow the mode on whichever context they have. */
     e->compute = opts->compute;
-    kn_dtype act = opts->compute;
-    if (opts->compute == KN_BF16) {
-        if ((opts->device == KN_CPU && (rc = kn_ctx_set_matmul(e->ctx, KN_BF16)) < 0) ||
-            (kn_ctx_device(e->text_ctx) == KN_CPU &&
-             (rc = kn_ctx_set_matmul(e->text_ctx, KN_BF16)) < 0))
-            goto fail;
-        if (opts->device == KN_CPU) act = KN_F32;
-    }
+    kn_dtype act, text_act;
+    if ((rc = engine_ctx_precision(e->ctx, opts->compute, &act)) < 0 ||
+        (e->text_ctx != e->ctx &&
+         (rc = engine_ctx_precision(e->text_ctx, opts->compute, &text_act)) < 0))
+        goto fail;
     if ((rc = weight_bytes(e->cfg, &e->weight_bytes, &e->text_weight_bytes)) < 0 ||
         (rc = text_encoder_load(e->text_ctx, e->cfg, &e->te)) < 0 ||
         (rc = mmdit_load(e->ctx, e->cfg, &e->dit)) < 0 ||

@@ -55,6 +55,10 @@ int engine_probe_device(kn_device device, int index);
 int engine_precision_parse(const char *name, kn_device device, kn_dtype *out);
 /* The name of a compute dtype as engine_precision_parse spells it. */
 const char *engine_precision_name(kn_dtype compute);
+/* Puts compute mode `compute` into effect on ctx and gives the activations' dtype for the
+ * models on it: bf16 on the CPU is its matrix products' dtype (activations stay float32);
+ * elsewhere the activations are in the compute dtype. */
+int engine_ctx_precision(kn_ctx *ctx, kn_dtype compute, kn_dtype *activations);
 
 typedef struct gen_params {
     const char *prompt;          /* required; UTF-8 */

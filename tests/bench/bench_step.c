@@ -198,7 +198,9 @@ static void bench_steps(const step_opts *o, kn_ctx *ctx, const model_config *mc)
     double t0 = bench_now();
     mmdit *m;
     if (mmdit_load(ctx, mc, &m) < 0) die("loading the transformer");
-    if (mmdit_set_compute(m, o->compute) < 0) die("setting the compute dtype");
+    kn_dtype act;
+    if (engine_ctx_precision(ctx, o->compute, &act) < 0 || mmdit_set_compute(m, act) < 0)
+        die("setting the compute dtype");
     printf("transformer load: %.2f s, compute %s\n", bench_now() - t0,
            engine_precision_name(o->compute));
     double best[MAX_SIZES];
@@ -221,7 +223,9 @@ static void bench_vae(const step_opts *o, kn_ctx *ctx, const model_config *mc)
 {
     vae *v;
     if (vae_load(ctx, mc, &v) < 0) die("loading the VAE");
-    if (vae_set_compute(v, o->compute) < 0) die("setting the compute dtype");
+    kn_dtype act;
+    if (engine_ctx_precision(ctx, o->compute, &act) < 0 || vae_set_compute(v, act) < 0)
+        die("setting the compute dtype");
     for (int i = 0; i < o->n_sizes; i++) {
         const int side = o->sizes[i], lat = side / vae_scale_factor(v);
         kn_tensor z, img;
