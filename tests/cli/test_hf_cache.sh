@@ -3,8 +3,9 @@
 # `--model NAME=ORG/NAME` (focusd) find $HF_HOME/hub/models--ORG--NAME/snapshots/<refs/main>/
 # in a cache laid out as `huggingface-cli download` leaves it (blobs/ holding the files,
 # snapshots/ a tree of relative symlinks into blobs/), here a fake one in a temporary directory
-# whose blobs are symlinks onto the fixture model. A repository that is not in the cache fails
-# with a message naming the paths tried; a plain directory keeps working.
+# whose blobs are symlinks onto the fixture model's files (its own links followed). A repository
+# that is not in the cache fails with a message naming the paths tried; a plain directory keeps
+# working.
 # Run from the repository root: tests/cli/test_hf_cache.sh [path/to/focus-run [path/to/focusd]]
 set -u
 BUILD=${BUILD:-build}
@@ -22,7 +23,7 @@ REPO=$TMP/hf/hub/models--org--tiny
 mkdir -p "$REPO/blobs" "$REPO/refs" "$REPO/snapshots/$COMMIT"
 printf '%s' "$COMMIT" >"$REPO/refs/main"
 n=0
-(cd "$MODEL" && find . -type f | sed 's|^\./||') | while read -r rel; do
+(cd "$MODEL" && find -L . -type f | sed 's|^\./||') | while read -r rel; do
     n=$((n + 1))
     ln -s "$MODEL/$rel" "$REPO/blobs/$n"
     up=$(printf '%s' "$rel" | sed 's|[^/]*/|../|g; s|[^/]*$||')
