@@ -261,7 +261,7 @@ static int key_cmp(const void *a, const void *b)
 {
     const msgpack_object *x = *(const msgpack_object *const *)a, *y = *(const msgpack_object *const *)b;
     uint32_t n = x->via.str.size < y->via.str.size ? x->via.str.size : y->via.str.size;
-    int c = memcmp(x->via.str.ptr, y->via.str.ptr, n);
+    int c = n ? memcmp(x->via.str.ptr, y->via.str.ptr, n) : 0; /* an empty key's ptr may be NULL */
     return c ? c : (x->via.str.size > y->via.str.size) - (x->via.str.size < y->via.str.size);
 }
 
@@ -294,7 +294,7 @@ int proto_check_unique_keys(const msgpack_object *o, struct proto_error *perr)
             char name[PROTO_MAX_FIELD + 1];
             size_t len = keys[i]->via.str.size < PROTO_MAX_FIELD ? keys[i]->via.str.size
                                                                   : PROTO_MAX_FIELD;
-            memcpy(name, keys[i]->via.str.ptr, len);
+            if (len) memcpy(name, keys[i]->via.str.ptr, len);
             name[len] = 0;
             rc = proto_fail(perr, PROTO_E_BAD_FIELD, name, "appears more than once");
         }
@@ -313,9 +313,10 @@ int proto_copy_str(const msgpack_object *o, char *dst, size_t cap, const char *f
     if (n > cap)
         return proto_fail(perr, PROTO_E_BAD_FIELD, field, "%zu bytes exceed the limit of %zu",
                           n, cap);
-    if (memchr(o->via.str.ptr, 0, n))
+    /* An empty string's ptr may be NULL, which memchr and memcpy must not be given. */
+    if (n && memchr(o->via.str.ptr, 0, n))
         return proto_fail(perr, PROTO_E_BAD_FIELD, field, "contains a NUL byte");
-    memcpy(dst, o->via.str.ptr, n);
+    if (n) memcpy(dst, o->via.str.ptr, n);
     dst[n] = 0;
     return 0;
 }
