@@ -21,7 +21,7 @@ struct queue {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
-static struct queue todo, done;
+static struct queue waiting, done;
 static bool stopping, started;
 static pthread_t thread;
 static int done_fd = -1;
@@ -116,12 +116,12 @@ static void *fetch_main(void *arg)
     msgpack_sbuffer_init(&sb);
     pthread_mutex_lock(&lock);
     for (;;) {
-        while (!todo.head && !stopping)
+        while (!waiting.head && !stopping)
             pthread_cond_wait(&wake, &lock);
         if (stopping) break;
-        struct fetch_task *t = todo.head;
-        todo.head = t->next;
-        if (!todo.head) todo.tail = NULL;
+        struct fetch_task *t = waiting.head;
+        waiting.head = t->next;
+        if (!waiting.head) waiting.tail = NULL;
         pthread_mutex_unlock(&lock);
         run_task(t, &sb);
         pthread_mutex_lock(&lock);
@@ -153,7 +153,7 @@ int fetch_fd(void)
 void fetch_submit(struct fetch_task *t)
 {
     pthread_mutex_lock(&lock);
-    push(&todo, t);
+    push(&waiting, t);
     pthread_cond_signal(&wake);
     pthread_mutex_unlock(&lock);
 }
@@ -180,9 +180,9 @@ void fetch_stop(void)
         pthread_join(thread, NULL);
         started = false;
     }
-    free_all(todo.head);
+    free_all(waiting.head);
     free_all(done.head);
-    todo.head = todo.tail = done.head = done.tail = NULL;
+    waiting.head = waiting.tail = done.head = done.tail = NULL;
     if (done_fd >= 0) close(done_fd);
     done_fd = -1;
 }
