@@ -230,33 +230,28 @@ static dnnl_memory_t *thread_memories(const struct mm_prim *p)
 }
 
 /* One tile: rows [r0, r0 + tile rows) of a (those past M are zeros) times the columns
- * [n0, n0 + k->N) of b, the epilogue applied on the way out. a16: a already narrowed to bf16
- * rows K apart (bf16 products), or NULL. */
+ * [n0, n0 + k->N) of b, the epilogue applied on the way out. prep: a in the primitive's
+ * source form (bf16, or float32 rounded to bf16) with rows K apart, or NULL for a itself. */
 static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_t n0,
-                    const void *wei, const uint16_t *a16)
+                    const void *wei, const char *prep)
 {
     const int64_t K = g->K, nt = p->key.N, tm = cpu_mm_tile_rows(&p->key);
     const int64_t rows = g->M - r0 < tm ? g->M - r0 : tm;
     size_t es = p->key.dt == KN_BF16 ? 2 : 4;
-    /* A whole tile of float32 rows stored K apart is read in place (the layout of the padded
-     * tile, so the same primitive); any other is copied, converted or rounded first. */
-    int in_place = rows == tm && (es == 2 || (!p->key.round_bf16 && g->lda == K));
-    char *src = in_place ? es == 2 ? (char *)(a16 + r0 * K) : (char *)(g->a + r0 * K)
+    /* A whole tile of rows stored K apart is read in place (the layout of the padded tile, so
+     * the same primitive); a last, partial tile is copied and padded with zeros. */
+    const char *from = prep ? prep : (const char *)g->a;
+    const int64_t ld = prep ? K : g->lda;
+    int in_place = rows == tm && ld == K;
+    char *src = in_place ? (char *)(from + (size_t)(r0 * K) * es)
                          : grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
     float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
     size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
     void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
     if (!src || !dst || !scratch)
         return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
-    for (int64_t i = 0; i < rows && !in_place; i++) {
-        const float *ar = g->a + (r0 + i) * g->lda;
-        if (es == 4) {
-            memcpy(src + (size_t)(i * K) * 4, ar, (size_t)K * 4);
-            if (p->key.round_bf16) round_bf16((float *)src + i * K, (size_t)K);
-        } else {
-            memcpy(src + (size_t)(i * K) * 2, a16 + (r0 + i) * K, (size_t)K * 2);
-        }
-    }
+    for (int64_t i = 0; i < rows && !in_place; i++)
+        memcpy(src + (size_t)(i * K) * es, from + (size_t)((r0 + i) * ld) * es, (size_t)K * es);
     if (!in_place) memset(src + (size_t)(rows * K) * es, 0, (size_t)((tm - rows) * K) * es);
 
     dnnl_memory_t *m = thread_memories(p);
@@ -307,7 +302,7 @@ struct mm_run {
     const cpu_mm *g;
     struct mm_prim *full, *tail; /* the primitives of whole and of last column chunks */
     int64_t chunks, groups;
-    const uint16_t *a16; /* bf16 products: a narrowed once for every column chunk */
+    const char *prep; /* a in the primitive's source form, made once for every column chunk */
     int rc;
 };
 
@@ -333,7 +328,7 @@ static void run_tasks(void *arg, int64_t lo, int64_t hi)
         for (int64_t i = 0; i < MM_GROUP; i++) {
             int64_t r0 = (group * MM_GROUP + i) * cpu_mm_tile_rows(&p->key);
             if (r0 >= g->M) break;
-            int rc = tile_run(g, p, r0, chunk * MM_TILE_N, wei, r->a16);
+            int rc = tile_run(g, p, r0, chunk * MM_TILE_N, wei, r->prep);
             if (rc < 0) {
                 __atomic_store_n(&r->rc, rc, __ATOMIC_RELAXED);
                 return;
@@ -363,22 +358,30 @@ static int mm_prepare(const cpu_mm *g, struct mm_run *r)
     return 0;
 }
 
-/* Rows [lo, hi) of a narrowed to bf16 into r->a16. */
-static void narrow_rows(void *arg, int64_t lo, int64_t hi)
+/* Rows [lo, hi) of a into r->prep: narrowed to bf16, or rounded to bf16 values in float32. */
+static void prepare_rows(void *arg, int64_t lo, int64_t hi)
 {
     struct mm_run *r = arg;
     const cpu_mm *g = r->g;
-    for (int64_t i = lo; i < hi; i++)
-        kn_convert_from_f32((uint16_t *)r->a16 + i * g->K, g->a + i * g->lda, KN_BF16,
-                            (size_t)g->K);
+    for (int64_t i = lo; i < hi; i++) {
+        const float *ar = g->a + i * g->lda;
+        if (r->full->key.dt == KN_BF16) {
+            kn_convert_from_f32((uint16_t *)r->prep + i * g->K, ar, KN_BF16, (size_t)g->K);
+        } else {
+            float *out = (float *)r->prep + i * g->K;
+            memcpy(out, ar, (size_t)g->K * sizeof(float));
+            round_bf16(out, (size_t)g->K);
+        }
+    }
 }
 
-/* The caller's buffer of a narrowed to bf16: converted once, not once per column chunk (at
- * 256 columns a chunk, converting each tile again cost as much as a sixth of the product). */
+/* The caller's buffer of a in the primitive's source form: made once per product, not once
+ * per column chunk (at 256 columns a chunk, converting each tile again cost as much as a sixth
+ * of a bf16 product). */
 static __thread struct {
-    uint16_t *data;
+    void *data;
     size_t size;
-} narrowed;
+} prepared;
 
 int cpu_mm_run(const cpu_mm *g, int parallel)
 {
@@ -386,13 +389,14 @@ int cpu_mm_run(const cpu_mm *g, int parallel)
     struct mm_run r;
     int rc = mm_prepare(g, &r);
     if (rc < 0) return rc;
-    if (r.full->key.dt == KN_BF16) {
-        if (!(r.a16 = grow((void **)&narrowed.data, &narrowed.size, (size_t)(g->M * g->K) * 2)))
+    if (r.full->key.dt == KN_BF16 || r.full->key.round_bf16) {
+        size_t es = r.full->key.dt == KN_BF16 ? 2 : sizeof(float);
+        if (!(r.prep = grow(&prepared.data, &prepared.size, (size_t)(g->M * g->K) * es)))
             return err_set(ERR_NOMEM, "out of memory for a matrix product's bf16 operand");
         if (parallel)
-            cpu_parallel(g->M, g->M * g->K, narrow_rows, &r);
+            cpu_parallel(g->M, g->M * g->K, prepare_rows, &r);
         else
-            narrow_rows(&r, 0, g->M);
+            prepare_rows(&r, 0, g->M);
     }
     int64_t tasks = r.chunks * r.groups;
     if (parallel)
