@@ -13,6 +13,9 @@
 # by nvcc from kernels/cuda/*.cu whenever nvcc is found.
 
 VERSION = 0.1.0
+# Set before any `override CFLAGS +=` below: once CFLAGS has a value, `?=` gives it none.
+OPT ?= -O2
+CFLAGS ?= $(OPT) -g
 CC ?= cc
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 PKG_CONFIG ?= pkg-config
@@ -77,8 +80,6 @@ DAEMON_LDLIBS := $(call pkg_libs,$(DAEMON_PKGS) $(ENGINE_PKGS) $(PROTO_PKGS)) $(
 # The tests and benchmarks reach into every part.
 TEST_LDLIBS := $(call pkg_libs,$(ALL_PKGS)) $(CLIENT_LIBS) $(ENGINE_LIBS) $(DAEMON_LIBS)
 
-OPT ?= -O2
-CFLAGS ?= $(OPT) -g
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I. $(PKG_CFLAGS) $(SAN_FLAGS) \
 	-DFOCUS_VERSION='"$(VERSION)"'
 override LDFLAGS += $(SAN_FLAGS)

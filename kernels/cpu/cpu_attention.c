@@ -1,18 +1,72 @@
-/* CPU backend: scaled dot-product attention with a float32 softmax. Heads stay interleaved in
- * the feature dimension; the products read each head's slice in place through its row stride,
- * so nothing is gathered. Queries are processed in blocks sized so that the score blocks stay
- * within a fixed budget: a 16384-token VAE attention never holds a full Sq x Sk matrix. Each
- * (sample, head, query block) runs whole on one worker thread (scores, softmax, p.v), so the
- * threads meet once per attention rather than three times per head. */
+/* CPU backend: scaled dot-product attention, blocked as flash attention is: each task takes a
+ * block of ATTN_ROWS queries of one (sample, head) and walks the keys in tiles of ATTN_KEYS,
+ * keeping a running maximum and sum per row (online softmax, float32), so that the scores of a
+ * tile, its probabilities and the partial output stay in the core's L2 cache and nothing of size
+ * Sq x Sk is ever written. The products multiply in the context's dtype (bf16 operands with
+ * float32 accumulation in bf16 mode; float32 in the reference mode) through oneDNN, in place on
+ * the heads' slices (heads stay interleaved in the feature dimension).
+ *
+ * A row's result depends on its own query, the keys and values and the fixed tile sizes: the
+ * blocks of a (sample, head) are cut at fixed offsets, so neither other samples of the batch
+ * nor the thread count change a bit. */
 #include "kernels/cpu/cpu_matmul.h"
 
 #include "common/err.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
-/* Score-block budget in floats (32 MiB, shared by the threads): large enough that each
- * block's products run at full speed, small enough to stay cheap beside the activations. */
-#define ATTN_BLOCK_FLOATS ((int64_t)8 << 20)
+/* Queries per task and keys per tile: a tile's float32 scores are 256 KiB, in L2 beside the
+ * keys and values they multiply (torch's CPU flash attention also walks keys 512 or more at a
+ * time). Fixed: a row's sums must not follow the thread count. */
+#define ATTN_ROWS 64
+#define ATTN_KEYS 1024
+
+/* One attention: operands in the products' form (lda = HD), output, options, tile products. */
+struct attn_job {
+    const char *q, *k, *v; /* in dtype dt (float32 holding bf16 values in round mode) */
+    const float *bias;
+    float *o, *lse;
+    int64_t H, Sq, Sk, HD, Dh, nblocks, tasks, parts;
+    kn_dtype dt;
+    int round; /* bf16 mode on a CPU without bf16 products: float32 operands rounded to bf16 */
+    float scale;
+    int causal;
+    int *rc; /* the first failure of a task */
+};
+
+/* A task's buffers, the thread's own: scores (then probabilities in float32), probabilities
+ * in the products' dtype, a tile's partial output, the running output, max and sum. */
+struct attn_buffers {
+    float *s, *o_tile, *acc, *m, *l;
+    void *p;
+};
+static __thread struct {
+    void *data;
+    size_t size;
+} tls_buf;
+
+static int buffers(struct attn_buffers *b, int64_t Dh, size_t es)
+{
+    const size_t sz = ATTN_ROWS * ATTN_KEYS * sizeof(float), pz = ATTN_ROWS * ATTN_KEYS * es,
+                 oz = (size_t)(ATTN_ROWS * Dh) * sizeof(float), rz = ATTN_ROWS * sizeof(float);
+    size_t need = sz + pz + 2 * oz + 2 * rz;
+    if (tls_buf.size < need) {
+        free(tls_buf.data);
+        tls_buf.size = 0;
+        if (posix_memalign(&tls_buf.data, 64, need) != 0) return tls_buf.data = NULL, ERR_NOMEM;
+        tls_buf.size = need;
+    }
+    char *c = tls_buf.data;
+    b->s = (float *)c;
+    b->p = c + sz;
+    b->o_tile = (float *)(c + sz + pz);
+    b->acc = (float *)(c + sz + pz + oz);
+    b->m = (float *)(c + sz + pz + 2 * oz);
+    b->l = (float *)(c + sz + pz + 2 * oz + rz);
+    return 0;
+}
 
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx2,fma"))) static float hsum8(__m256 v)
@@ -22,145 +76,213 @@ __attribute__((target("avx2,fma"))) static float hsum8(__m256 v)
     return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
-/* The vector part of softmax_row: row[0, m) with m = lim rounded down to 8. The sum runs in
- * eight lanes, so it differs from a serial sum by rounding only (as PyTorch's does). */
-__attribute__((target("avx2,fma"))) static int64_t softmax_row_avx2(float *row, int64_t lim,
-                                                                    float *mx, float *sum)
+__attribute__((target("avx2,fma"))) static float hmax8(__m256 v)
+{
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    float m = t[0];
+    for (int i = 1; i < 8; i++)
+        m = t[i] > m ? t[i] : m;
+    return m;
+}
+
+/* The vector parts of scores_max and exp_sum below: the first lim / 8 * 8 elements, in eight
+ * lanes (the sum differs from a serial one by rounding only, as PyTorch's does). */
+__attribute__((target("avx2,fma"))) static int64_t scores_max_avx2(float *s, const float *bias,
+                                                                   int64_t lim, float scale,
+                                                                   float *mx)
 {
     int64_t m = lim / 8 * 8;
-    if (m == 0) return 0;
-    __m256 vm = _mm256_set1_ps(row[0]);
-    for (int64_t j = 0; j < m; j += 8)
-        vm = _mm256_max_ps(_mm256_loadu_ps(row + j), vm);
-    float t[8];
-    _mm256_storeu_ps(t, vm);
-    float mv = t[0];
-    for (int i = 1; i < 8; i++)
-        if (t[i] > mv) mv = t[i];
-    for (int64_t j = m; j < lim; j++)
-        if (row[j] > mv) mv = row[j];
-    __m256 vmx = _mm256_set1_ps(mv), acc = _mm256_setzero_ps();
+    __m256 vs = _mm256_set1_ps(scale), vm = _mm256_set1_ps(-INFINITY);
     for (int64_t j = 0; j < m; j += 8) {
-        __m256 e = cpu_exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
-        _mm256_storeu_ps(row + j, e);
+        __m256 x = _mm256_mul_ps(vs, _mm256_loadu_ps(s + j));
+        if (bias) x = _mm256_add_ps(x, _mm256_loadu_ps(bias + j));
+        _mm256_storeu_ps(s + j, x);
+        vm = _mm256_max_ps(x, vm);
+    }
+    *mx = hmax8(vm);
+    return m;
+}
+
+__attribute__((target("avx2,fma"))) static int64_t exp_sum_avx2(float *s, int64_t lim, float mx,
+                                                                float *sum)
+{
+    int64_t m = lim / 8 * 8;
+    __m256 vmx = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+    for (int64_t j = 0; j < m; j += 8) {
+        __m256 e = cpu_exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+        _mm256_storeu_ps(s + j, e);
         acc = _mm256_add_ps(acc, e);
     }
-    *mx = mv;
     *sum = hsum8(acc);
     return m;
 }
-
-/* row[0, m) *= inv for m = lim rounded down to 8; returns m. */
-__attribute__((target("avx2"))) static int64_t scale_avx2(float *row, int64_t lim, float inv)
-{
-    int64_t m = lim / 8 * 8;
-    __m256 v = _mm256_set1_ps(inv);
-    for (int64_t j = 0; j < m; j += 8)
-        _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), v));
-    return m;
-}
-
 #endif
 
-/* Softmax of row[0, lim) in place, zeroes row[lim, n); returns the log-sum-exp. */
-static float softmax_row(float *row, int64_t lim, int64_t n)
+/* s[j] = scale s[j] + bias[j] for j < lim; returns their maximum (-inf when lim is 0). */
+static float scores_max(float *s, const float *bias, int64_t lim, float scale)
 {
-    float mx = row[0], sum = 0.0f;
-    int64_t j0 = 0;
+    float mx = -INFINITY;
+    int64_t j = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_avx2_fma()) j0 = softmax_row_avx2(row, lim, &mx, &sum);
+    if (cpu_avx2_fma()) j = scores_max_avx2(s, bias, lim, scale, &mx);
 #endif
-    if (j0 == 0)
-        for (int64_t j = 1; j < lim; j++)
-            if (row[j] > mx) mx = row[j];
-    for (int64_t j = j0; j < lim; j++) {
-        row[j] = expf(row[j] - mx);
-        sum += row[j];
+    for (; j < lim; j++) {
+        s[j] = bias ? scale * s[j] + bias[j] : scale * s[j];
+        mx = s[j] > mx ? s[j] : mx;
     }
-    float inv = 1.0f / sum;
-    int64_t j1 = 0;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (j0) j1 = scale_avx2(row, lim, inv);
-#endif
-    for (int64_t j = j1; j < lim; j++)
-        row[j] *= inv;
-    for (int64_t j = lim; j < n; j++)
-        row[j] = 0.0f;
-    return mx + logf(sum);
+    return mx;
 }
 
-/* One attention: its inputs, the query block size and the score buffers, one per part. */
-struct attn_job {
-    const float *q, *k, *v, *bias;
-    float *o, *lse, *scores;
-    int64_t H, Sq, Sk, HD, Dh, block, nblocks, tasks, parts;
-    float scale;
-    int causal;
-    int *rc; /* the first failure of a task */
-};
-
-/* Task t: query block t % nblocks of head (t / nblocks) % H of sample t / (nblocks H), with
- * score buffer S: scores, softmax (plus bias, causal mask, log-sum-exp), then p.v. */
-static void attend_block(const struct attn_job *j, int64_t t, float *S)
+/* s[j] = exp(s[j] - mx) for j < lim, zero for lim <= j < n; returns the sum. */
+static float exp_sum(float *s, int64_t lim, int64_t n, float mx)
 {
-    int64_t q0 = t % j->nblocks * j->block, h = t / j->nblocks % j->H, b = t / (j->nblocks * j->H);
-    int64_t nq = j->Sq - q0 < j->block ? j->Sq - q0 : j->block;
-    /* Every block sums p.v over all Sk keys, masked ones as zeros, even under a causal mask:
-     * the block size follows the thread count, and a row's sum must not. */
-    const int64_t nk = j->Sk;
-    const float *kp = j->k + b * j->Sk * j->HD + h * j->Dh;
-    const float *vp = j->v + b * j->Sk * j->HD + h * j->Dh;
-    int rc = cpu_mm_run(&(cpu_mm){.M = nq,
-                                  .N = nk,
-                                  .K = j->Dh,
-                                  .alpha = j->scale,
-                                  .a = j->q + (b * j->Sq + q0) * j->HD + h * j->Dh,
-                                  .lda = j->HD,
-                                  .b = kp,
-                                  .ldb = j->HD,
-                                  .b_form = MM_PLAIN_NT,
-                                  .c = S,
-                                  .ldc = nk},
-                        0);
-    if (rc < 0) {
-        __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
-        return;
+    float sum = 0.0f;
+    int64_t j = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_avx2_fma()) j = exp_sum_avx2(s, lim, mx, &sum);
+#endif
+    for (; j < lim; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
     }
-    const float *bias = j->bias ? j->bias + h * j->Sq * j->Sk : NULL;
-    float *lse = j->lse ? j->lse + (b * j->H + h) * j->Sq : NULL;
-    for (int64_t i = 0; i < nq; i++) {
-        int64_t qi = q0 + i;
-        float *row = S + i * nk;
-        if (bias)
-            for (int64_t c = 0; c < nk; c++)
-                row[c] += bias[qi * j->Sk + c];
-        int64_t lim = j->causal && qi + 1 < nk ? qi + 1 : nk;
-        float l = softmax_row(row, lim, nk);
-        if (lse) lse[qi] = l;
-    }
-    if (rc == 0)
-        rc = cpu_mm_run(&(cpu_mm){.M = nq,
-                                  .N = j->Dh,
-                                  .K = nk,
-                                  .alpha = 1.0f,
-                                  .a = S,
-                                  .lda = nk,
-                                  .b = vp,
-                                  .ldb = j->HD,
-                                  .b_form = MM_PLAIN_KN,
-                                  .c = j->o + (b * j->Sq + q0) * j->HD + h * j->Dh,
-                                  .ldc = j->HD},
-                        0);
-    if (rc < 0) __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
+    for (j = lim; j < n; j++)
+        s[j] = 0.0f;
+    return sum;
 }
 
-/* Parts [lo, hi): part p takes a contiguous share of the tasks and score buffer p. */
+/* The in-place product key of rows x n x kk with the given strides and form. */
+static cpu_mm_key tile_key(const struct attn_job *j, int64_t rows, int64_t n, int64_t kk,
+                           int64_t lda, int64_t ldc, cpu_mm_form form)
+{
+    return (cpu_mm_key){.M = rows,
+                        .N = n,
+                        .K = kk,
+                        .lda = lda,
+                        .ldb = j->HD,
+                        .ldc = ldc,
+                        .form = form,
+                        .dt = j->dt};
+}
+
+/* Key tile [k0, k0 + nk) for query rows [q0, q0 + rows) of head h of sample b: scores,
+ * the online softmax update of m, l and acc, then acc += p . v (first: acc = p . v). */
+static int key_tile(const struct attn_job *j, const struct attn_buffers *t, int64_t b, int64_t h,
+                    int64_t q0, int64_t rows, int64_t k0, int64_t nk)
+{
+    const size_t es = kn_dtype_size(j->dt);
+    const int64_t qoff = (b * j->Sq + q0) * j->HD + h * j->Dh, koff = (b * j->Sk + k0) * j->HD + h * j->Dh;
+    cpu_mm_key qk = tile_key(j, rows, nk, j->Dh, j->HD, ATTN_KEYS, MM_PLAIN_NT);
+    int rc = cpu_mm_direct(&qk, j->q + (size_t)qoff * es, j->k + (size_t)koff * es, t->s);
+    if (rc < 0) return rc;
+    const int first = k0 == 0;
+    for (int64_t i = 0; i < rows; i++) {
+        int64_t qi = q0 + i, lim = nk;
+        if (j->causal) lim = qi + 1 - k0 < 0 ? 0 : qi + 1 - k0 < nk ? qi + 1 - k0 : nk;
+        float *s = t->s + i * ATTN_KEYS;
+        const float *bias = j->bias ? j->bias + (h * j->Sq + qi) * j->Sk + k0 : NULL;
+        float mt = scores_max(s, bias, lim, j->scale);
+        float m_old = first ? -INFINITY : t->m[i];
+        float m_new = mt > m_old ? mt : m_old;
+        float sum = exp_sum(s, lim, nk, m_new);
+        if (first) {
+            t->l[i] = sum;
+        } else {
+            float corr = expf(m_old - m_new);
+            t->l[i] = t->l[i] * corr + sum;
+            if (corr != 1.0f)
+                for (int64_t d = 0; d < j->Dh; d++)
+                    t->acc[i * j->Dh + d] *= corr;
+        }
+        t->m[i] = m_new;
+        if (j->round)
+            cpu_mm_round_bf16(s, (size_t)nk);
+        else if (j->dt == KN_BF16)
+            kn_convert_from_f32((uint16_t *)t->p + i * ATTN_KEYS, s, KN_BF16, (size_t)nk);
+    }
+    const void *p = j->dt == KN_BF16 ? t->p : t->s;
+    float *dst = first ? t->acc : t->o_tile;
+    cpu_mm_key pv = tile_key(j, rows, j->Dh, nk, ATTN_KEYS, j->Dh, MM_PLAIN_KN);
+    if ((rc = cpu_mm_direct(&pv, p, j->v + (size_t)koff * es, dst)) < 0) return rc;
+    if (!first)
+        for (int64_t x = 0; x < rows * j->Dh; x++)
+            t->acc[x] += t->o_tile[x];
+    return 0;
+}
+
+/* Task t: query block t % nblocks of head (t / nblocks) % H of sample t / (nblocks H). */
+static int attend_block(const struct attn_job *j, const struct attn_buffers *t, int64_t task)
+{
+    int64_t q0 = task % j->nblocks * ATTN_ROWS, h = task / j->nblocks % j->H;
+    int64_t b = task / (j->nblocks * j->H);
+    int64_t rows = j->Sq - q0 < ATTN_ROWS ? j->Sq - q0 : ATTN_ROWS;
+    /* Every key tile is visited, masked keys as zeros, even under a causal mask. */
+    for (int64_t k0 = 0; k0 < j->Sk; k0 += ATTN_KEYS) {
+        int rc = key_tile(j, t, b, h, q0, rows, k0, j->Sk - k0 < ATTN_KEYS ? j->Sk - k0 : ATTN_KEYS);
+        if (rc < 0) return rc;
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        float inv = 1.0f / t->l[i];
+        float *out = j->o + (b * j->Sq + q0 + i) * j->HD + h * j->Dh;
+        for (int64_t d = 0; d < j->Dh; d++)
+            out[d] = t->acc[i * j->Dh + d] * inv;
+        if (j->lse) j->lse[(b * j->H + h) * j->Sq + q0 + i] = t->m[i] + logf(t->l[i]);
+    }
+    return 0;
+}
+
+/* Parts [lo, hi): part p takes a contiguous share of the tasks. */
 static void attend_parts(void *arg, int64_t lo, int64_t hi)
 {
     const struct attn_job *j = arg;
-    for (int64_t p = lo; p < hi; p++)
-        for (int64_t t = j->tasks * p / j->parts; t < j->tasks * (p + 1) / j->parts; t++)
-            attend_block(j, t, j->scores + p * j->block * j->Sk);
+    struct attn_buffers t;
+    int rc = buffers(&t, j->Dh, kn_dtype_size(j->dt));
+    for (int64_t p = lo; p < hi && rc == 0; p++)
+        for (int64_t task = j->tasks * p / j->parts; task < j->tasks * (p + 1) / j->parts && rc == 0;
+             task++)
+            rc = attend_block(j, &t, task);
+    if (rc < 0) __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
+}
+
+/* The products' operands: q, k and v narrowed to bf16 (or rounded to bf16 values in round
+ * mode) into one scratch buffer, rows [lo, hi) of the three stacked. */
+struct operands {
+    const float *src[3];
+    char *dst[3];
+    int64_t rows[3], HD;
+    kn_dtype dt;
+    int round;
+};
+
+static void convert_rows(void *arg, int64_t lo, int64_t hi)
+{
+    const struct operands *o = arg;
+    for (int64_t r = lo; r < hi; r++) {
+        int x = r < o->rows[0] ? 0 : r < o->rows[0] + o->rows[1] ? 1 : 2;
+        int64_t i = r - (x > 0 ? o->rows[0] : 0) - (x > 1 ? o->rows[1] : 0);
+        const float *from = o->src[x] + i * o->HD;
+        if (o->round) {
+            float *to = (float *)o->dst[x] + i * o->HD;
+            memcpy(to, from, (size_t)o->HD * sizeof(float));
+            cpu_mm_round_bf16(to, (size_t)o->HD);
+        } else {
+            kn_convert_from_f32((uint16_t *)o->dst[x] + i * o->HD, from, o->dt, (size_t)o->HD);
+        }
+    }
+}
+
+/* Whether oneDNN multiplies bf16 on this CPU (probed once with an attention-sized product). */
+static int bf16_products(void)
+{
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        cpu_mm_key k = {.M = ATTN_ROWS, .N = ATTN_KEYS, .K = 64, .ldb = 64, .form = MM_PLAIN_NT,
+                        .dt = KN_BF16};
+        v = cpu_mm_supported(&k);
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
 }
 
 int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor *k,
@@ -179,25 +301,37 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
                          .Sq = q->shape[1],
                          .Sk = k->shape[1],
                          .HD = q->shape[2],
+                         .dt = ctx->matmul == KN_BF16 ? KN_BF16 : KN_F32,
                          .scale = args->scale,
                          .causal = args->causal};
     const int64_t B = q->shape[0];
     if (B == 0 || j.Sq == 0) return 0;
     j.Dh = j.HD / j.H;
-    /* Every (sample, head, query block) is a task for one thread. Blocks are as large as each
-     * part's share of the score budget allows, and small enough that every thread gets one. */
-    j.parts = cpu_pool_threads();
-    j.block = ATTN_BLOCK_FLOATS / j.parts / j.Sk;
-    int64_t per_head = (j.parts + B * j.H - 1) / (B * j.H);
-    if (j.block > (j.Sq + per_head - 1) / per_head) j.block = (j.Sq + per_head - 1) / per_head;
-    if (j.block < 1) j.block = 1;
-    j.nblocks = (j.Sq + j.block - 1) / j.block;
+    if (j.dt == KN_BF16) {
+        j.round = !bf16_products();
+        struct operands op = {.src = {q->data, k->data, v->data},
+                              .rows = {B * j.Sq, B * j.Sk, B * j.Sk},
+                              .HD = j.HD,
+                              .dt = KN_BF16,
+                              .round = j.round};
+        size_t es = j.round ? sizeof(float) : 2, n = (size_t)(B * (j.Sq + 2 * j.Sk) * j.HD);
+        char *buf = cpu_scratch(ctx, CPU_SLOT_WORK, n * es);
+        if (!buf) return -1;
+        op.dst[0] = buf;
+        op.dst[1] = buf + (size_t)(B * j.Sq * j.HD) * es;
+        op.dst[2] = op.dst[1] + (size_t)(B * j.Sk * j.HD) * es;
+        int64_t rows = op.rows[0] + op.rows[1] + op.rows[2];
+        cpu_parallel(rows, rows * j.HD, convert_rows, &op);
+        j.q = op.dst[0], j.k = op.dst[1], j.v = op.dst[2];
+        if (j.round) j.dt = KN_F32;
+    }
+    j.nblocks = (j.Sq + ATTN_ROWS - 1) / ATTN_ROWS;
     j.tasks = B * j.H * j.nblocks;
-    if (j.parts > j.tasks) j.parts = j.tasks;
-    j.scores = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(j.parts * j.block * j.Sk) * sizeof(float));
-    if (!j.scores) return -1;
+    j.parts = cpu_pool_threads() < j.tasks ? cpu_pool_threads() : j.tasks;
     int rc = 0;
     j.rc = &rc;
     cpu_parallel(j.parts, j.tasks * j.Sk * j.HD, attend_parts, &j);
-    return rc < 0 ? err_set(rc, "attention: a matrix product failed") : 0;
+    return rc < 0 ? err_set(rc, rc == ERR_NOMEM ? "attention: out of memory for its tiles"
+                                                : "attention: a matrix product failed")
+                  : 0;
 }

@@ -96,12 +96,13 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
     p->key = *k;
     const int64_t tm = cpu_mm_tile_rows(k);
     dnnl_dims_t sd = {tm, k->K}, wd = {k->K, k->N}, dd = {tm, k->N};
+    dnnl_dims_t ss = {k->lda ? k->lda : k->K, 1}, ds = {k->ldc ? k->ldc : k->N, 1};
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_matmul_desc_t desc;
-    int ok = dnnl_memory_desc_init_by_tag(&p->src, 2, sd, dnnl_dt(k->dt), dnnl_ab) ==
+    int ok = dnnl_memory_desc_init_by_strides(&p->src, 2, sd, dnnl_dt(k->dt), ss) ==
                  dnnl_success &&
-             dnnl_memory_desc_init_by_tag(&p->dst, 2, dd, dnnl_f32, dnnl_ab) == dnnl_success;
+             dnnl_memory_desc_init_by_strides(&p->dst, 2, dd, dnnl_f32, ds) == dnnl_success;
     if (ok && k->form == MM_PACKED) {
         ok = dnnl_memory_desc_init_by_tag(&p->wei, 2, wd, dnnl_dt(k->dt), dnnl_format_tag_any) ==
              dnnl_success;
@@ -109,7 +110,7 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
         /* b[N, K] read as its transpose, or b[K, N] as it is, with row stride ldb. */
         dnnl_dims_t st = {1, k->ldb};
         if (k->form == MM_PLAIN_KN) st[0] = k->ldb, st[1] = 1;
-        ok = dnnl_memory_desc_init_by_strides(&p->wei, 2, wd, dnnl_f32, st) == dnnl_success;
+        ok = dnnl_memory_desc_init_by_strides(&p->wei, 2, wd, dnnl_dt(k->dt), st) == dnnl_success;
     }
     /* Each thread brings its own scratchpad: oneDNN's shared one would be raced for. */
     ok = ok && dnnl_primitive_attr_create(&attr) == dnnl_success &&
@@ -133,14 +134,19 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
     return p;
 }
 
+static int key_equal(const cpu_mm_key *a, const cpu_mm_key *b)
+{
+    return a->N == b->N && a->K == b->K && a->ldb == b->ldb && a->form == b->form &&
+           a->dt == b->dt && a->round_bf16 == b->round_bf16 && a->single == b->single &&
+           a->M == b->M && a->lda == b->lda && a->ldc == b->ldc;
+}
+
 static struct mm_prim *prim_get(const cpu_mm_key *k)
 {
     if (thread_ready() < 0) return NULL;
     pthread_mutex_lock(&lib.mu);
     struct mm_prim *p = lib.prims;
-    while (p && !(p->key.N == k->N && p->key.K == k->K && p->key.ldb == k->ldb &&
-                  p->key.form == k->form && p->key.dt == k->dt &&
-                  p->key.round_bf16 == k->round_bf16 && p->key.single == k->single))
+    while (p && !key_equal(&p->key, k))
         p = p->next;
     if (!p && (p = prim_make(k)) != NULL) {
         p->next = lib.prims;
@@ -148,6 +154,11 @@ static struct mm_prim *prim_get(const cpu_mm_key *k)
     }
     pthread_mutex_unlock(&lib.mu);
     return p;
+}
+
+int cpu_mm_supported(const cpu_mm_key *k)
+{
+    return prim_get(k) != NULL;
 }
 
 size_t cpu_mm_packed_size(const cpu_mm_key *k)
@@ -229,6 +240,34 @@ static dnnl_memory_t *thread_memories(const struct mm_prim *p)
     return e->m;
 }
 
+/* Runs primitive p on this thread with its operands at src, wei and dst. */
+static int prim_execute(const struct mm_prim *p, const void *src, const void *wei, float *dst)
+{
+    size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
+    void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
+    if (!scratch) return err_set(ERR_NOMEM, "out of memory for a matrix product's scratchpad");
+    dnnl_memory_t *m = thread_memories(p);
+    void *data[MM_ARGS] = {(void *)src, (void *)wei, dst, scratch};
+    int ok = m != NULL;
+    for (int i = 0; ok && i < MM_ARGS; i++)
+        ok = dnnl_memory_set_data_handle(m[i], data[i]) == dnnl_success;
+    if (ok) {
+        dnnl_exec_arg_t args[MM_ARGS] = {{DNNL_ARG_SRC, m[0]},
+                                         {DNNL_ARG_WEIGHTS, m[1]},
+                                         {DNNL_ARG_DST, m[2]},
+                                         {DNNL_ARG_SCRATCHPAD, m[3]}};
+        ok = dnnl_primitive_execute(p->prim, tls.stream, MM_ARGS, args) == dnnl_success &&
+             dnnl_stream_wait(tls.stream) == dnnl_success;
+    }
+    return ok ? 0 : err_set(ERR_DEVICE, "oneDNN: a matrix product failed");
+}
+
+int cpu_mm_direct(const cpu_mm_key *k, const void *a, const void *b, float *c)
+{
+    struct mm_prim *p = prim_get(k);
+    return p ? prim_execute(p, a, b, c) : ERR_DEVICE;
+}
+
 /* One tile: rows [r0, r0 + tile rows) of a (those past M are zeros) times the columns
  * [n0, n0 + k->N) of b, the epilogue applied on the way out. prep: a in the primitive's
  * source form (bf16, or float32 rounded to bf16) with rows K apart, or NULL for a itself. */
@@ -246,28 +285,12 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
     char *src = in_place ? (char *)(from + (size_t)(r0 * K) * es)
                          : grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
     float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
-    size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
-    void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
-    if (!src || !dst || !scratch)
-        return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
+    if (!src || !dst) return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
     for (int64_t i = 0; i < rows && !in_place; i++)
         memcpy(src + (size_t)(i * K) * es, from + (size_t)((r0 + i) * ld) * es, (size_t)K * es);
     if (!in_place) memset(src + (size_t)(rows * K) * es, 0, (size_t)((tm - rows) * K) * es);
-
-    dnnl_memory_t *m = thread_memories(p);
-    void *data[MM_ARGS] = {src, (void *)wei, dst, scratch};
-    int ok = m != NULL;
-    for (int i = 0; ok && i < MM_ARGS; i++)
-        ok = dnnl_memory_set_data_handle(m[i], data[i]) == dnnl_success;
-    if (ok) {
-        dnnl_exec_arg_t args[MM_ARGS] = {{DNNL_ARG_SRC, m[0]},
-                                         {DNNL_ARG_WEIGHTS, m[1]},
-                                         {DNNL_ARG_DST, m[2]},
-                                         {DNNL_ARG_SCRATCHPAD, m[3]}};
-        ok = dnnl_primitive_execute(p->prim, tls.stream, MM_ARGS, args) == dnnl_success &&
-             dnnl_stream_wait(tls.stream) == dnnl_success;
-    }
-    if (!ok) return err_set(ERR_DEVICE, "oneDNN: a matrix product failed");
+    int rc = prim_execute(p, src, wei, dst);
+    if (rc < 0) return rc;
 
     for (int64_t i = 0; i < rows; i++)
         cpu_mm_epilogue(g, dst + i * nt, g->c + (r0 + i) * g->ldc + n0, n0, nt);

@@ -34,11 +34,14 @@ typedef struct cpu_mm_key {
     kn_dtype dt;
     int round_bf16;
     int single; /* tiles of one row: each row multiplied alone (kn_linear_rows) */
+    /* Products run in place (cpu_mm_direct): M rows, a's and c's row strides; 0 for tiles. */
+    int64_t M, lda, ldc;
 } cpu_mm_key;
 
 /* The rows of every tile of a product made for key k. */
 static inline int64_t cpu_mm_tile_rows(const cpu_mm_key *k)
 {
+    if (k->M) return k->M;
     return k->single ? 1 : k->dt == KN_F32 && !k->round_bf16 ? MM_TILE_M_F32 : MM_TILE_M_BF16;
 }
 
@@ -81,6 +84,15 @@ typedef struct cpu_mm {
 /* Runs the product, over the worker threads when parallel (else on the calling thread, as
  * inside a cpu_parallel task). 0 or a negative error. */
 int cpu_mm_run(const cpu_mm *g, int parallel);
+
+/* c[M, N] (float32, row stride ldc) = a[M, K] (row stride lda) . op(b) (form MM_PLAIN_NT or
+ * MM_PLAIN_KN, row stride ldb), a and b both of dtype dt (F32 or BF16), as one oneDNN call on
+ * the operands in place, on the calling thread: no copy, no epilogue. For small products whose
+ * shape the caller fixes (attention tiles); equal keys give equal bits. 0 or a negative error
+ * (ERR_DEVICE where oneDNN has no such product, as bf16 on a CPU without AVX-512). */
+int cpu_mm_direct(const cpu_mm_key *k, const void *a, const void *b, float *c);
+/* Whether oneDNN has the product of key k on this CPU. */
+int cpu_mm_supported(const cpu_mm_key *k);
 
 /* The epilogue of one row of a tile: out[j] = act(alpha acc[j] + bias[n0 + j]), j < n. */
 void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n);
