@@ -191,8 +191,7 @@ static int clip_layer(clip_text *m, const kn_tensor *w, kn_tensor *a)
         (rc = kn_linear(ctx, o, &a[CA_A], &w[CL_O_W], &w[CL_O_B])) < 0 ||
         (rc = kn_add(ctx, h, h, o)) < 0 ||
         (rc = kn_layer_norm(ctx, x, h, &w[CL_LN2_W], &w[CL_LN2_B], eps)) < 0 ||
-        (rc = kn_linear(ctx, f, x, &w[CL_FC1_W], &w[CL_FC1_B])) < 0 ||
-        (rc = kn_activate(ctx, f, f, m->act)) < 0 ||
+        (rc = kn_linear_act(ctx, f, x, &w[CL_FC1_W], &w[CL_FC1_B], m->act)) < 0 ||
         (rc = kn_linear(ctx, o, f, &w[CL_FC2_W], &w[CL_FC2_B])) < 0 ||
         (rc = kn_add(ctx, h, h, o)) < 0)
         return rc;

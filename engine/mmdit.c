@@ -588,8 +588,7 @@ static int feed_forward(mmdit *m, kn_tensor *x, kn_tensor *n, kn_tensor *y, cons
     kn_tensor h = kn_view(&a->hid, 0, 3, (int64_t[]){x->shape[0], x->shape[1], m->ffdim});
     int rc;
     if ((rc = kn_ln_modulate(m->ctx, n, x, mod, 3, 4, MMDIT_EPS)) < 0 ||
-        (rc = kn_linear(m->ctx, &h, n, &f1->w, &f1->b)) < 0 ||
-        (rc = kn_activate(m->ctx, &h, &h, KN_ACT_GELU_TANH)) < 0 ||
+        (rc = kn_linear_act(m->ctx, &h, n, &f1->w, &f1->b, KN_ACT_GELU_TANH)) < 0 ||
         (rc = kn_linear(m->ctx, y, &h, &f2->w, &f2->b)) < 0)
         return rc;
     return kn_gate_add(m->ctx, x, y, mod, 5);

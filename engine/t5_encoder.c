@@ -220,12 +220,10 @@ static int t5_block(t5_encoder *m, const kn_tensor *w, kn_tensor *a)
         (rc = kn_rms_norm(ctx, x, h, &w[TB_LN1], eps)) < 0)
         return rc;
     if (c->is_gated_act) {
-        if ((rc = kn_linear(ctx, g, x, &w[TB_WI0], NULL)) < 0 ||
-            (rc = kn_activate(ctx, g, g, m->act)) < 0 ||
+        if ((rc = kn_linear_act(ctx, g, x, &w[TB_WI0], NULL, m->act)) < 0 ||
             (rc = kn_linear(ctx, u, x, &w[TB_WI1], NULL)) < 0 || (rc = kn_mul(ctx, g, g, u)) < 0)
             return rc;
-    } else if ((rc = kn_linear(ctx, g, x, &w[TB_WI], NULL)) < 0 ||
-               (rc = kn_activate(ctx, g, g, m->act)) < 0) {
+    } else if ((rc = kn_linear_act(ctx, g, x, &w[TB_WI], NULL, m->act)) < 0) {
         return rc;
     }
     if ((rc = kn_linear(ctx, o, g, &w[TB_WO], NULL)) < 0 || (rc = kn_add(ctx, h, h, o)) < 0)

@@ -31,6 +31,8 @@ int cpu_ctx_init(kn_ctx *ctx);
 void cpu_ctx_fini(kn_ctx *ctx);
 int cpu_alloc(kn_ctx *ctx, kn_tensor *t);
 void cpu_free(kn_ctx *ctx, kn_tensor *t);
+/* Drops the packed copies of the weight whose data is src (cpu_pack.c), at its kn_free. */
+void cpu_packed_forget(kn_ctx *ctx, const void *src);
 int cpu_fill(kn_ctx *ctx, kn_tensor *t, float v);
 int cpu_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src);
 int cpu_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src);

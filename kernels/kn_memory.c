@@ -117,6 +117,8 @@ int kn_alloc(kn_ctx *ctx, kn_tensor *t, kn_dtype dt, int ndim, const int64_t *sh
 
 void kn_free(kn_ctx *ctx, kn_tensor *t)
 {
+    /* A CPU weight's packed copy is keyed by its data, which may be mapped again later. */
+    if (ctx->device == KN_CPU && t->data) cpu_packed_forget(ctx, t->data);
     if (t->owned && t->data) {
         KN_DISPATCH(ctx, free, t);
         kn_account(ctx, -(int64_t)kn_nbytes(t));

@@ -5,7 +5,7 @@
 
 #include "common/err.h"
 
-/* The checks kn_linear and kn_linear_rows share. */
+/* The checks kn_linear, kn_linear_act and kn_linear_rows share. */
 static int check_linear(kn_ctx *ctx, const char *op, kn_tensor *y, const kn_tensor *x,
                         const kn_tensor *w, const kn_tensor *b)
 {
@@ -28,6 +28,15 @@ int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
 {
     KN_TRY(check_linear(ctx, "kn_linear", y, x, w, b));
     return KN_DISPATCH(ctx, linear, y, x, w, b);
+}
+
+int kn_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b, kn_act act)
+{
+    KN_TRY(check_linear(ctx, "kn_linear_act", y, x, w, b));
+    if (act < KN_ACT_SILU || act > KN_ACT_QUICK_GELU)
+        return err_set(ERR_INVALID, "kn_linear_act: activation %d is not a kn_act", (int)act);
+    return KN_DISPATCH(ctx, linear_act, y, x, w, b, act);
 }
 
 int kn_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,

@@ -16,9 +16,23 @@
 
 #include "kernels/kn.h"
 
+typedef enum kn_act {
+    KN_ACT_SILU,       /* x * sigmoid(x) */
+    KN_ACT_GELU_ERF,   /* 0.5 x (1 + erf(x / sqrt 2)) */
+    KN_ACT_GELU_TANH,  /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    KN_ACT_QUICK_GELU, /* x * sigmoid(1.702 x) */
+} kn_act;
+
 /* y[M,N] = x[M,K] . w[N,K]^T + b[N]   (b may be NULL). M is rows(x), K = cols(x). */
 int kn_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
               const kn_tensor *b);
+
+/* y = act(x . w^T + b): kn_linear with the activation as the product's epilogue, applied to
+ * each block of the output while it is in cache (CPU) or inside the GEMM (cuBLASLt's GELU
+ * epilogue for tanh-GELU in 16-bit on CUDA). The same values as kn_linear then kn_activate
+ * up to the vector or scalar path an element takes. */
+int kn_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b, kn_act act);
 
 /* kn_linear for the per-sample conditioning rows (adaLN modulation, timestep and pooled
  * embeddings: as many rows as the batch): the CPU multiplies each row on its own, which for a
@@ -38,13 +52,6 @@ int kn_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
 /* RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * w (w may be NULL). Reshape x
  * to [..., head_dim] to normalise per head. */
 int kn_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
-
-typedef enum kn_act {
-    KN_ACT_SILU,       /* x * sigmoid(x) */
-    KN_ACT_GELU_ERF,   /* 0.5 x (1 + erf(x / sqrt 2)) */
-    KN_ACT_GELU_TANH,  /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
-    KN_ACT_QUICK_GELU, /* x * sigmoid(1.702 x) */
-} kn_act;
 
 int kn_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 

@@ -106,35 +106,6 @@ void cpu_act_row(float *x, int64_t n, kn_act act)
     act_row(x, x, n, act);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-/* out[0, m) = a acc (+ b) in eight lanes, m = n rounded down to 8: a multiply then an add, the
- * roundings of the scalar loop. */
-__attribute__((target("avx2"))) static int64_t scale_bias_avx2(float *out, const float *acc,
-                                                              float a, const float *b, int64_t n)
-{
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 v = _mm256_mul_ps(va, _mm256_loadu_ps(acc + j));
-        if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
-        _mm256_storeu_ps(out + j, v);
-    }
-    return j;
-}
-#endif
-
-void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n)
-{
-    const float a = g->alpha, *b = g->bias ? g->bias + n0 : NULL;
-    int64_t j = 0;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_avx2_fma()) j = scale_bias_avx2(out, acc, a, b, n);
-#endif
-    for (; j < n; j++)
-        out[j] = b ? a * acc[j] + b[j] : a * acc[j];
-    if (g->has_act) act_row(out, out, n, g->act);
-}
-
 /* Elements are split in whole units of eight, so that whether an element takes the vector or
  * the scalar path depends on its index alone (only the tensor's last partial unit is scalar),
  * however the units are spread over threads. */

@@ -1,5 +1,5 @@
 /* CPU backend: the linear layer (the hot path of the text encoders and the transformer) with
- * its bias and activation as the product's epilogue, the embedding lookup, and widening of
+ * its bias and activation as the product's epilogue (kn_linear, kn_linear_act), the embedding lookup, and widening of
  * weights stored as F16, BF16 or FP8 to float32. */
 #include "kernels/cpu/cpu_matmul.h"
 
@@ -106,7 +106,6 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     cpu_mm g = {.M = M,
                 .N = N,
                 .K = K,
-                .alpha = 1.0f,
                 .a = x->data,
                 .lda = K,
                 .b = w->data,
@@ -120,10 +119,14 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
                 .act = act,
                 .c = yd,
                 .ldc = N};
-    if (K == 0) { /* an empty sum: the epilogue of zeros */
+    if (K == 0) { /* an empty sum: act(bias), or act(0) */
         for (int64_t i = 0; i < M; i++) {
-            memset(yd + i * N, 0, (size_t)N * sizeof(float));
-            cpu_mm_epilogue(&g, yd + i * N, yd + i * N, 0, N);
+            float *row = yd + i * N;
+            if (bias)
+                memcpy(row, bias, (size_t)N * sizeof(float));
+            else
+                memset(row, 0, (size_t)N * sizeof(float));
+            if (has_act) cpu_act_row(row, N, act);
         }
         return 0;
     }
@@ -144,6 +147,14 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
     return linear(ctx, y, x, w, b, 0, 0, KN_ACT_SILU);
+}
+
+int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                   const kn_tensor *b, kn_act act)
+{
+    if (y->dtype != KN_F32)
+        CPU_HALF(cpu_linear_act(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b, act));
+    return linear(ctx, y, x, w, b, 0, 1, act);
 }
 
 int cpu_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,

@@ -34,8 +34,10 @@ typedef struct cpu_mm_key {
     kn_dtype dt;
     int round_bf16;
     int single; /* tiles of one row: each row multiplied alone (kn_linear_rows) */
-    /* Products run in place (cpu_mm_direct): M rows, a's and c's row strides; 0 for tiles. */
-    int64_t M, lda, ldc;
+    int bias;   /* the primitive adds a float32 bias row */
+    /* c's row stride (0: N); products run in place (cpu_mm_direct): M rows and a's row
+     * stride (0 for tiles, whose rows are K apart). */
+    int64_t ldc, M, lda;
 } cpu_mm_key;
 
 /* The rows of every tile of a product made for key k. */
@@ -59,12 +61,11 @@ typedef struct cpu_packed {
     size_t bytes;
 } cpu_packed;
 
-/* c[M, N] = epilogue(alpha a[M, K] . op(b)): a float32 with row stride lda; b either plain
+/* c[M, N] = act(a[M, K] . op(b) + bias): a float32 with row stride lda; b either plain
  * float32 / 16-bit / FP8 (b_form, b_dtype, ldb; 16-bit and FP8 only as MM_PLAIN_NT) or
- * `packed`; the epilogue adds bias[N] (NULL: none), then applies act when has_act. */
+ * `packed`; bias[N] float32 (NULL: none); act applied when has_act. */
 typedef struct cpu_mm {
     int64_t M, N, K;
-    float alpha;
     const float *a;
     int64_t lda;
     const void *b;
@@ -93,9 +94,6 @@ int cpu_mm_run(const cpu_mm *g, int parallel);
 int cpu_mm_direct(const cpu_mm_key *k, const void *a, const void *b, float *c);
 /* Whether oneDNN has the product of key k on this CPU. */
 int cpu_mm_supported(const cpu_mm_key *k);
-
-/* The epilogue of one row of a tile: out[j] = act(alpha acc[j] + bias[n0 + j]), j < n. */
-void cpu_mm_epilogue(const cpu_mm *g, const float *acc, float *out, int64_t n0, int64_t n);
 
 /* Bytes of one packed chunk of key (F32 or BF16, form MM_PACKED); 0 when oneDNN has none. */
 size_t cpu_mm_packed_size(const cpu_mm_key *k);

@@ -157,6 +157,30 @@ const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, i
     return *s;
 }
 
+void cpu_packed_forget(kn_ctx *ctx, const void *src)
+{
+    struct cpu_pack_table *t = cpu_pack_table(ctx), kept = {NULL, t->cap, 0};
+    size_t dropped = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i] && t->slot[i]->src == src) dropped++;
+    if (!dropped) return;
+    /* Open addressing: the entries that stay are placed again. */
+    if (!(kept.slot = calloc(t->cap, sizeof *kept.slot))) return;
+    for (size_t i = 0; i < t->cap; i++) {
+        cpu_packed *p = t->slot[i];
+        if (!p) continue;
+        if (p->src == src) {
+            kn_account(ctx, -(int64_t)p->bytes);
+            packed_free(p);
+            continue;
+        }
+        *table_find(&kept, p->src, p->dt, p->single) = p;
+        kept.used++;
+    }
+    free(t->slot);
+    *t = kept;
+}
+
 void cpu_packed_free_all(kn_ctx *ctx)
 {
     struct cpu_pack_table *t = cpu_pack_table(ctx);

@@ -53,17 +53,19 @@ static int add_bias(kn_ctx *ctx, kn_tensor *y, const kn_tensor *b, int64_t inner
     });
 }
 
-/* y[M, N] = x . w^T + b in F16/BF16 through cuBLASLt; returns 1 when cuBLASLt has no kernel for
- * the case, so that the caller falls back to cuBLAS and a separate bias pass. */
+/* y[M, N] = x . w^T + b in F16/BF16 through cuBLASLt, then tanh-GELU when gelu (cuBLASLt's
+ * GELU epilogue is the tanh approximation); returns 1 when cuBLASLt has no kernel for the
+ * case, so that the caller falls back to cuBLAS and separate bias and activation passes. */
 static int linear_lt(kn_ctx *ctx, void *y, const void *x, const void *w, const void *b,
-                     kn_dtype dt, int64_t M, int64_t N, int64_t K)
+                     kn_dtype dt, int64_t M, int64_t N, int64_t K, bool gelu)
 {
     cuda_state *st = cuda_st(ctx);
     cudaDataType_t t = cuda_type(dt);
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtEpilogue_t epi = b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    cublasLtEpilogue_t epi = gelu ? (b ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU)
+                                  : (b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
     int32_t bias_type = (int32_t)t;
     float alpha = 1.0f, beta = 0.0f;
     cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -93,8 +95,9 @@ static int linear_lt(kn_ctx *ctx, void *y, const void *x, const void *w, const v
     return s == CUBLAS_STATUS_SUCCESS ? 0 : cublas_fail("kn_linear (cuBLASLt)", s);
 }
 
-int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
-                const kn_tensor *b)
+/* y = x . w^T + b, then act when has_act. */
+static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                  const kn_tensor *b, bool has_act, kn_act act)
 {
     static const char op[] = "kn_linear";
     int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
@@ -112,13 +115,16 @@ int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
         const void *wd = cuda_as_dtype(ctx, CUDA_SLOT_WEIGHT, w, dt, op);
         const void *bd = b ? cuda_as_dtype(ctx, CUDA_SLOT_PARAM, b, dt, op) : NULL;
         if (!wd || (b && !bd)) return err_code();
-        int rc = linear_lt(ctx, y->data, x->data, wd, bd, dt, M, N, K);
-        if (rc <= 0) return rc;
+        bool gelu = has_act && act == KN_ACT_GELU_TANH;
+        int rc = linear_lt(ctx, y->data, x->data, wd, bd, dt, M, N, K, gelu);
+        if (rc < 0 || (rc == 0 && (gelu || !has_act))) return rc;
+        if (rc == 0) return cuda_activate(ctx, y, y, act);
         g.m = N;
         g.a = wd;
         g.c = y->data;
         KN_TRY(cuda_gemm_run(ctx, &g, op));
-        return b ? add_bias(ctx, y, b, 1, N, op) : 0;
+        if (b) KN_TRY(add_bias(ctx, y, b, 1, N, op));
+        return has_act ? cuda_activate(ctx, y, y, act) : 0;
     }
     int64_t step = N;
     if (w->dtype != KN_F32) {
@@ -139,7 +145,20 @@ int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *
         g.c = (char *)y->data + (size_t)n0 * es;
         KN_TRY(cuda_gemm_run(ctx, &g, op));
     }
-    return b ? add_bias(ctx, y, b, 1, N, op) : 0;
+    if (b) KN_TRY(add_bias(ctx, y, b, 1, N, op));
+    return has_act ? cuda_activate(ctx, y, y, act) : 0;
+}
+
+int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                const kn_tensor *b)
+{
+    return linear(ctx, y, x, w, b, false, KN_ACT_SILU);
+}
+
+int cuda_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                    const kn_tensor *b, kn_act act)
+{
+    return linear(ctx, y, x, w, b, true, act);
 }
 
 template <typename T>

@@ -42,6 +42,8 @@ int cuda_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *sr
 
 int cuda_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                 const kn_tensor *b);
+int cuda_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                    const kn_tensor *b, kn_act act);
 /* kn_linear_rows: on CUDA the product of kn_linear. */
 int cuda_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                      const kn_tensor *b);

@@ -148,12 +148,23 @@ static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M
     return mag;
 }
 
-/* x in activation dtype adt, w in wdt: the GPU result against the CPU's float32 result on the
- * same (rounded) values, through kn_linear or (rows) kn_linear_rows. 16-bit outputs allow two
- * roundings of the output dtype. */
-static void linear_op_case(int rows, kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
-                        kn_dtype bdt)
+/* Which front-end linear_op_case calls. */
+enum linear_kind { LINEAR, LINEAR_ROWS, LINEAR_GELU };
+
+static int linear_gelu(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
+                       const kn_tensor *b)
 {
+    return kn_linear_act(ctx, y, x, w, b, KN_ACT_GELU_TANH);
+}
+
+/* x in activation dtype adt, w in wdt: the GPU result against the CPU's float32 result on the
+ * same (rounded) values, through kn_linear, kn_linear_rows or kn_linear_act with tanh-GELU
+ * (cuBLASLt's GELU epilogue in 16-bit; GELU's slope is at most 1.13, so the bound of the
+ * product holds for its output). 16-bit outputs allow two roundings of the output dtype. */
+static void linear_op_case(enum linear_kind kind, kn_dtype adt, kn_dtype wdt, int64_t M,
+                           int64_t K, int64_t N, int bias, kn_dtype bdt)
+{
+    const int rows = kind == LINEAR_ROWS;
     int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N}, bs[1] = {N};
     float *xv = rand_buf(M * K, 1.0f), *wv = rand_buf(N * K, 0.5f), *bv = rand_buf(N, 1.0f);
     pair x = make_pair(adt, 3, xs, xv, 0), w = make_pair(wdt, 2, ws, wv, 1);
@@ -164,16 +175,16 @@ static void linear_op_case(int rows, kn_dtype adt, kn_dtype wdt, int64_t M, int6
         kn_convert_from_f32(x.c.data, xv, KN_F32, (size_t)(M * K));
     }
     int (*op)(kn_ctx *, kn_tensor *, const kn_tensor *, const kn_tensor *, const kn_tensor *) =
-        rows ? kn_linear_rows : kn_linear;
+        rows ? kn_linear_rows : kind == LINEAR_GELU ? linear_gelu : kn_linear;
     CHECKF(op(cpu, &y.c, &x.c, &w.c, bias ? &b.c : NULL) == 0, "%s", err_msg());
     CHECKF(op(gpu, &y.g, &x.g, &w.g, bias ? &b.g : NULL) == 0, "%s", err_msg());
     double *mag = linear_mag(&x, &w, bias ? &b : NULL, M, K, N);
     char what[96];
-    snprintf(what, sizeof what, "linear%s %s x %s %lldx%lldx%lld", rows ? "_rows" : "",
-             kn_dtype_name(adt),
+    snprintf(what, sizeof what, "linear%s %s x %s %lldx%lldx%lld",
+             rows ? "_rows" : kind == LINEAR_GELU ? "_act" : "", kn_dtype_name(adt),
              kn_dtype_name(wdt), (long long)M, (long long)K, (long long)N);
     double eps = adt == KN_BF16 ? 1.0 / 256 : adt == KN_F16 ? 1.0 / 2048 : 1e-5;
-    CHECK(close_pair(&y, mag, 1e-30, eps * 2, what));
+    CHECK(close_pair(&y, mag, 1e-30, eps * (kind == LINEAR_GELU ? 2.5 : 2), what));
     free(mag);
     free(xv);
     free(wv);
@@ -187,15 +198,26 @@ static void linear_op_case(int rows, kn_dtype adt, kn_dtype wdt, int64_t M, int6
 static void linear_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t K, int64_t N, int bias,
                         kn_dtype bdt)
 {
-    linear_op_case(0, adt, wdt, M, K, N, bias, bdt);
+    linear_op_case(LINEAR, adt, wdt, M, K, N, bias, bdt);
 }
 
 /* kn_linear_rows: the conditioning rows' product (on CUDA the same kernel as kn_linear). */
 static void test_linear_rows(void)
 {
-    linear_op_case(1, KN_F32, KN_BF16, 2, 1536, 2000, 1, KN_F32);
-    linear_op_case(1, KN_F32, KN_F16, 5, 300, 700, 0, KN_F32);
-    linear_op_case(1, KN_BF16, KN_BF16, 3, 256, 300, 1, KN_BF16);
+    linear_op_case(LINEAR_ROWS, KN_F32, KN_BF16, 2, 1536, 2000, 1, KN_F32);
+    linear_op_case(LINEAR_ROWS, KN_F32, KN_F16, 5, 300, 700, 0, KN_F32);
+    linear_op_case(LINEAR_ROWS, KN_BF16, KN_BF16, 3, 256, 300, 1, KN_BF16);
+}
+
+/* kn_linear_act with tanh-GELU (the feed-forward's first product): float32 (product, bias
+ * pass, activation kernel) and 16-bit (cuBLASLt's GELU_BIAS and GELU epilogues). */
+static void test_linear_act(void)
+{
+    static const kn_dtype adts[] = {KN_F32, KN_BF16, KN_F16};
+    for (size_t i = 0; i < 3; i++) {
+        linear_op_case(LINEAR_GELU, adts[i], KN_BF16, 70, 1536, 600, 1, KN_F32);
+        linear_op_case(LINEAR_GELU, adts[i], KN_F16, 5, 300, 37, 0, KN_F32);
+    }
 }
 
 static void test_linear(void)
@@ -631,6 +653,7 @@ int main(void)
     }
     RUN(test_linear);
     RUN(test_linear_rows);
+    RUN(test_linear_act);
     RUN(test_linear_16bit);
     RUN(test_weight_upload_large);
 #ifdef FOCUS_HAVE_CUDA

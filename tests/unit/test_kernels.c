@@ -76,14 +76,25 @@ static int close_all(const float *got, const double *ref, const double *scale, i
 
 /* ---- kn_linear ---- */
 
-static void linear_case(kn_dtype wdt, int64_t M, int64_t K, int64_t N, int with_bias, kn_dtype bdt)
+/* matmul: what the context's products multiply in. In bf16 the reference takes x and w
+ * rounded to bf16, whose products float32 holds exactly: the bound stays float32's. */
+static void linear_case_in(kn_dtype matmul, kn_dtype wdt, int64_t M, int64_t K, int64_t N,
+                           int with_bias, kn_dtype bdt)
 {
     int64_t xs[3] = {1, M, K}, ws[2] = {N, K}, ys[3] = {1, M, N}, bs[1] = {N};
     float *xv = rand_buf(M * K, 1.0f), *wv = rand_buf(N * K, 0.5f), *bv = rand_buf(N, 1.0f);
     kn_tensor x = make_f32(3, xs, xv), w = make(wdt, 2, ws, wv), b = make(bdt, 1, bs, bv);
     kn_tensor y = zeros(3, ys);
+    CHECK(kn_ctx_set_matmul(ctx, matmul) == 0);
     int rc = kn_linear(ctx, &y, &x, &w, with_bias ? &b : NULL);
+    CHECK(kn_ctx_set_matmul(ctx, KN_F32) == 0);
     CHECKF(rc == 0, "%s", err_msg());
+    if (matmul == KN_BF16) {
+        for (int64_t i = 0; i < M * K; i++)
+            xv[i] = kn_bf16_to_f32(kn_f32_to_bf16(xv[i]));
+        for (int64_t i = 0; i < N * K; i++)
+            wv[i] = kn_bf16_to_f32(kn_f32_to_bf16(wv[i]));
+    }
     double *ref = malloc((size_t)(M * N) * sizeof(double));
     double *mag = malloc((size_t)(M * N) * sizeof(double));
     for (int64_t i = 0; i < M; i++)
@@ -98,8 +109,8 @@ static void linear_case(kn_dtype wdt, int64_t M, int64_t K, int64_t N, int with_
         }
     /* float32 accumulation over K terms: a few ulp of the sum of magnitudes. */
     char what[96];
-    snprintf(what, sizeof what, "linear %s %lldx%lldx%lld", kn_dtype_name(wdt), (long long)M,
-             (long long)K, (long long)N);
+    snprintf(what, sizeof what, "linear %s in %s %lldx%lldx%lld", kn_dtype_name(wdt),
+             kn_dtype_name(matmul), (long long)M, (long long)K, (long long)N);
     CHECK(close_all(y.data, ref, mag, M * N, 1e-30, 1e-5, what));
     free(ref);
     free(mag);
@@ -112,16 +123,80 @@ static void linear_case(kn_dtype wdt, int64_t M, int64_t K, int64_t N, int with_
     kn_free(ctx, &y);
 }
 
-static void test_linear_dtypes(void)
+static void linear_shapes(kn_dtype matmul)
 {
     static const kn_dtype dts[] = {KN_F32, KN_F16, KN_BF16, KN_F8_E4M3};
     for (size_t i = 0; i < sizeof dts / sizeof dts[0]; i++) {
-        linear_case(dts[i], 1, 37, 53, 1, KN_F32);      /* one row: the matrix-vector path */
-        linear_case(dts[i], 5, 300, 1000, 1, KN_F16);   /* small M: 5 panels, the last short */
-        linear_case(dts[i], 33, 1100, 1000, 0, KN_F32); /* large M: one panel */
-        linear_case(dts[i], 20, 2100, 2100, 1, KN_F32); /* large M: two uneven panels */
-        linear_case(dts[i], 3, 1, 7, 1, KN_BF16);
+        linear_case_in(matmul, dts[i], 1, 37, 53, 1, KN_F32);     /* one row */
+        linear_case_in(matmul, dts[i], 5, 300, 1000, 1, KN_F16);  /* 4 column chunks, the last short */
+        linear_case_in(matmul, dts[i], 33, 1100, 1000, 0, KN_F32);
+        linear_case_in(matmul, dts[i], 20, 2100, 2100, 1, KN_F32);
+        linear_case_in(matmul, dts[i], 100, 64, 512, 1, KN_F32); /* a whole tile and a partial one */
+        linear_case_in(matmul, dts[i], 3, 1, 7, 1, KN_BF16);
     }
+}
+
+static void test_linear_dtypes(void)
+{
+    linear_shapes(KN_F32);
+}
+
+/* bf16 products (weights packed once, the bias added by the product): every weight dtype. */
+static void test_linear_bf16(void)
+{
+    linear_shapes(KN_BF16);
+}
+
+/* kn_linear_act is kn_linear then kn_activate: bit for bit where the columns are whole
+ * vectors (N a multiple of 8), within a few ulps of tanh elsewhere (a column may take the
+ * scalar tanhf in one and the vector tanh in the other), in both product dtypes. */
+static void linear_act_case(kn_dtype matmul, kn_act act, int64_t M, int64_t K, int64_t N)
+{
+    int64_t xs[2] = {M, K}, ws[2] = {N, K}, ys[2] = {M, N}, bs[1] = {N};
+    float *xv = rand_buf(M * K, 1.0f), *wv = rand_buf(N * K, 0.5f), *bv = rand_buf(N, 1.0f);
+    kn_tensor x = make_f32(2, xs, xv), w = make(KN_BF16, 2, ws, wv), b = make_f32(1, bs, bv);
+    kn_tensor y = zeros(2, ys), ref = zeros(2, ys);
+    CHECK(kn_ctx_set_matmul(ctx, matmul) == 0);
+    CHECKF(kn_linear_act(ctx, &y, &x, &w, &b, act) == 0, "%s", err_msg());
+    CHECKF(kn_linear(ctx, &ref, &x, &w, &b) == 0 && kn_activate(ctx, &ref, &ref, act) == 0, "%s",
+           err_msg());
+    CHECK(kn_ctx_set_matmul(ctx, KN_F32) == 0);
+    const float *got = y.data, *want = ref.data;
+    int bad = 0;
+    for (int64_t i = 0; i < M * N; i++) {
+        float tol = N % 8 ? 4e-7f * (1.0f + fabsf(want[i])) : 0.0f;
+        if (!(fabsf(got[i] - want[i]) <= tol) && bad++ < 3)
+            fprintf(stderr, "  linear_act %d in %s %lldx%lldx%lld: [%lld] %.9g, want %.9g\n",
+                    (int)act, kn_dtype_name(matmul), (long long)M, (long long)K, (long long)N,
+                    (long long)i, got[i], want[i]);
+    }
+    CHECK(bad == 0);
+    free(xv);
+    free(wv);
+    free(bv);
+    kn_free(ctx, &x);
+    kn_free(ctx, &w);
+    kn_free(ctx, &b);
+    kn_free(ctx, &y);
+    kn_free(ctx, &ref);
+}
+
+static void test_linear_act(void)
+{
+    static const kn_act acts[] = {KN_ACT_SILU, KN_ACT_GELU_ERF, KN_ACT_GELU_TANH,
+                                  KN_ACT_QUICK_GELU};
+    static const kn_dtype modes[] = {KN_F32, KN_BF16};
+    for (size_t m = 0; m < 2; m++)
+        for (size_t a = 0; a < sizeof acts / sizeof acts[0]; a++) {
+            linear_act_case(modes[m], acts[a], 70, 96, 600);
+            linear_act_case(modes[m], acts[a], 5, 40, 37);
+        }
+    kn_tensor x = zeros(2, (int64_t[]){2, 4}), y = zeros(2, (int64_t[]){2, 3});
+    kn_tensor w = zeros(2, (int64_t[]){3, 4});
+    CHECK(kn_linear_act(ctx, &y, &x, &w, NULL, (kn_act)99) == ERR_INVALID);
+    kn_free(ctx, &x);
+    kn_free(ctx, &y);
+    kn_free(ctx, &w);
 }
 
 /* ---- kn_embedding ---- */
@@ -790,6 +865,8 @@ int main(void)
     }
     RUN(test_bf16_narrowing);
     RUN(test_linear_dtypes);
+    RUN(test_linear_bf16);
+    RUN(test_linear_act);
     RUN(test_embedding);
     RUN(test_layer_norm);
     RUN(test_rms_norm);
