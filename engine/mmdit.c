@@ -32,10 +32,11 @@ typedef struct lin {
 } lin;
 
 /* One attention stream: the image stream of `attn` (to_q..to_out.0, norm_q/k), its text stream
- * (add_q_proj..to_add_out, norm_added_q/k) or `attn2`. out.w.data is NULL for the last block's
- * text stream, norm_q.data NULL without qk norm. */
+ * (add_q_proj..to_add_out, norm_added_q/k) or `attn2`; q, k and v joined into one [3D, D]
+ * product. out.w.data is NULL for the last block's text stream, norm_q.data NULL without qk
+ * norm. */
 typedef struct attn_stream {
-    lin q, k, v, out;
+    lin qkv, out;
     kn_tensor norm_q, norm_k;
 } attn_stream;
 
@@ -52,7 +53,7 @@ typedef struct acts {
     kn_tensor tok, cx, ntok, nctx; /* [B,N,D] [B,S,D] [B,N,D] [B,S,D] */
     kn_tensor q, k, v, o;          /* [B,L,D] joint; [B,N,D] views of them for attn2 */
     kn_tensor aimg, actx;          /* [B,N,D] [B,S,D]: attention and FF outputs */
-    kn_tensor hid;                 /* FF hidden, proj_out output */
+    kn_tensor hid;                 /* FF hidden, joined q/k/v product, proj_out output */
     kn_tensor temb, tact, tmp;     /* [B,D] */
     kn_tensor tproj;               /* [B,256] */
     kn_tensor mod, modc;           /* [B, C, D] */
@@ -69,7 +70,7 @@ struct mmdit {
     int64_t D, heads, head_dim, ffdim;
     st_archive *ar;
 
-    kn_tensor **loaded; /* every weight tensor, for kn_free */
+    kn_tensor **loaded; /* every weight tensor, for kn_free (NULL where a part of a joined one) */
     int n_loaded, cap_loaded;
     const void **used; /* host data pointers of the loaded tensors, while loading */
 
@@ -124,16 +125,41 @@ static int load_lin(mmdit *m, lin *l, const char *prefix, int64_t out, int64_t i
     return load_tensor(m, &l->b, name, 1, (int64_t[]){out}, why);
 }
 
+/* `pre.names[i].weight` [D, D] and `.bias` [D] of q, k and v stacked into one [3D, D] weight
+ * and [3D] bias. */
+static int load_qkv(mmdit *m, lin *qkv, const char *pre, const char *const names[3],
+                    const char *why)
+{
+    static const char *const kinds[2] = {"weight", "bias"};
+    kn_tensor *dst[2] = {&qkv->w, &qkv->b};
+    char name[MMDIT_MAX_NAME];
+    for (int p = 0; p < 2; p++) {
+        kn_tensor host[3];
+        const kn_tensor *hosts[3] = {&host[0], &host[1], &host[2]};
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "%s.%s.%s", pre, names[i], kinds[p]);
+            int rc = st_weight_cfg(m->ar, name, 2 - p, (int64_t[]){m->D, m->D}, why, &host[i]);
+            if (rc < 0) return rc;
+        }
+        int rc = kn_weight_rows(m->ctx, dst[p], hosts, 3);
+        if (rc < 0)
+            return err_prefix(rc, "%s: %s.{%s,%s,%s}.%s joined: ", st_archive_path(m->ar), pre,
+                              names[0], names[1], names[2], kinds[p]);
+        for (int i = 0; i < 3; i++)
+            track(m, i ? NULL : dst[p], host[i].data);
+    }
+    return 0;
+}
+
 static int load_stream(mmdit *m, attn_stream *s, const char *pre, const char *const names[6],
                        const char *why)
 {
     char name[MMDIT_MAX_NAME];
-    lin *lins[4] = {&s->q, &s->k, &s->v, &s->out};
-    for (int i = 0; i < 4; i++) {
-        if (!names[i]) continue;
-        snprintf(name, sizeof name, "%s.%s", pre, names[i]);
-        int rc = load_lin(m, lins[i], name, m->D, m->D, why);
-        if (rc < 0) return rc;
+    int rc = load_qkv(m, &s->qkv, pre, names, why);
+    if (rc < 0) return rc;
+    if (names[3]) {
+        snprintf(name, sizeof name, "%s.%s", pre, names[3]);
+        if ((rc = load_lin(m, &s->out, name, m->D, m->D, why)) < 0) return rc;
     }
     if (!m->cfg.qk_norm_rms) return 0;
     char nwhy[96];
@@ -337,7 +363,7 @@ void mmdit_free(mmdit *m)
 {
     if (!m) return;
     for (int i = 0; i < m->n_loaded; i++)
-        kn_free(m->ctx, m->loaded[i]);
+        if (m->loaded[i]) kn_free(m->ctx, m->loaded[i]);
     kn_free(m->ctx, &m->arena);
     free(m->loaded);
     free(m->used);
@@ -519,35 +545,29 @@ static kn_tensor as_chunks(const kn_tensor *t, int64_t B, int64_t C, int64_t D)
     return kn_view(t, 0, 3, (int64_t[]){B, C, D});
 }
 
-/* y = linear(x) for sample b's rows into rows [row0, ...) of sample b of the joint tensor. */
-static int proj_rows(mmdit *m, kn_tensor *joint, int64_t b, int64_t row0, const kn_tensor *x,
-                     const lin *l, const kn_tensor *norm)
+/* q, k and v of stream s for every sample in one product: x [B, n, D] into rows [row0,
+ * row0 + n) of each sample of q, k and v, their heads normalised (qk norm). The product goes
+ * through a->hid, free until the feed-forward. */
+static int project_qkv(mmdit *m, const attn_stream *s, const kn_tensor *x, int64_t row0,
+                       kn_tensor *q, kn_tensor *k, kn_tensor *v, const acts *a)
 {
-    const int64_t n = x->shape[1];
-    kn_tensor xb = rows_of(x, b, 0, n), yb = rows_of(joint, b, row0, n);
-    int rc = kn_linear(m->ctx, &yb, &xb, &l->w, &l->b);
-    if (rc == 0 && norm->data) {
-        kn_tensor heads = kn_reshape(&yb, 2, (int64_t[]){n * m->heads, m->head_dim});
-        rc = kn_rms_norm(m->ctx, &heads, &heads, norm, MMDIT_EPS);
-    }
-    return rc;
+    const int64_t B = x->shape[0], n = x->shape[1], D = m->D;
+    kn_tensor xr = kn_reshape(x, 2, (int64_t[]){B * n, D});
+    kn_tensor y = kn_view(&a->hid, 0, 2, (int64_t[]){B * n, 3 * D});
+    kn_tensor y3 = kn_reshape(&y, 3, (int64_t[]){B, n, 3 * D});
+    const kn_tensor *nq = s->norm_q.data ? &s->norm_q : NULL, *nk = nq ? &s->norm_k : NULL;
+    int rc = kn_linear(m->ctx, &y, &xr, &s->qkv.w, &s->qkv.b);
+    return rc < 0 ? rc : kn_qkv_split(m->ctx, q, k, v, row0, &y3, (int)m->heads, nq, nk, MMDIT_EPS);
 }
 
 /* Joint attention of block bl: image stream x (normalised tokens) and text stream c. The image
  * output goes to a->aimg, the text output (not in the last block) to a->actx. */
 static int joint_attention(mmdit *m, const block *bl, acts *a)
 {
-    int rc = 0;
-    for (int64_t b = 0; b < a->B && rc == 0; b++) {
-        if ((rc = proj_rows(m, &a->q, b, 0, &a->ntok, &bl->img.q, &bl->img.norm_q)) < 0 ||
-            (rc = proj_rows(m, &a->k, b, 0, &a->ntok, &bl->img.k, &bl->img.norm_k)) < 0 ||
-            (rc = proj_rows(m, &a->v, b, 0, &a->ntok, &bl->img.v, &(kn_tensor){0})) < 0 ||
-            (rc = proj_rows(m, &a->q, b, a->N, &a->nctx, &bl->txt.q, &bl->txt.norm_q)) < 0 ||
-            (rc = proj_rows(m, &a->k, b, a->N, &a->nctx, &bl->txt.k, &bl->txt.norm_k)) < 0)
-            break;
-        rc = proj_rows(m, &a->v, b, a->N, &a->nctx, &bl->txt.v, &(kn_tensor){0});
-    }
-    if (rc < 0) return rc;
+    int rc;
+    if ((rc = project_qkv(m, &bl->img, &a->ntok, 0, &a->q, &a->k, &a->v, a)) < 0 ||
+        (rc = project_qkv(m, &bl->txt, &a->nctx, a->N, &a->q, &a->k, &a->v, a)) < 0)
+        return rc;
     kn_attn_args args = {.heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim))};
     if ((rc = kn_attention(m->ctx, &a->o, &a->q, &a->k, &a->v, &args)) < 0) return rc;
     for (int64_t b = 0; b < a->B; b++) {
@@ -567,13 +587,7 @@ static int self_attention(mmdit *m, const attn_stream *s, acts *a)
     const int64_t shape[3] = {a->B, a->N, m->D};
     kn_tensor q = kn_reshape(&a->q, 3, shape), k = kn_reshape(&a->k, 3, shape);
     kn_tensor v = kn_reshape(&a->v, 3, shape), o = kn_reshape(&a->o, 3, shape);
-    int rc = 0;
-    for (int64_t b = 0; b < a->B && rc == 0; b++) {
-        if ((rc = proj_rows(m, &q, b, 0, &a->ntok, &s->q, &s->norm_q)) < 0 ||
-            (rc = proj_rows(m, &k, b, 0, &a->ntok, &s->k, &s->norm_k)) < 0)
-            break;
-        rc = proj_rows(m, &v, b, 0, &a->ntok, &s->v, &(kn_tensor){0});
-    }
+    int rc = project_qkv(m, s, &a->ntok, 0, &q, &k, &v, a);
     if (rc < 0) return rc;
     kn_attn_args args = {.heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim))};
     if ((rc = kn_attention(m->ctx, &o, &q, &k, &v, &args)) < 0) return rc;

@@ -33,6 +33,9 @@ int cpu_alloc(kn_ctx *ctx, kn_tensor *t);
 void cpu_free(kn_ctx *ctx, kn_tensor *t);
 /* Drops the packed copies of the weight whose data is src (cpu_pack.c), at its kn_free. */
 void cpu_packed_forget(kn_ctx *ctx, const void *src);
+/* Hands the whole pages of a mapped file's bytes [p, p + n) back to the kernel (MADV_PAGEOUT):
+ * read again from the file if touched later. */
+void cpu_release_mapped(const void *p, size_t n);
 int cpu_fill(kn_ctx *ctx, kn_tensor *t, float v);
 int cpu_copy(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *src);
 int cpu_copy_cols(kn_ctx *ctx, kn_tensor *dst, int64_t col, const kn_tensor *src);

@@ -142,6 +142,43 @@ int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host)
     return 0;
 }
 
+int kn_weight_rows(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *const *hosts, int n)
+{
+    char s0[96], si[96];
+    if (n < 1) return err_set(ERR_INVALID, "kn_weight_rows: no parts");
+    const kn_tensor *h0 = hosts[0];
+    int64_t shape[KN_MAX_DIMS];
+    for (int d = 0; d < h0->ndim; d++)
+        shape[d] = h0->shape[d];
+    if (h0->ndim < 1) return err_set(ERR_SHAPE, "kn_weight_rows: parts of rank 0");
+    shape[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const kn_tensor *h = hosts[i];
+        int same = h->device == KN_CPU && h->dtype == h0->dtype && h->ndim == h0->ndim;
+        for (int d = 1; same && d < h->ndim; d++)
+            same = h->shape[d] == h0->shape[d];
+        if (!same)
+            return err_set(ERR_SHAPE, "kn_weight_rows: part %d (%s %s) does not stack on %s %s", i,
+                           kn_dtype_name(h->dtype), kn_shape_str(h, si, sizeof si),
+                           kn_dtype_name(h0->dtype), kn_shape_str(h0, s0, sizeof s0));
+        shape[0] += h->shape[0];
+    }
+    int rc = kn_alloc(ctx, dst, h0->dtype, h0->ndim, shape);
+    int64_t off = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        kn_tensor part = kn_view(dst, off, hosts[i]->ndim, hosts[i]->shape);
+        rc = kn_write(ctx, &part, hosts[i]->data, kn_nbytes(hosts[i]));
+        off += kn_numel(hosts[i]);
+    }
+    if (rc < 0) {
+        kn_free(ctx, dst);
+        return rc;
+    }
+    for (int i = 0; i < n; i++)
+        if (!hosts[i]->owned) cpu_release_mapped(hosts[i]->data, kn_nbytes(hosts[i]));
+    return 0;
+}
+
 static int check_bytes(const kn_tensor *t, size_t nbytes)
 {
     if (nbytes != kn_nbytes(t))

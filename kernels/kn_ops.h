@@ -53,6 +53,14 @@ int kn_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
  * to [..., head_dim] to normalise per head. */
 int kn_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
 
+/* The q, k and v of an attention from one joined product: qkv [B, n, 3D] (columns q | k | v)
+ * into rows [row0, row0 + n) of every sample of q, k and v [B, L, D], each of the `heads`
+ * heads of q and of k normalised as kn_rms_norm would with weights q_norm and k_norm [D /
+ * heads] (both NULL: copied as they are). */
+int kn_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t row0,
+                 const kn_tensor *qkv, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
+                 float eps);
+
 int kn_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 
 /* Elementwise, all of one shape: y = a + b, y = a - b, y = a * b. */

@@ -5,16 +5,14 @@
  * rows beside it (other jobs of a batch) and with the thread split: OpenBLAS's Haswell kernels
  * give other bits for a row at M = 1..4 than at M = 64, and for a column block split off. Here
  * the library only ever sees products of a fixed number of rows (cpu_mm_tile_rows) by at most
- * MM_TILE_N columns by the
- * full K, each run on one thread: the rows of a product are copied into a zero-padded tile of
- * their own (converted to bf16 where the product is bf16), the columns cut into chunks at fixed
- * offsets, and the tiles spread over the worker threads. A row's output therefore depends on
- * the row, the weight and K alone (oneDNN's kernels treat every row of a tile alike; the
- * invariance tests check it for each instruction set), whatever M, the row's position or the
- * thread count. A whole tile is written straight into the output rows, the bias added by the
- * primitive to its float32 sums (one rounding, as a separate add would make); a last, partial
- * tile goes through a buffer laid out like the output, by the same primitive. The activation,
- * when there is one, runs on each tile's rows while they are still in cache.
+ * MM_TILE_N columns by the full K, each run on one thread: the rows of a product are copied
+ * into a zero-padded tile of their own (converted to bf16 where the product is bf16), the
+ * columns cut into chunks at fixed offsets, and the tiles spread over the worker threads. A row's
+ * output therefore depends on the row, the weight and K alone (oneDNN's kernels treat every row of
+ * a tile alike; the invariance tests check it for each instruction set), whatever M, the row's
+ * position or the thread count. Each tile's float32 output goes to a dense buffer, and from it into
+ * the product's rows with the bias added (after the sums, one rounding, as a separate add makes)
+ * and the activation applied while the rows are still in cache.
  *
  * Operands: a[M, K] is float32; b is a plain float32 matrix (b[N, K] transposed, or b[K, N]),
  * or a weight packed once into oneDNN's blocked layout for the product's dtype (cpu_pack.c). */
@@ -40,7 +38,7 @@ struct mm_prim {
     struct mm_prim *next;
     cpu_mm_key key;
     dnnl_primitive_t prim;
-    dnnl_memory_desc_t src, wei, dst, scratch, bias;
+    dnnl_memory_desc_t src, wei, dst, scratch;
 };
 
 static void lib_start(void)
@@ -52,8 +50,8 @@ static void lib_start(void)
  * every product here runs on one thread, the split being this backend's own. */
 struct mm_thread {
     dnnl_stream_t stream;
-    void *src, *tail, *wide, *scratch, *chunk;
-    size_t src_size, tail_size, wide_size, scratch_size, chunk_size;
+    void *src, *dst, *wide, *scratch, *chunk;
+    size_t src_size, dst_size, wide_size, scratch_size, chunk_size;
 };
 static __thread struct mm_thread tls;
 
@@ -89,27 +87,9 @@ static dnnl_data_type_t dnnl_dt(kn_dtype dt)
     return dt == KN_BF16 ? dnnl_bf16 : dnnl_f32;
 }
 
-static struct mm_prim *prim_lookup(const cpu_mm_key *k);
-
-/* The key a weight is packed for (cpu_mm_pack_chunk): k without what concerns the output. */
-static cpu_mm_key pack_key(const cpu_mm_key *k)
-{
-    cpu_mm_key b = *k;
-    b.bias = 0;
-    b.ldc = 0;
-    return b;
-}
-
-/* Makes the primitive for key; returns NULL (with the error set) when oneDNN has none. A
- * packed weight's layout is the one it was packed in: the primitive for the same weight with
- * another output stride or a bias takes that layout rather than choosing its own. */
+/* Makes the primitive for key; returns NULL (with the error set) when oneDNN has none. */
 static struct mm_prim *prim_make(const cpu_mm_key *k)
 {
-    const struct mm_prim *packed_as = NULL;
-    if (k->form == MM_PACKED && (k->bias || k->ldc)) {
-        cpu_mm_key b = pack_key(k);
-        if (!(packed_as = prim_lookup(&b))) return NULL;
-    }
     struct mm_prim *p = calloc(1, sizeof *p);
     if (!p) {
         err_set(ERR_NOMEM, "oneDNN: out of memory");
@@ -119,18 +99,12 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
     const int64_t tm = cpu_mm_tile_rows(k);
     dnnl_dims_t sd = {tm, k->K}, wd = {k->K, k->N}, dd = {tm, k->N};
     dnnl_dims_t ss = {k->lda ? k->lda : k->K, 1}, ds = {k->ldc ? k->ldc : k->N, 1};
-    dnnl_dims_t bd = {1, k->N};
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_matmul_desc_t desc;
-    int ok = dnnl_memory_desc_init_by_strides(&p->src, 2, sd, dnnl_dt(k->dt), ss) ==
-                 dnnl_success &&
-             dnnl_memory_desc_init_by_strides(&p->dst, 2, dd, dnnl_f32, ds) == dnnl_success &&
-             (!k->bias ||
-              dnnl_memory_desc_init_by_tag(&p->bias, 2, bd, dnnl_f32, dnnl_ab) == dnnl_success);
-    if (ok && packed_as) {
-        p->wei = packed_as->wei;
-    } else if (ok && k->form == MM_PACKED) {
+    int ok = dnnl_memory_desc_init_by_strides(&p->src, 2, sd, dnnl_dt(k->dt), ss) == dnnl_success &&
+             dnnl_memory_desc_init_by_strides(&p->dst, 2, dd, dnnl_f32, ds) == dnnl_success;
+    if (ok && k->form == MM_PACKED) {
         ok = dnnl_memory_desc_init_by_tag(&p->wei, 2, wd, dnnl_dt(k->dt), dnnl_format_tag_any) ==
              dnnl_success;
     } else if (ok) {
@@ -141,13 +115,11 @@ static struct mm_prim *prim_make(const cpu_mm_key *k)
     }
     /* Each thread brings its own scratchpad: oneDNN's shared one would be raced for. */
     ok = ok && dnnl_primitive_attr_create(&attr) == dnnl_success &&
-         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) ==
-             dnnl_success &&
-         dnnl_matmul_desc_init(&desc, &p->src, &p->wei, k->bias ? &p->bias : NULL, &p->dst) ==
-             dnnl_success &&
+         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) == dnnl_success &&
+         dnnl_matmul_desc_init(&desc, &p->src, &p->wei, NULL, &p->dst) == dnnl_success &&
          dnnl_primitive_desc_create(&pd, &desc, attr, lib.engine, NULL) == dnnl_success;
     if (ok) {
-        if (k->form == MM_PACKED && !packed_as)
+        if (k->form == MM_PACKED)
             p->wei = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         p->scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     }
@@ -167,7 +139,7 @@ static int key_equal(const cpu_mm_key *a, const cpu_mm_key *b)
 {
     return a->N == b->N && a->K == b->K && a->ldb == b->ldb && a->form == b->form &&
            a->dt == b->dt && a->round_bf16 == b->round_bf16 && a->single == b->single &&
-           a->M == b->M && a->lda == b->lda && a->ldc == b->ldc && a->bias == b->bias;
+           a->M == b->M && a->lda == b->lda && a->ldc == b->ldc;
 }
 
 /* The primitive for k, made when there is none yet; lib.mu held. */
@@ -246,14 +218,10 @@ int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out)
                             (long long)k->N, (long long)k->K);
 }
 
-/* The memory objects of primitive p's arguments (source, weights, destination, scratchpad,
- * bias) on this thread, made on its first use here and kept (only their data pointers change
- * from tile to tile); NULL when out of memory. */
-#define MM_ARGS 5
-static int prim_args(const struct mm_prim *p)
-{
-    return p->key.bias ? MM_ARGS : MM_ARGS - 1;
-}
+/* The memory objects of primitive p's arguments (source, weights, destination, scratchpad)
+ * on this thread, made on its first use here and kept (only their data pointers change from
+ * tile to tile); NULL when out of memory. */
+#define MM_ARGS 4
 struct mm_memories {
     const struct mm_prim *prim;
     dnnl_memory_t m[MM_ARGS];
@@ -269,8 +237,8 @@ static dnnl_memory_t *thread_memories(const struct mm_prim *p)
     if (!grown) return NULL;
     tls_mems = grown;
     struct mm_memories *e = &tls_mems[tls_nmems];
-    const dnnl_memory_desc_t *mds[MM_ARGS] = {&p->src, &p->wei, &p->dst, &p->scratch, &p->bias};
-    for (int i = 0; i < prim_args(p); i++)
+    const dnnl_memory_desc_t *mds[MM_ARGS] = {&p->src, &p->wei, &p->dst, &p->scratch};
+    for (int i = 0; i < MM_ARGS; i++)
         if (dnnl_memory_create(&e->m[i], mds[i], lib.engine, DNNL_MEMORY_NONE) != dnnl_success) {
             while (i-- > 0)
                 dnnl_memory_destroy(e->m[i]);
@@ -281,27 +249,23 @@ static dnnl_memory_t *thread_memories(const struct mm_prim *p)
     return e->m;
 }
 
-/* Runs primitive p on this thread with its operands at src, wei and dst (and bias, for a
- * primitive made with one). */
-static int prim_execute(const struct mm_prim *p, const void *src, const void *wei, float *dst,
-                        const float *bias)
+/* Runs primitive p on this thread with its operands at src, wei and dst. */
+static int prim_execute(const struct mm_prim *p, const void *src, const void *wei, float *dst)
 {
     size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
     void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
     if (!scratch) return err_set(ERR_NOMEM, "out of memory for a matrix product's scratchpad");
     dnnl_memory_t *m = thread_memories(p);
-    void *data[MM_ARGS] = {(void *)src, (void *)wei, dst, scratch, (void *)bias};
-    const int nargs = prim_args(p);
+    void *data[MM_ARGS] = {(void *)src, (void *)wei, dst, scratch};
     int ok = m != NULL;
-    for (int i = 0; ok && i < nargs; i++)
+    for (int i = 0; ok && i < MM_ARGS; i++)
         ok = dnnl_memory_set_data_handle(m[i], data[i]) == dnnl_success;
     if (ok) {
         dnnl_exec_arg_t args[MM_ARGS] = {{DNNL_ARG_SRC, m[0]},
                                          {DNNL_ARG_WEIGHTS, m[1]},
                                          {DNNL_ARG_DST, m[2]},
-                                         {DNNL_ARG_SCRATCHPAD, m[3]},
-                                         {DNNL_ARG_BIAS, m[4]}};
-        ok = dnnl_primitive_execute(p->prim, tls.stream, nargs, args) == dnnl_success &&
+                                         {DNNL_ARG_SCRATCHPAD, m[3]}};
+        ok = dnnl_primitive_execute(p->prim, tls.stream, MM_ARGS, args) == dnnl_success &&
              dnnl_stream_wait(tls.stream) == dnnl_success;
     }
     return ok ? 0 : err_set(ERR_DEVICE, "oneDNN: a matrix product failed");
@@ -310,13 +274,14 @@ static int prim_execute(const struct mm_prim *p, const void *src, const void *we
 int cpu_mm_direct(const cpu_mm_key *k, const void *a, const void *b, float *c)
 {
     struct mm_prim *p = prim_get(k);
-    return p ? prim_execute(p, a, b, c, NULL) : ERR_DEVICE;
+    return p ? prim_execute(p, a, b, c) : ERR_DEVICE;
 }
 
 /* One tile: rows [r0, r0 + tile rows) of a (those past M are zeros) times the columns
- * [n0, n0 + k->N) of b into the same block of c, the bias added by the primitive and the
- * activation applied after. prep: a in the primitive's source form (bf16, or float32 rounded
- * to bf16) with rows K apart, or NULL for a itself. */
+ * [n0, n0 + k->N) of b, into a dense tile buffer and from it into the same block of c, the
+ * bias added and the activation applied on the way, while the rows are in cache. prep: a in the
+ * primitive's source form (bf16, or float32 rounded to bf16) with rows K apart, or NULL for a
+ * itself. */
 static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_t n0,
                     const void *wei, const char *prep)
 {
@@ -324,26 +289,33 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
     const int64_t rows = g->M - r0 < tm ? g->M - r0 : tm;
     size_t es = p->key.dt == KN_BF16 ? 2 : 4;
     /* A whole tile of rows stored K apart is read in place (the layout of the padded tile, so
-     * the same primitive); a last, partial tile is copied and padded with zeros, and its
-     * output goes through a buffer with c's row stride, for the same primitive again. */
+     * the same primitive); a last, partial tile is copied and padded with zeros. The output
+     * is a dense buffer: oneDNN 2's AMX kernels take no other output stride (a strided output
+     * got another kernel, whose packed weight layout differs), nor a packed weight described
+     * by its layout rather than chosen (the reference kernel ran). */
     const char *from = prep ? prep : (const char *)g->a;
     const int64_t ld = prep ? K : g->lda;
     int in_place = rows == tm && ld == K;
     char *src = in_place ? (char *)(from + (size_t)(r0 * K) * es)
                          : grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
     float *out = g->c + r0 * ldc + n0;
-    float *dst = rows == tm ? out
-                            : grow(&tls.tail, &tls.tail_size,
-                                   (size_t)((tm - 1) * ldc + nt) * sizeof(float));
+    float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
     if (!src || !dst) return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
     for (int64_t i = 0; i < rows && !in_place; i++)
         memcpy(src + (size_t)(i * K) * es, from + (size_t)((r0 + i) * ld) * es, (size_t)K * es);
     if (!in_place) memset(src + (size_t)(rows * K) * es, 0, (size_t)((tm - rows) * K) * es);
-    int rc = prim_execute(p, src, wei, dst, g->bias ? g->bias + n0 : NULL);
+    int rc = prim_execute(p, src, wei, dst);
     if (rc < 0) return rc;
+    const float *bias = g->bias ? g->bias + n0 : NULL;
     for (int64_t i = 0; i < rows; i++) {
-        if (dst != out) memcpy(out + i * ldc, dst + i * ldc, (size_t)nt * sizeof(float));
-        if (g->has_act) cpu_act_row(out + i * ldc, nt, g->act);
+        float *row = out + i * ldc;
+        const float *tile_row = dst + i * nt;
+        if (bias)
+            for (int64_t j = 0; j < nt; j++)
+                row[j] = tile_row[j] + bias[j];
+        else
+            memcpy(row, tile_row, (size_t)nt * sizeof(float));
+        if (g->has_act) cpu_act_row(row, nt, g->act);
     }
     return 0;
 }
@@ -421,9 +393,7 @@ static int mm_prepare(const cpu_mm *g, struct mm_run *r)
                     .dt = g->packed ? g->packed->store : KN_F32,
                     .round_bf16 = g->packed && g->packed->store != g->packed->dt,
                     .single = g->single_rows,
-                    .ldc = g->ldc,
-                    .bias = g->bias != NULL,
-                    .ldb = g->packed || g->pack_chunks ? 0
+                    .ldb = g->packed || g->pack_chunks                        ? 0
                            : g->b_form == MM_PLAIN_KN || g->b_dtype == KN_F32 ? g->ldb
                                                                               : g->K};
     if (!(r->full = prim_get(&k))) return ERR_DEVICE;

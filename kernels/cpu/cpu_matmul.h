@@ -34,9 +34,8 @@ typedef struct cpu_mm_key {
     kn_dtype dt;
     int round_bf16;
     int single; /* tiles of one row: each row multiplied alone (kn_linear_rows) */
-    int bias;   /* the primitive adds a float32 bias row */
-    /* c's row stride (0: N); products run in place (cpu_mm_direct): M rows and a's row
-     * stride (0 for tiles, whose rows are K apart). */
+    /* Products run in place (cpu_mm_direct): c's row stride, M rows and a's row stride
+     * (all 0 for tiles: dense [rows, N] output, rows K apart). */
     int64_t ldc, M, lda;
 } cpu_mm_key;
 

@@ -4,9 +4,15 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
 
 struct cpu_state {
     void *scratch[CPU_SCRATCH_SLOTS];
@@ -25,6 +31,13 @@ int cpu_ctx_init(kn_ctx *ctx)
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     ctx->total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
     return 0;
+}
+
+void cpu_release_mapped(const void *p, size_t n)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
 }
 
 void cpu_ctx_fini(kn_ctx *ctx)

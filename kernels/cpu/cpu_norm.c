@@ -7,6 +7,7 @@
 #include "kernels/cpu/cpu_ops.h"
 
 #include <math.h>
+#include <string.h>
 
 #define SUM_LANES 32
 
@@ -105,20 +106,21 @@ int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
 }
 
 /* `x * torch.rsqrt(x.pow(2).mean(-1) + eps)`, then `w * that`: two roundings, as in torch. */
+static void rms_norm_row(float *y, const float *x, int64_t D, const float *w, float eps)
+{
+    float var = D ? sum_sq_lanes(x, D, 0.0f) / (float)D : 0.0f;
+    float rs = 1.0f / sqrtf(var + eps);
+    for (int64_t k = 0; k < D; k++) {
+        float t = x[k] * rs;
+        y[k] = w ? w[k] * t : t;
+    }
+}
+
 static void rms_norm_range(void *p, int64_t lo, int64_t hi)
 {
     const struct norm_job *j = p;
-    int64_t D = j->D;
-    for (int64_t r = lo; r < hi; r++) {
-        const float *xr = j->x + r * D;
-        float *yr = j->y + r * D;
-        float var = D ? sum_sq_lanes(xr, D, 0.0f) / (float)D : 0.0f;
-        float rs = 1.0f / sqrtf(var + j->eps);
-        for (int64_t k = 0; k < D; k++) {
-            float t = xr[k] * rs;
-            yr[k] = j->w ? j->w[k] * t : t;
-        }
-    }
+    for (int64_t r = lo; r < hi; r++)
+        rms_norm_row(j->y + r * j->D, j->x + r * j->D, j->D, j->w, j->eps);
 }
 
 int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps)
@@ -130,6 +132,63 @@ int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor 
     j.w = w ? cpu_f32_span(ctx, CPU_SLOT_PARAM, w, 0, D) : NULL;
     if (w && !j.w) return -1;
     cpu_parallel(R, R * D, rms_norm_range, &j);
+    return 0;
+}
+
+/* Rows of a joined q/k/v product: row r of qkv is row row0 + r % n of sample r / n. */
+struct qkv_job {
+    float *q, *k, *v;
+    const float *qkv, *qw, *kw;
+    int64_t n, L, row0, D, Dh;
+    float eps;
+};
+
+static void qkv_split_range(void *p, int64_t lo, int64_t hi)
+{
+    const struct qkv_job *j = p;
+    const int64_t D = j->D;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *src = j->qkv + r * 3 * D;
+        const int64_t at = ((r / j->n) * j->L + j->row0 + r % j->n) * D;
+        float *q = j->q + at, *k = j->k + at;
+        if (j->qw) {
+            for (int64_t h = 0; h < D; h += j->Dh) {
+                rms_norm_row(q + h, src + h, j->Dh, j->qw, j->eps);
+                rms_norm_row(k + h, src + D + h, j->Dh, j->kw, j->eps);
+            }
+        } else {
+            memcpy(q, src, (size_t)D * sizeof(float));
+            memcpy(k, src + D, (size_t)D * sizeof(float));
+        }
+        memcpy(j->v + at, src + 2 * D, (size_t)D * sizeof(float));
+    }
+}
+
+int cpu_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t row0,
+                  const kn_tensor *qkv, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
+                  float eps)
+{
+    if (q->dtype != KN_F32)
+        CPU_HALF(cpu_qkv_split(ctx, cpu_half_out(H, q, 1), cpu_half_out(H, k, 1),
+                               cpu_half_out(H, v, 1), row0, cpu_half_in(H, qkv), heads, q_norm,
+                               k_norm, eps));
+    const int64_t B = qkv->shape[0], n = qkv->shape[1], D = q->shape[2];
+    struct qkv_job j = {.q = q->data,
+                        .k = k->data,
+                        .v = v->data,
+                        .qkv = qkv->data,
+                        .n = n,
+                        .L = q->shape[1],
+                        .row0 = row0,
+                        .D = D,
+                        .Dh = D / heads,
+                        .eps = eps};
+    if (q_norm) {
+        j.qw = cpu_f32_span(ctx, CPU_SLOT_PARAM, q_norm, 0, j.Dh);
+        j.kw = cpu_f32_span(ctx, CPU_SLOT_PARAM2, k_norm, 0, j.Dh);
+        if (!j.qw || !j.kw) return -1;
+    }
+    cpu_parallel(B * n, B * n * 3 * D, qkv_split_range, &j);
     return 0;
 }
 

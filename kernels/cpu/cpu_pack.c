@@ -9,12 +9,6 @@
 
 #include <stdint.h>
 #include <stdlib.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#ifndef MADV_PAGEOUT
-#define MADV_PAGEOUT 21
-#endif
 
 /* The table is open-addressing, keyed by the weight's data and the product dtype. */
 static size_t hash_ptr(const void *p, size_t cap)
@@ -83,13 +77,6 @@ static void pack_range(void *arg, int64_t lo, int64_t hi)
 
 /* Gives the pages wholly inside [p, p + n) back to the kernel: a mapped file's are dropped
  * and read again if ever touched; anonymous memory keeps its contents. */
-static void release_pages(const void *p, size_t n)
-{
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_PAGEOUT);
-}
-
 static void packed_free(cpu_packed *p)
 {
     if (!p) return;
@@ -137,7 +124,7 @@ static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single
         return NULL;
     }
     kn_account(ctx, (int64_t)p->bytes);
-    if (!w->owned) release_pages(w->data, kn_nbytes(w));
+    if (!w->owned) cpu_release_mapped(w->data, kn_nbytes(w));
     return p;
 nomem:
     packed_free(p);

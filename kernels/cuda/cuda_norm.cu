@@ -88,8 +88,25 @@ int cuda_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tens
     });
 }
 
-/* x * rsqrt(mean(x^2) + eps), then w * that; diffusers' RMSNorm rounds the normalised value to
- * the 16-bit weight dtype before the product. */
+/* 1/sqrt(mean + eps) of a row whose squares sum to ss over D values. */
+static __device__ __forceinline__ float rms_rstd(double ss, int64_t D, float eps)
+{
+    float var = D ? (float)(ss / (double)D) : 0.0f;
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+}
+
+/* Value j of the normalised row: x * rs, then w * that; diffusers' RMSNorm rounds the
+ * normalised value to the 16-bit weight dtype before the product. */
+template <typename T>
+static __device__ __forceinline__ T rms_value(float x, float rs, const void *w, kn_dtype wdt,
+                                              int64_t j)
+{
+    float t = __fmul_rn(x, rs);
+    if (w) t = __fmul_rn(load_any(w, wdt, j), round_to<T>(t));
+    return from_f<T>(t);
+}
+
+/* x * rsqrt(mean(x^2) + eps), then w * that. */
 template <typename T>
 __global__ void rms_norm_kernel(T *y, const T *x, int64_t D, const void *w, kn_dtype wdt, float eps)
 {
@@ -101,14 +118,9 @@ __global__ void rms_norm_kernel(T *y, const T *x, int64_t D, const void *w, kn_d
         float v = to_f(xr[j]);
         s += (double)__fmul_rn(v, v);
     }
-    s = block_sum(s, red);
-    float var = D ? (float)(s / (double)D) : 0.0f;
-    float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
-        float t = __fmul_rn(to_f(xr[j]), rs);
-        if (w) t = __fmul_rn(load_any(w, wdt, j), round_to<T>(t));
-        yr[j] = from_f<T>(t);
-    }
+    float rs = rms_rstd(block_sum(s, red), D, eps);
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        yr[j] = rms_value<T>(to_f(xr[j]), rs, w, wdt, j);
 }
 
 int cuda_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps)
@@ -121,6 +133,58 @@ int cuda_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
         rms_norm_kernel<T><<<(unsigned)R, row_threads(D), 0, s>>>(
             (T *)y->data, (const T *)x->data, D, w ? w->data : NULL, w ? w->dtype : KN_F32, eps);
         return cuda_launched("kn_rms_norm");
+    });
+}
+
+/* One row of a joined q/k/v product per block: its q, k or v part (blockIdx.y) into row row0 +
+ * r % n of sample r / n, each head of q and k RMS-normalised by one warp (w NULL: copied). */
+template <typename T>
+__global__ void qkv_split_kernel(T *q, T *k, T *v, const T *qkv, int64_t n, int64_t L, int64_t row0,
+                                 int64_t D, int64_t Dh, const void *qw, const void *kw,
+                                 kn_dtype qdt, kn_dtype kdt, float eps)
+{
+    const int64_t r = blockIdx.x;
+    const int part = blockIdx.y;
+    const T *src = qkv + r * 3 * D + part * D;
+    T *dst = (part == 0 ? q : part == 1 ? k : v) + ((r / n) * L + row0 + r % n) * D;
+    const void *w = part == 0 ? qw : part == 1 ? kw : NULL;
+    const kn_dtype wdt = part == 0 ? qdt : kdt;
+    if (!w) {
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+            dst[j] = src[j];
+        return;
+    }
+    const int lane = threadIdx.x % 32;
+    for (int64_t h = threadIdx.x / 32; h < D / Dh; h += blockDim.x / 32) {
+        const T *xh = src + h * Dh;
+        double s = 0.0;
+        for (int64_t j = lane; j < Dh; j += 32) {
+            float x = to_f(xh[j]);
+            s += (double)__fmul_rn(x, x);
+        }
+        for (int o = 16; o > 0; o >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+        float rs = rms_rstd(s, Dh, eps);
+        for (int64_t j = lane; j < Dh; j += 32)
+            dst[h * Dh + j] = rms_value<T>(to_f(xh[j]), rs, w, wdt, j);
+    }
+}
+
+int cuda_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t row0,
+                   const kn_tensor *qkv, int heads, const kn_tensor *q_norm,
+                   const kn_tensor *k_norm, float eps)
+{
+    const int64_t rows = qkv->shape[0] * qkv->shape[1], D = q->shape[2];
+    if (rows == 0) return 0;
+    cudaStream_t s = cuda_st(ctx)->stream;
+    return with_act(qkv->dtype, [&](auto tag) {
+        using T = decltype(tag);
+        qkv_split_kernel<T><<<dim3((unsigned)rows, 3), row_threads(D), 0, s>>>(
+            (T *)q->data, (T *)k->data, (T *)v->data, (const T *)qkv->data, qkv->shape[1],
+            q->shape[1], row0, D, D / heads, q_norm ? q_norm->data : NULL,
+            k_norm ? k_norm->data : NULL, q_norm ? q_norm->dtype : KN_F32,
+            k_norm ? k_norm->dtype : KN_F32, eps);
+        return cuda_launched("kn_qkv_split");
     });
 }
 

@@ -51,6 +51,9 @@ int cuda_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int3
 int cuda_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                     const kn_tensor *b, float eps);
 int cuda_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w, float eps);
+int cuda_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t row0,
+                   const kn_tensor *qkv, int heads, const kn_tensor *q_norm,
+                   const kn_tensor *k_norm, float eps);
 int cuda_activate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, kn_act act);
 int cuda_add(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b);
 int cuda_sub(kn_ctx *ctx, kn_tensor *y, const kn_tensor *a, const kn_tensor *b);

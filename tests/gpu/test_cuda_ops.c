@@ -336,6 +336,62 @@ static void test_rms_norm(void)
         }
 }
 
+/* kn_qkv_split: q, k and v rows with the heads of q and k normalised, in float32 (CUDA sums the
+ * squares in double, the CPU in float32 lanes) and with bf16 activations (one rounding). */
+static void test_qkv_split(void)
+{
+    enum { B = 2, n = 7, L = 12, row0 = 5, H = 4, Dh = 64, D = H * Dh };
+    int64_t js[3] = {B, n, 3 * D}, os[3] = {B, L, D}, ws[1] = {Dh};
+    static const kn_dtype adts[] = {KN_F32, KN_BF16};
+    for (size_t a = 0; a < 2; a++)
+        for (int normed = 0; normed < 2; normed++) {
+            pair qkv = rand_pair(adts[a], 3, js, 2.0f);
+            pair nq = rand_pair(KN_BF16, 1, ws, 1.0f), nk = rand_pair(KN_BF16, 1, ws, 1.0f);
+            pair out[3] = {out_pair(KN_F32, adts[a], 3, os), out_pair(KN_F32, adts[a], 3, os),
+                           out_pair(KN_F32, adts[a], 3, os)};
+            kn_tensor qkv32;
+            CHECK(kn_alloc(cpu, &qkv32, KN_F32, 3, js) == 0 && kn_copy(cpu, &qkv32, &qkv.c) == 0);
+            for (int i = 0; i < 3; i++) {
+                CHECK(kn_fill(cpu, &out[i].c, 7.0f) == 0);
+                CHECK(kn_fill(gpu, &out[i].g, 7.0f) == 0);
+            }
+            CHECK(kn_qkv_split(cpu, &out[0].c, &out[1].c, &out[2].c, row0, &qkv32, H,
+                               normed ? &nq.c : NULL, normed ? &nk.c : NULL, 1e-6f) == 0);
+            CHECKF(kn_qkv_split(gpu, &out[0].g, &out[1].g, &out[2].g, row0, &qkv.g, H,
+                                normed ? &nq.g : NULL, normed ? &nk.g : NULL, 1e-6f) == 0,
+                   "%s", err_msg());
+            const double rel = adts[a] == KN_F32 ? 2e-6 : 8e-3;
+            for (int i = 0; i < 3; i++) {
+                CHECK(close_pair(&out[i], NULL, 1e-6, rel, "qkv_split"));
+                free_pair(&out[i]);
+            }
+            kn_free(cpu, &qkv32);
+            free_pair(&qkv);
+            free_pair(&nq);
+            free_pair(&nk);
+        }
+}
+
+/* kn_weight_rows on CUDA: the stacked upload holds each host part's bytes in order. */
+static void test_weight_rows(void)
+{
+    int64_t ws[2][2] = {{3, 40}, {5, 40}};
+    pair parts[2] = {rand_pair(KN_BF16, 2, ws[0], 1.0f), rand_pair(KN_BF16, 2, ws[1], 1.0f)};
+    kn_tensor h[2] = {kn_host_tensor(parts[0].c.data, KN_BF16, 2, ws[0]),
+                      kn_host_tensor(parts[1].c.data, KN_BF16, 2, ws[1])};
+    const kn_tensor *hp[2] = {&h[0], &h[1]};
+    kn_tensor joined;
+    CHECKF(kn_weight_rows(gpu, &joined, hp, 2) == 0, "%s", err_msg());
+    CHECK(joined.shape[0] == 8 && joined.shape[1] == 40);
+    uint16_t got[8 * 40];
+    CHECK(kn_read(gpu, &joined, got, sizeof got) == 0);
+    CHECK(memcmp(got, h[0].data, 3 * 40 * 2) == 0 &&
+          memcmp(got + 3 * 40, h[1].data, 5 * 40 * 2) == 0);
+    kn_free(gpu, &joined);
+    free_pair(&parts[0]);
+    free_pair(&parts[1]);
+}
+
 static void test_group_norm(void)
 {
     static const int64_t cases[][5] = {{2, 12, 5, 7, 4}, {1, 64, 128, 128, 32}, {2, 6, 1, 1, 3}};
@@ -662,6 +718,8 @@ int main(void)
     RUN(test_embedding);
     RUN(test_layer_norm);
     RUN(test_rms_norm);
+    RUN(test_qkv_split);
+    RUN(test_weight_rows);
     RUN(test_group_norm);
     RUN(test_activations);
     RUN(test_elementwise);

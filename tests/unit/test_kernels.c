@@ -294,6 +294,123 @@ static void test_rms_norm(void)
     kn_free(ctx, &y);
 }
 
+/* kn_qkv_split: rows [row0, row0 + n) of q, k and v are the joined product's thirds, the heads
+ * of q and k exactly as kn_rms_norm normalises them; the other rows are left alone. */
+static void test_qkv_split(void)
+{
+    enum { B = 3, n = 5, L = 9, row0 = 4, H = 3, Dh = 64, D = H * Dh };
+    int64_t js[3] = {B, n, 3 * D}, os[3] = {B, L, D}, ws[1] = {Dh};
+    float *jv = rand_buf(B * n * 3 * D, 2.0f), *qw = rand_buf(Dh, 1.0f), *kw = rand_buf(Dh, 1.0f);
+    kn_tensor qkv = make_f32(3, js, jv), nq = make(KN_BF16, 1, ws, qw),
+              nk = make(KN_BF16, 1, ws, kw);
+    kn_tensor out[3] = {zeros(3, os), zeros(3, os), zeros(3, os)};
+    kn_tensor head = zeros(2, (int64_t[]){H, Dh});
+    for (int normed = 0; normed < 2; normed++) {
+        for (int i = 0; i < 3; i++)
+            CHECK(kn_fill(ctx, &out[i], 7.0f) == 0);
+        CHECKF(kn_qkv_split(ctx, &out[0], &out[1], &out[2], row0, &qkv, H, normed ? &nq : NULL,
+                            normed ? &nk : NULL, 1e-6f) == 0,
+               "%s", err_msg());
+        int bad = 0;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t r = 0; r < L; r++)
+                for (int i = 0; i < 3; i++) {
+                    const float *got = (const float *)out[i].data + (b * L + r) * D;
+                    float want[D];
+                    if (r < row0 || r >= row0 + n) {
+                        for (int j = 0; j < D; j++)
+                            want[j] = 7.0f;
+                    } else {
+                        kn_tensor src =
+                            kn_view(&qkv, ((b * n + r - row0) * 3 + i) * D, 2, (int64_t[]){H, Dh});
+                        const kn_tensor *w = i == 0 ? &nq : &nk;
+                        if (normed && i < 2)
+                            CHECK(kn_rms_norm(ctx, &head, &src, w, 1e-6f) == 0);
+                        else
+                            CHECK(kn_copy(ctx, &head, &src) == 0);
+                        memcpy(want, head.data, sizeof want);
+                    }
+                    bad += memcmp(got, want, sizeof want) != 0;
+                }
+        CHECKF(bad == 0, "%d rows differ (qk norm %d)", bad, normed);
+    }
+    CHECK(kn_qkv_split(ctx, &out[0], &out[1], &out[2], L - n + 1, &qkv, H, NULL, NULL, 1e-6f) ==
+          ERR_SHAPE);
+    CHECK(kn_qkv_split(ctx, &out[0], &out[1], &out[2], 0, &qkv, 5, NULL, NULL, 1e-6f) == ERR_SHAPE);
+    CHECK(kn_qkv_split(ctx, &out[0], &out[1], &out[2], 0, &qkv, H, &nq, NULL, 1e-6f) ==
+          ERR_INVALID);
+    free(jv);
+    free(qw);
+    free(kw);
+    kn_free(ctx, &qkv);
+    kn_free(ctx, &nq);
+    kn_free(ctx, &nk);
+    kn_free(ctx, &head);
+    for (int i = 0; i < 3; i++)
+        kn_free(ctx, &out[i]);
+}
+
+/* kn_weight_rows: one product with the stacked weight gives each part's product, in both
+ * product dtypes, within float32 rounding (oneDNN may sum a tile that writes rows of another
+ * stride in another order), with whole and partial column chunks. Parts that do not stack are
+ * refused. */
+static void weight_rows_case(int64_t N)
+{
+    const int64_t M = 37, K = 96;
+    int64_t ws[2] = {N, K}, bs[1] = {N}, xs[2] = {M, K};
+    float *xv = rand_buf(M * K, 1.0f), *wv[3], *bv[3];
+    kn_tensor w[3], b[3], x = make_f32(2, xs, xv);
+    for (int i = 0; i < 3; i++) {
+        wv[i] = rand_buf(N * K, 0.5f), bv[i] = rand_buf(N, 1.0f);
+        w[i] = make(KN_BF16, 2, ws, wv[i]), b[i] = make(KN_BF16, 1, bs, bv[i]);
+    }
+    const kn_tensor *wp[3] = {&w[0], &w[1], &w[2]}, *bp[3] = {&b[0], &b[1], &b[2]};
+    kn_tensor wj, bj, yj = zeros(2, (int64_t[]){M, 3 * N}), y = zeros(2, (int64_t[]){M, N});
+    CHECKF(kn_weight_rows(ctx, &wj, wp, 3) == 0 && kn_weight_rows(ctx, &bj, bp, 3) == 0, "%s",
+           err_msg());
+    CHECK(wj.shape[0] == 3 * N && wj.shape[1] == K && bj.shape[0] == 3 * N);
+    static const kn_dtype modes[] = {KN_F32, KN_BF16};
+    const float tol = 1e-5f;
+    for (size_t m = 0; m < 2; m++) {
+        CHECK(kn_ctx_set_matmul(ctx, modes[m]) == 0);
+        CHECKF(kn_linear(ctx, &yj, &x, &wj, &bj) == 0, "%s", err_msg());
+        int bad = 0;
+        for (int i = 0; i < 3; i++) {
+            CHECK(kn_linear(ctx, &y, &x, &w[i], &b[i]) == 0);
+            for (int64_t r = 0; r < M; r++)
+                for (int64_t c = 0; c < N; c++) {
+                    float got = ((const float *)yj.data)[r * 3 * N + i * N + c];
+                    float want = ((const float *)y.data)[r * N + c];
+                    bad += !(fabsf(got - want) <= tol * (1.0f + fabsf(want)));
+                }
+        }
+        CHECKF(bad == 0, "%d values of the joined product differ in %s, N %lld", bad,
+               kn_dtype_name(modes[m]), (long long)N);
+    }
+    CHECK(kn_ctx_set_matmul(ctx, KN_F32) == 0);
+    const kn_tensor *mixed[2] = {&w[0], &x};
+    kn_tensor none;
+    CHECK(kn_weight_rows(ctx, &none, mixed, 2) == ERR_SHAPE);
+    free(xv);
+    for (int i = 0; i < 3; i++) {
+        free(wv[i]);
+        free(bv[i]);
+        kn_free(ctx, &w[i]);
+        kn_free(ctx, &b[i]);
+    }
+    kn_free(ctx, &x);
+    kn_free(ctx, &wj);
+    kn_free(ctx, &bj);
+    kn_free(ctx, &yj);
+    kn_free(ctx, &y);
+}
+
+static void test_weight_rows(void)
+{
+    weight_rows_case(256);
+    weight_rows_case(200);
+}
+
 static void test_group_norm(void)
 {
     enum { B = 2, C = 12, H = 5, W = 7 };
@@ -870,6 +987,8 @@ int main(void)
     RUN(test_embedding);
     RUN(test_layer_norm);
     RUN(test_rms_norm);
+    RUN(test_qkv_split);
+    RUN(test_weight_rows);
     RUN(test_group_norm);
     RUN(test_activations);
     RUN(test_elementwise);
