@@ -110,9 +110,9 @@ void engine_memory_reset_peak(sd3_engine *e);
  * buffers (exact), and ENGINE_OP_SCRATCH for the ops' own scratch and the text encoders'
  * activations. The daemon refuses at submission what cannot fit. */
 uint64_t engine_job_bytes(const sd3_engine *e, const gen_params *p);
-/* Op scratch (bounded by fixed budgets in both backends: 32 MiB score blocks, im2col blocks
- * and weight panels) and text-encoder activations (T5-XXL at 512 tokens: a few 10240-wide
- * rows per token). */
+/* Op scratch (bounded by fixed budgets in both backends: 32 MiB score blocks, im2col blocks on
+ * CUDA, convolution bands of a few output rows on the CPU, weight panels) and text-encoder
+ * activations (T5-XXL at 512 tokens: a few 10240-wide rows per token). */
 #define ENGINE_OP_SCRATCH ((uint64_t)512 << 20)
 
 /* Texts encoded so far: lookups the prompt-encoding cache could not answer. */

@@ -66,7 +66,7 @@ static int thread_ready(void)
     return 0;
 }
 
-static void *grow(void **buf, size_t *size, size_t n)
+void *cpu_grow(void **buf, size_t *size, size_t n)
 {
     if (*size >= n) return *buf;
     free(*buf);
@@ -77,9 +77,18 @@ static void *grow(void **buf, size_t *size, size_t n)
     return *buf;
 }
 
+int cpu_dnnl_thread(dnnl_engine_t *engine, dnnl_stream_t *stream)
+{
+    int rc = thread_ready();
+    if (rc < 0) return rc;
+    *engine = lib.engine;
+    *stream = tls.stream;
+    return 0;
+}
+
 void *cpu_mm_thread_buffer(size_t n)
 {
-    return grow(&tls.wide, &tls.wide_size, n);
+    return cpu_grow(&tls.wide, &tls.wide_size, n);
 }
 
 static dnnl_data_type_t dnnl_dt(kn_dtype dt)
@@ -253,7 +262,7 @@ static dnnl_memory_t *thread_memories(const struct mm_prim *p)
 static int prim_execute(const struct mm_prim *p, const void *src, const void *wei, float *dst)
 {
     size_t scratch_bytes = dnnl_memory_desc_get_size(&p->scratch);
-    void *scratch = grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
+    void *scratch = cpu_grow(&tls.scratch, &tls.scratch_size, scratch_bytes ? scratch_bytes : 64);
     if (!scratch) return err_set(ERR_NOMEM, "out of memory for a matrix product's scratchpad");
     dnnl_memory_t *m = thread_memories(p);
     void *data[MM_ARGS] = {(void *)src, (void *)wei, dst, scratch};
@@ -297,9 +306,9 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
     const int64_t ld = prep ? K : g->lda;
     int in_place = rows == tm && ld == K;
     char *src = in_place ? (char *)(from + (size_t)(r0 * K) * es)
-                         : grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
+                         : cpu_grow(&tls.src, &tls.src_size, (size_t)(tm * K) * es);
     float *out = g->c + r0 * ldc + n0;
-    float *dst = grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
+    float *dst = cpu_grow(&tls.dst, &tls.dst_size, (size_t)(tm * nt) * sizeof(float));
     if (!src || !dst) return err_set(ERR_NOMEM, "out of memory for a matrix product tile");
     for (int64_t i = 0; i < rows && !in_place; i++)
         memcpy(src + (size_t)(i * K) * es, from + (size_t)((r0 + i) * ld) * es, (size_t)K * es);
@@ -340,7 +349,7 @@ static const void *chunk_operand(const cpu_mm *g, int64_t chunk, const cpu_mm_ke
         w = wide;
     }
     if (!g->pack_chunks) return w;
-    void *out = grow(&tls.chunk, &tls.chunk_size, cpu_mm_packed_size(k));
+    void *out = cpu_grow(&tls.chunk, &tls.chunk_size, cpu_mm_packed_size(k));
     return out && cpu_mm_pack_chunk(k, w, out) == 0 ? out : NULL;
 }
 
@@ -437,7 +446,7 @@ int cpu_mm_run(const cpu_mm *g, int parallel)
     if (rc < 0) return rc;
     if (r.full->key.dt == KN_BF16 || r.full->key.round_bf16) {
         size_t es = r.full->key.dt == KN_BF16 ? 2 : sizeof(float);
-        if (!(r.prep = grow(&prepared.data, &prepared.size, (size_t)(g->M * g->K) * es)))
+        if (!(r.prep = cpu_grow(&prepared.data, &prepared.size, (size_t)(g->M * g->K) * es)))
             return err_set(ERR_NOMEM, "out of memory for a matrix product's bf16 operand");
         if (parallel)
             cpu_parallel(g->M, g->M * g->K, prepare_rows, &r);

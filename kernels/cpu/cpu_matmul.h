@@ -21,7 +21,7 @@
 /* How the product's second operand is held. */
 typedef enum cpu_mm_form {
     MM_PLAIN_NT, /* b[N, K] row-major (a weight, or keys), read transposed */
-    MM_PLAIN_KN, /* b[K, N] row-major (values, im2col columns) */
+    MM_PLAIN_KN, /* b[K, N] row-major (attention values) */
     MM_PACKED,   /* a weight packed into oneDNN's layout for the product's dtype */
 } cpu_mm_form;
 
@@ -54,6 +54,9 @@ typedef struct cpu_packed {
     int64_t N, K;
     kn_dtype dt, store;
     int single; /* packed for one-row tiles */
+    /* A convolution's weight (cpu_conv.c): the primitive's weight layout, in one chunk;
+     * ndims 0 for a product's. */
+    dnnl_memory_desc_t layout;
     int64_t chunks;
     size_t *offset; /* byte offset of each chunk in data */
     void *data;
@@ -98,6 +101,13 @@ int cpu_mm_supported(const cpu_mm_key *k);
 size_t cpu_mm_packed_size(const cpu_mm_key *k);
 /* Packs w[k->N, k->K] (float32, row-major) into out, of cpu_mm_packed_size(k) bytes. */
 int cpu_mm_pack_chunk(const cpu_mm_key *k, const float *w, void *out);
+/* oneDNN's CPU engine and the calling thread's stream, made on the thread's first use (which
+ * also holds oneDNN's OpenMP to one thread there: every primitive runs single-threaded, the
+ * split being the worker threads'). 0 or ERR_DEVICE. */
+int cpu_dnnl_thread(dnnl_engine_t *engine, dnnl_stream_t *stream);
+/* *buf (64-byte aligned, *size bytes) grown to at least n bytes, its contents lost when it
+ * grows; NULL (and *size 0) when out of memory. */
+void *cpu_grow(void **buf, size_t *size, size_t n);
 /* Rounds x[0, n) to bf16 values (kept as float32). */
 void cpu_mm_round_bf16(float *x, size_t n);
 /* A per-thread buffer of at least n bytes, valid until the thread's next call; NULL when out
@@ -114,6 +124,13 @@ struct cpu_pack_table *cpu_pack_table(kn_ctx *ctx);
 /* The packed form of weight w for products in dtype dt, made on first use and kept by ctx;
  * NULL with the error set when it cannot be made. */
 const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single);
+/* The form of w that ctx keeps for (dt, single, layout), or NULL when it has none yet. */
+const cpu_packed *cpu_packed_find(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single,
+                                  const dnnl_memory_desc_t *layout);
+/* Hands p, a form of w made by the caller (malloc'ed, data 64-byte aligned), to ctx's table:
+ * accounted, w's mapped pages released. 0, or ERR_NOMEM with p freed. */
+int cpu_packed_keep(kn_ctx *ctx, cpu_packed *p, const kn_tensor *w);
+void cpu_packed_free(cpu_packed *p);
 void cpu_packed_free_all(kn_ctx *ctx);
 static inline const void *cpu_packed_chunk(const cpu_packed *p, int64_t chunk)
 {

@@ -15,7 +15,7 @@
 /* Scratch slot use, so that an op's buffers never collide (slot 0 is also kn_copy's). */
 enum {
     CPU_SLOT_WEIGHT = 0, /* a panel of widened weight rows */
-    CPU_SLOT_WORK = 1,   /* im2col columns, attention scores */
+    CPU_SLOT_WORK = 1,   /* attention scores */
     CPU_SLOT_PARAM = 2,  /* a widened bias or norm weight */
     CPU_SLOT_PARAM2 = 3, /* a second widened parameter (a norm's bias) */
 };

@@ -1,5 +1,6 @@
 /* CPU backend: weights packed once into oneDNN's blocked layout for the products of a bf16
- * context (and of float32 weights in a float32 one), kept by the context for its life. A weight
+ * context (and of float32 weights in a float32 one), kept by the context for its life, and the
+ * table that also keeps the convolutions' reordered weights (cpu_conv.c). A weight
  * is packed on its first product, chunk by chunk over the worker threads; its mapped file pages
  * are then handed back to the kernel (MADV_PAGEOUT), so that resident memory holds the packed
  * copy instead of the file's, not both. */
@@ -10,19 +11,26 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* The table is open-addressing, keyed by the weight's data and the product dtype. */
+/* The table is open-addressing, keyed by the weight's data, the product dtype, the tile form
+ * and (convolutions) the weight layout. */
 static size_t hash_ptr(const void *p, size_t cap)
 {
     uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 20) & (cap - 1);
 }
 
-static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt, int single)
+static int same_layout(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b)
+{
+    return a->ndims == b->ndims && (a->ndims == 0 || dnnl_memory_desc_equal(a, b));
+}
+
+static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt, int single,
+                               const dnnl_memory_desc_t *layout)
 {
     size_t i = hash_ptr(src, t->cap);
-    while (t->slot[i] &&
-           (t->slot[i]->src != src || t->slot[i]->dt != dt || t->slot[i]->single != single))
-        i = (i + 1) & (t->cap - 1);
+    for (cpu_packed *p; (p = t->slot[i]) != NULL; i = (i + 1) & (t->cap - 1))
+        if (p->src == src && p->dt == dt && p->single == single && same_layout(&p->layout, layout))
+            break;
     return &t->slot[i];
 }
 
@@ -31,8 +39,10 @@ static int table_grow(struct cpu_pack_table *t)
     size_t cap = t->cap ? t->cap * 2 : 256;
     struct cpu_pack_table n = {calloc(cap, sizeof *n.slot), cap, t->used};
     if (!n.slot) return err_set(ERR_NOMEM, "out of memory for the packed weight table");
-    for (size_t i = 0; i < t->cap; i++)
-        if (t->slot[i]) *table_find(&n, t->slot[i]->src, t->slot[i]->dt, t->slot[i]->single) = t->slot[i];
+    for (size_t i = 0; i < t->cap; i++) {
+        cpu_packed *p = t->slot[i];
+        if (p) *table_find(&n, p->src, p->dt, p->single, &p->layout) = p;
+    }
     free(t->slot);
     *t = n;
     return 0;
@@ -75,9 +85,7 @@ static void pack_range(void *arg, int64_t lo, int64_t hi)
     }
 }
 
-/* Gives the pages wholly inside [p, p + n) back to the kernel: a mapped file's are dropped
- * and read again if ever touched; anonymous memory keeps its contents. */
-static void packed_free(cpu_packed *p)
+void cpu_packed_free(cpu_packed *p)
 {
     if (!p) return;
     free(p->data);
@@ -85,7 +93,7 @@ static void packed_free(cpu_packed *p)
     free(p);
 }
 
-static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
+static cpu_packed *pack(const kn_tensor *w, kn_dtype dt, int single)
 {
     cpu_packed *p = calloc(1, sizeof *p);
     if (!p) goto nomem;
@@ -105,7 +113,7 @@ static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single
             sz = cpu_mm_packed_size(&k);
         }
         if (!sz) {
-            packed_free(p);
+            cpu_packed_free(p);
             return NULL;
         }
         p->offset[c] = p->bytes;
@@ -118,30 +126,47 @@ static cpu_packed *pack(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single
     struct pack_job j = {w, p, 0};
     cpu_parallel(p->chunks, p->N * p->K, pack_range, &j);
     if (j.rc < 0) {
-        packed_free(p);
+        cpu_packed_free(p);
         err_set(j.rc, "cannot pack a [%lld, %lld] weight for oneDNN", (long long)kn_rows(w),
                 (long long)kn_cols(w));
         return NULL;
     }
-    kn_account(ctx, (int64_t)p->bytes);
-    if (!w->owned) cpu_release_mapped(w->data, kn_nbytes(w));
     return p;
 nomem:
-    packed_free(p);
+    cpu_packed_free(p);
     err_set(ERR_NOMEM, "out of memory packing a [%lld, %lld] weight", (long long)kn_rows(w),
             (long long)kn_cols(w));
     return NULL;
 }
 
-const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
+const cpu_packed *cpu_packed_find(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single,
+                                  const dnnl_memory_desc_t *layout)
 {
     struct cpu_pack_table *t = cpu_pack_table(ctx);
-    if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0) return NULL;
-    cpu_packed **s = table_find(t, w->data, dt, single);
-    if (*s) return *s;
-    if (!(*s = pack(ctx, w, dt, single))) return NULL;
+    return t->cap ? *table_find(t, w->data, dt, single, layout) : NULL;
+}
+
+int cpu_packed_keep(kn_ctx *ctx, cpu_packed *p, const kn_tensor *w)
+{
+    struct cpu_pack_table *t = cpu_pack_table(ctx);
+    if ((t->used + 1) * 2 > t->cap && table_grow(t) < 0) {
+        cpu_packed_free(p);
+        return ERR_NOMEM;
+    }
+    *table_find(t, p->src, p->dt, p->single, &p->layout) = p;
     t->used++;
-    return *s;
+    kn_account(ctx, (int64_t)p->bytes);
+    if (!w->owned) cpu_release_mapped(w->data, kn_nbytes(w));
+    return 0;
+}
+
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
+{
+    const dnnl_memory_desc_t none = {0};
+    const cpu_packed *found = cpu_packed_find(ctx, w, dt, single, &none);
+    if (found) return found;
+    cpu_packed *p = pack(w, dt, single);
+    return p && cpu_packed_keep(ctx, p, w) == 0 ? p : NULL;
 }
 
 void cpu_packed_forget(kn_ctx *ctx, const void *src)
@@ -158,10 +183,10 @@ void cpu_packed_forget(kn_ctx *ctx, const void *src)
         if (!p) continue;
         if (p->src == src) {
             kn_account(ctx, -(int64_t)p->bytes);
-            packed_free(p);
+            cpu_packed_free(p);
             continue;
         }
-        *table_find(&kept, p->src, p->dt, p->single) = p;
+        *table_find(&kept, p->src, p->dt, p->single, &p->layout) = p;
         kept.used++;
     }
     free(t->slot);
@@ -174,7 +199,7 @@ void cpu_packed_free_all(kn_ctx *ctx)
     for (size_t i = 0; i < t->cap; i++)
         if (t->slot[i]) {
             kn_account(ctx, -(int64_t)t->slot[i]->bytes);
-            packed_free(t->slot[i]);
+            cpu_packed_free(t->slot[i]);
         }
     free(t->slot);
     *t = (struct cpu_pack_table){0};
