@@ -39,7 +39,7 @@ ENGINE_PKGS = jansson libutf8proc libpcre2-8 libpng
 # oneDNN (the CPU's matrix products) has no .pc file; it runs on libgomp, whose thread count
 # the backend sets per thread.
 ENGINE_LIBS = -ldnnl -lgomp -lm -pthread
-DAEMON_PKGS = libzmq msgpack libsystemd sqlite3
+DAEMON_PKGS = libzmq msgpack libsystemd sqlite3 libpq
 DAEMON_LIBS = -pthread
 # The benchmarks time OpenBLAS's sgemm beside the engine's products.
 BENCH_PKGS = openblas

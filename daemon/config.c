@@ -5,6 +5,7 @@
 #include "common/err.h"
 #include "common/xalloc.h"
 #include "daemon/log.h"
+#include "daemon/store.h"
 #include "engine/pipeline.h"
 
 #include <ctype.h>
@@ -27,7 +28,8 @@ enum key_kind {
     K_DEVICE,
     K_PRECISION,
     K_TEXT_DEVICE,
-    K_LEVEL
+    K_LEVEL,
+    K_STORE
 };
 
 struct key_def {
@@ -49,6 +51,8 @@ static const struct key_def keys[] = {
     {"allow_users", K_LIST, OFF(allow_users), OFF(n_allow_users), 0, 0},
     {"allow_groups", K_LIST, OFF(allow_groups), OFF(n_allow_groups), 0, 0},
     {"state_dir", K_STR, OFF(state_dir), 0, 0, 0},
+    {"store", K_STORE, OFF(store), 0, 0, 0},
+    {"lease_time", K_DURATION, OFF(lease_time), 0, 0, 0},
     {"device", K_DEVICE, OFF(device), 0, 0, 0},
     {"precision", K_PRECISION, OFF(precision), 0, 0, 0},
     {"text_device", K_TEXT_DEVICE, OFF(text_on_cpu), 0, 0, 0},
@@ -76,6 +80,8 @@ static void config_defaults(struct config *c)
     c->listen = xstrdup("ipc:///run/focusd/focusd.sock");
     c->socket_mode = 0660;
     c->state_dir = xstrdup("/var/lib/focusd");
+    c->store = xstrdup("sqlite");
+    c->lease_time = 30.0;
     c->device = xstrdup("auto");
     c->precision = xstrdup("auto");
     c->max_queue = 1000;
@@ -106,7 +112,7 @@ void config_free(struct config *c)
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         char *base = (char *)c + keys[i].off;
         if (keys[i].kind == K_STR || keys[i].kind == K_STR_OFF || keys[i].kind == K_DEVICE ||
-            keys[i].kind == K_PRECISION)
+            keys[i].kind == K_PRECISION || keys[i].kind == K_STORE)
             free(*(char **)base);
         else if (keys[i].kind == K_LIST)
             free_list(*(char ***)base, *(size_t *)((char *)c + keys[i].count_off));
@@ -242,8 +248,11 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
     case K_STR_OFF:
     case K_DEVICE:
     case K_PRECISION:
+    case K_STORE:
         if (!*v && k->kind != K_STR_OFF)
             why = "an empty value";
+        else if (k->kind == K_STORE && !store_uri_valid(v))
+            why = "neither sqlite nor a postgresql:// URI";
         else if (k->kind == K_DEVICE && !device_ok(v))
             why = "not auto, cpu, cuda or cuda:N";
         else if (k->kind == K_PRECISION && !precision_ok(v))
@@ -437,6 +446,8 @@ int config_load(const struct config_overrides *ov, struct config **out)
                      "%s: key \"tcp\" needs curve_secret_key_file and "
                      "curve_authorized_keys: tcp is served with CURVE only",
                      src);
+    if (!rc && c->lease_time < 2)
+        rc = err_set(ERR_RANGE, "%s: key \"lease_time\": at least 2 seconds", src);
     if (!rc && !c->default_model) c->default_model = xstrdup(c->models[0].name);
     if (rc) {
         config_free(c);
@@ -469,6 +480,8 @@ static void usage(FILE *f)
                "  -l, --listen ENDPOINT   ipc:// endpoint (default ipc:///run/focusd/focusd.sock)\n"
                "  -s, --state-dir DIR     job store and images (default /var/lib/focusd)\n"
                "  -d, --device DEV        auto, cpu, cuda or cuda:N\n"
+               "      --store STORE       sqlite (default) or a postgresql:// URI shared by\n"
+               "                          several daemons\n"
                "  -o, --set KEY=VALUE     any configuration key, as in the file\n"
                "  -h, --help              this text\n"
                "  -V, --version           the version\n"
@@ -492,6 +505,7 @@ int config_parse_args(int argc, char **argv, struct config_overrides *ov)
         {"listen", required_argument, NULL, 'l'},
         {"state-dir", required_argument, NULL, 's'},
         {"device", required_argument, NULL, 'd'},
+        {"store", required_argument, NULL, 'S'},
         {"set", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -518,6 +532,9 @@ int config_parse_args(int argc, char **argv, struct config_overrides *ov)
             break;
         case 'd':
             add_override(ov, "device", optarg);
+            break;
+        case 'S':
+            add_override(ov, "store", optarg);
             break;
         case 'o': {
             const char *eq = strchr(optarg, '=');

@@ -30,6 +30,8 @@ struct config {
     char **allow_groups;
     size_t n_allow_groups;
     char *state_dir;
+    char *store;       /* "sqlite", or a postgresql:// URI of a store shared by daemons */
+    double lease_time; /* shared store: seconds a daemon's claim on a job lasts unrenewed */
     char *device;        /* auto, cpu, cuda, cuda:N */
     char *precision;     /* auto, fp32, bf16, fp16 (engine_precision_parse) */
     bool text_on_cpu;    /* text_device = cpu: the text encoders on the CPU */

@@ -63,6 +63,13 @@ double jobs_waits_due(double now);
 void jobs_waits_free(void);
 /* Ends a live job: persists its final state, tells its watchers, frees it. */
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
+/* Tells the watchers and waiters of a job the end its sj holds, and frees it. */
+void jobs_end(struct djob *j);
+/* A progress event to the job's watchers. */
+void jobs_progress(struct djob *j, uint32_t step, uint32_t steps, double elapsed);
+/* Cancels a job this daemon runs: at once when queued (true: it has ended and is freed),
+ * else at its next step boundary. */
+bool jobs_cancel(struct djob *j);
 void jobs_worker_event(struct wevent *e);
 /* Loads the store's queued jobs of a model that are not in memory yet (start: first turns
  * interrupted running jobs back into queued ones). */
@@ -71,6 +78,23 @@ int jobs_recover(struct worker *w, bool at_start);
 void jobs_counts(uint32_t *queued, uint32_t *running);
 /* A stopped worker's jobs: the active ones are queued again in the store; all are freed. */
 void jobs_release_worker(struct worker *w);
+
+/* share.c: the jobs of a store shared with other daemons (no-ops with a store of one). */
+/* Claims queued jobs for the models with free slots when something may wait for them, and
+ * renews this daemon's leases when due; called each turn before the commit. */
+void share_turn(double now);
+void share_want_claims(void);
+/* Tells the other daemons of a step in the life of a job this daemon runs. */
+void share_publish(enum store_event_kind kind, const struct djob *j, uint32_t step,
+                   uint32_t steps, double elapsed);
+/* What the other daemons published (store_poll's callback). */
+void share_event(void *ctx, const struct store_event *e);
+/* The live job id names, here or (shared) on another daemon, followed here as a mirror; NULL
+ * when it is not live (or the store failed: then *failed). */
+struct djob *share_find_live(const char *id, bool *failed);
+/* Asks the store to cancel a mirrored job; true when it ended now (and is freed). */
+int share_cancel(struct djob *j, bool *ended);
+void share_free(void);
 
 /* ops.c: one request from a session. */
 void ops_dispatch(struct session *s, const void *buf, size_t len);

@@ -48,6 +48,7 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
 
 void jobs_status(const struct djob *j, struct proto_job_status *st)
 {
+    if (j->mirror) return jobs_status_stored(&j->sj, st);
     /* state and step are the worker's too: read under the model's lock. */
     struct sched_model *m = j->model;
     pthread_mutex_lock(&m->lock);
@@ -224,7 +225,20 @@ void jobs_finish(struct djob *j, enum proto_state state, const struct proto_erro
     j->sj.state = state;
     j->sj.finished = now_wall();
     if (err) j->sj.error = *err;
-    if (store_update(D.store, &j->sj) < 0) log_err("job %s: %s", j->sj.id, err_msg());
+    if (store_update(D.store, &j->sj) < 0) {
+        log_err("job %s: %s", j->sj.id, err_msg());
+    } else {
+        struct store_event se = {.kind = STORE_EV_ENDED};
+        snprintf(se.job, sizeof se.job, "%s", j->sj.id);
+        if (store_publish(D.store, &se) < 0) log_err("job %s: %s", j->sj.id, err_msg());
+    }
+    jobs_end(j);
+}
+
+void jobs_end(struct djob *j)
+{
+    enum proto_state state = j->sj.state;
+    const struct proto_error *err = j->sj.error.code ? &j->sj.error : NULL;
     struct proto_event ev;
     static const enum proto_event_kind kinds[PROTO_STATE_COUNT] = {
         [PROTO_STATE_DONE] = PROTO_EV_DONE,
@@ -264,6 +278,32 @@ static void on_done(struct djob *j)
     jobs_finish(j, PROTO_STATE_DONE, NULL);
 }
 
+void jobs_progress(struct djob *j, uint32_t step, uint32_t steps, double elapsed)
+{
+    struct proto_event ev;
+    event_init(&ev, PROTO_EV_PROGRESS, j);
+    ev.step = step;
+    ev.steps = steps;
+    ev.elapsed = elapsed;
+    ev.eta = step ? elapsed / step * (steps - step) : 0;
+    jobs_emit(j, &ev);
+}
+
+bool jobs_cancel(struct djob *j)
+{
+    struct sched_model *m = j->model;
+    pthread_mutex_lock(&m->lock);
+    bool removed = sched_remove(m, j);
+    if (!removed) j->cancel = true; /* running: the worker stops it at the next step */
+    pthread_mutex_unlock(&m->lock);
+    if (removed) {
+        struct proto_error err = {.code = PROTO_E_CANCELED};
+        snprintf(err.message, sizeof err.message, "canceled while queued");
+        jobs_finish(j, PROTO_STATE_CANCELED, &err);
+    }
+    return removed;
+}
+
 void jobs_worker_event(struct wevent *e)
 {
     struct djob *j = e->job;
@@ -276,29 +316,29 @@ void jobs_worker_event(struct wevent *e)
         struct store_job snap = j->sj;
         pthread_mutex_unlock(&j->model->lock);
         if (store_update(D.store, &snap) < 0) log_err("job %s: %s", j->sj.id, err_msg());
+        share_publish(STORE_EV_STARTED, j, 0, j->sj.steps, 0);
         event_init(&ev, PROTO_EV_STARTED, j);
         ev.steps = j->sj.steps;
         jobs_emit(j, &ev);
         break;
     }
     case WEV_PROGRESS:
-        event_init(&ev, PROTO_EV_PROGRESS, j);
-        ev.step = e->step;
-        ev.steps = e->steps;
-        ev.elapsed = e->elapsed;
-        ev.eta = e->step ? e->elapsed / e->step * (e->steps - e->step) : 0;
-        jobs_emit(j, &ev);
+        share_publish(STORE_EV_PROGRESS, j, e->step, e->steps, e->elapsed);
+        jobs_progress(j, e->step, e->steps, e->elapsed);
         break;
     case WEV_DONE:
         on_done(j);
+        share_want_claims();
         break;
     case WEV_FAILED:
         jobs_finish(j, PROTO_STATE_FAILED, &e->error);
+        share_want_claims();
         break;
     case WEV_CANCELED: {
         struct proto_error err = {.code = PROTO_E_CANCELED};
         snprintf(err.message, sizeof err.message, "canceled");
         jobs_finish(j, PROTO_STATE_CANCELED, &err);
+        share_want_claims();
         break;
     }
     case WEV_LOADED:
@@ -336,6 +376,8 @@ static void recover_one(void *ctx, const struct store_job *sj)
 int jobs_recover(struct worker *w, bool at_start)
 {
     struct recover_ctx ctx = {w, 0, 0};
+    /* Shared: the claims take the queued jobs, of this daemon's previous life too. */
+    if (store_shared(D.store)) return at_start ? store_recover(D.store, recover_one, &ctx) : 0;
     int rc = at_start ? store_recover(D.store, recover_one, &ctx)
                       : store_list(D.store,
                                    &(struct store_filter){.has_state = true,
@@ -376,6 +418,9 @@ void jobs_release_worker(struct worker *w)
     struct djob *j;
     while (m->n_queues && (j = m->queues[0].head)) {
         sched_remove(m, j);
+        /* Shared: the lease is given back for another daemon to claim the job now. */
+        if (store_shared(D.store) && store_update(D.store, &j->sj) < 0)
+            log_err("job %s: %s", j->sj.id, err_msg());
         release(j);
     }
     pthread_mutex_unlock(&m->lock);

@@ -190,6 +190,17 @@ static void op_submit(struct session *s, const struct proto_request *r)
         mine += sched_peer_queued(&wk->sm, s->peer);
         pthread_mutex_unlock(&wk->sm.lock);
     }
+    if (store_shared(D.store)) { /* the queue is the store's, shared with other daemons */
+        uint64_t all = 0, own = 0;
+        if (store_count(D.store, PROTO_STATE_QUEUED, NULL, &all) < 0 ||
+            store_count(D.store, PROTO_STATE_QUEUED, s->peer, &own) < 0) {
+            djob_free(j);
+            log_err("%s", err_msg());
+            return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+        }
+        queued = all > UINT32_MAX ? UINT32_MAX : (uint32_t)all;
+        mine = own > UINT32_MAX ? UINT32_MAX : (uint32_t)own;
+    }
     if (queued >= D.cfg->max_queue || mine >= D.cfg->max_jobs_per_peer) {
         djob_free(j);
         bool full = queued >= D.cfg->max_queue;
@@ -215,16 +226,25 @@ static void op_submit(struct session *s, const struct proto_request *r)
         log_err("%s", msg);
         return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     }
-    jobs_enqueue(j, w);
+    if (store_shared(D.store)) {
+        /* Followed until a daemon, this one or another, claims it. */
+        j->mirror = true;
+        sched_index_add(j);
+        share_want_claims();
+    } else {
+        jobs_enqueue(j, w);
+    }
     msgpack_sbuffer_clear(&D.sb);
     finish_reply(s, &r->id, proto_reply_submit(&D.sb, &r->id, j->sj.id));
     if (in->watch) {
         jobs_watch(j, s, in->png);
         struct proto_event ev = {.kind = PROTO_EV_QUEUED};
         snprintf(ev.job, sizeof ev.job, "%s", j->sj.id);
-        pthread_mutex_lock(&w->sm.lock);
-        ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
-        pthread_mutex_unlock(&w->sm.lock);
+        if (!j->mirror) {
+            pthread_mutex_lock(&w->sm.lock);
+            ev.position = j->sj.state == PROTO_STATE_QUEUED ? sched_position(&w->sm, j) : 0;
+            pthread_mutex_unlock(&w->sm.lock);
+        }
         jobs_emit_to(j, s, &ev);
     }
 }
@@ -245,28 +265,29 @@ static void reply_missing(struct session *s, const struct proto_id *id, const ch
 static void op_job(struct session *s, const struct proto_request *r)
 {
     struct proto_job_status st;
-    struct djob *j = sched_find(r->u.job.job);
+    /* Watching or canceling a job another daemon runs follows it here (a mirror). */
+    bool failed = false;
+    struct djob *j = r->op == PROTO_OP_JOB ? sched_find(r->u.job.job)
+                                           : share_find_live(r->u.job.job, &failed);
+    if (failed) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     if (j) {
         if (r->op == PROTO_OP_CANCEL && !jobs_may_cancel(&j->sj, s->peer))
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",
                                    "only the peer that submitted the job may cancel it");
         if (r->op == PROTO_OP_WATCH) jobs_watch(j, s, r->u.job.png);
         jobs_status(j, &st);
-        if (r->op == PROTO_OP_CANCEL) {
-            struct sched_model *m = j->model;
-            pthread_mutex_lock(&m->lock);
-            bool removed = sched_remove(m, j);
-            if (!removed) j->cancel = true; /* running: the worker stops it at the next step */
-            pthread_mutex_unlock(&m->lock);
-            if (removed) {
-                struct proto_error err = {.code = PROTO_E_CANCELED};
-                snprintf(err.message, sizeof err.message, "canceled while queued");
-                st.state = PROTO_STATE_CANCELED;
-                st.position = 0;
-                st.error = err;
-                st.finished = now_wall();
-                jobs_finish(j, PROTO_STATE_CANCELED, &err);
-            }
+        bool ended = false;
+        if (r->op == PROTO_OP_CANCEL && j->mirror && share_cancel(j, &ended) < 0) {
+            log_err("%s", err_msg());
+            return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+        }
+        if (r->op == PROTO_OP_CANCEL && !j->mirror) ended = jobs_cancel(j);
+        if (ended) { /* j is freed */
+            st.state = PROTO_STATE_CANCELED;
+            st.position = 0;
+            st.error = (struct proto_error){.code = PROTO_E_CANCELED};
+            snprintf(st.error.message, sizeof st.error.message, "canceled while queued");
+            st.finished = now_wall();
         }
     } else {
         struct store_job *sj = xmalloc(sizeof *sj);
@@ -412,9 +433,9 @@ static void op_stats(struct session *s, const struct proto_request *r)
     jobs_counts(&queued, &running);
     st.queued = queued;
     st.running = running;
-    if (store_count(D.store, PROTO_STATE_DONE, &st.done) < 0 ||
-        store_count(D.store, PROTO_STATE_FAILED, &st.failed) < 0 ||
-        store_count(D.store, PROTO_STATE_CANCELED, &st.canceled) < 0)
+    if (store_count(D.store, PROTO_STATE_DONE, NULL, &st.done) < 0 ||
+        store_count(D.store, PROTO_STATE_FAILED, NULL, &st.failed) < 0 ||
+        store_count(D.store, PROTO_STATE_CANCELED, NULL, &st.canceled) < 0)
         return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     st.sessions = session_count(now_mono(), D.cfg->session_timeout);
     st.uptime = now_mono() - D.t_start;
@@ -433,7 +454,8 @@ const struct proto_id *ops_request_id(const void *buf, size_t len)
 /* A live job's status once it ends or the timeout passes; an ended job's at once. */
 static void op_wait(struct session *s, const struct proto_request *r)
 {
-    struct djob *j = sched_find(r->u.wait.job);
+    bool failed = false;
+    struct djob *j = r->u.wait.timeout > 0 ? share_find_live(r->u.wait.job, &failed) : NULL;
     if (!j || r->u.wait.timeout <= 0) {
         struct proto_request as_job = *r;
         as_job.op = PROTO_OP_JOB;

@@ -358,8 +358,10 @@ static void reload(void)
     D.cfg = c;
     log_set_level(c->log_level);
     if (strcmp(old->listen, c->listen) || strcmp(old->state_dir, c->state_dir) ||
+        strcmp(old->store, c->store) || old->lease_time != c->lease_time ||
         (old->tcp == NULL) != (c->tcp == NULL) || (old->tcp && strcmp(old->tcp, c->tcp)))
-        log_warn("reload: listen, tcp and state_dir take effect at the next start");
+        log_warn("reload: listen, tcp, state_dir, store and lease_time take effect at the next "
+                 "start");
     if (D.socket_path) socket_access(D.socket_path);
     for (struct worker **p = &D.workers; *p;) {
         struct worker *w = *p;
@@ -457,16 +459,21 @@ static int loop(bool retention_at_start)
     bool waiting = false, retention_more = retention_at_start;
     double due = 1e9; /* seconds to the next wait's deadline */
     for (;;) {
-        zmq_pollitem_t items[6] = {
+        /* The store's descriptor (a shared store's events) last, when it has one now. */
+        int store_sock = store_fd(D.store);
+        zmq_pollitem_t items[7] = {
             {D.zap, 0, ZMQ_POLLIN, 0},
             {NULL, D.sigfd, ZMQ_POLLIN, 0},
             {NULL, worker_events_fd(), ZMQ_POLLIN, 0},
             {NULL, fetch_fd(), ZMQ_POLLIN, 0},
             {D.router_ipc, 0, ZMQ_POLLIN, 0},
             {D.router_tcp, 0, ZMQ_POLLIN, 0},
+            {NULL, store_sock, ZMQ_POLLIN, 0},
         };
+        int n_items = D.router_tcp ? 6 : 5;
+        if (store_sock >= 0) items[n_items++] = items[6];
         long timeout = waiting || retention_more ? 10 : due < 0.25 ? (long)(due * 1000) + 1 : 250;
-        if (zmq_poll(items, D.router_tcp ? 6 : 5, timeout) < 0 && errno != EINTR)
+        if (zmq_poll(items, n_items, timeout) < 0 && errno != EINTR)
             return err_set(ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
         if (items[0].revents) zap_handle(D.zap);
         if (items[1].revents) read_signals();
@@ -484,6 +491,8 @@ static int loop(bool retention_at_start)
             }
         if (items[4].revents) read_requests(D.router_ipc);
         if (D.router_tcp && items[5].revents) read_requests(D.router_tcp);
+        store_poll(D.store, now_mono(), share_event, NULL);
+        share_turn(now_mono());
         if (store_commit(D.store) < 0)
             log_err("%s", err_msg()); /* the replies still go: their rows may be lost */
         due = jobs_waits_due(now_mono());
@@ -522,7 +531,8 @@ static void cleanup(void)
     }
     fetch_stop();
     jobs_waits_free();
-    store_close(D.store);
+    share_free();
+    if (D.store) store_close(D.store);
     session_free_all();
     if (D.router_ipc) zmq_close(D.router_ipc);
     if (D.router_tcp) zmq_close(D.router_tcp);
@@ -533,6 +543,17 @@ static void cleanup(void)
     zap_free();
     msgpack_sbuffer_destroy(&D.sb);
     if (D.sigfd >= 0) close(D.sigfd);
+}
+
+/* A shared store knows this daemon by its host and socket, the same across restarts: a
+ * daemon started again takes back at once the jobs its previous life held. */
+static int open_store(void)
+{
+    char host[256] = "localhost", owner[512];
+    gethostname(host, sizeof host - 1);
+    snprintf(owner, sizeof owner, "%s:%s", host, D.cfg->listen + strlen("ipc://"));
+    struct store_settings set = {D.cfg->state_dir, D.cfg->store, owner, D.cfg->lease_time};
+    return store_open(&set, &D.store);
 }
 
 int reactor_run(struct config *cfg, const struct config_overrides *ov)
@@ -550,7 +571,7 @@ int reactor_run(struct config *cfg, const struct config_overrides *ov)
     int rc = signals_open();
     if (!rc) rc = worker_events_init();
     if (!rc) rc = fetch_start();
-    if (!rc) rc = store_open(cfg->state_dir, &D.store);
+    if (!rc) rc = open_store();
     bool more = false;
     if (!rc) {
         more = retention();

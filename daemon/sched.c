@@ -207,6 +207,15 @@ size_t sched_index_count(void)
     return index_count;
 }
 
+size_t sched_index_list(struct djob **out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t b = 0; b < INDEX_BUCKETS && n < cap; b++)
+        for (struct djob *j = index_buckets[b]; j && n < cap; j = j->hnext)
+            out[n++] = j;
+    return n;
+}
+
 struct djob *djob_new(const struct store_job *sj)
 {
     struct djob *j = xcalloc(1, sizeof *j);

@@ -39,6 +39,8 @@ struct djob {
     int prep_rc;                         /* the encoder's result */
     char prep_msg[512];                  /* its message when prep_rc < 0 */
     bool cancel;                         /* asked to stop at the next step boundary */
+    bool mirror; /* held by another daemon of a shared store: followed here for the sessions
+                  * that watch or wait on it, never queued (model NULL) */
     double t_start;                      /* monotonic seconds when it started */
     uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
     uint64_t bytes[PROTO_COUNT_MAX];
@@ -91,6 +93,8 @@ void sched_index_add(struct djob *j);
 void sched_index_del(struct djob *j);
 struct djob *sched_find(const char *id);
 size_t sched_index_count(void);
+/* Every indexed job, at most cap of them, into out; returns how many. */
+size_t sched_index_list(struct djob **out, size_t cap);
 
 struct djob *djob_new(const struct store_job *sj);
 void djob_free(struct djob *j);

@@ -3,12 +3,13 @@
 # of the integration tests (build/pyenv). Idempotent: when everything is present it only asks
 # dpkg and Python, and returns.
 set -eu
-# The last line: what the Debian packages' build (dh-python) and the Python module's package
+# postgresql: the server the integration tests start for the shared job store. The last line:
+# what the Debian packages' build (dh-python) and the Python module's package
 # (tests/ops/package.sh installs it) need.
 PACKAGES="make gcc pkg-config python3 python3-venv
 libjansson-dev libutf8proc-dev libpcre2-dev libopenblas-dev libdnnl-dev libpng-dev
-libzmq3-dev libmsgpack-dev libsystemd-dev libsqlite3-dev libmd-dev mandoc
-clang-14 libclang-rt-14-dev systemd bash-completion debhelper dpkg-dev fakeroot patchelf
+libzmq3-dev libmsgpack-dev libsystemd-dev libsqlite3-dev libpq-dev libmd-dev mandoc
+clang-14 libclang-rt-14-dev systemd bash-completion debhelper dpkg-dev fakeroot patchelf postgresql
 dh-python python3-zmq python3-msgpack"
 
 missing=""

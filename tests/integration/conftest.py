@@ -1,10 +1,15 @@
 """Fixtures for the integration tests: each test runs the real build/focusd (or $FOCUSD) on
 a temporary ipc socket and state directory with the fixture model tests/fixtures/tiny-sd35,
-and talks to it over real ZeroMQ sockets with client/python/focusd_client.py.
+and talks to it over real ZeroMQ sockets with client/python/focusd_client.py. The job store is
+SQLite unless a test asks for the `store` fixture's postgresql value: then a real PostgreSQL
+server (Debian's, started with initdb and pg_ctl in a temporary directory, on a Unix socket
+only) gives each test a database of its own.
 
 Needs pyzmq, msgpack and pytest. Run from the repository root: pytest tests/integration."""
 
+import glob
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -131,14 +136,104 @@ def workdir():
         yield d
 
 
+class Postgres:
+    """A PostgreSQL server of its own in base (data and socket directories), listening on a
+    Unix socket only; run as `nobody` when the tests run as root, since postgres refuses root.
+    Each database() is a fresh database and its libpq URI."""
+
+    def __init__(self, base):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not bins:
+            raise RuntimeError("no PostgreSQL server: install Debian's postgresql (make deps)")
+        self.bin = os.path.dirname(bins[-1])
+        self.base = base
+        self.data = os.path.join(base, "data")
+        self.sock = os.path.join(base, "sock")
+        self.log = os.path.join(base, "postgres.log")
+        self.port = 20000 + os.getpid() % 20000
+        self.user = "nobody" if os.geteuid() == 0 else None
+        self.count = 0
+        os.makedirs(self.sock)
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            for d in (base, self.sock):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        self.run("initdb", "-D", self.data, "-U", "focusd", "--auth=trust", "-E", "UTF8",
+                 "--no-sync")
+
+    def run(self, tool, *args, check=True):
+        return subprocess.run([os.path.join(self.bin, tool), *args], user=self.user,
+                              capture_output=True, text=True, check=check, cwd=self.base)
+
+    def start(self):
+        opts = (f"-c listen_addresses='' -k {self.sock} -p {self.port} -c fsync=off"
+                " -c max_connections=50")
+        self.run("pg_ctl", "start", "-w", "-t", "60", "-D", self.data, "-l", self.log, "-o", opts)
+
+    def stop(self, mode="immediate"):
+        self.run("pg_ctl", "stop", "-w", "-D", self.data, "-m", mode, check=False)
+
+    def restart(self):
+        self.stop("immediate")
+        self.start()
+
+    def uri(self, db):
+        return f"postgresql://focusd@/{db}?host={self.sock}&port={self.port}"
+
+    def database(self):
+        self.count += 1
+        name = f"focusd{self.count}"
+        self.run("createdb", "-h", self.sock, "-p", str(self.port), "-U", "focusd", name)
+        return self.uri(name)
+
+    def sql(self, db_uri, query):
+        """psql's unaligned output of one query."""
+        return self.run("psql", "-X", "-A", "-t", "-d", db_uri, "-c", query).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    base = tempfile.mkdtemp(prefix="focusd-pg-")
+    os.chmod(base, 0o755)
+    pg = Postgres(base)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()  # even when a test failed, so that no server outlives the tests
+        subprocess.run(["rm", "-rf", base])
+
+
 @pytest.fixture
-def make_daemon(workdir):
+def store():
+    """The store the daemons of a test use: sqlite, or a fresh PostgreSQL database's URI.
+    Modules that run against both override it with a parametrised fixture (store_params)."""
+    return "sqlite"
+
+
+def store_param(request):
+    """The body of a parametrised store fixture: request.param is sqlite or postgresql."""
+    if request.param == "sqlite":
+        return "sqlite"
+    return request.getfixturevalue("postgres").database()
+
+
+# Leases short enough that a test sees a dead daemon's jobs taken over in a few seconds.
+LEASE = "2s"
+
+
+def store_args(store):
+    return [] if store == "sqlite" else ["--store", store, "--set", "lease_time=" + LEASE]
+
+
+@pytest.fixture
+def make_daemon(workdir, store):
     made = []
 
     def make(args=(), conf=None, env=None, start=True, sub=None):
         d = workdir if sub is None else os.path.join(workdir, sub)
         os.makedirs(d, exist_ok=True)
-        dm = Daemon(d, args, conf, env)
+        dm = Daemon(d, store_args(store) + list(args), conf, env)
         made.append(dm)
         return dm.start() if start else dm
 

@@ -1,5 +1,6 @@
 """Jobs through the real daemon: submit, watch, fetch, the PNG bytes and their checksum,
-refusals at submission, cancellation, and a client that disconnects mid-job."""
+refusals at submission, cancellation, and a client that disconnects mid-job; each with the
+SQLite store and with a PostgreSQL one."""
 
 import hashlib
 import os
@@ -10,7 +11,14 @@ import zlib
 import pytest
 import zmq
 
-from conftest import MODEL, ROOT, BUILD, TINY, auto_precision, wait_state, focusd_client
+from conftest import (MODEL, ROOT, BUILD, TINY, auto_precision, focusd_client, store_param,
+                      wait_state)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request):
+    """Every test here runs against both stores."""
+    return store_param(request)
 
 
 def png_chunks(data):

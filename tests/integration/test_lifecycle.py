@@ -1,6 +1,7 @@
 """The daemon's life: crash and restart lose nothing, SIGTERM stops cleanly, SIGHUP reloads
 without losing a job, retention removes old results, systemd hears READY, STATUS, WATCHDOG and
-STOPPING on a real notify socket, and an inherited listening socket is adopted."""
+STOPPING on a real notify socket, and an inherited listening socket is adopted; each with the
+SQLite store and with a PostgreSQL one."""
 
 import os
 import signal
@@ -12,8 +13,14 @@ import time
 
 import pytest
 
-from conftest import (FOCUSD, MODEL, TINY, focusd_client, notify_socket, wait_expired, wait_for,
-                      wait_state)
+from conftest import (FOCUSD, MODEL, TINY, focusd_client, notify_socket, store_args, store_param,
+                      wait_expired, wait_for, wait_state)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request):
+    """Every test here runs against both stores."""
+    return store_param(request)
 
 
 def test_kill9_mid_queue_then_restart(make_daemon):
@@ -158,7 +165,7 @@ def test_sd_notify(make_daemon, workdir):
     assert "STOPPING=1" in text and got.index(next(m for m in got if "STOPPING=1" in m)) > ready
 
 
-def test_socket_activation(workdir):
+def test_socket_activation(workdir, store):
     path = os.path.join(workdir, "act.sock")
     ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ls.bind(path)
@@ -172,7 +179,7 @@ def test_socket_activation(workdir):
                "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])")
     cmd = [sys.executable, "-c", wrapper, str(fd), FOCUSD, "--model", "tiny=" + MODEL,
            "--listen", "ipc://" + os.path.join(workdir, "unused.sock"),
-           "--state-dir", os.path.join(workdir, "state"), "--device", "cpu"]
+           "--state-dir", os.path.join(workdir, "state"), "--device", "cpu", *store_args(store)]
     p = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, pass_fds=(fd,))
     try:
         def ready():

@@ -113,7 +113,7 @@ deps_d=$(depends "$deb_d")
 deps_c=$(depends "$deb_c")
 deps_p=$(depends "$deb_p")
 missing=
-for d in libzmq5 libmsgpackc2 libsqlite3-0 libsystemd0 libpng16-16 libdnnl2 libjansson4; do
+for d in libzmq5 libmsgpackc2 libsqlite3-0 libpq5 libsystemd0 libpng16-16 libdnnl2 libjansson4; do
     grep -q "^$d" <<< "$deps_d" || missing="$missing $d"
 done
 check "focusd depends on the libraries of the daemon and the engine" \
@@ -125,7 +125,7 @@ done
 check "focus-client depends on libzmq5, libmsgpackc2 and libjansson4" \
     "missing:$missing; Depends: $(echo $deps_c)" test -z "$missing"
 check "focus-client depends on nothing of the engine or the daemon" "Depends: $(echo $deps_c)" \
-    test -z "$(grep -E 'openblas|sqlite|systemd|png|pcre|cuda|cublas|dnnl|focusd' <<< "$deps_c")"
+    test -z "$(grep -E 'openblas|sqlite|libpq|systemd|png|pcre|cuda|cublas|dnnl|focusd' <<< "$deps_c")"
 arch_p=$(dpkg-deb -f "$deb_p" Architecture)
 check "python3-focusd-client: architecture all, depends on python3, python3-zmq, python3-msgpack" \
     "Architecture: $arch_p; Depends: $(echo $deps_p)" \
