@@ -92,6 +92,9 @@ void share_event(void *ctx, const struct store_event *e);
 /* The live job id names, here or (shared) on another daemon, followed here as a mirror; NULL
  * when it is not live (or the store failed: then *failed). */
 struct djob *share_find_live(const char *id, bool *failed);
+/* Brings a mirror up to its row; true when the row says it has ended (it is then ended
+ * here too, and freed). */
+bool share_sync(struct djob *j);
 /* Asks the store to cancel a mirrored job; true when it ended now (and is freed). */
 int share_cancel(struct djob *j, bool *ended);
 void share_free(void);

@@ -225,6 +225,8 @@ void jobs_finish(struct djob *j, enum proto_state state, const struct proto_erro
     j->sj.state = state;
     j->sj.finished = now_wall();
     if (err) j->sj.error = *err;
+    log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
+            proto_state_name(state), err ? ": " : "", err ? err->message : "");
     if (store_update(D.store, &j->sj) < 0) {
         log_err("job %s: %s", j->sj.id, err_msg());
     } else {
@@ -252,8 +254,6 @@ void jobs_end(struct djob *j)
     struct proto_job_status st;
     jobs_status_stored(&j->sj, &st);
     answer_waits(wait_for_job, j->sj.id, &st);
-    log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
-            proto_state_name(state), err ? ": " : "", err ? err->message : "");
     unwatch_all(j);
     sched_index_del(j);
     djob_free(j);

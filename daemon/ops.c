@@ -270,6 +270,8 @@ static void op_job(struct session *s, const struct proto_request *r)
     struct djob *j = r->op == PROTO_OP_JOB ? sched_find(r->u.job.job)
                                            : share_find_live(r->u.job.job, &failed);
     if (failed) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
+    /* The row, not the events that may still be on their way, tells how a mirror stands. */
+    if (j && j->mirror && share_sync(j)) j = NULL;
     if (j) {
         if (r->op == PROTO_OP_CANCEL && !jobs_may_cancel(&j->sj, s->peer))
             return ops_reply_error(s, &r->id, PROTO_E_FORBIDDEN, "job",

@@ -78,25 +78,27 @@ static void cancel_asked(void *ctx, const char *id)
     if (j && !j->mirror && !j->cancel) jobs_cancel(j);
 }
 
-/* A mirror brought up to its row: ended there, it ends here. */
-static void sync_mirror(struct djob *j)
+bool share_sync(struct djob *j)
 {
     struct store_job *sj = xmalloc(sizeof *sj);
     int rc = store_get(D.store, j->sj.id, sj);
+    bool ended = false;
     if (rc == 0) {
-        struct djob_watcher *watchers = j->watchers;
+        /* The row has the step the job started again from; the events the step it is at. */
+        uint32_t step = j->sj.step;
         j->sj = *sj;
-        j->watchers = watchers;
-        if (sj->state == PROTO_STATE_DONE || sj->state == PROTO_STATE_FAILED ||
-            sj->state == PROTO_STATE_CANCELED)
-            jobs_end(j);
+        if (sj->state == PROTO_STATE_RUNNING && step > sj->step) j->sj.step = step;
+        ended = sj->state == PROTO_STATE_DONE || sj->state == PROTO_STATE_FAILED ||
+                sj->state == PROTO_STATE_CANCELED;
     } else if (rc == ERR_MISSING) { /* removed by retention meanwhile */
         j->sj.state = PROTO_STATE_FAILED;
         j->sj.error.code = PROTO_E_EXPIRED;
         snprintf(j->sj.error.message, sizeof j->sj.error.message, "the job has expired");
-        jobs_end(j);
+        ended = true;
     }
     free(sj);
+    if (ended) jobs_end(j);
+    return ended;
 }
 
 /* The leases of the jobs this daemon runs are renewed, and the mirrors brought up to date
@@ -113,7 +115,7 @@ static void renew(void)
         log_warn("leases: %s", err_msg());
     free(ids);
     for (size_t i = 0; i < n; i++)
-        if (all[i]->mirror) sync_mirror(all[i]);
+        if (all[i]->mirror) share_sync(all[i]);
     free(all);
 }
 
@@ -153,7 +155,7 @@ void share_event(void *ctx, const struct store_event *e)
         jobs_progress(j, e->step, e->steps, e->elapsed);
         break;
     case STORE_EV_ENDED:
-        if (j && j->mirror) sync_mirror(j);
+        if (j && j->mirror) share_sync(j);
         break;
     case STORE_EV_CANCEL:
         if (j && !j->mirror && !j->cancel) jobs_cancel(j);
