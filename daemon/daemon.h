@@ -63,7 +63,10 @@ double jobs_waits_due(double now);
 void jobs_waits_free(void);
 /* Ends a live job: persists its final state, tells its watchers, frees it. */
 void jobs_finish(struct djob *j, enum proto_state state, const struct proto_error *err);
-/* Tells the watchers and waiters of a job the end its sj holds, and frees it. */
+/* The image rows of a job done. */
+int jobs_add_images(struct djob *j);
+/* Tells the watchers and waiters of a job the end its sj holds, and frees it; the end of a
+ * job this daemon ran is logged. */
 void jobs_end(struct djob *j);
 /* A progress event to the job's watchers. */
 void jobs_progress(struct djob *j, uint32_t step, uint32_t steps, double elapsed);
@@ -84,9 +87,14 @@ void jobs_release_worker(struct worker *w);
  * renews this daemon's leases when due; called each turn before the commit. */
 void share_turn(double now);
 void share_want_claims(void);
+/* Records the end of a job this daemon ran (its images too when done) and tells the other
+ * daemons. Returns false when the caller may announce it now; true when the job is held:
+ * its end is retried until the store is back (unrecorded), or another daemon has taken it
+ * over meanwhile (it is followed as a mirror now). */
+bool share_record_end(struct djob *j);
 /* Tells the other daemons of a step in the life of a job this daemon runs. */
-void share_publish(enum store_event_kind kind, const struct djob *j, uint32_t step,
-                   uint32_t steps, double elapsed);
+void share_publish(enum store_event_kind kind, const struct djob *j, uint32_t step, uint32_t steps,
+                   double elapsed);
 /* What the other daemons published (store_poll's callback). */
 void share_event(void *ctx, const struct store_event *e);
 /* The live job id names, here or (shared) on another daemon, followed here as a mirror; NULL

@@ -48,7 +48,15 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
 
 void jobs_status(const struct djob *j, struct proto_job_status *st)
 {
-    if (j->mirror) return jobs_status_stored(&j->sj, st);
+    if (j->mirror || j->unrecorded) {
+        jobs_status_stored(&j->sj, st);
+        if (j->unrecorded) { /* its end is told once it is durable */
+            st->state = PROTO_STATE_RUNNING;
+            st->images = 0;
+            st->finished = 0;
+        }
+        return;
+    }
     /* state and step are the worker's too: read under the model's lock. */
     struct sched_model *m = j->model;
     pthread_mutex_lock(&m->lock);
@@ -225,14 +233,10 @@ void jobs_finish(struct djob *j, enum proto_state state, const struct proto_erro
     j->sj.state = state;
     j->sj.finished = now_wall();
     if (err) j->sj.error = *err;
-    log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
-            proto_state_name(state), err ? ": " : "", err ? err->message : "");
-    if (store_update(D.store, &j->sj) < 0) {
+    if (store_shared(D.store)) {
+        if (share_record_end(j)) return;
+    } else if (store_update(D.store, &j->sj) < 0) {
         log_err("job %s: %s", j->sj.id, err_msg());
-    } else {
-        struct store_event se = {.kind = STORE_EV_ENDED};
-        snprintf(se.job, sizeof se.job, "%s", j->sj.id);
-        if (store_publish(D.store, &se) < 0) log_err("job %s: %s", j->sj.id, err_msg());
     }
     jobs_end(j);
 }
@@ -254,12 +258,15 @@ void jobs_end(struct djob *j)
     struct proto_job_status st;
     jobs_status_stored(&j->sj, &st);
     answer_waits(wait_for_job, j->sj.id, &st);
+    if (!j->mirror) /* the daemon that ran it logs its end */
+        log_msg(state == PROTO_STATE_FAILED ? LOG_WARNING : LOG_DEBUG, "job %s: %s%s%s", j->sj.id,
+                proto_state_name(state), err ? ": " : "", err ? err->message : "");
     unwatch_all(j);
     sched_index_del(j);
     djob_free(j);
 }
 
-static void on_done(struct djob *j)
+int jobs_add_images(struct djob *j)
 {
     int rc = 0;
     char path[PROTO_MAX_TEXT + 1];
@@ -267,6 +274,13 @@ static void on_done(struct djob *j)
         snprintf(path, sizeof path, "%s-%u.png", j->sj.id, i);
         rc = store_add_image(D.store, j->sj.id, i, path, j->sha256[i], j->bytes[i]);
     }
+    return rc;
+}
+
+static void on_done(struct djob *j)
+{
+    /* Shared: the image rows are written with the job's end, and retried with it. */
+    int rc = store_shared(D.store) ? 0 : jobs_add_images(j);
     if (rc) {
         struct proto_error e = {.code = PROTO_E_INTERNAL};
         snprintf(e.message, sizeof e.message, "%s", err_msg());
@@ -291,6 +305,7 @@ void jobs_progress(struct djob *j, uint32_t step, uint32_t steps, double elapsed
 
 bool jobs_cancel(struct djob *j)
 {
+    if (j->unrecorded) return false; /* it has ended already */
     struct sched_model *m = j->model;
     pthread_mutex_lock(&m->lock);
     bool removed = sched_remove(m, j);

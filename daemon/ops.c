@@ -267,8 +267,8 @@ static void op_job(struct session *s, const struct proto_request *r)
     struct proto_job_status st;
     /* Watching or canceling a job another daemon runs follows it here (a mirror). */
     bool failed = false;
-    struct djob *j = r->op == PROTO_OP_JOB ? sched_find(r->u.job.job)
-                                           : share_find_live(r->u.job.job, &failed);
+    struct djob *j =
+        r->op == PROTO_OP_JOB ? sched_find(r->u.job.job) : share_find_live(r->u.job.job, &failed);
     if (failed) return ops_reply_error(s, &r->id, PROTO_E_INTERNAL, "", "the job store failed");
     /* The row, not the events that may still be on their way, tells how a mirror stands. */
     if (j && j->mirror && share_sync(j)) j = NULL;

@@ -39,8 +39,9 @@ struct djob {
     int prep_rc;                         /* the encoder's result */
     char prep_msg[512];                  /* its message when prep_rc < 0 */
     bool cancel;                         /* asked to stop at the next step boundary */
-    bool mirror; /* held by another daemon of a shared store: followed here for the sessions
-                  * that watch or wait on it, never queued (model NULL) */
+    bool mirror;     /* held by another daemon of a shared store: followed here for the
+                      * sessions that watch or wait on it, never queued (model NULL) */
+    bool unrecorded; /* ended, but the shared store could not record it yet (share.c) */
     double t_start;                      /* monotonic seconds when it started */
     uint8_t sha256[PROTO_COUNT_MAX][32]; /* done: set by the worker */
     uint64_t bytes[PROTO_COUNT_MAX];

@@ -17,20 +17,79 @@
 #include <string.h>
 
 static bool claims_wanted = true;
-static double last_renew = -1e9;
+static double last_renew = -1e9, last_retry;
+static size_t n_unrecorded;
 
 void share_want_claims(void)
 {
     claims_wanted = true;
 }
 
-void share_publish(enum store_event_kind kind, const struct djob *j, uint32_t step,
-                   uint32_t steps, double elapsed)
+void share_publish(enum store_event_kind kind, const struct djob *j, uint32_t step, uint32_t steps,
+                   double elapsed)
 {
     if (!store_shared(D.store)) return;
     struct store_event e = {.kind = kind, .step = step, .steps = steps, .elapsed = elapsed};
     snprintf(e.job, sizeof e.job, "%s", j->sj.id);
     if (store_publish(D.store, &e) < 0) log_debug("job %s: %s", j->sj.id, err_msg());
+}
+
+/* The end's rows, then the news; 0, ERR_MISSING when the lease has passed to another. */
+static int record(struct djob *j)
+{
+    int rc = j->sj.state == PROTO_STATE_DONE ? jobs_add_images(j) : 0;
+    if (!rc) rc = store_update(D.store, &j->sj);
+    if (rc) return rc;
+    share_publish(STORE_EV_ENDED, j, 0, 0, 0);
+    return 0;
+}
+
+/* Another daemon runs the job now: this one follows it instead. */
+static void become_mirror(struct djob *j)
+{
+    log_warn("job %s: %s", j->sj.id, err_msg());
+    j->mirror = true;
+    j->model = NULL;
+    j->sj.state = PROTO_STATE_QUEUED;
+    j->sj.finished = 0;
+    j->sj.images = 0;
+    j->sj.error = (struct proto_error){0};
+}
+
+bool share_record_end(struct djob *j)
+{
+    int rc = record(j);
+    if (rc == 0) return false;
+    if (rc == ERR_MISSING) {
+        become_mirror(j);
+        return true;
+    }
+    log_warn("job %s: %s; its end is recorded and told once the store is back", j->sj.id,
+             err_msg());
+    j->unrecorded = true;
+    n_unrecorded++;
+    return true;
+}
+
+/* The ends that waited for the store, written again. */
+static void retry_ends(void)
+{
+    size_t cap = sched_index_count();
+    struct djob **all = xcalloc(cap + 1, sizeof *all);
+    size_t n = sched_index_list(all, cap);
+    for (size_t i = 0; i < n; i++) {
+        struct djob *j = all[i];
+        if (!j->unrecorded) continue;
+        int rc = record(j);
+        if (rc && rc != ERR_MISSING) break; /* still away */
+        j->unrecorded = false;
+        n_unrecorded--;
+        if (rc)
+            become_mirror(j);
+        else
+            jobs_end(j);
+    }
+    free(all);
 }
 
 /* A job claimed: it replaces the mirror this daemon followed it by, if any, and keeps that
@@ -60,9 +119,8 @@ static void claim(void)
         if (!atomic_load(&w->loaded) || w->exited) continue;
         pthread_mutex_lock(&w->sm.lock);
         size_t busy = w->sm.n_active + w->sm.n_queued;
-        uint32_t free_slots = w->sm.retire || busy >= w->sm.max_active
-                                  ? 0
-                                  : (uint32_t)(w->sm.max_active - busy);
+        uint32_t free_slots =
+            w->sm.retire || busy >= w->sm.max_active ? 0 : (uint32_t)(w->sm.max_active - busy);
         pthread_mutex_unlock(&w->sm.lock);
         if (free_slots && store_claim(D.store, w->sm.name, free_slots, claimed, w) < 0) {
             log_debug("claims: %s", err_msg());
@@ -121,7 +179,12 @@ static void renew(void)
 
 void share_turn(double now)
 {
-    if (!store_shared(D.store) || D.stopping) return;
+    if (!store_shared(D.store)) return;
+    if (n_unrecorded && now - last_retry >= 1.0) {
+        last_retry = now;
+        retry_ends();
+    }
+    if (D.stopping) return;
     if (now - last_renew >= D.cfg->lease_time / 3) {
         last_renew = now;
         renew();
@@ -202,10 +265,13 @@ void share_free(void)
     size_t cap = sched_index_count();
     struct djob **all = xcalloc(cap + 1, sizeof *all);
     size_t n = sched_index_list(all, cap);
-    for (size_t i = 0; i < n; i++)
-        if (all[i]->mirror) {
-            sched_index_del(all[i]);
-            djob_free(all[i]);
-        }
+    for (size_t i = 0; i < n; i++) {
+        struct djob *j = all[i];
+        if (!j->mirror && !j->unrecorded) continue;
+        if (j->unrecorded) /* its lease expires: another daemon runs it again */
+            log_warn("job %s: its end was never recorded; it will run again", j->sj.id);
+        sched_index_del(j);
+        djob_free(j);
+    }
     free(all);
 }

@@ -112,8 +112,7 @@ int store_image(struct store *s, const char *job, uint32_t index, struct store_i
     if (rc) return rc;
     char file[sizeof img->path];
     snprintf(file, sizeof file, "%s", img->path);
-    if ((size_t)snprintf(img->path, sizeof img->path, "%s/%s", s->images, file) >=
-        sizeof img->path)
+    if ((size_t)snprintf(img->path, sizeof img->path, "%s/%s", s->images, file) >= sizeof img->path)
         return err_set(ERR_RANGE, "image %u of job \"%s\": its path is too long", index, job);
     return 0;
 }
@@ -215,8 +214,8 @@ static int retire(struct store *s, struct batch *b, double now, uint64_t *remove
     return 0;
 }
 
-static int passes(struct store *s, struct batch *b, double now, double max_age,
-                  uint64_t max_bytes, uint64_t *removed, bool *more)
+static int passes(struct store *s, struct batch *b, double now, double max_age, uint64_t max_bytes,
+                  uint64_t *removed, bool *more)
 {
     const struct store_ops *o = s->ops;
     int rc = 0, batches = 0;

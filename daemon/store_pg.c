@@ -148,6 +148,21 @@ static void rollback(struct store_pg *s)
     if (s->conn) PQclear(PQexec(s->conn, "ROLLBACK"));
 }
 
+/* run() and exec() inside the grouped transaction, opened when it is not. */
+static PGresult *run_in_tx(struct store_pg *s, const char *what, const char *sql, int n,
+                           const char *const *params)
+{
+    return begin(s) ? NULL : run(s, what, sql, n, params);
+}
+
+static int exec_in_tx(struct store_pg *s, const char *what, const char *sql, int n,
+                      const char *const *params)
+{
+    PGresult *r = run_in_tx(s, what, sql, n, params);
+    PQclear(r);
+    return r ? 0 : ERR_IO;
+}
+
 static int pg_commit(struct store *base)
 {
     struct store_pg *s = PG(base);
@@ -155,11 +170,9 @@ static int pg_commit(struct store *base)
     s->in_tx = false;
     /* COMMIT of a transaction that an error aborted reports success and rolls back. */
     PGresult *r = run(s, "commit", "COMMIT", 0, NULL);
-    int rc = r && strcmp(PQcmdStatus(r), "COMMIT") == 0
-                 ? 0
-                 : r ? err_set(ERR_IO, "job store %s: commit: the transaction was aborted",
-                               s->shown)
-                     : ERR_IO;
+    int rc = r && strcmp(PQcmdStatus(r), "COMMIT") == 0 ? 0
+             : r ? err_set(ERR_IO, "job store %s: commit: the transaction was aborted", s->shown)
+                 : ERR_IO;
     PQclear(r);
     return rc;
 }
@@ -249,9 +262,11 @@ static int migrate(struct store_pg *s)
     int rc = begin(s);
     if (!rc) rc = exec(s, "schema lock", "SELECT pg_advisory_xact_lock(" LOCK_SCHEMA ")", 0, NULL);
     if (!rc)
-        rc = exec(s, "schema", "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
-                  0, NULL);
-    PGresult *r = rc ? NULL : run(s, "schema", "SELECT COALESCE(MAX(version), 0) FROM schema_version", 0, NULL);
+        rc = exec(s, "schema",
+                  "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)", 0, NULL);
+    PGresult *r =
+        rc ? NULL
+           : run(s, "schema", "SELECT COALESCE(MAX(version), 0) FROM schema_version", 0, NULL);
     int version = r ? atoi(PQgetvalue(r, 0, 0)) : 0;
     PQclear(r);
     if (!rc && !r) rc = ERR_IO;
@@ -401,15 +416,13 @@ static int pg_insert(struct store *base, struct store_job *j)
     arg_real(&a, j->created);
     arg_text(&a, j->owner);
     arg_text(&a, news);
-    int rc = begin(s);
-    PGresult *r = rc ? NULL
-                     : run(s, "insert",
-                           "WITH ins AS (INSERT INTO jobs (id, session, model, prompt,"
-                           " negative_prompt, seed, steps, guidance, width, height, max_seq,"
-                           " count, priority, state, created, owner) VALUES ($1, $2, $3, $4, $5,"
-                           " $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING seq)"
-                           " SELECT seq, pg_notify('" CHANNEL "', $17) FROM ins",
-                           a.n, a.v);
+    PGresult *r = run_in_tx(s, "insert",
+                            "WITH ins AS (INSERT INTO jobs (id, session, model, prompt,"
+                            " negative_prompt, seed, steps, guidance, width, height, max_seq,"
+                            " count, priority, state, created, owner) VALUES ($1, $2, $3, $4, $5,"
+                            " $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING seq)"
+                            " SELECT seq, pg_notify('" CHANNEL "', $17) FROM ins",
+                            a.n, a.v);
     if (!r) return ERR_IO;
     j->seq = val_int(r, 0, 0);
     PQclear(r);
@@ -431,15 +444,13 @@ static int pg_update(struct store *base, const struct store_job *j)
     arg_text(&a, j->error.message);
     arg_text(&a, j->id);
     arg_text(&a, s->owner);
-    int rc = begin(s);
-    PGresult *r = rc ? NULL
-                     : run(s, "update",
-                           "UPDATE jobs SET state=$1, started=$2, finished=$3, step=$4,"
-                           " images=$5, error_code=$6, error_field=$7, error_message=$8,"
-                           " lease_owner = CASE WHEN $1 = 'running' THEN lease_owner ELSE '' END,"
-                           " lease_until = CASE WHEN $1 = 'running' THEN lease_until ELSE 0 END"
-                           " WHERE id=$9 AND lease_owner=$10",
-                           a.n, a.v);
+    PGresult *r = run_in_tx(s, "update",
+                            "UPDATE jobs SET state=$1, started=$2, finished=$3, step=$4,"
+                            " images=$5, error_code=$6, error_field=$7, error_message=$8,"
+                            " lease_owner = CASE WHEN $1 = 'running' THEN lease_owner ELSE '' END,"
+                            " lease_until = CASE WHEN $1 = 'running' THEN lease_until ELSE 0 END"
+                            " WHERE id=$9 AND lease_owner=$10",
+                            a.n, a.v);
     if (!r) return ERR_IO;
     bool ours = strcmp(PQcmdTuples(r), "0") != 0;
     PQclear(r);
@@ -464,13 +475,11 @@ static int pg_add_image(struct store *base, const char *job, uint32_t index, con
     arg_text(&a, file);
     arg_text(&a, hex);
     arg_int(&a, (long long)bytes);
-    int rc = begin(s);
-    return rc ? rc
-              : exec(s, "add image",
-                     "INSERT INTO images (job, idx, file, sha256, bytes)"
-                     " VALUES ($1, $2, $3, decode($4, 'hex'), $5) ON CONFLICT (job, idx) DO UPDATE"
-                     " SET file = EXCLUDED.file, sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes",
-                     a.n, a.v);
+    return exec_in_tx(s, "add image",
+                      "INSERT INTO images (job, idx, file, sha256, bytes)"
+                      " VALUES ($1, $2, $3, decode($4, 'hex'), $5) ON CONFLICT (job, idx) DO UPDATE"
+                      " SET file = EXCLUDED.file, sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes",
+                      a.n, a.v);
 }
 
 static int pg_get(struct store *base, const char *id, struct store_job *j)
@@ -496,9 +505,9 @@ static int pg_image(struct store *base, const char *job, uint32_t index, struct 
     struct args a = {0};
     arg_text(&a, job);
     arg_int(&a, index);
-    PGresult *r = run(s, "image",
-                      "SELECT file, encode(sha256, 'hex'), bytes FROM images WHERE job=$1 AND idx=$2",
-                      a.n, a.v);
+    PGresult *r = run(
+        s, "image", "SELECT file, encode(sha256, 'hex'), bytes FROM images WHERE job=$1 AND idx=$2",
+        a.n, a.v);
     if (!r) return ERR_IO;
     const char *hex = PQntuples(r) ? PQgetvalue(r, 0, 1) : "";
     int rc = strlen(hex) == 64 ? 0 : err_set(ERR_MISSING, "no image %u of job \"%s\"", index, job);
@@ -676,17 +685,15 @@ static int pg_claim(struct store *base, const char *model, uint32_t limit,
     arg_text(&a, s->lease);
     arg_text(&a, model);
     arg_int(&a, limit);
-    int rc = begin(s);
-    return rc ? rc
-              : each_job(run(s, "claim",
-                             "UPDATE jobs SET lease_owner=$1, lease_until=" DB_NOW " + $2::float8,"
-                             " state='queued', step=0, started=0 WHERE seq IN (SELECT seq FROM"
-                             " jobs WHERE state IN ('queued', 'running') AND model=$3 AND"
-                             " (lease_owner='' OR lease_until < " DB_NOW ")"
-                             " ORDER BY priority DESC, seq LIMIT $4 FOR UPDATE SKIP LOCKED)"
-                             " RETURNING " JOB_COLUMNS,
-                             a.n, a.v),
-                         fn, ctx);
+    return each_job(run_in_tx(s, "claim",
+                              "UPDATE jobs SET lease_owner=$1, lease_until=" DB_NOW " + $2::float8,"
+                              " state='queued', step=0, started=0 WHERE seq IN (SELECT seq FROM"
+                              " jobs WHERE state IN ('queued', 'running') AND model=$3 AND"
+                              " (lease_owner='' OR lease_until < " DB_NOW ")"
+                              " ORDER BY priority DESC, seq LIMIT $4 FOR UPDATE SKIP LOCKED)"
+                              " RETURNING " JOB_COLUMNS,
+                              a.n, a.v),
+                    fn, ctx);
 }
 
 static int pg_renew(struct store *base, const char *const *ids, size_t n,
@@ -698,12 +705,11 @@ static int pg_renew(struct store *base, const char *const *ids, size_t n,
     arg_text(&a, s->owner);
     arg_text(&a, s->lease);
     arg_text(&a, array);
-    int rc = begin(s);
-    PGresult *r = rc ? NULL
-                     : run(s, "renew",
-                           "UPDATE jobs SET lease_until=" DB_NOW " + $2::float8"
-                           " WHERE lease_owner=$1 AND id = ANY($3::text[]) RETURNING id, cancel_asked",
-                           a.n, a.v);
+    PGresult *r =
+        run_in_tx(s, "renew",
+                  "UPDATE jobs SET lease_until=" DB_NOW " + $2::float8"
+                  " WHERE lease_owner=$1 AND id = ANY($3::text[]) RETURNING id, cancel_asked",
+                  a.n, a.v);
     free(array);
     if (!r) return ERR_IO;
     if ((size_t)PQntuples(r) < n)
@@ -718,8 +724,7 @@ static int pg_renew(struct store *base, const char *const *ids, size_t n,
 static int notify(struct store_pg *s, const char *msg)
 {
     const char *v[] = {msg};
-    int rc = begin(s);
-    return rc ? rc : exec(s, "notify", "SELECT pg_notify('" CHANNEL "', $1)", 1, v);
+    return exec_in_tx(s, "notify", "SELECT pg_notify('" CHANNEL "', $1)", 1, v);
 }
 
 static int pg_cancel(struct store *base, const char *id, const struct proto_error *err, double now,
@@ -731,20 +736,17 @@ static int pg_cancel(struct store *base, const char *id, const struct proto_erro
     arg_real(&a, now);
     arg_text(&a, proto_errcode_name(err->code));
     arg_text(&a, err->message);
-    int rc = begin(s);
-    PGresult *r = rc ? NULL
-                     : run(s, "cancel",
-                           "UPDATE jobs SET state='canceled', finished=$2, error_code=$3,"
-                           " error_message=$4 WHERE id=$1 AND state='queued'"
-                           " AND (lease_owner='' OR lease_until < " DB_NOW ")",
-                           a.n, a.v);
+    PGresult *r = run_in_tx(s, "cancel",
+                            "UPDATE jobs SET state='canceled', finished=$2, error_code=$3,"
+                            " error_message=$4 WHERE id=$1 AND state='queued'"
+                            " AND (lease_owner='' OR lease_until < " DB_NOW ")",
+                            a.n, a.v);
     if (!r) return ERR_IO;
     *done = strcmp(PQcmdTuples(r), "0") != 0;
     PQclear(r);
     char msg[PROTO_MAX_NAME + 8];
     snprintf(msg, sizeof msg, "%c %s", *done ? 'E' : 'C', id);
-    if (!*done)
-        rc = exec(s, "cancel", "UPDATE jobs SET cancel_asked=true WHERE id=$1", 1, a.v);
+    int rc = *done ? 0 : exec(s, "cancel", "UPDATE jobs SET cancel_asked=true WHERE id=$1", 1, a.v);
     return rc ? rc : notify(s, msg);
 }
 

@@ -109,8 +109,8 @@ static int sq_open(const struct store_settings *set, struct store **out)
     snprintf(dbpath, n, "%s/jobs.db", set->state_dir);
     int rc = 0;
     if (sqlite3_open_v2(dbpath, &s->db,
-                               SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                               NULL) != SQLITE_OK)
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK)
         rc = err_set(ERR_IO, "job store %s: %s", dbpath,
                      s->db ? sqlite3_errmsg(s->db) : "out of memory");
     if (!rc) {
@@ -280,8 +280,7 @@ static int sq_get(struct store *base, const char *id, struct store_job *j)
     return rc;
 }
 
-static int sq_image(struct store *base, const char *job, uint32_t index,
-                    struct store_image *img)
+static int sq_image(struct store *base, const char *job, uint32_t index, struct store_image *img)
 {
     struct store_sqlite *s = DB(base);
     sqlite3_stmt *st;
@@ -426,8 +425,9 @@ static int sq_image_bytes(struct store *base, const char *job, uint64_t *out)
 {
     struct store_sqlite *s = DB(base);
     sqlite3_stmt *st;
-    int rc = prepare(s, job ? "SELECT COALESCE(SUM(bytes), 0) FROM images WHERE job=?"
-                            : "SELECT COALESCE(SUM(bytes), 0) FROM images",
+    int rc = prepare(s,
+                     job ? "SELECT COALESCE(SUM(bytes), 0) FROM images WHERE job=?"
+                         : "SELECT COALESCE(SUM(bytes), 0) FROM images",
                      &st);
     if (rc) return rc;
     if (job) sqlite3_bind_text(st, 1, job, -1, SQLITE_STATIC);
@@ -467,8 +467,8 @@ static int sq_count(struct store *base, enum proto_state state, const char *owne
 {
     struct store_sqlite *s = DB(base);
     sqlite3_stmt *st;
-    int rc = prepare(s, "SELECT COUNT(*) FROM jobs WHERE state=?1 AND (?2 IS NULL OR owner=?2)",
-                     &st);
+    int rc =
+        prepare(s, "SELECT COUNT(*) FROM jobs WHERE state=?1 AND (?2 IS NULL OR owner=?2)", &st);
     if (rc) return rc;
     sqlite3_bind_text(st, 1, proto_state_name(state), -1, SQLITE_STATIC);
     if (owner) sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);

@@ -226,8 +226,16 @@ def store_args(store):
     return [] if store == "sqlite" else ["--store", store, "--set", "lease_time=" + LEASE]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test, for fixtures to see whether it failed."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 @pytest.fixture
-def make_daemon(workdir, store):
+def make_daemon(workdir, store, request):
     made = []
 
     def make(args=(), conf=None, env=None, start=True, sub=None):
@@ -238,6 +246,11 @@ def make_daemon(workdir, store):
         return dm.start() if start else dm
 
     yield make
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:  # the daemons' side of the story, for the report
+        for dm in made:
+            if dm.proc:
+                print(f"---- {dm.log} (last 6000 bytes)\n{dm.read_log()[-6000:]}")
     problems = []
     for dm in made:
         dm.close_clients()

@@ -12,6 +12,9 @@ import pytest
 
 from conftest import LEASE, TINY, focusd_client, wait_for, wait_state
 
+# A job that runs long enough to be watched and canceled mid-way, even on a fast machine.
+LONG = dict(steps=200, width=256, height=256)
+
 
 @pytest.fixture
 def store(postgres):
@@ -49,14 +52,15 @@ def held_by(postgres, store, job):
 
 
 def test_three_daemons_share_one_queue(cluster, postgres, store):
-    daemons = cluster(3, "--set", "batch_max=2")
-    clients = [d.client() for d in daemons for _ in range(2)]
+    # 300 jobs from 12 clients, 4 on each daemon; the clients are one peer (this uid).
+    daemons = cluster(3, "--set", "batch_max=2", "--set", "max_jobs_per_peer=1000")
+    clients = [d.client() for d in daemons for _ in range(4)]
     jobs = {}
-    for i in range(30):
+    for i in range(300):
         c = clients[i % len(clients)]
-        jobs[c.submit(f"shared {i}", seed=i, steps=2, width=64, height=64)] = c
+        jobs[c.submit(f"shared {i}", seed=i, **TINY)] = c
     for job, c in jobs.items():
-        st = wait_state(c, job, timeout=120)
+        st = wait_state(c, job, timeout=180)
         assert st["images"] == 1
         # Any daemon's client fetches the image, whichever daemon made it.
         img = clients[(list(jobs).index(job) + 1) % len(clients)].fetch(job)
@@ -74,7 +78,7 @@ def test_kill9_mid_step_jobs_finish_on_the_others(cluster, postgres, store):
     daemons = cluster(3, "--set", "batch_max=1")
     victim = daemons[0]
     c = victim.client()
-    jobs = [c.submit(f"survivor {i}", seed=i, steps=8, width=64, height=64) for i in range(9)]
+    jobs = [c.submit(f"survivor {i}", seed=i, steps=60, width=64, height=64) for i in range(9)]
     owner = victim.dir.rstrip("/")
     # Wait until the victim is stepping a job of its own.
     running = wait_for(lambda: postgres.sql(
@@ -103,7 +107,7 @@ def test_kill9_mid_step_jobs_finish_on_the_others(cluster, postgres, store):
 def test_cancel_and_watch_across_daemons(cluster, postgres, store):
     a, b = cluster(2, "--set", "batch_max=1")
     ca, cb = a.client(), b.client()
-    job = ca.submit("long on a", steps=200, width=64, height=64)
+    job = ca.submit("long on a", **LONG)
     wait_for(lambda: a.dir.rstrip("/") in held_by(postgres, store, job), what="a holds it")
     wait_state(ca, job, ("running",))
     # A client of b follows the job a runs: its progress, then its end.
@@ -118,9 +122,9 @@ def test_cancel_and_watch_across_daemons(cluster, postgres, store):
     assert st["state"] == "canceled" and st["step"] < 200
     assert finished_here(a) == [(job, "canceled")] and finished_here(b) == []
     # A queued job that no daemon holds yet is canceled by b at once, in the reply.
-    blocker = cb.submit("blocker on b", steps=200, width=64, height=64)
+    blocker = cb.submit("blocker on b", **LONG)
     wait_state(cb, blocker, ("running",))
-    blocker_a = ca.submit("blocker on a", steps=200, width=64, height=64)
+    blocker_a = ca.submit("blocker on a", **LONG)
     wait_state(ca, blocker_a, ("running",))
     queued = ca.submit("queued", **TINY)
     assert cb.cancel(queued)["state"] == "canceled"
