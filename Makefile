@@ -108,7 +108,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 include install.mk
 
 .PHONY: all programs test test-gpu test-integration deps demo clean missing-packages bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model \
-	bench-cpu-peers
+	bench-cpu-peers bench-shared
 all: $(LIBS) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
 programs: $(PROGRAMS)
@@ -191,6 +191,11 @@ bench-gpu: $(BUILD)/bench/bench_gpu
 bench-serve: deps
 	$(MAKE) $(BUILD)/focusd
 	BUILD=$(BUILD) build/pyenv/bin/python tests/bench/bench_serve.py
+
+# Daemons sharing one PostgreSQL queue against one on SQLite (tests/bench/bench_shared.py).
+bench-shared: deps
+	$(MAKE) $(BUILD)/focusd
+	BUILD=$(BUILD) build/pyenv/bin/python tests/bench/bench_shared.py $(BENCH_SHARED_ARGS)
 
 test-integration: deps
 	$(MAKE) all

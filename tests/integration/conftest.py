@@ -139,9 +139,11 @@ def workdir():
 class Postgres:
     """A PostgreSQL server of its own in base (data and socket directories), listening on a
     Unix socket only; run as `nobody` when the tests run as root, since postgres refuses root.
-    Each database() is a fresh database and its libpq URI."""
+    Each database() is a fresh database and its libpq URI. fsync: off for the tests, whose
+    restarts are process crashes that the page cache survives; on for benchmarks."""
 
-    def __init__(self, base):
+    def __init__(self, base, fsync=False):
+        self.fsync = fsync
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not bins:
             raise RuntimeError("no PostgreSQL server: install Debian's postgresql (make deps)")
@@ -166,8 +168,8 @@ class Postgres:
                               capture_output=True, text=True, check=check, cwd=self.base)
 
     def start(self):
-        opts = (f"-c listen_addresses='' -k {self.sock} -p {self.port} -c fsync=off"
-                " -c max_connections=50")
+        opts = (f"-c listen_addresses='' -k {self.sock} -p {self.port}"
+                f" -c fsync={'on' if self.fsync else 'off'} -c max_connections=50")
         self.run("pg_ctl", "start", "-w", "-t", "60", "-D", self.data, "-l", self.log, "-o", opts)
 
     def stop(self, mode="immediate"):

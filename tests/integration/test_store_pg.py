@@ -104,7 +104,7 @@ def test_kill9_mid_step_jobs_finish_on_the_others(cluster, postgres, store):
     print(f"takeover {takeover:.2f} s after kill -9 (lease_time {LEASE})")
 
 
-def test_cancel_and_watch_across_daemons(cluster, postgres, store):
+def test_watch_wait_and_cancel_across_daemons(cluster, postgres, store):
     a, b = cluster(2, "--set", "batch_max=1")
     ca, cb = a.client(), b.client()
     job = ca.submit("long on a", **LONG)
@@ -121,6 +121,11 @@ def test_cancel_and_watch_across_daemons(cluster, postgres, store):
     st = ca.job(job)
     assert st["state"] == "canceled" and st["step"] < 200
     assert finished_here(a) == [(job, "canceled")] and finished_here(b) == []
+    # A wait on b for a job that a runs is answered when a finishes it.
+    short = ca.submit("short on a", steps=20, width=64, height=64)  # a is idle: a takes it
+    st = cb.wait(short, timeout=60)
+    assert st["state"] == "done" and st["images"] == 1
+    assert (short, "done") in finished_here(a)
     # A queued job that no daemon holds yet is canceled by b at once, in the reply.
     blocker = cb.submit("blocker on b", **LONG)
     wait_state(cb, blocker, ("running",))
