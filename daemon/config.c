@@ -251,9 +251,12 @@ static int set_key(struct config *c, const char *key, const char *v, const char 
     case K_STORE:
         if (!*v && k->kind != K_STR_OFF)
             why = "an empty value";
-        else if (k->kind == K_STORE && !store_uri_valid(v))
-            why = "neither sqlite nor a postgresql:// URI";
-        else if (k->kind == K_DEVICE && !device_ok(v))
+        else if (k->kind == K_STORE && store_check_uri(v) < 0) {
+            /* Not echoed: a URI may hold a password. */
+            char reason[512];
+            snprintf(reason, sizeof reason, "%s", err_msg());
+            return err_set(ERR_RANGE, "%s: key \"store\": %s", where, reason);
+        } else if (k->kind == K_DEVICE && !device_ok(v))
             why = "not auto, cpu, cuda or cuda:N";
         else if (k->kind == K_PRECISION && !precision_ok(v))
             why = "not auto, fp32, bf16 or fp16";

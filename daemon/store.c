@@ -31,21 +31,22 @@ static const struct store_ops *engine_of(const char *uri)
     return NULL;
 }
 
-bool store_uri_valid(const char *uri)
+int store_check_uri(const char *uri)
 {
-    return engine_of(uri) != NULL;
+    const struct store_ops *ops = engine_of(uri);
+    if (!ops) return err_set(ERR_RANGE, "neither sqlite nor a postgresql:// URI");
+    return ops->check_uri ? ops->check_uri(uri) : 0;
 }
 
 int store_open(const struct store_settings *set, struct store **out)
 {
+    int rc = store_check_uri(set->uri);
+    if (rc) return err_prefix(rc, "store: ");
     const struct store_ops *ops = engine_of(set->uri);
-    if (!ops)
-        return err_set(ERR_RANGE, "store: \"%s\" is neither sqlite nor a postgresql:// URI",
-                       set->uri);
     size_t n = strlen(set->state_dir) + 16;
     char *images = xmalloc(n);
     snprintf(images, n, "%s/images", set->state_dir);
-    int rc = make_dir(set->state_dir);
+    rc = make_dir(set->state_dir);
     if (!rc) rc = make_dir(images);
     struct store *s = NULL;
     if (!rc) rc = ops->open(set, &s);

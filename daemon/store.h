@@ -44,8 +44,9 @@ struct store_settings {
     double lease_time; /* shared: seconds a lease lasts unless renewed */
 };
 
-/* Whether uri names an engine: "sqlite" or postgresql://... (postgres://...). */
-bool store_uri_valid(const char *uri);
+/* Whether uri names an engine: "sqlite", or a valid libpq URI postgresql://...
+ * (postgres://...); the message says why not, without the URI. */
+int store_check_uri(const char *uri);
 /* Creates state_dir and state_dir/images when missing, opens or creates the database (and
  * migrates its schema). */
 int store_open(const struct store_settings *set, struct store **out);

@@ -15,6 +15,8 @@ typedef char store_id[PROTO_MAX_NAME + 1];
 
 struct store_ops {
     const char *name;
+    /* NULL: any spelling the engine is chosen by will do. */
+    int (*check_uri)(const char *uri);
     int (*open)(const struct store_settings *set, struct store **out);
     void (*close)(struct store *s);
     int (*commit)(struct store *s);

@@ -235,7 +235,7 @@ static int connect_db(struct store_pg *s)
 /* The URI with its password, in the user part or as a parameter, replaced by ***. */
 static char *redact(const char *uri)
 {
-    char *out = xmalloc(strlen(uri) + 4);
+    char *out = xmalloc(strlen(uri) + 8); /* each *** may be longer than what it hides */
     const char *auth = strstr(uri, "://");
     auth = auth ? auth + 3 : uri;
     size_t host_len = strcspn(auth, "/?");
@@ -255,6 +255,22 @@ static char *redact(const char *uri)
         memcpy(pw + 9, "***", 3);
     }
     return out;
+}
+
+static int pg_check_uri(const char *uri)
+{
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(uri, &why);
+    int rc = 0;
+    if (!opts) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", why ? why : "out of memory");
+        msg[strcspn(msg, "\n")] = 0;
+        rc = err_set(ERR_RANGE, "not a valid PostgreSQL connection URI: %s", msg);
+    }
+    PQfreemem(why);
+    PQconninfoFree(opts);
+    return rc;
 }
 
 static int migrate(struct store_pg *s)
@@ -837,6 +853,7 @@ static void pg_poll(struct store *base, double now,
 
 const struct store_ops store_pg_ops = {
     .name = "postgresql",
+    .check_uri = pg_check_uri,
     .open = pg_open,
     .close = pg_close,
     .commit = pg_commit,

@@ -176,3 +176,11 @@ def test_refuses_to_start_without_its_database(make_daemon, workdir):
     bad.start(wait=False)
     assert bad.proc.wait(10) == 2  # a configuration error
     assert 'key "store"' in bad.read_log() and "postgresql://" in bad.read_log()
+    # A URI libpq cannot read is a configuration error too, and the password stays unsaid.
+    bad = make_daemon(args=["--store", "postgresql://focusd:s3cret@/focusd?nosuch=1"],
+                      start=False, sub="malformed")
+    bad.start(wait=False)
+    assert bad.proc.wait(10) == 2
+    log = bad.read_log()
+    assert 'key "store": not a valid PostgreSQL connection URI' in log and "nosuch" in log
+    assert "s3cret" not in log
