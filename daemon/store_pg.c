@@ -158,9 +158,7 @@ static PGresult *run_in_tx(struct store_pg *s, const char *what, const char *sql
 static int exec_in_tx(struct store_pg *s, const char *what, const char *sql, int n,
                       const char *const *params)
 {
-    PGresult *r = run_in_tx(s, what, sql, n, params);
-    PQclear(r);
-    return r ? 0 : ERR_IO;
+    return begin(s) ? ERR_IO : exec(s, what, sql, n, params);
 }
 
 static int pg_commit(struct store *base)
