@@ -115,7 +115,7 @@ void kn_free(kn_ctx *ctx, kn_tensor *t);
 int kn_weight(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *host);
 /* One weight owned by ctx, made of n host tensors stacked along their first dimension (of one
  * dtype, the other dimensions equal): the q, k and v projections of an attention joined into
- * one product. On the CPU the parts' mapped pages are handed back once copied. */
+ * one product. The parts' mapped pages are handed back once copied. */
 int kn_weight_rows(kn_ctx *ctx, kn_tensor *dst, const kn_tensor *const *hosts, int n);
 
 /* Host <-> backend copies of the raw bytes (nbytes must equal kn_nbytes(t)). */

@@ -54,6 +54,13 @@ static kn_tensor zeros(int ndim, const int64_t *shape)
     return t;
 }
 
+/* Frees the n tensors of ts. */
+static void free_tensors(kn_tensor *const *ts, int n)
+{
+    for (int i = 0; i < n; i++)
+        kn_free(ctx, ts[i]);
+}
+
 /* max over i of |got - ref| / (abs_tol + rel_tol * scale[i]) must stay <= 1. */
 static int close_all(const float *got, const double *ref, const double *scale, int64_t n,
                      double abs_tol, double rel_tol, const char *what)
@@ -174,11 +181,7 @@ static void linear_act_case(kn_dtype matmul, kn_act act, int64_t M, int64_t K, i
     free(xv);
     free(wv);
     free(bv);
-    kn_free(ctx, &x);
-    kn_free(ctx, &w);
-    kn_free(ctx, &b);
-    kn_free(ctx, &y);
-    kn_free(ctx, &ref);
+    free_tensors((kn_tensor *[]){&x, &w, &b, &y, &ref}, 5);
 }
 
 static void test_linear_act(void)
@@ -395,14 +398,9 @@ static void weight_rows_case(int64_t N)
     for (int i = 0; i < 3; i++) {
         free(wv[i]);
         free(bv[i]);
-        kn_free(ctx, &w[i]);
-        kn_free(ctx, &b[i]);
+        free_tensors((kn_tensor *[]){&w[i], &b[i]}, 2);
     }
-    kn_free(ctx, &x);
-    kn_free(ctx, &wj);
-    kn_free(ctx, &bj);
-    kn_free(ctx, &yj);
-    kn_free(ctx, &y);
+    free_tensors((kn_tensor *[]){&x, &wj, &bj, &yj, &y}, 5);
 }
 
 static void test_weight_rows(void)
