@@ -1081,15 +1081,16 @@ static int split_added(const clip_tokenizer *t, const uint8_t *s, size_t len, st
     return rc;
 }
 
-int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids)
+int clip_tokenize_content(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids,
+                          int cap)
 {
     const uint8_t *s = (const uint8_t *)text;
     size_t bad = utf8_invalid_at(s, len);
     if (bad < len)
         return err_set(ERR_FORMAT, "clip tokenizer: prompt is not valid UTF-8 (byte offset %zu)", bad);
     struct work w = {0};
-    w.cap_ids = t->max_length - 2;
-    w.ids = ids + 1;
+    w.cap_ids = cap;
+    w.ids = ids;
     w.md = pcre2_match_data_create_from_pattern(t->pattern, NULL);
     int rc = w.md ? 0 : err_set(ERR_NOMEM, "clip tokenizer: out of memory");
     struct piece *pieces = NULL;
@@ -1114,11 +1115,17 @@ int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t
     free(w.lower);
     free(w.nodes);
     free(w.heap);
-    if (rc)
-        return rc;
+    return rc ? rc : w.nids;
+}
+
+int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids)
+{
+    int n = clip_tokenize_content(t, text, len, ids + 1, t->max_length - 2);
+    if (n < 0)
+        return n;
     ids[0] = t->bos_id;
-    ids[1 + w.nids] = t->eos_id;
-    for (int i = w.nids + 2; i < t->max_length; i++)
+    ids[1 + n] = t->eos_id;
+    for (int i = n + 2; i < t->max_length; i++)
         ids[i] = t->pad_id;
     return t->max_length;
 }

@@ -22,5 +22,9 @@ int clip_tokenizer_max_length(const clip_tokenizer *t);
  * invalid UTF-8 (ERR_NOMEM if memory runs out). Safe to call from several threads at once on
  * one tokenizer. */
 int clip_tokenize(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids);
+/* The ids of the text alone, without BOS, EOS or padding, at most cap of them: the ids
+ * clip_tokenize places from position 1 on when cap is max_length - 2. Returns their count. */
+int clip_tokenize_content(const clip_tokenizer *t, const char *text, size_t len, int32_t *ids,
+                          int cap);
 
 #endif

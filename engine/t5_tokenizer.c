@@ -900,12 +900,9 @@ static int encode_text(encoder *e, const char *text, size_t len)
     return split_added(e, &e->t->raw, text, len, 1, normalized_span);
 }
 
-int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_length, int32_t *ids)
+int t5_tokenize_content(const t5_tokenizer *t, const char *text, size_t len, int32_t *ids,
+                        int cap)
 {
-    int n_special = t->n_prefix + t->n_suffix;
-    if (max_length < 1 || max_length < n_special)
-        return err_set(ERR_RANGE, "t5 tokenizer: max_length %d leaves no room for %d special tokens",
-                       max_length, n_special);
     for (size_t i = 0; i < len;) {
         utf8proc_int32_t c;
         utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)text + i, (utf8proc_ssize_t)(len - i), &c);
@@ -913,21 +910,13 @@ int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_len
             return err_set(ERR_FORMAT, "t5 tokenizer: prompt is not valid UTF-8 at byte %zu", i);
         i += (size_t)k;
     }
-    encoder e = {.t = t, .cap = (size_t)(max_length - n_special)};
+    encoder e = {.t = t, .cap = (size_t)cap};
     e.md = xcalloc(t->n_norms ? t->n_norms : 1, sizeof *e.md);
     int rc = encode_text(&e, text, len);
     if (rc == 0) {
-        size_t n = 0, keep = e.content.n < e.cap ? e.content.n : e.cap;
-        for (int i = 0; i < t->n_prefix; i++)
-            ids[n++] = t->prefix_ids[i];
-        if (keep)
-            memcpy(ids + n, e.content.v, keep * sizeof *ids);
-        n += keep;
-        for (int i = 0; i < t->n_suffix; i++)
-            ids[n++] = t->suffix_ids[i];
-        while (n < (size_t)max_length)
-            ids[n++] = t->pad_id;
-        rc = max_length;
+        rc = (int)(e.content.n < e.cap ? e.content.n : e.cap);
+        if (rc)
+            memcpy(ids, e.content.v, (size_t)rc * sizeof *ids);
     }
     for (size_t i = 0; i < t->n_norms; i++)
         pcre2_match_data_free(e.md[i]);
@@ -939,4 +928,30 @@ int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_len
     free(e.tmp.data);
     t5_viterbi_scratch_free(&e.w);
     return rc;
+}
+
+void t5_tokenizer_specials(const t5_tokenizer *t, int *before, int *after)
+{
+    *before = t->n_prefix;
+    *after = t->n_suffix;
+}
+
+int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_length, int32_t *ids)
+{
+    int n_special = t->n_prefix + t->n_suffix;
+    if (max_length < 1 || max_length < n_special)
+        return err_set(ERR_RANGE, "t5 tokenizer: max_length %d leaves no room for %d special tokens",
+                       max_length, n_special);
+    int keep = t5_tokenize_content(t, text, len, ids + t->n_prefix, max_length - n_special);
+    if (keep < 0)
+        return keep;
+    int n = 0;
+    for (int i = 0; i < t->n_prefix; i++)
+        ids[n++] = t->prefix_ids[i];
+    n += keep;
+    for (int i = 0; i < t->n_suffix; i++)
+        ids[n++] = t->suffix_ids[i];
+    while (n < max_length)
+        ids[n++] = t->pad_id;
+    return max_length;
 }

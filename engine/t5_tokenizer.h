@@ -21,5 +21,12 @@ void t5_tokenizer_free(t5_tokenizer *t);
  * Returns max_length, or ERR_FORMAT for invalid UTF-8, ERR_RANGE for max_length < 1. */
 int t5_tokenize(const t5_tokenizer *t, const char *text, size_t len, int max_length,
                 int32_t *ids);
+/* The ids of the text alone (no prefix, </s> or padding), at most cap of them; the ids
+ * t5_tokenize places after its prefix when cap is max_length less the special tokens. Returns
+ * their count. */
+int t5_tokenize_content(const t5_tokenizer *t, const char *text, size_t len, int32_t *ids,
+                        int cap);
+/* Ids the tokenizer puts before and after the text (0 and 1 for T5's template "$A </s>"). */
+void t5_tokenizer_specials(const t5_tokenizer *t, int *before, int *after);
 
 #endif
