@@ -1,7 +1,8 @@
 /* The text chunks a generated PNG carries: its generation parameters under the names the
  * protocol's submit request gives them (prompt, negative_prompt, seed, steps, guidance, width,
  * height, max_seq, model, count), then sampler, Software, index and, when used,
- * skip_layer_guidance, so that the image documents itself. focus-run and focusd write the same
+ * skip_layer_guidance and the FOCUS control's focus_subjects, focus_lambda and
+ * focus_heuristic, so that the image documents itself. focus-run and focusd write the same
  * keys; only "model" and "Software" differ with the program. */
 #ifndef FOCUS_ENGINE_GEN_TEXT_H
 #define FOCUS_ENGINE_GEN_TEXT_H
@@ -9,7 +10,7 @@
 #include "engine/pipeline.h"
 #include "engine/png_out.h"
 
-#define GEN_TEXT_MAX 14
+#define GEN_TEXT_MAX 17
 
 typedef struct gen_text {
     png_out_kv kv[GEN_TEXT_MAX]; /* the values point into the buffers below and into p */
@@ -17,6 +18,7 @@ typedef struct gen_text {
     char seed[32], steps[16], guidance[32], width[16], height[16], max_seq[16], count[16];
     char index[16];
     char slg[192];
+    char focus_subjects[1024], focus_lambda[32];
 } gen_text;
 
 /* Fills t for image `index` of a job with parameters p. p, model and software must outlive t;

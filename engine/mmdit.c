@@ -8,7 +8,7 @@
  * after them in one [B, N+S, D] buffer; the projections write straight into those rows, so the
  * concatenation and the split of the reference cost nothing here. Not here: guidance, the
  * scheduler, the VAE. */
-#include "engine/mmdit.h"
+#include "engine/mmdit_impl.h"
 
 #include "common/err.h"
 #include "common/xalloc.h"
@@ -23,66 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MMDIT_EPS 1e-6f /* every LayerNorm and qk RMSNorm of the model */
-#define MMDIT_TPROJ 256 /* width of the sinusoidal timestep projection */
-#define MMDIT_MAX_NAME 160
-
-typedef struct lin {
-    kn_tensor w, b;
-} lin;
-
-/* One attention stream: the image stream of `attn` (to_q..to_out.0, norm_q/k), its text stream
- * (add_q_proj..to_add_out, norm_added_q/k) or `attn2`; q, k and v joined into one [3D, D]
- * product. out.w.data is NULL for the last block's text stream, norm_q.data NULL without qk
- * norm. */
-typedef struct attn_stream {
-    lin qkv, out;
-    kn_tensor norm_q, norm_k;
-} attn_stream;
-
-typedef struct block {
-    bool dual, last;
-    lin norm1, norm1_ctx; /* modulation linears: 6D or 9D, and 6D or 2D outputs */
-    attn_stream img, txt, img2;
-    lin ff1, ff2, ffc1, ffc2;
-} block;
-
-/* Views of the arena for one forward (shapes are the current sizes). */
-typedef struct acts {
-    int64_t B, N, S, L;
-    kn_tensor tok, cx, ntok, nctx; /* [B,N,D] [B,S,D] [B,N,D] [B,S,D] */
-    kn_tensor q, k, v, o;          /* [B,L,D] joint; [B,N,D] views of them for attn2 */
-    kn_tensor aimg, actx;          /* [B,N,D] [B,S,D]: attention and FF outputs */
-    kn_tensor hid;                 /* FF hidden, joined q/k/v product, proj_out output */
-    kn_tensor temb, tact, tmp;     /* [B,D] */
-    kn_tensor tproj;               /* [B,256] */
-    kn_tensor mod, modc;           /* [B, C, D] */
-    kn_tensor pos;                 /* [N, D] cropped position embedding */
-    /* The float32 inputs in the compute dtype (empty in float32 mode, which reads them in
-     * place): x [B, C, h, w] as [B * C * N * p * p], context [B, S, J], pooled [B, P]. */
-    kn_tensor xin, ctxin, pin;
-} acts;
-
-struct mmdit {
-    kn_ctx *ctx;
-    mmdit_config cfg;
-    kn_dtype act; /* activation dtype: KN_F32 (default), KN_BF16 or KN_F16 */
-    int64_t D, heads, head_dim, ffdim;
-    st_archive *ar;
-
-    kn_tensor **loaded; /* every weight tensor, for kn_free (NULL where a part of a joined one) */
-    int n_loaded, cap_loaded;
-    const void **used; /* host data pointers of the loaded tensors, while loading */
-
-    lin patch, t1, t2, p1, p2, ctx_emb, norm_out, proj_out;
-    kn_tensor pos_embed; /* [1, G*G, D] */
-    block *blocks;
-
-    kn_tensor arena;
-    float *tproj_host;           /* [cap_b, 256]: the timestep projections before upload */
-    int64_t cap_b, cap_n, cap_s; /* sizes the arena regions are laid out for */
-    int64_t pos_gh, pos_gw;      /* crop held in the pos region; 0 when none */
-};
+kn_ctx *mmdit_ctx(const mmdit *m)
+{
+    return m->ctx;
+}
 
 const mmdit_config *mmdit_get_config(const mmdit *m)
 {
@@ -533,13 +477,6 @@ void mmdit_timestep_proj(float t, float out[MMDIT_TPROJ])
     }
 }
 
-static kn_tensor rows_of(const kn_tensor *t, int64_t b, int64_t row0, int64_t nrows)
-{
-    /* Rows [row0, row0+nrows) of sample b of a [B, R, C] tensor, as [nrows, C]. */
-    const int64_t R = t->shape[1], C = t->shape[2];
-    return kn_view(t, (b * R + row0) * C, 2, (int64_t[]){nrows, C});
-}
-
 static kn_tensor as_chunks(const kn_tensor *t, int64_t B, int64_t C, int64_t D)
 {
     return kn_view(t, 0, 3, (int64_t[]){B, C, D});
@@ -568,13 +505,15 @@ static int joint_attention(mmdit *m, const block *bl, acts *a)
     if ((rc = project_qkv(m, &bl->img, &a->ntok, 0, &a->q, &a->k, &a->v, a)) < 0 ||
         (rc = project_qkv(m, &bl->txt, &a->nctx, a->N, &a->q, &a->k, &a->v, a)) < 0)
         return rc;
-    kn_attn_args args = {.heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim))};
+    kn_attn_args args = {.heads = (int)m->heads,
+                         .scale = (float)(1.0 / sqrt((double)m->head_dim)),
+                         .lse = mmdit_focus_lse(m, a)};
     if ((rc = kn_attention(m->ctx, &a->o, &a->q, &a->k, &a->v, &args)) < 0) return rc;
     for (int64_t b = 0; b < a->B; b++) {
-        kn_tensor oi = rows_of(&a->o, b, 0, a->N), yi = rows_of(&a->aimg, b, 0, a->N);
+        kn_tensor oi = mmdit_rows(&a->o, b, 0, a->N), yi = mmdit_rows(&a->aimg, b, 0, a->N);
         if ((rc = kn_linear(m->ctx, &yi, &oi, &bl->img.out.w, &bl->img.out.b)) < 0) return rc;
         if (bl->last) continue;
-        kn_tensor oc = rows_of(&a->o, b, a->N, a->S), yc = rows_of(&a->actx, b, 0, a->S);
+        kn_tensor oc = mmdit_rows(&a->o, b, a->N, a->S), yc = mmdit_rows(&a->actx, b, 0, a->S);
         if ((rc = kn_linear(m->ctx, &yc, &oc, &bl->txt.out.w, &bl->txt.out.b)) < 0) return rc;
     }
     return 0;
@@ -608,8 +547,9 @@ static int feed_forward(mmdit *m, kn_tensor *x, kn_tensor *n, kn_tensor *y, cons
     return kn_gate_add(m->ctx, x, y, mod, 5);
 }
 
-static int run_block(mmdit *m, const block *bl, acts *a)
+static int run_block(mmdit *m, int i, acts *a)
 {
+    const block *bl = &m->blocks[i];
     const int64_t B = a->B, D = m->D;
     kn_tensor mod = as_chunks(&a->mod, B, bl->dual ? 9 : 6, D);
     kn_tensor modc = as_chunks(&a->modc, B, bl->last ? 2 : 6, D);
@@ -617,7 +557,8 @@ static int run_block(mmdit *m, const block *bl, acts *a)
     kn_tensor modc_flat = kn_reshape(&modc, 2, (int64_t[]){B, modc.shape[1] * D});
     int rc;
     if ((rc = kn_linear_rows(m->ctx, &mod_flat, &a->tact, &bl->norm1.w, &bl->norm1.b)) < 0 ||
-        (rc = kn_linear_rows(m->ctx, &modc_flat, &a->tact, &bl->norm1_ctx.w, &bl->norm1_ctx.b)) < 0)
+        (rc = kn_linear_rows(m->ctx, &modc_flat, &a->tact, &bl->norm1_ctx.w, &bl->norm1_ctx.b)) < 0 ||
+        (rc = mmdit_focus_save_inputs(m, i, a)) < 0)
         return rc;
 
     /* Chunks: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp[, shift_msa2,
@@ -626,7 +567,7 @@ static int run_block(mmdit *m, const block *bl, acts *a)
     if ((rc = kn_ln_modulate(m->ctx, &a->ntok, &a->tok, &mod, 0, 1, MMDIT_EPS)) < 0 ||
         (rc = kn_ln_modulate(m->ctx, &a->nctx, &a->cx, &modc, bl->last ? 1 : 0, bl->last ? 0 : 1,
                              MMDIT_EPS)) < 0 ||
-        (rc = joint_attention(m, bl, a)) < 0)
+        (rc = joint_attention(m, bl, a)) < 0 || (rc = mmdit_focus_save_maps(m, i, a)) < 0)
         return rc;
     /* attn2's input modulates the LayerNorm of the block's input, so it is taken before the
      * first residual update. */
@@ -679,7 +620,7 @@ static int embed(mmdit *m, acts *a, const kn_tensor *x32, const float *t, const 
         (rc = kn_transpose(m->ctx, &a->tok, &conv3)) < 0 || (rc = crop_pos(m, a, gh, gw)) < 0)
         return rc;
     for (int64_t b = 0; b < B; b++) {
-        kn_tensor tb = rows_of(&a->tok, b, 0, a->N);
+        kn_tensor tb = mmdit_rows(&a->tok, b, 0, a->N);
         if ((rc = kn_add(m->ctx, &tb, &tb, &a->pos)) < 0) return rc;
     }
 
@@ -774,7 +715,7 @@ int mmdit_forward(mmdit *m, const kn_tensor *x, const float *t, const kn_tensor 
     if ((rc = ensure_arena(m, &a)) < 0 || (rc = embed(m, &a, x, t, ctx_in, pooled)) < 0) return rc;
     for (int i = 0; i < m->cfg.num_layers; i++) {
         if (skipped(skip, n_skip, i)) continue;
-        if ((rc = run_block(m, &m->blocks[i], &a)) < 0)
+        if ((rc = run_block(m, i, &a)) < 0)
             return err_prefix(rc, "transformer block %d: ", i);
     }
     return head(m, &a, out);

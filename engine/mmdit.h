@@ -20,6 +20,8 @@ typedef struct mmdit mmdit;
 int mmdit_load(kn_ctx *ctx, const model_config *mc, mmdit **out);
 void mmdit_free(mmdit *m);
 const mmdit_config *mmdit_get_config(const mmdit *m);
+/* The context the transformer computes on. */
+kn_ctx *mmdit_ctx(const mmdit *m);
 
 /* The dtype the forward pass computes in: KN_F32 (the default and the reference mode), KN_BF16
  * or KN_F16 (16-bit activations, float32 accumulation; inputs and output stay F32 and are
@@ -47,6 +49,41 @@ int mmdit_check_size(const mmdit_config *cfg, int64_t h, int64_t w);
  * to the largest (B, h, w, S) seen, so repeated steps of one shape allocate nothing. */
 int mmdit_forward(mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
                   const kn_tensor *pooled, const int *skip, int n_skip, kn_tensor *out);
+
+/* ---- the FOCUS controller's capture and input gradient (mmdit_grad.c) ---- */
+
+/* What the controller takes from a forward pass for one sample of its batch: every joint
+ * block's image-to-text attention maps of chosen text rows (head-averaged, each image query's
+ * row normalised over the whole joint sequence, from the attention's log-sum-exp: no N x N
+ * matrix), and the block inputs that mmdit_focus_grad recomputes each block from. */
+typedef struct mmdit_focus mmdit_focus;
+
+/* A capture of text rows tok[0..n) (indices into the context's rows, e.g. a CLIP position p
+ * and a T5 position 77 + p) of batch sample `sample`. */
+int mmdit_focus_create(mmdit *m, const int32_t *tok, int n, int sample, mmdit_focus **out);
+void mmdit_focus_free(mmdit_focus *f);
+/* Captures batch row `sample` from the next forward on (a guidance batch's conditional row
+ * moves with the jobs batched before it). */
+int mmdit_focus_set_sample(mmdit_focus *f, int sample);
+
+/* Bytes a capture of n text rows holds on the device for a forward of B samples, an h x w
+ * latent and S text rows, its reverse pass's buffers included (fixed: they do not grow). */
+uint64_t mmdit_focus_bytes(const mmdit *m, int n, int64_t B, int64_t h, int64_t w, int64_t S);
+
+/* mmdit_forward, capturing into f (the output is the same, bit for bit). */
+int mmdit_forward_focus(mmdit *m, const kn_tensor *x, const float *t, const kn_tensor *ctx_in,
+                        const kn_tensor *pooled, kn_tensor *out, mmdit_focus *f);
+
+/* The maps of the last captured forward, host float32 [num_layers, n, h/p * w/p] (token j's
+ * map over the image tokens in row-major patch order), and that grid's size. */
+const float *mmdit_focus_maps(const mmdit_focus *f, int64_t *gh, int64_t *gw);
+
+/* The gradient of a cost of the captured maps with respect to the captured sample's input
+ * latent: dmaps (host float32, the maps' shape) is d cost / d maps, dx [1, in_channels, h, w]
+ * F32 receives d cost / d x. One reverse pass through the joint blocks, each recomputed from
+ * its saved input (no weight gradients; the modulation, a function of t and the pooled text
+ * alone, is a constant). */
+int mmdit_focus_grad(mmdit *m, mmdit_focus *f, const float *dmaps, kn_tensor *dx);
 
 /* The 256-wide sinusoidal timestep projection that the time embedder consumes (diffusers
  * Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)), in float32 as torch computes

@@ -67,6 +67,8 @@ struct gen_job {
     fm_schedule sched;
     int step;     /* steps done */
     float *image; /* count x H x W x 3 in [0, 1] after decode; NULL before */
+    focus_groups groups;   /* the FOCUS subjects' tokens, when controlled */
+    focus_control *focus;  /* the controller, once attached; NULL without control */
 };
 
 void gen_params_defaults(gen_params *p)
@@ -80,6 +82,8 @@ void gen_params_defaults(gen_params *p)
     p->slg_scale = 2.8f;
     p->slg_start = 0.01;
     p->slg_stop = 0.2;
+    p->focus.lambda = 1.0f;
+    p->focus.heuristic = FOCUS_HEURISTIC_FOCUS;
 }
 
 /* ---- scratch ---- */
@@ -277,6 +281,23 @@ void engine_memory_reset_peak(sd3_engine *e)
     kn_ctx_reset_peak(e->ctx);
 }
 
+/* The controller's capture and reverse pass, its gradient and the cost's map gradient (the
+ * subjects' tokens as resolved; the most a request may name when they do not resolve). */
+static uint64_t focus_bytes(const sd3_engine *e, const gen_params *p, int64_t rows, int64_t h,
+                            int64_t w, int64_t S)
+{
+    if (!focus_request_active(&p->focus)) return 0;
+    focus_groups g;
+    const mmdit_config *mc = &e->cfg->mmdit;
+    const int64_t N = (h / mc->patch_size) * (w / mc->patch_size);
+    const int n = focus_subjects_resolve(text_encoder_tokenizers(e->te), p->prompt, p->max_seq,
+                                         p->focus.subjects, p->focus.n_subjects, &g) == 0
+                      ? g.n_tok
+                      : FOCUS_MAX_TOKENS;
+    return mmdit_focus_bytes(e->dit, n, rows, h, w, S) +
+           (uint64_t)(mc->in_channels * h * w + (int64_t)mc->num_layers * n * N) * sizeof(float);
+}
+
 uint64_t engine_job_bytes(const sd3_engine *e, const gen_params *p)
 {
     const int f = vae_scale_factor(e->vae);
@@ -290,7 +311,8 @@ uint64_t engine_job_bytes(const sd3_engine *e, const gen_params *p)
     const int64_t floats = count * lat + 2 * rows * (S * J + P) + 2 * rows * lat + 2 * count * lat +
                            3 * (int64_t)p->width * p->height;
     return (uint64_t)floats * sizeof(float) + mmdit_scratch_bytes(e->dit, rows, h, w, S) +
-           vae_scratch_bytes(e->vae, 1, h, w) + ENGINE_OP_SCRATCH;
+           vae_scratch_bytes(e->vae, 1, h, w) + focus_bytes(e, p, rows, h, w, S) +
+           ENGINE_OP_SCRATCH;
 }
 
 uint64_t engine_encode_count(const sd3_engine *e)
@@ -306,6 +328,17 @@ static int check_side(const char *name, int v, int multiple)
         return err_set(ERR_RANGE, "%s: %d is not a positive multiple of %d pixels", name, v,
                        multiple);
     return 0;
+}
+
+/* The FOCUS fields, whenever subjects are given (lambda 0 included), resolved into g. */
+static int check_focus(const sd3_engine *e, const gen_params *p, focus_groups *g)
+{
+    focus_groups scratch;
+    if (p->focus.n_subjects == 0) return 0;
+    const int f = vae_scale_factor(e->vae), patch = e->cfg->mmdit.patch_size;
+    return focus_request_check(&p->focus, text_encoder_tokenizers(e->te), p->prompt, p->max_seq,
+                               p->count, p->height / f / patch, p->width / f / patch,
+                               g ? g : &scratch);
 }
 
 int engine_check_params(const sd3_engine *e, const gen_params *p)
@@ -337,7 +370,7 @@ int engine_check_params(const sd3_engine *e, const gen_params *p)
     if (p->slg_count > 0 &&
         (!isfinite(p->slg_scale) || !isfinite(p->slg_start) || !isfinite(p->slg_stop)))
         return err_set(ERR_RANGE, "slg_scale, slg_start, slg_stop: not all finite numbers");
-    return 0;
+    return check_focus(e, p, NULL);
 }
 
 /* ---- prepare ---- */
@@ -415,7 +448,11 @@ int engine_job_encode(sd3_engine *e, const gen_params *p, gen_job **out)
     j->p = *p;
     j->p.prompt = xstrdup(p->prompt);
     j->p.negative_prompt = p->negative_prompt ? xstrdup(p->negative_prompt) : NULL;
+    for (int k = 0; k < p->focus.n_subjects; k++)
+        if (p->focus.subjects[k].phrase)
+            j->p.focus.subjects[k].phrase = xstrdup(p->focus.subjects[k].phrase);
     j->cfg = p->guidance > 1.0f;
+    if (focus_request_active(&p->focus)) check_focus(e, p, &j->groups);
     const int f = vae_scale_factor(e->vae);
     j->lh = p->height / f;
     j->lw = p->width / f;
@@ -438,6 +475,10 @@ int engine_job_attach(sd3_engine *e, gen_job *j)
          (rc = upload(e, &j->pooled, &j->text_pooled)) < 0))
         return rc;
     if ((rc = job_noise(e, j)) < 0 || (rc = job_schedule(e, j)) < 0) return rc;
+    if (focus_request_active(&j->p.focus) &&
+        (rc = focus_control_create(e->dit, &j->groups, &j->p.focus, j->p.steps, j->lh, j->lw,
+                                   &j->focus)) < 0)
+        return err_prefix(rc, "FOCUS control: ");
     j->attached = true;
     return 0;
 }
@@ -561,7 +602,8 @@ static int slg_forward(sd3_engine *e, gen_job *const *jobs, int m, kn_tensor *sk
 }
 
 /* The guidance combine and Euler update of one job, in the pipeline's op order:
- *   v = uncond + g * (text - uncond); v = v + (text - skip) * slg_scale; x = x + dt * v */
+ *   v = uncond + g * (text - uncond); v = v + (text - skip) * slg_scale;
+ *   v = v + focus control; x = x + dt * v */
 static int job_update(sd3_engine *e, gen_job *j, const kn_tensor *v_rows, const kn_tensor *skip)
 {
     const int64_t c = j->p.count;
@@ -577,11 +619,30 @@ static int job_update(sd3_engine *e, gen_job *j, const kn_tensor *v_rows, const 
                      (rc = kn_add_scaled(e->ctx, &v, &v, j->p.slg_scale, &diff)) < 0))
             return rc;
     }
+    if (j->focus && (rc = focus_control_apply(j->focus, &v, j->sched.timesteps[j->step])) < 0)
+        return rc;
     if ((rc = kn_add_scaled(e->ctx, &j->latents, &j->latents, fm_step_dt(&j->sched, j->step), &v)) <
         0)
         return rc;
     j->step++;
     return 0;
+}
+
+/* The group's forward pass: plain, or capturing the conditional row of its controlled job
+ * (at most one) and taking that job's cost and gradient. */
+static int group_forward(sd3_engine *e, gen_job *const *jobs, int m, int copies,
+                         const kn_tensor *x, const kn_tensor *emb, const kn_tensor *pooled,
+                         kn_tensor *out)
+{
+    int64_t row = 0;
+    for (int i = 0; i < m; i++) {
+        gen_job *j = jobs[i];
+        if (j->focus)
+            return focus_control_forward(j->focus, x, e->tvec, emb, pooled, out,
+                                         (int)(row + (copies - 1) * j->p.count), j->step);
+        row += (int64_t)copies * j->p.count;
+    }
+    return mmdit_forward(e->dit, x, e->tvec, emb, pooled, NULL, 0, out);
 }
 
 /* One step of a group of mutually batchable jobs; slg has room for m jobs. */
@@ -594,7 +655,7 @@ static int step_group(sd3_engine *e, gen_job *const *jobs, int m, gen_job **slg)
         (rc = gather_emb(e, &e->emb, jobs, m, EMB_SEQ, false, &emb)) < 0 ||
         (rc = gather_emb(e, &e->pooled, jobs, m, EMB_POOLED, false, &pooled)) < 0 ||
         (rc = scratch_view(e->ctx, &e->out, 4, x.shape, &out)) < 0 ||
-        (rc = mmdit_forward(e->dit, &x, e->tvec, &emb, &pooled, NULL, 0, &out)) < 0)
+        (rc = group_forward(e, jobs, m, copies, &x, &emb, &pooled, &out)) < 0)
         return rc;
 
     /* The jobs inside their skip-layer window get one more pass, batched together. */
@@ -636,16 +697,20 @@ int engine_step(sd3_engine *e, gen_job **jobs, int n)
             if (jobs[k] == jobs[i])
                 return err_set(ERR_INVALID, "engine_step: job %d is also job %d", i, k);
     }
-    /* Groups form greedily in the caller's order: each job joins the first group it fits. */
+    /* Groups form greedily in the caller's order: each job joins the first group it fits,
+     * a controlled job only a group without one. */
     gen_job **group = xmalloc(2 * (size_t)n * sizeof *group), **slg = group + n;
     bool *taken = xcalloc((size_t)n, sizeof *taken);
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         if (taken[i]) continue;
         int m = 0;
+        bool controlled = false;
         for (int k = i; k < n; k++)
-            if (!taken[k] && engine_jobs_batchable(jobs[i], jobs[k])) {
+            if (!taken[k] && engine_jobs_batchable(jobs[i], jobs[k]) &&
+                !(controlled && jobs[k]->focus)) {
                 taken[k] = true;
+                controlled |= jobs[k]->focus != NULL;
                 group[m++] = jobs[k];
             }
         rc = step_group(e, group, m, slg);
@@ -708,6 +773,16 @@ int engine_job_decode(sd3_engine *e, gen_job *j, uint8_t **rgb)
     return 0;
 }
 
+int engine_job_focus_costs(const gen_job *j, float *out, size_t n)
+{
+    if (!j->focus) return err_set(ERR_INVALID, "engine_job_focus_costs: the job has no control");
+    if (n != (size_t)j->p.steps)
+        return err_set(ERR_INVALID, "engine_job_focus_costs: room for %zu costs, %d steps", n,
+                       j->p.steps);
+    memcpy(out, focus_control_costs(j->focus), n * sizeof *out);
+    return 0;
+}
+
 void engine_job_latent_shape(const gen_job *j, int64_t shape[4])
 {
     memcpy(shape, j->latents.shape, 4 * sizeof *shape);
@@ -743,6 +818,9 @@ void engine_job_free(gen_job *j)
     kn_free(ctx, &j->emb);
     kn_free(ctx, &j->pooled);
     fm_schedule_free(&j->sched);
+    focus_control_free(j->focus);
+    for (int k = 0; k < j->p.focus.n_subjects; k++)
+        free((char *)j->p.focus.subjects[k].phrase);
     free((char *)j->p.prompt);
     free((char *)j->p.negative_prompt);
     free(j->image);

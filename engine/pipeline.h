@@ -12,6 +12,7 @@
 #ifndef FOCUS_ENGINE_PIPELINE_H
 #define FOCUS_ENGINE_PIPELINE_H
 
+#include "engine/focus_control.h"
 #include "engine/model_config.h"
 #include "kernels/kn.h"
 
@@ -74,13 +75,17 @@ typedef struct gen_params {
     int slg_count;
     float slg_scale;
     double slg_start, slg_stop; /* fractions of the steps; double as Python compares them */
+    /* The FOCUS test-time controller (off without subjects or with lambda 0). Its phrases are
+     * copied by engine_job_encode like the prompts. */
+    focus_request focus;
 } gen_params;
 /* Skip-layer guidance follows the later diffusers SD3 pipelines (0.31.0 has none): it acts only
  * with CFG on (guidance > 1) and is ignored otherwise, as there. */
 
 /* The defaults of the FOCUS model card: 28 steps, guidance 4.5, 512x512, max_seq 77, count 1,
- * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given). The prompts are left
- * NULL: the caller sets the prompt. */
+ * seed 0, SLG off (scale 2.8, start 0.01, stop 0.2 when layers are given), no FOCUS subjects
+ * (lambda 1 and the focus heuristic when subjects are given, the reference's defaults). The
+ * prompts are left NULL: the caller sets the prompt. */
 void gen_params_defaults(gen_params *p);
 
 typedef struct sd3_engine sd3_engine;
@@ -141,7 +146,8 @@ bool engine_encodes_apart(const sd3_engine *e);
  * nor one job twice in one call. On error the jobs may be left partly stepped: free them. */
 int engine_step(sd3_engine *e, gen_job **jobs, int n);
 /* True when both jobs can share a forward pass: same size, guidance on/off, max_seq (the
- * prompt length the transformer attends over) and skip-layer list. */
+ * prompt length the transformer attends over) and skip-layer list. A pass captures the maps of
+ * one FOCUS-controlled job at most: engine_step gives a second one a pass of its own. */
 bool engine_jobs_batchable(const gen_job *a, const gen_job *b);
 int engine_job_steps(const gen_job *j);
 int engine_job_step_index(const gen_job *j); /* steps done so far */
@@ -158,6 +164,9 @@ int engine_job_latents(const gen_job *j, float *out, size_t n);
 /* The decoded image in [0,1], NHWC, float32 (count * height * width * 3), as the pipeline's
  * output_type="np" returns it; only after engine_job_decode. */
 int engine_job_image(const gen_job *j, float *out, size_t n);
+/* The FOCUS cost of each step done (before that step's control is applied), steps values
+ * into out (n of room); ERR_INVALID for a job without control. */
+int engine_job_focus_costs(const gen_job *j, float *out, size_t n);
 /* Frees a job (any time; NULL is allowed); jobs must be freed before their engine. */
 void engine_job_free(gen_job *j);
 

@@ -112,6 +112,9 @@ int cli_parse(const cli_cmd *cmd, int argc, char **argv, cli_args *out)
             if (k < 0) return cli_usage_error(out, "unknown option '--%.*s'", (int)len, name);
         }
         const cli_opt *o = &cmd->opts[k];
+        if (o->repeat && out->val[k] && out->nall[k] == CLI_MAX_REPEAT)
+            return cli_usage_error(out, "option --%s given more than %d times", o->name,
+                                   CLI_MAX_REPEAT);
         if (!o->arg) {
             if (eq) return cli_usage_error(out, "option --%s takes no value", o->name);
             out->val[k] = "";
@@ -122,6 +125,7 @@ int cli_parse(const cli_cmd *cmd, int argc, char **argv, cli_args *out)
         } else {
             return cli_usage_error(out, "option --%s needs a value (%s)", o->name, o->arg);
         }
+        if (o->repeat) out->all[k][out->nall[k]++] = out->val[k];
     }
     if (out->npos < cmd->min_pos) return cli_usage_error(out, "missing argument: %s", cmd->usage);
     return 0;
@@ -136,6 +140,13 @@ const char *cli_str(const cli_args *a, const char *name, const char *def)
 bool cli_flag(const cli_args *a, const char *name)
 {
     return a->val[known_opt(a, name)] != NULL;
+}
+
+int cli_all(const cli_args *a, const char *name, const char *const **values)
+{
+    const int k = known_opt(a, name);
+    *values = a->all[k];
+    return a->nall[k];
 }
 
 const char *cli_required(const cli_args *a, const char *name)

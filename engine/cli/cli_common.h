@@ -20,14 +20,16 @@ enum {
     CLI_EXIT_USAGE = 2, /* bad command line */
 };
 
-#define CLI_MAX_OPTS 32
+#define CLI_MAX_OPTS 40
 #define CLI_MAX_POS 8
+#define CLI_MAX_REPEAT 8 /* values of one repeatable option */
 
 typedef struct cli_opt {
     const char *name; /* long name without the dashes */
     const char *arg;  /* placeholder of the value ("DIR", "N"); NULL for a flag */
     const char *help; /* one line, stating the default */
     char short_name;  /* 'o' for -o; 0 for none */
+    bool repeat;      /* may be given up to CLI_MAX_REPEAT times; cli_all reads every value */
 } cli_opt;
 
 typedef struct cli_args cli_args;
@@ -45,6 +47,8 @@ typedef struct cli_cmd {
 struct cli_args {
     const cli_cmd *cmd;
     const char *val[CLI_MAX_OPTS]; /* by option index; NULL when absent, "" for a given flag */
+    const char *all[CLI_MAX_OPTS][CLI_MAX_REPEAT]; /* a repeatable option's values, in order */
+    int nall[CLI_MAX_OPTS];
     const char *pos[CLI_MAX_POS];
     int npos;
 };
@@ -63,6 +67,8 @@ void cli_print_help(const cli_cmd *cmd, FILE *f);
 /* The value of option `name` (which must be in the command's table), or def when absent. */
 const char *cli_str(const cli_args *a, const char *name, const char *def);
 bool cli_flag(const cli_args *a, const char *name);
+/* The values of a repeatable option in command-line order; returns their count. */
+int cli_all(const cli_args *a, const char *name, const char *const **values);
 /* A required option: returns NULL after printing a usage error when absent. */
 const char *cli_required(const cli_args *a, const char *name);
 /* --model (required): a directory or ORG/NAME, optionally as NAME=MODEL the way focusd's

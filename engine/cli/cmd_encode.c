@@ -18,15 +18,15 @@
 #define MAX_IMAGES 64
 
 static const cli_opt encode_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
-    {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
-    {"negative", "TEXT", "the negative prompt (default: \"\", which is encoded too)", 0},
-    {"no-cfg", NULL, "no classifier-free guidance: skip the negative prompt (default: off)", 0},
-    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0},
-    {"images", "N", "num_images_per_prompt: batch copies of each embedding, 1..64 (default 1)", 0},
-    {"dump", "DIR", "directory for the .npy outputs, created if absent (required)", 0},
-    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0},
-    {NULL, NULL, NULL, 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0, false},
+    {"prompt", "TEXT", "the prompt (required; may be empty)", 0, false},
+    {"negative", "TEXT", "the negative prompt (default: \"\", which is encoded too)", 0, false},
+    {"no-cfg", NULL, "no classifier-free guidance: skip the negative prompt (default: off)", 0, false},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0, false},
+    {"images", "N", "num_images_per_prompt: batch copies of each embedding, 1..64 (default 1)", 0, false},
+    {"dump", "DIR", "directory for the .npy outputs, created if absent (required)", 0, false},
+    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0, false},
+    {NULL, NULL, NULL, 0, false},
 };
 
 /* Writes t ([B, ...] float) as DIR/NAME.npy. */

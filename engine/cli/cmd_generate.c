@@ -20,32 +20,40 @@
 
 /* The defaults stated here are gen_params_defaults()'s (the FOCUS model card). */
 static const cli_opt generate_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
-    {"prompt", "TEXT", "the prompt (required; may be empty)", 0},
-    {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)", 0},
-    {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)", 0},
-    {"steps", "N", "denoising steps, 1..1000 (default 28)", 0},
-    {"cfg", "G", "classifier-free guidance scale; <= 1 turns CFG off (default 4.5)", 0},
-    {"width", "W", "image width in pixels, a multiple of 16 (default 512)", 0},
-    {"height", "H", "image height in pixels, a multiple of 16 (default 512)", 0},
-    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 77)", 0},
-    {"count", "N", "images from one prompt and seed, 1..64 (default 1)", 0},
-    {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)", 0},
-    {"slg-scale", "S", "skip-layer guidance scale (default 2.8)", 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0, false},
+    {"prompt", "TEXT", "the prompt (required; may be empty)", 0, false},
+    {"negative", "TEXT", "the negative prompt (default: \"\"; unused without CFG)", 0, false},
+    {"seed", "N", "seed of the torch CPU generator, 0..2^64-1 (default 0; low 32 bits count)", 0, false},
+    {"steps", "N", "denoising steps, 1..1000 (default 28)", 0, false},
+    {"cfg", "G", "classifier-free guidance scale; <= 1 turns CFG off (default 4.5)", 0, false},
+    {"width", "W", "image width in pixels, a multiple of 16 (default 512)", 0, false},
+    {"height", "H", "image height in pixels, a multiple of 16 (default 512)", 0, false},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 77)", 0, false},
+    {"count", "N", "images from one prompt and seed, 1..64 (default 1)", 0, false},
+    {"slg", "LAYERS", "skip-layer guidance on these blocks, e.g. 7,8,9 (default: off)", 0, false},
+    {"slg-scale", "S", "skip-layer guidance scale (default 2.8)", 0, false},
     {"slg-start", "F", "skip-layer guidance starts after this fraction of the steps (default 0.01)",
-     0},
-    {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)", 0},
-    {"output", "FILE", "the PNG to write (required); see below for --count > 1", 'o'},
-    {"dump", "DIR", "also write noise.npy, latents.npy and image.npy here (default: none)", 0},
-    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0},
+     0, false},
+    {"slg-stop", "F", "skip-layer guidance stops at this fraction of the steps (default 0.2)", 0, false},
+    {"focus-subject", "PHRASE", "a subject for the FOCUS control: a phrase of the prompt "
+     "(repeatable, up to 8)", 0, true},
+    {"focus-tokens", "POS", "a subject's positions, 't5=1,2;clip=2' (repeatable; one per "
+     "subject, given in place of or beside --focus-subject)", 0, true},
+    {"focus-lambda", "L", "strength of the FOCUS control; 0 turns it off (default 1)", 0, false},
+    {"focus-heuristic", "NAME", "focus, attend_and_excite or divide_and_bind (default focus)",
+     0, false},
+    {"output", "FILE", "the PNG to write (required); see below for --count > 1", 'o', false},
+    {"dump", "DIR", "also write noise.npy, latents.npy, image.npy (and focus_cost.npy) here "
+     "(default: none)", 0, false},
+    {"device", "DEV", "cpu, cuda or cuda:N (default cpu)", 0, false},
     {"precision", "P",
      "fp32, bf16, fp16 or auto (default auto: bf16 on CUDA and on CPUs with native bf16, fp32 "
      "elsewhere; fp16 on the CPU is an emulation, slow)",
-     0},
-    {"threads", "N", "CPU threads, 1..64 (default: the online CPUs); the bytes never change", 0},
+     0, false},
+    {"threads", "N", "CPU threads, 1..64 (default: the online CPUs); the bytes never change", 0, false},
     {"text-device", "WHERE",
-     "same (the text encoders on --device) or cpu (on the CPU, for small cards; default same)", 0},
-    {NULL, NULL, NULL, 0},
+     "same (the text encoders on --device) or cpu (on the CPU, for small cards; default same)", 0, false},
+    {NULL, NULL, NULL, 0, false},
 };
 
 /* A finite number option, or def when absent. */
@@ -99,6 +107,33 @@ static int opt_slg_layers(const cli_args *a, gen_params *p)
     return 0;
 }
 
+/* --focus-subject and --focus-tokens into p->focus: the phrases name the subjects; positions,
+ * when given, say which tokens they are (then one per subject). */
+static int opt_focus(const cli_args *a, gen_params *p)
+{
+    focus_request *r = &p->focus;
+    const char *const *phrases, *const *tokens;
+    const int n_phrases = cli_all(a, "focus-subject", &phrases);
+    const int n_tokens = cli_all(a, "focus-tokens", &tokens);
+    if (n_phrases && n_tokens && n_phrases != n_tokens)
+        return cli_usage_error(a, "%d --focus-subject and %d --focus-tokens: give one "
+                               "--focus-tokens per subject", n_phrases, n_tokens);
+    r->n_subjects = n_tokens ? n_tokens : n_phrases;
+    for (int k = 0; k < n_tokens; k++)
+        if (focus_positions_parse(tokens[k], &r->subjects[k]) < 0)
+            return cli_usage_error(a, "--focus-tokens: %s", err_msg());
+    for (int k = 0; k < n_phrases && !n_tokens; k++)
+        r->subjects[k].phrase = phrases[k];
+    double lambda;
+    int rc = opt_number(a, "focus-lambda", r->lambda, &lambda);
+    if (rc) return rc;
+    r->lambda = (float)lambda;
+    const char *h = cli_str(a, "focus-heuristic", NULL);
+    if (h && focus_heuristic_parse(h, &r->heuristic) < 0)
+        return cli_usage_error(a, "--focus-heuristic: %s", err_msg());
+    return 0;
+}
+
 static int parse_params(const cli_args *a, gen_params *p)
 {
     gen_params_defaults(p);
@@ -117,7 +152,7 @@ static int parse_params(const cli_args *a, gen_params *p)
         (rc = opt_slg_layers(a, p)) ||
         (rc = opt_number(a, "slg-scale", p->slg_scale, &slg_scale)) ||
         (rc = opt_number(a, "slg-start", p->slg_start, &p->slg_start)) ||
-        (rc = opt_number(a, "slg-stop", p->slg_stop, &p->slg_stop)))
+        (rc = opt_number(a, "slg-stop", p->slg_stop, &p->slg_stop)) || (rc = opt_focus(a, p)))
         return rc;
     p->guidance = (float)guidance;
     p->slg_scale = (float)slg_scale;
@@ -177,6 +212,17 @@ static int dump_latents(const gen_job *j, const char *dir, const char *name)
     return rc;
 }
 
+/* focus_cost.npy: the cost at each step before its control, for a controlled job. */
+static int dump_costs(const gen_job *j, const gen_params *p, const char *dir)
+{
+    float *c = malloc((size_t)p->steps * sizeof *c);
+    if (!c) return err_set(ERR_NOMEM, "focus_cost.npy: out of memory");
+    int rc = engine_job_focus_costs(j, c, (size_t)p->steps);
+    if (rc == 0) rc = dump_npy(dir, "focus_cost.npy", c, 1, (int64_t[]){p->steps});
+    free(c);
+    return rc;
+}
+
 static int dump_image(const gen_job *j, const gen_params *p, const char *dir)
 {
     int64_t shape[4] = {p->count, p->height, p->width, 3};
@@ -215,6 +261,8 @@ static int run_job(const cli_args *a, sd3_engine *e, const gen_params *p, const 
     }
     uint8_t *rgb = NULL;
     if (rc == CLI_EXIT_OK && dump && dump_latents(j, dump, "latents.npy") < 0)
+        rc = cli_fail(a, "--dump");
+    if (rc == CLI_EXIT_OK && dump && focus_request_active(&p->focus) && dump_costs(j, p, dump) < 0)
         rc = cli_fail(a, "--dump");
     if (rc == CLI_EXIT_OK) {
         double td = cli_now();
@@ -287,12 +335,19 @@ const cli_cmd cli_cmd_generate = {
         "that generator (num_images_per_prompt=N) and are written to FILE, then FILE with\n"
         "-1, -2, ... before its extension (out.png, out-1.png, out-2.png). Each PNG carries\n"
         "text chunks: prompt, negative_prompt, seed, steps, guidance, width, height, max_seq,\n"
-        "model, sampler, Software, count, index (and skip_layer_guidance when used). The paths\n"
-        "written go to stdout; per-step progress and timings go to stderr.\n"
+        "model, sampler, Software, count, index (and skip_layer_guidance, focus_subjects and\n"
+        "focus_lambda when used). The paths written go to stdout; per-step progress and\n"
+        "timings go to stderr.\n"
         "--dump DIR writes float32 .npy files: noise.npy (the initial latents, [N, 16, H/8,\n"
-        "W/8]), latents.npy (the final latents, before decoding) and image.npy (the decoded\n"
-        "images in [0, 1], [N, H, W, 3], as output_type=\"np\" returns them).\n"
-        "Skip-layer guidance follows later diffusers pipelines and acts only with CFG on.",
+        "W/8]), latents.npy (the final latents, before decoding), image.npy (the decoded\n"
+        "images in [0, 1], [N, H, W, 3], as output_type=\"np\" returns them) and, with the\n"
+        "FOCUS control, focus_cost.npy (the cost at each step before its control).\n"
+        "Skip-layer guidance follows later diffusers pipelines and acts only with CFG on.\n"
+        "The FOCUS control (ericbill21/FOCUS's test-time controller) keeps the subjects apart:\n"
+        "each --focus-subject is a phrase of the prompt, mapped to its CLIP and T5 tokens; or\n"
+        "--focus-tokens gives the positions as the reference's datasets list them (T5 from 0\n"
+        "without BOS, CLIP counting BOS as 0). One image (--count 1); the reference runs\n"
+        "--max-seq 77.",
     .opts = generate_opts,
     .min_pos = 0,
     .max_pos = 0,

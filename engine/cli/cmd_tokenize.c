@@ -8,9 +8,9 @@
 #include <stdio.h>
 
 static const cli_opt tokenize_opts[] = {
-    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0},
-    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0},
-    {NULL, NULL, NULL, 0},
+    {"model", "MODEL", "model directory, or ORG/NAME in the Hugging Face cache, optionally as NAME=MODEL (required)", 0, false},
+    {"max-seq", "N", "T5 max_sequence_length, 1..512 (default 256)", 0, false},
+    {NULL, NULL, NULL, 0, false},
 };
 
 static void print_ids(const char *label, const int32_t *ids, int n)
