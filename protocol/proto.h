@@ -46,6 +46,16 @@
 #define PROTO_WAIT_MAX 3600.0     /* seconds a wait may last */
 #define PROTO_WAIT_DEFAULT 60.0
 #define PROTO_MAX_CURSOR 64       /* bytes of a jobs cursor */
+/* The FOCUS control's subjects (submit's subjects): entries, positions of one tokenizer in one
+ * entry, bytes of a phrase, the largest T5 position (max_seq_max - 1, no BOS) and CLIP
+ * position (BOS at 0, 77 tokens), and the range of focus_lambda. */
+#define PROTO_SUBJECTS_MAX 8
+#define PROTO_SUBJECT_POSITIONS_MAX 32
+#define PROTO_MAX_PHRASE 256
+#define PROTO_T5_POSITION_MAX (PROTO_MAX_SEQ_MAX - 1)
+#define PROTO_CLIP_POSITION_MAX 76
+#define PROTO_FOCUS_LAMBDA_MIN 0.0
+#define PROTO_FOCUS_LAMBDA_MAX 100.0
 
 /* Defaults the daemon applies to absent submit fields unless its configuration says otherwise
  * (those of the FOCUS model card). The decoder leaves absent fields unset in proto_submit.set. */
@@ -53,6 +63,7 @@
 #define PROTO_DEFAULT_GUIDANCE 4.5
 #define PROTO_DEFAULT_SIZE 512
 #define PROTO_DEFAULT_MAX_SEQ 77
+#define PROTO_DEFAULT_FOCUS_LAMBDA 1.0 /* and the heuristic focus: the reference's defaults */
 
 /* What the bounded validator accepts; see proto_validate(). */
 struct proto_limits {
@@ -154,13 +165,45 @@ enum {
     PROTO_SUBMIT_PRIORITY = 1u << 9,
     PROTO_SUBMIT_WATCH = 1u << 10,
     PROTO_SUBMIT_PNG = 1u << 11,
-    PROTO_SUBMIT_ALL = (1u << 12) - 1,
+    PROTO_SUBMIT_SUBJECTS = 1u << 12,
+    PROTO_SUBMIT_FOCUS_LAMBDA = 1u << 13,
+    PROTO_SUBMIT_FOCUS_HEURISTIC = 1u << 14,
+    PROTO_SUBMIT_ALL = (1u << 15) - 1,
 };
-/* The request-only fields, absent from a job's resolved params. */
-#define PROTO_SUBMIT_PARAMS (PROTO_SUBMIT_ALL & ~(uint32_t)(PROTO_SUBMIT_WATCH | PROTO_SUBMIT_PNG))
+/* The FOCUS control's fields: in a job's resolved params only when it has subjects. */
+#define PROTO_SUBMIT_FOCUS                                                                         \
+    (PROTO_SUBMIT_SUBJECTS | PROTO_SUBMIT_FOCUS_LAMBDA | PROTO_SUBMIT_FOCUS_HEURISTIC)
+/* A job's resolved params without the FOCUS fields: the request-only fields are absent. */
+#define PROTO_SUBMIT_PARAMS                                                                        \
+    (PROTO_SUBMIT_ALL & ~(uint32_t)(PROTO_SUBMIT_WATCH | PROTO_SUBMIT_PNG | PROTO_SUBMIT_FOCUS))
+
+/* The running cost the FOCUS control steers by (focus_heuristic). */
+enum proto_heuristic {
+    PROTO_HEURISTIC_FOCUS,
+    PROTO_HEURISTIC_ATTEND_AND_EXCITE,
+    PROTO_HEURISTIC_DIVIDE_AND_BIND,
+    PROTO_HEURISTIC_COUNT
+};
+
+const char *proto_heuristic_name(enum proto_heuristic h); /* "attend_and_excite" */
+
+/* One subject of the FOCUS control: a phrase of the prompt (no positions), or its token
+ * positions, T5 from 0 without BOS and CLIP counting BOS as 0, with an optional label. */
+struct proto_subject {
+    char phrase[PROTO_MAX_PHRASE + 1]; /* the phrase, or the label ("" : none) */
+    uint8_t n_t5, n_clip;              /* both 0: the phrase says which tokens */
+    uint16_t t5[PROTO_SUBJECT_POSITIONS_MAX];
+    uint8_t clip[PROTO_SUBJECT_POSITIONS_MAX];
+};
+
+struct proto_subjects {
+    uint32_t n; /* 0: no control */
+    struct proto_subject s[PROTO_SUBJECTS_MAX];
+};
 
 /* Generation parameters: the submit request, and the resolved "params" of a job in replies
- * (where every field but watch is present). Unset fields hold the PROTO_DEFAULT_* values. */
+ * (where every field but watch and png is present, the FOCUS fields only with subjects).
+ * Unset fields hold the PROTO_DEFAULT_* values. */
 struct proto_submit {
     uint32_t set; /* PROTO_SUBMIT_* */
     char model[PROTO_MAX_NAME + 1];     /* "" = the daemon's default model */
@@ -173,12 +216,23 @@ struct proto_submit {
     uint32_t max_seq;
     uint32_t count;
     int32_t priority;
+    struct proto_subjects subjects;
+    double focus_lambda;
+    enum proto_heuristic focus_heuristic;
     bool watch;
     bool png; /* with watch: the done event carries the PNG files */
 };
 
 /* Clears s and fills the defaults, with no field set. */
 void proto_submit_init(struct proto_submit *s);
+/* The fields of s's resolved params: PROTO_SUBMIT_PARAMS, and the FOCUS ones with subjects. */
+uint32_t proto_params_set(const struct proto_submit *s);
+
+/* The subjects as one MessagePack map {"subjects": [...]}, for a job store to keep; and back,
+ * checked as a request's subjects are (bad_field naming "subjects"). n 0 packs nothing. */
+int proto_subjects_pack(msgpack_sbuffer *sb, const struct proto_subjects *s);
+int proto_subjects_unpack(const void *buf, size_t len, struct proto_subjects *s,
+                          struct proto_error *perr);
 
 struct proto_request {
     struct proto_id id;

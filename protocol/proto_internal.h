@@ -7,14 +7,16 @@
 #include "protocol/proto.h"
 
 enum pf_kind {
-    PF_STR,   /* char[cap + 1], UTF-8 without NUL */
-    PF_U32,   /* uint32_t in lo..hi, a multiple of `multiple` when non-zero */
-    PF_I32,   /* int32_t in lo..hi */
-    PF_U64,   /* uint64_t, any value */
-    PF_F64,   /* double in flo..fhi; integers are accepted too */
-    PF_BOOL,  /* bool */
-    PF_STATE, /* enum proto_state, sent as its name */
-    PF_SHA256 /* uint8_t[32], sent as bin of exactly 32 bytes */
+    PF_STR,       /* char[cap + 1], UTF-8 without NUL */
+    PF_U32,       /* uint32_t in lo..hi, a multiple of `multiple` when non-zero */
+    PF_I32,       /* int32_t in lo..hi */
+    PF_U64,       /* uint64_t, any value */
+    PF_F64,       /* double in flo..fhi; integers are accepted too */
+    PF_BOOL,      /* bool */
+    PF_STATE,     /* enum proto_state, sent as its name */
+    PF_SHA256,    /* uint8_t[32], sent as bin of exactly 32 bytes */
+    PF_HEURISTIC, /* enum proto_heuristic, sent as its name */
+    PF_SUBJECTS   /* struct proto_subjects, sent as an array (proto_subjects.c) */
 };
 
 struct proto_field {
@@ -98,6 +100,12 @@ uint32_t proto_table_count(const struct proto_table *t, uint32_t set);
 /* Writes the key/value pairs of the required fields and of those whose bit is in set. */
 void proto_table_encode(const struct proto_table *t, const void *base, uint32_t set,
                         msgpack_packer *pk);
+
+/* Decodes an array of subjects into *s (bad_field "subjects" naming the entry at fault), and
+ * packs one. */
+int proto_subjects_decode(const msgpack_object *o, struct proto_subjects *s,
+                          struct proto_error *perr);
+void proto_subjects_encode(msgpack_packer *pk, const struct proto_subjects *s);
 
 /* Copies a str object into dst[cap + 1], refusing NUL bytes and more than cap bytes. */
 int proto_copy_str(const msgpack_object *o, char *dst, size_t cap, const char *field,

@@ -27,6 +27,12 @@ static const char *const state_names[PROTO_STATE_COUNT] = {
     "queued", "running", "done", "failed", "canceled",
 };
 
+static const char *const heuristic_names[PROTO_HEURISTIC_COUNT] = {
+    "focus",
+    "attend_and_excite",
+    "divide_and_bind",
+};
+
 static const char *const event_names[PROTO_EV_COUNT] = {
     "queued", "started", "progress", "done", "failed", "canceled",
 };
@@ -69,6 +75,11 @@ const char *proto_state_name(enum proto_state s)
     return (unsigned)s < PROTO_STATE_COUNT ? state_names[s] : "?";
 }
 
+const char *proto_heuristic_name(enum proto_heuristic h)
+{
+    return (unsigned)h < PROTO_HEURISTIC_COUNT ? heuristic_names[h] : "?";
+}
+
 const char *proto_event_name(enum proto_event_kind k)
 {
     return (unsigned)k < PROTO_EV_COUNT ? event_names[k] : "?";
@@ -105,24 +116,27 @@ static const struct proto_field submit_fields[] = {
     STR(struct proto_submit, prompt, PROTO_MAX_PROMPT, 0, true),
     STR(struct proto_submit, negative_prompt, PROTO_MAX_PROMPT, PROTO_SUBMIT_NEGATIVE, false),
     U64(struct proto_submit, seed, PROTO_SUBMIT_SEED, false),
-    U32(struct proto_submit, steps, PROTO_STEPS_MIN, PROTO_STEPS_MAX, 0, PROTO_SUBMIT_STEPS,
-        false),
+    U32(struct proto_submit, steps, PROTO_STEPS_MIN, PROTO_STEPS_MAX, 0, PROTO_SUBMIT_STEPS, false),
     F64(struct proto_submit, guidance, PROTO_GUIDANCE_MIN, PROTO_GUIDANCE_MAX,
         PROTO_SUBMIT_GUIDANCE, false),
     U32(struct proto_submit, width, PROTO_SIZE_MIN, PROTO_SIZE_MAX, PROTO_SIZE_STEP,
         PROTO_SUBMIT_WIDTH, false),
     U32(struct proto_submit, height, PROTO_SIZE_MIN, PROTO_SIZE_MAX, PROTO_SIZE_STEP,
         PROTO_SUBMIT_HEIGHT, false),
-    U32(struct proto_submit, max_seq, PROTO_MAX_SEQ_MIN, PROTO_MAX_SEQ_MAX, 0,
-        PROTO_SUBMIT_MAX_SEQ, false),
-    U32(struct proto_submit, count, PROTO_COUNT_MIN, PROTO_COUNT_MAX, 0, PROTO_SUBMIT_COUNT,
+    U32(struct proto_submit, max_seq, PROTO_MAX_SEQ_MIN, PROTO_MAX_SEQ_MAX, 0, PROTO_SUBMIT_MAX_SEQ,
         false),
+    U32(struct proto_submit, count, PROTO_COUNT_MIN, PROTO_COUNT_MAX, 0, PROTO_SUBMIT_COUNT, false),
     {"priority", PF_I32, offsetof(struct proto_submit, priority), 0, PROTO_PRIORITY_MIN,
      PROTO_PRIORITY_MAX, 0, 0, 0, PROTO_SUBMIT_PRIORITY, false},
-    {"watch", PF_BOOL, offsetof(struct proto_submit, watch), 0, 0, 0, 0, 0, 0,
-     PROTO_SUBMIT_WATCH, false},
-    {"png", PF_BOOL, offsetof(struct proto_submit, png), 0, 0, 0, 0, 0, 0, PROTO_SUBMIT_PNG,
+    {"subjects", PF_SUBJECTS, offsetof(struct proto_submit, subjects), 0, 0, 0, 0, 0, 0,
+     PROTO_SUBMIT_SUBJECTS, false},
+    F64(struct proto_submit, focus_lambda, PROTO_FOCUS_LAMBDA_MIN, PROTO_FOCUS_LAMBDA_MAX,
+        PROTO_SUBMIT_FOCUS_LAMBDA, false),
+    {"focus_heuristic", PF_HEURISTIC, offsetof(struct proto_submit, focus_heuristic), 0, 0, 0, 0, 0,
+     0, PROTO_SUBMIT_FOCUS_HEURISTIC, false},
+    {"watch", PF_BOOL, offsetof(struct proto_submit, watch), 0, 0, 0, 0, 0, 0, PROTO_SUBMIT_WATCH,
      false},
+    {"png", PF_BOOL, offsetof(struct proto_submit, png), 0, 0, 0, 0, 0, 0, PROTO_SUBMIT_PNG, false},
 };
 const struct proto_table proto_submit_table = {submit_fields,
                                                sizeof submit_fields / sizeof *submit_fields};
@@ -326,6 +340,24 @@ static bool is_int(const msgpack_object *o)
     return o->type == MSGPACK_OBJECT_POSITIVE_INTEGER || o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
 }
 
+/* A str naming one of count values into the enum at dst; the message lists the names. */
+static int decode_name(const struct proto_field *f, const msgpack_object *o,
+                       const char *const *names, int count, void *dst, struct proto_error *perr)
+{
+    if (o->type != MSGPACK_OBJECT_STR)
+        return proto_fail(perr, PROTO_E_BAD_FIELD, f->name, "must be a string");
+    int i = name_index(names, count, o->via.str.ptr, o->via.str.size);
+    if (i >= 0) {
+        *(int *)dst = i; /* the enums' representation: every value fits an int */
+        return 0;
+    }
+    char list[256];
+    size_t n = 0;
+    for (int k = 0; k < count; k++)
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", k ? ", " : "", names[k]);
+    return proto_fail(perr, PROTO_E_BAD_FIELD, f->name, "must be one of %s", list);
+}
+
 static int decode_field(const struct proto_field *f, const msgpack_object *o, char *base,
                         struct proto_error *perr)
 {
@@ -386,16 +418,12 @@ static int decode_field(const struct proto_field *f, const msgpack_object *o, ch
             return proto_fail(perr, PROTO_E_BAD_FIELD, f->name, "must be true or false");
         *(bool *)dst = o->via.boolean;
         return 0;
-    case PF_STATE: {
-        if (o->type != MSGPACK_OBJECT_STR)
-            return proto_fail(perr, PROTO_E_BAD_FIELD, f->name, "must be a string");
-        int i = name_index(state_names, PROTO_STATE_COUNT, o->via.str.ptr, o->via.str.size);
-        if (i < 0)
-            return proto_fail(perr, PROTO_E_BAD_FIELD, f->name,
-                              "must be one of queued, running, done, failed, canceled");
-        *(enum proto_state *)dst = (enum proto_state)i;
-        return 0;
-    }
+    case PF_STATE:
+        return decode_name(f, o, state_names, PROTO_STATE_COUNT, dst, perr);
+    case PF_HEURISTIC:
+        return decode_name(f, o, heuristic_names, PROTO_HEURISTIC_COUNT, dst, perr);
+    case PF_SUBJECTS:
+        return proto_subjects_decode(o, dst, perr);
     case PF_SHA256:
         if (o->type != MSGPACK_OBJECT_BIN)
             return proto_fail(perr, PROTO_E_BAD_FIELD, f->name, "must be bin");
@@ -502,6 +530,12 @@ void proto_table_encode(const struct proto_table *t, const void *base, uint32_t 
                 msgpack_pack_false(pk);
             break;
         case PF_STATE: proto_pack_cstr(pk, proto_state_name(*(const enum proto_state *)src)); break;
+        case PF_HEURISTIC:
+            proto_pack_cstr(pk, proto_heuristic_name(*(const enum proto_heuristic *)src));
+            break;
+        case PF_SUBJECTS:
+            proto_subjects_encode(pk, src);
+            break;
         case PF_SHA256: msgpack_pack_bin_with_body(pk, src, 32); break;
         }
     }
@@ -515,4 +549,11 @@ void proto_submit_init(struct proto_submit *s)
     s->width = s->height = PROTO_DEFAULT_SIZE;
     s->max_seq = PROTO_DEFAULT_MAX_SEQ;
     s->count = 1;
+    s->focus_lambda = PROTO_DEFAULT_FOCUS_LAMBDA;
+    s->focus_heuristic = PROTO_HEURISTIC_FOCUS;
+}
+
+uint32_t proto_params_set(const struct proto_submit *s)
+{
+    return PROTO_SUBMIT_PARAMS | (s->subjects.n ? PROTO_SUBMIT_FOCUS : 0);
 }

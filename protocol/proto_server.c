@@ -96,10 +96,15 @@ int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
         {"priority_min", PROTO_PRIORITY_MIN},
         {"priority_max", PROTO_PRIORITY_MAX},
         {"jobs_limit_max", PROTO_JOBS_LIMIT_MAX},
+        {"subjects_max", PROTO_SUBJECTS_MAX},
+        {"subject_positions_max", PROTO_SUBJECT_POSITIONS_MAX},
+        {"max_phrase", PROTO_MAX_PHRASE},
+        {"t5_position_max", PROTO_T5_POSITION_MAX},
+        {"clip_position_max", PROTO_CLIP_POSITION_MAX},
     };
     size_t nl = sizeof limits / sizeof *limits;
     proto_pack_cstr(&w.pk, "limits");
-    msgpack_pack_map(&w.pk, nl + 1 + h->n_daemon_limits);
+    msgpack_pack_map(&w.pk, nl + 2 + h->n_daemon_limits);
     for (size_t i = 0; i < nl; i++) {
         proto_pack_cstr(&w.pk, limits[i].name);
         msgpack_pack_int64(&w.pk, limits[i].value);
@@ -110,6 +115,8 @@ int proto_reply_hello(msgpack_sbuffer *sb, const struct proto_id *id,
     }
     proto_pack_cstr(&w.pk, "guidance_max");
     msgpack_pack_double(&w.pk, PROTO_GUIDANCE_MAX);
+    proto_pack_cstr(&w.pk, "focus_lambda_max");
+    msgpack_pack_double(&w.pk, PROTO_FOCUS_LAMBDA_MAX);
     return proto_writer_finish(&w);
 }
 
@@ -125,7 +132,7 @@ int proto_reply_submit(msgpack_sbuffer *sb, const struct proto_id *id, const cha
 
 static void pack_params(msgpack_packer *pk, const struct proto_submit *p)
 {
-    uint32_t set = PROTO_SUBMIT_PARAMS;
+    uint32_t set = proto_params_set(p);
     proto_pack_cstr(pk, "params");
     msgpack_pack_map(pk, proto_table_count(&proto_submit_table, set));
     proto_table_encode(&proto_submit_table, p, set, pk);

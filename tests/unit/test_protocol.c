@@ -130,6 +130,23 @@ static int roundtrip(const struct proto_request *in, struct proto_request *out)
     return rc;
 }
 
+/* Three subjects: a phrase, positions with a label, CLIP positions alone at the limits. */
+static void fill_subjects(struct proto_subjects *s)
+{
+    memset(s, 0, sizeof *s);
+    s->n = 3;
+    strcpy(s->s[0].phrase, "a horse");
+    strcpy(s->s[1].phrase, "bear");
+    s->s[1].n_t5 = 1;
+    s->s[1].t5[0] = PROTO_T5_POSITION_MAX;
+    s->s[1].n_clip = 2;
+    s->s[1].clip[0] = 5;
+    s->s[1].clip[1] = 6;
+    s->s[2].n_clip = PROTO_SUBJECT_POSITIONS_MAX;
+    for (int i = 0; i < PROTO_SUBJECT_POSITIONS_MAX; i++)
+        s->s[2].clip[i] = (uint8_t)(PROTO_CLIP_POSITION_MAX - i);
+}
+
 static void test_request_roundtrip_submit(void)
 {
     struct proto_request r, o;
@@ -148,6 +165,9 @@ static void test_request_roundtrip_submit(void)
     s->max_seq = 512;
     s->count = 8;
     s->priority = -10;
+    fill_subjects(&s->subjects);
+    s->focus_lambda = 4.5;
+    s->focus_heuristic = PROTO_HEURISTIC_DIVIDE_AND_BIND;
     s->watch = true;
     s->set = PROTO_SUBMIT_ALL;
     CHECK(roundtrip(&r, &o) == 0);
@@ -498,6 +518,252 @@ static void test_submit_field_errors(void)
           r.u.submit.set == PROTO_SUBMIT_GUIDANCE);
 }
 
+/* ---- FOCUS subjects ---- */
+
+static void pk_subjects_empty(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 0);
+}
+static void pk_subjects_nine(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, PROTO_SUBJECTS_MAX + 1);
+    for (int i = 0; i <= PROTO_SUBJECTS_MAX; i++)
+        msgpack_pack_str_with_body(pk, "x", 1);
+}
+static void pk_subjects_int(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_int(pk, 1);
+}
+static void pk_subjects_empty_phrase(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_str_with_body(pk, "", 0);
+}
+static void pk_subjects_long_phrase(msgpack_packer *pk)
+{
+    char s[PROTO_MAX_PHRASE + 1];
+    memset(s, 'h', sizeof s);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_str_with_body(pk, s, sizeof s);
+}
+static void pk_subjects_nul(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_str_with_body(pk, "a\0b", 3);
+}
+/* One map entry {key: positions or str}: positions n values from `first` on. */
+static void pack_map_entry(msgpack_packer *pk, const char *key, int64_t first, uint32_t n)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_str_with_body(pk, key, strlen(key));
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; i < n; i++)
+        msgpack_pack_int64(pk, first + i);
+}
+static void pk_subjects_t5_high(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "t5", 511, 2);
+}
+static void pk_subjects_clip_high(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "clip", 76, 2);
+}
+static void pk_subjects_negative(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "t5", -1, 1);
+}
+static void pk_subjects_too_many(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "clip", 0, PROTO_SUBJECT_POSITIONS_MAX + 1);
+}
+static void pk_subjects_no_positions(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "t5", 0, 0);
+}
+static void pk_subjects_unknown_key(msgpack_packer *pk)
+{
+    pack_map_entry(pk, "t6", 1, 1);
+}
+static void pk_subjects_label_only(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_str_with_body(pk, "phrase", 6);
+    msgpack_pack_str_with_body(pk, "horse", 5);
+}
+static void pk_subjects_float_pos(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_str_with_body(pk, "t5", 2);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_double(pk, 1.0);
+}
+static void pk_subjects_pos_not_array(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_str_with_body(pk, "clip", 4);
+    msgpack_pack_int(pk, 2);
+}
+static void pk_subjects_label_int(msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 2);
+    msgpack_pack_str_with_body(pk, "t5", 2);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_int(pk, 1);
+    msgpack_pack_str_with_body(pk, "phrase", 6);
+    msgpack_pack_int(pk, 1);
+}
+static void pk_inf(msgpack_packer *pk)
+{
+    msgpack_pack_double(pk, INFINITY);
+}
+static void pk_101(msgpack_packer *pk)
+{
+    msgpack_pack_int(pk, 101);
+}
+static void pk_unknown_heuristic(msgpack_packer *pk)
+{
+    msgpack_pack_str_with_body(pk, "jsd", 3);
+}
+
+static void test_submit_subjects_errors(void)
+{
+    const packfn bad_subjects[] = {
+        pk_str,
+        pk_int,
+        pk_map,
+        pk_nil,
+        pk_subjects_empty,
+        pk_subjects_nine,
+        pk_subjects_int,
+        pk_subjects_empty_phrase,
+        pk_subjects_long_phrase,
+        pk_subjects_nul,
+        pk_subjects_t5_high,
+        pk_subjects_clip_high,
+        pk_subjects_negative,
+        pk_subjects_too_many,
+        pk_subjects_no_positions,
+        pk_subjects_unknown_key,
+        pk_subjects_label_only,
+        pk_subjects_float_pos,
+        pk_subjects_pos_not_array,
+        pk_subjects_label_int,
+    };
+    for (size_t i = 0; i < sizeof bad_subjects / sizeof *bad_subjects; i++)
+        CHECKF(submit_with("subjects", bad_subjects[i], PROTO_E_BAD_FIELD), "case %zu", i);
+    CHECK(submit_with("focus_lambda", pk_str, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_lambda", pk_neg, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_lambda", pk_nan, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_lambda", pk_inf, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_lambda", pk_101, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_heuristic", pk_int, PROTO_E_BAD_FIELD));
+    CHECK(submit_with("focus_heuristic", pk_unknown_heuristic, PROTO_E_BAD_FIELD));
+
+    /* The messages name the entry and what is wrong with it. */
+    struct frame f;
+    struct proto_request r;
+    struct proto_error e;
+    frame_request(&f, 2, "submit");
+    kv_str(&f, "prompt", "p");
+    put_str(&f, "subjects");
+    pk_subjects_t5_high(&f.pk);
+    CHECK(parse_frame(&f, &r, &e) != 0 &&
+          strcmp(e.message, "subjects[0]: t5[1]: 512 is out of range 0..511") == 0);
+    frame_request(&f, 2, "submit");
+    kv_str(&f, "prompt", "p");
+    put_str(&f, "subjects");
+    pk_subjects_unknown_key(&f.pk);
+    CHECK(parse_frame(&f, &r, &e) != 0 && strstr(e.message, "unknown key \"t6\""));
+    frame_request(&f, 2, "submit");
+    kv_str(&f, "prompt", "p");
+    put_str(&f, "focus_heuristic");
+    pk_unknown_heuristic(&f.pk);
+    CHECK(parse_frame(&f, &r, &e) != 0 &&
+          strcmp(e.message, "must be one of focus, attend_and_excite, divide_and_bind") == 0);
+    /* A repeated key inside a subject's map. */
+    frame_request(&f, 2, "submit");
+    kv_str(&f, "prompt", "p");
+    put_str(&f, "subjects");
+    msgpack_pack_array(&f.pk, 1);
+    msgpack_pack_map(&f.pk, 2);
+    for (int i = 0; i < 2; i++) {
+        put_str(&f, "clip");
+        msgpack_pack_array(&f.pk, 1);
+        msgpack_pack_int(&f.pk, 2 + i);
+    }
+    CHECK(parse_frame(&f, &r, &e) != 0 && e.code == PROTO_E_BAD_FIELD &&
+          strcmp(e.field, "clip") == 0);
+}
+
+static void test_submit_subjects_decoded(void)
+{
+    struct frame f;
+    struct proto_request r;
+    struct proto_error e;
+    /* Phrases and position maps, focus_lambda as an integer; heuristic absent: focus. */
+    frame_request(&f, 3, "submit");
+    kv_str(&f, "prompt", "A horse and a bear in a forest");
+    put_str(&f, "subjects");
+    msgpack_pack_array(&f.pk, 2);
+    put_str(&f, "horse");
+    msgpack_pack_map(&f.pk, 3);
+    kv_str(&f, "phrase", "bear");
+    put_str(&f, "t5");
+    msgpack_pack_array(&f.pk, 1);
+    msgpack_pack_int(&f.pk, 5);
+    put_str(&f, "clip");
+    msgpack_pack_array(&f.pk, 0);
+    kv_uint(&f, "focus_lambda", 4);
+    CHECK(parse_frame(&f, &r, &e) == 0);
+    const struct proto_submit *s = &r.u.submit;
+    CHECK(s->set == (PROTO_SUBMIT_SUBJECTS | PROTO_SUBMIT_FOCUS_LAMBDA));
+    CHECK(s->subjects.n == 2 && strcmp(s->subjects.s[0].phrase, "horse") == 0 &&
+          s->subjects.s[0].n_t5 == 0 && s->subjects.s[0].n_clip == 0);
+    CHECK(strcmp(s->subjects.s[1].phrase, "bear") == 0 && s->subjects.s[1].n_t5 == 1 &&
+          s->subjects.s[1].t5[0] == 5 && s->subjects.s[1].n_clip == 0);
+    CHECK(s->focus_lambda == 4.0 && s->focus_heuristic == PROTO_HEURISTIC_FOCUS);
+    CHECK(proto_params_set(s) == (PROTO_SUBMIT_PARAMS | PROTO_SUBMIT_FOCUS));
+    /* Without subjects the defaults hold and params leave the FOCUS fields out. */
+    frame_request(&f, 1, "submit");
+    kv_str(&f, "prompt", "p");
+    CHECK(parse_frame(&f, &r, &e) == 0 && r.u.submit.subjects.n == 0 &&
+          r.u.submit.focus_lambda == PROTO_DEFAULT_FOCUS_LAMBDA &&
+          proto_params_set(&r.u.submit) == PROTO_SUBMIT_PARAMS);
+    for (int h = 0; h < PROTO_HEURISTIC_COUNT; h++) {
+        frame_request(&f, 2, "submit");
+        kv_str(&f, "prompt", "p");
+        kv_str(&f, "focus_heuristic", proto_heuristic_name((enum proto_heuristic)h));
+        CHECK(parse_frame(&f, &r, &e) == 0 && (int)r.u.submit.focus_heuristic == h);
+    }
+}
+
+/* The stores' form: packed and unpacked alike; nothing for no subjects; garbage refused. */
+static void test_subjects_pack(void)
+{
+    struct proto_subjects s, back;
+    fill_subjects(&s);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    struct proto_error e;
+    CHECK(proto_subjects_pack(&sb, &s) == 0 && sb.size > 0);
+    CHECK(proto_subjects_unpack(sb.data, sb.size, &back, &e) == 0 &&
+          memcmp(&s, &back, sizeof s) == 0);
+    CHECK(proto_subjects_unpack(sb.data, sb.size - 1, &back, &e) != 0 && back.n == 0);
+    msgpack_sbuffer_clear(&sb);
+    s.n = 0;
+    CHECK(proto_subjects_pack(&sb, &s) == 0 && sb.size == 0);
+    CHECK(proto_subjects_unpack(NULL, 0, &back, &e) == 0 && back.n == 0);
+    const uint8_t not_subjects[] = {0x81, 0xa1, 'x', 0x01}; /* {"x": 1} */
+    CHECK(proto_subjects_unpack(not_subjects, sizeof not_subjects, &back, &e) != 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static void test_other_op_field_errors(void)
 {
     struct frame f;
@@ -589,6 +855,19 @@ static void test_reply_roundtrips(void)
     msgpack_sbuffer_clear(&sb);
     struct proto_job_status st, st2;
     sample_status(&st, "j-2", PROTO_STATE_FAILED);
+    CHECK(proto_reply_job(&sb, &id, &st) == 0 && incoming(&sb, &in) == 0);
+    CHECK(proto_decode_job(&in, &st2, NULL) == 0);
+    CHECK(memcmp(&st, &st2, sizeof st) == 0);
+    CHECK(st2.params.set == PROTO_SUBMIT_PARAMS && st2.params.subjects.n == 0);
+    proto_incoming_free(&in);
+
+    /* A controlled job's params carry its subjects, lambda and heuristic. */
+    msgpack_sbuffer_clear(&sb);
+    sample_status(&st, "j-3", PROTO_STATE_RUNNING);
+    fill_subjects(&st.params.subjects);
+    st.params.focus_lambda = 0.5;
+    st.params.focus_heuristic = PROTO_HEURISTIC_ATTEND_AND_EXCITE;
+    st.params.set = proto_params_set(&st.params);
     CHECK(proto_reply_job(&sb, &id, &st) == 0 && incoming(&sb, &in) == 0);
     CHECK(proto_decode_job(&in, &st2, NULL) == 0);
     CHECK(memcmp(&st, &st2, sizeof st) == 0);
@@ -839,6 +1118,9 @@ int main(void)
     RUN(test_deep_nesting);
     RUN(test_envelope_errors);
     RUN(test_submit_field_errors);
+    RUN(test_submit_subjects_errors);
+    RUN(test_submit_subjects_decoded);
+    RUN(test_subjects_pack);
     RUN(test_other_op_field_errors);
     RUN(test_reply_roundtrips);
     RUN(test_event_roundtrips);
