@@ -107,7 +107,7 @@ BENCH_MODEL ?= $(BUILD)/bench-model
 .DEFAULT_GOAL := all
 include install.mk
 
-.PHONY: all programs test test-gpu test-integration deps demo clean missing-packages bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-memory bench-model \
+.PHONY: all programs test test-gpu test-integration deps demo clean missing-packages bench bench-gpu bench-serve bench-kernels bench-encode bench-step bench-focus bench-memory bench-model \
 	bench-cpu-peers bench-shared
 all: $(LIBS) $(PROGRAMS) $(TEST_BIN) $(BENCH_BIN) $(if $(WITH_CUDA),$(GPU_TEST_BIN))
 
@@ -172,11 +172,17 @@ bench-step: bench-model
 	$(MAKE) $(BUILD)/bench/bench_step
 	$(BUILD)/bench/bench_step $(BENCH_MODEL)
 
+# A FOCUS-controlled step against a plain one at 512x512 (BENCH_FOCUS_ARGS: bench_focus's
+# REPEATS and options, e.g. "1 --sizes 512,1024").
+bench-focus: bench-model
+	$(MAKE) $(BUILD)/bench/bench_focus
+	$(BUILD)/bench/bench_focus $(BENCH_MODEL) $(BENCH_FOCUS_ARGS)
+
 bench-memory: bench-model
 	$(MAKE) $(BUILD)/bench/bench_memory
 	$(BUILD)/bench/bench_memory $(BENCH_MODEL) 512 1024
 
-bench: bench-kernels bench-encode bench-step bench-memory
+bench: bench-kernels bench-encode bench-step bench-focus bench-memory
 
 # This engine against diffusers (installed from PyPI into $(BUILD)/peers-venv on first use) on
 # the same cores: BENCH_PEERS_ARGS takes tools/bench_cpu_peers.py's options (--repeats N,

@@ -108,6 +108,14 @@ int focus_control_apply(focus_control *c, kn_tensor *v, float t)
     return kn_add_scaled(mmdit_ctx(c->dit), v, v, focus_control_weight(c->lambda, t), &c->grad);
 }
 
+int focus_control_grad(const focus_control *c, float *out, size_t n)
+{
+    if (n != (size_t)kn_numel(&c->grad))
+        return err_set(ERR_INVALID, "focus gradient: room for %zu floats, it holds %lld", n,
+                       (long long)kn_numel(&c->grad));
+    return kn_read_f32(mmdit_ctx(c->dit), &c->grad, out);
+}
+
 const float *focus_control_costs(const focus_control *c)
 {
     return c->costs;

@@ -54,6 +54,9 @@ int focus_control_apply(focus_control *c, kn_tensor *v, float t);
  * rounded as torch's float32 ops round it. */
 float focus_control_weight(float lambda, float t);
 
+/* The latent gradient of the last step into out (n floats: its [1, C, h, w]). */
+int focus_control_grad(const focus_control *c, float *out, size_t n);
+
 /* The cost of each step done so far (steps values; NAN for a step not done). */
 const float *focus_control_costs(const focus_control *c);
 

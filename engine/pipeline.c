@@ -783,6 +783,12 @@ int engine_job_focus_costs(const gen_job *j, float *out, size_t n)
     return 0;
 }
 
+int engine_job_focus_grad(const gen_job *j, float *out, size_t n)
+{
+    if (!j->focus) return err_set(ERR_INVALID, "engine_job_focus_grad: the job has no control");
+    return focus_control_grad(j->focus, out, n);
+}
+
 void engine_job_latent_shape(const gen_job *j, int64_t shape[4])
 {
     memcpy(shape, j->latents.shape, 4 * sizeof *shape);

@@ -167,6 +167,9 @@ int engine_job_image(const gen_job *j, float *out, size_t n);
 /* The FOCUS cost of each step done (before that step's control is applied), steps values
  * into out (n of room); ERR_INVALID for a job without control. */
 int engine_job_focus_costs(const gen_job *j, float *out, size_t n);
+/* The FOCUS cost's gradient with respect to the latent at the last step done, [1, C, h/8,
+ * w/8] float32 into out (n of room), for checks against the reference. */
+int engine_job_focus_grad(const gen_job *j, float *out, size_t n);
 /* Frees a job (any time; NULL is allowed); jobs must be freed before their engine. */
 void engine_job_free(gen_job *j);
 

@@ -72,9 +72,10 @@ static double max_abs(const float *x, size_t n)
     return m;
 }
 
-/* Costs within 1e-5 relative and map gradients within 1e-4 of their largest value: float32
- * sums in another order (torch's vectorised reductions, double here) over at most 1024 values
- * per map. */
+/* Costs within 1e-5 relative and map gradients within 1e-4 of their largest value plus 1e-7:
+ * float32 sums in another order (torch's vectorised reductions, double here) over at most
+ * 1024 values per map; one subject's attend_and_excite gradient is zero in exact arithmetic
+ * and the reference's holds its rounding noise (below 6e-8). */
 static void test_cost_goldens(void)
 {
     static const char *const heuristics[] = {"focus", "attend_and_excite", "divide_and_bind"};
@@ -108,7 +109,7 @@ static void test_cost_goldens(void)
                    name, heuristics[h], cost, wc);
             diff d = compare(grad, want_grad.f32, maps.count);
             const double scale = max_abs(want_grad.f32, maps.count);
-            CHECKF(d.max_abs <= 1e-4 * scale + 1e-9, "%s %s: gradient max error %.3g of %.3g",
+            CHECKF(d.max_abs <= 1e-4 * scale + 1e-7, "%s %s: gradient max error %.3g of %.3g",
                    name, heuristics[h], d.max_abs, scale);
             free(grad);
             npy_array_free(&want_cost), npy_array_free(&want_grad);
@@ -205,9 +206,11 @@ static void result_free(result *r)
     free(r->grad);
 }
 
-/* fp32 against the reference: maps within 1e-6 of their scale (float32 softmax from the
- * log-sum-exp against torch's explicit softmax), cost within 1e-4 relative, gradient cosine
- * at least 0.999 and relative L2 at most 1e-3 (the issue's bounds). */
+/* fp32 against the reference: maps within 1e-5 of their largest value (exp(s - lse) in
+ * float32 against torch's explicit softmax: a few units in the last place of each), cost
+ * within 1e-4 relative, gradient cosine at least 0.999 and relative L2 at most 1e-3 (the
+ * issue's bounds; measured: 3e-8 of maps near 0.01, cost 1e-7, cosine 1.0000000, rel L2
+ * 3e-6). */
 static void test_transformer_goldens(void)
 {
     json_t *root = read_cases("transformer");
@@ -227,7 +230,7 @@ static void test_transformer_goldens(void)
         result r = {0};
         if (m && run_capture(m, &g, t.f32[0], 1, 0, &r) == 0) {
             diff dm = compare(r.maps, maps.f32, maps.count);
-            CHECKF(r.n_maps == maps.count && dm.max_abs <= 1e-6 * max_abs(maps.f32, maps.count),
+            CHECKF(r.n_maps == maps.count && dm.max_abs <= 1e-5 * max_abs(maps.f32, maps.count),
                    "%s: maps max error %.3g", name, dm.max_abs);
             CHECKF(fabs(r.cost - cost.f32[0]) <= 1e-4 * fabs(cost.f32[0]),
                    "%s: cost %.8g, reference %.8g", name, r.cost, cost.f32[0]);
