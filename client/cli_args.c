@@ -132,6 +132,13 @@ static int set_global(struct fc_ctx *ctx, int g, const char *val)
     return 0;
 }
 
+static bool repeatable(const struct fc_cmd *cmd, const char *name)
+{
+    for (const char *const *r = cmd->repeat; r && *r; r++)
+        if (strcmp(*r, name) == 0) return true;
+    return false;
+}
+
 int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv,
              struct fc_args *out)
 {
@@ -190,8 +197,13 @@ int fc_parse(struct fc_ctx *ctx, const struct fc_cmd *cmd, int argc, char **argv
         if (k < N_GLOBAL) {
             int rc = set_global(ctx, k, optarg ? optarg : "");
             if (rc) return rc;
-        } else {
+        } else if (!repeatable(cmd, cmd->opts[k - N_GLOBAL].name)) {
             out->val[k - N_GLOBAL] = optarg ? optarg : "";
+        } else if (out->nrep == FC_MAX_REPEATS) {
+            return fc_fail(ctx, FC_EXIT_USAGE, "more than %d repeated options", FC_MAX_REPEATS);
+        } else {
+            out->rep_opt[out->nrep] = k - N_GLOBAL;
+            out->rep[out->nrep++] = optarg;
         }
     }
     for (int i = optind; i < argc; i++) {
@@ -223,6 +235,14 @@ const char *fc_arg_str(const struct fc_args *a, const char *name)
 bool fc_arg_flag(const struct fc_args *a, const char *name)
 {
     return fc_arg_str(a, name) != NULL;
+}
+
+int fc_arg_all(const struct fc_args *a, const char *name, const char **out)
+{
+    int k = opt_index(a, name), n = 0;
+    for (int i = 0; i < a->nrep; i++)
+        if (a->rep_opt[i] == k) out[n++] = a->rep[i];
+    return n;
 }
 
 /* Parses a decimal integer into *v; false unless the whole string is one. */

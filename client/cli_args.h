@@ -13,6 +13,7 @@
 
 #define FC_MAX_OPTS 24
 #define FC_MAX_POS 4
+#define FC_MAX_REPEATS 16 /* values of all repeatable options together */
 
 struct fc_opt {
     const char *name; /* long name without the dashes */
@@ -24,6 +25,9 @@ struct fc_opt {
 struct fc_args {
     const struct fc_cmd *cmd;
     const char *val[FC_MAX_OPTS]; /* by index in cmd->opts; NULL when absent, "" for a flag */
+    const char *rep[FC_MAX_REPEATS]; /* the repeatable options' values in command-line order */
+    int rep_opt[FC_MAX_REPEATS];     /* and the index of the option of each */
+    int nrep;
     const char *pos[FC_MAX_POS];
     int npos;
 };
@@ -48,6 +52,9 @@ void fc_print_help(FILE *f, const struct fc_cmd *cmd);
 /* The value of option name (which must be in the command's table) or NULL when absent. */
 const char *fc_arg_str(const struct fc_args *a, const char *name);
 bool fc_arg_flag(const struct fc_args *a, const char *name);
+/* The values of repeatable option name, in order, into out (room for FC_MAX_REPEATS); their
+ * number. */
+int fc_arg_all(const struct fc_args *a, const char *name, const char **out);
 /* The JOB operand (the first): no job has a name longer than PROTO_MAX_NAME, so a longer one
  * fails at once with FC_EXIT_NOT_FOUND. */
 int fc_arg_job(struct fc_ctx *ctx, const struct fc_args *a, const char **job);

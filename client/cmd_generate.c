@@ -44,6 +44,109 @@ static int copy_text(struct fc_ctx *ctx, const char *what, const char *src, char
     return 0;
 }
 
+/* One position list of --subject-tokens, "1,2,3" (spaces allowed), into pos[]. */
+static int parse_list(struct fc_ctx *ctx, const char *text, const char *what, long max,
+                      const char *s, int *n, long *pos)
+{
+    *n = 0;
+    do {
+        char *end;
+        while (*s == ' ')
+            s++;
+        bool digit = *s >= '0' && *s <= '9';
+        long v = digit ? strtol(s, &end, 10) : -1;
+        if (!digit || v > max || *n == PROTO_SUBJECT_POSITIONS_MAX)
+            return fc_fail(ctx, FC_EXIT_USAGE,
+                           "--subject-tokens '%s': %s takes 1 to %d positions in 0..%ld, "
+                           "separated by commas",
+                           text, what, PROTO_SUBJECT_POSITIONS_MAX, max);
+        pos[(*n)++] = v;
+        s = end + strspn(end, " ");
+    } while (*s == ',' && *++s);
+    if (*s && *s != ';')
+        return fc_fail(ctx, FC_EXIT_USAGE, "--subject-tokens '%s': unexpected '%s'", text, s);
+    return 0;
+}
+
+/* --subject-tokens 't5=1,2;clip=2' (either part may be absent, not both) into e. */
+static int parse_tokens(struct fc_ctx *ctx, const char *text, struct proto_subject *e)
+{
+    const char *s = text;
+    while (*s) {
+        while (*s == ' ' || *s == ';')
+            s++;
+        if (!*s) break;
+        bool t5 = strncmp(s, "t5=", 3) == 0;
+        if (!t5 && strncmp(s, "clip=", 5) != 0)
+            return fc_fail(ctx, FC_EXIT_USAGE, "--subject-tokens '%s': expected 't5=1,2;clip=2'",
+                           text);
+        s += t5 ? 3 : 5;
+        long pos[PROTO_SUBJECT_POSITIONS_MAX];
+        int n, rc = parse_list(ctx, text, t5 ? "t5" : "clip",
+                               t5 ? PROTO_T5_POSITION_MAX : PROTO_CLIP_POSITION_MAX, s, &n, pos);
+        if (rc) return rc;
+        for (int i = 0; i < n; i++)
+            if (t5)
+                e->t5[i] = (uint16_t)pos[i];
+            else
+                e->clip[i] = (uint8_t)pos[i];
+        if (t5)
+            e->n_t5 = (uint8_t)n;
+        else
+            e->n_clip = (uint8_t)n;
+        s += strcspn(s, ";");
+    }
+    if (!e->n_t5 && !e->n_clip)
+        return fc_fail(ctx, FC_EXIT_USAGE, "--subject-tokens '%s': no t5= or clip= positions",
+                       text);
+    return 0;
+}
+
+/* --subject and --subject-tokens into s->subjects, as focus-run's --focus-subject and
+ * --focus-tokens: the phrases name the subjects; positions, when given, say which tokens they
+ * are (then one per subject, the phrases their labels). */
+static int focus_params(struct fc_ctx *ctx, const struct fc_args *a, struct proto_submit *s)
+{
+    const char *phrases[FC_MAX_REPEATS], *tokens[FC_MAX_REPEATS];
+    int n_phrases = fc_arg_all(a, "subject", phrases),
+        n_tokens = fc_arg_all(a, "subject-tokens", tokens);
+    if (n_phrases && n_tokens && n_phrases != n_tokens)
+        return fc_fail(ctx, FC_EXIT_USAGE,
+                       "%d --subject and %d --subject-tokens: give one --subject-tokens per "
+                       "subject",
+                       n_phrases, n_tokens);
+    int n = n_tokens ? n_tokens : n_phrases;
+    if (n > PROTO_SUBJECTS_MAX)
+        return fc_fail(ctx, FC_EXIT_USAGE, "%d subjects; the FOCUS control takes 1 to %d", n,
+                       PROTO_SUBJECTS_MAX);
+    int rc = 0;
+    for (int k = 0; !rc && k < n; k++) {
+        struct proto_subject *e = &s->subjects.s[k];
+        if (k < n_phrases) {
+            rc = copy_text(ctx, "--subject", phrases[k], e->phrase, PROTO_MAX_PHRASE);
+            if (!rc && !*e->phrase) rc = fc_fail(ctx, FC_EXIT_USAGE, "--subject: empty phrase");
+        }
+        if (!rc && k < n_tokens) rc = parse_tokens(ctx, tokens[k], e);
+    }
+    if (rc) return rc;
+    s->subjects.n = (uint32_t)n;
+    if (n) s->set |= PROTO_SUBMIT_SUBJECTS;
+    int got = fc_arg_double(ctx, a, "focus-lambda", PROTO_FOCUS_LAMBDA_MIN, PROTO_FOCUS_LAMBDA_MAX,
+                            &s->focus_lambda);
+    if (got < 0) return got;
+    if (got) s->set |= PROTO_SUBMIT_FOCUS_LAMBDA;
+    const char *h = fc_arg_str(a, "focus-heuristic");
+    if (!h) return 0;
+    for (int i = 0; i < PROTO_HEURISTIC_COUNT; i++)
+        if (strcmp(h, proto_heuristic_name((enum proto_heuristic)i)) == 0) {
+            s->focus_heuristic = (enum proto_heuristic)i;
+            s->set |= PROTO_SUBMIT_FOCUS_HEURISTIC;
+            return 0;
+        }
+    return fc_fail(ctx, FC_EXIT_USAGE,
+                   "--focus-heuristic: '%s' is not focus, attend_and_excite or divide_and_bind", h);
+}
+
 /* Range errors are caught here, before any connection, so that a bad command line is exit
  * status 2 whether or not a daemon is running. */
 static int submit_params(struct fc_ctx *ctx, const struct fc_args *a, struct proto_submit *s)
@@ -81,7 +184,7 @@ static int submit_params(struct fc_ctx *ctx, const struct fc_args *a, struct pro
         if (got[i] < 0 && !rc) rc = got[i];
         if (got[i] > 0) s->set |= bits[i];
     }
-    return rc;
+    return rc ? rc : focus_params(ctx, a, s);
 }
 
 static int submit_job(struct fc_conn *c, const struct proto_submit *s, bool watch,
@@ -221,8 +324,15 @@ static const struct fc_opt generate_opts[] = {
     {"count", 0, "N", "images of the one prompt, 1..8 (default 1)"},
     {"priority", 0, "N", "priority among this client's jobs, -10..10 (default 0)"},
     {"max-seq", 0, "N", "T5 sequence length, 1..512 (default: the daemon's, 77)"},
+    {"subject", 0, "PHRASE",
+     "a subject for the FOCUS control, a phrase of the prompt (repeatable)"},
+    {"subject-tokens", 0, "POS",
+     "a subject's positions, 't5=1,2;clip=2' (repeatable, one per subject)"},
+    {"focus-lambda", 0, "L", "strength of the FOCUS control, 0..100; 0 turns it off (default 1)"},
+    {"focus-heuristic", 0, "NAME", "focus, attend_and_excite or divide_and_bind (default focus)"},
     {NULL, 0, NULL, NULL},
 };
+static const char *const generate_repeat[] = {"subject", "subject-tokens", NULL};
 
 const struct fc_cmd fc_cmd_generate = {
     .name = "generate",
@@ -235,8 +345,13 @@ const struct fc_cmd fc_cmd_generate = {
         "out-2.png).\n"
         "Each image's SHA-256 is checked against the daemon's. The file names go to stdout.\n"
         "Ctrl-C cancels the job.\n"
-        "With --json: the events as they come, then one object per image written.",
+        "With --json: the events as they come, then one object per image written.\n"
+        "With --subject (one per subject of the prompt, up to 8), the FOCUS control steers the\n"
+        "subjects apart; --subject-tokens gives a subject's positions as the FOCUS datasets list\n"
+        "them instead (T5 from 0 without BOS, CLIP with BOS at 0). A controlled step costs about\n"
+        "2.5 plain ones, and it takes --count 1.",
     .opts = generate_opts,
+    .repeat = generate_repeat,
     .min_pos = 1,
     .max_pos = 1,
     .run = run_generate,
@@ -248,6 +363,7 @@ const struct fc_cmd fc_cmd_submit = {
     .summary = "Submit a job and print its id without waiting for it.",
     .details = "Follow it with 'focus watch JOB' and get the images with 'focus fetch JOB'.",
     .opts = generate_opts + 1,
+    .repeat = generate_repeat,
     .min_pos = 1,
     .max_pos = 1,
     .run = run_submit,

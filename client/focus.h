@@ -52,6 +52,9 @@ struct fc_cmd {
     const char *summary;       /* one line for the command list */
     const char *details;       /* paragraph after the options in --help; may be NULL */
     const struct fc_opt *opts; /* the command's own options, ended by a NULL name */
+    /* The names of the options whose every value counts (fc_arg_all), ended by NULL; NULL:
+     * none. Of the others the last value given counts. */
+    const char *const *repeat;
     int min_pos, max_pos;
     int (*run)(struct fc_ctx *ctx, const struct fc_args *a); /* 0 or a negative err.h code */
 };

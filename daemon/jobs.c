@@ -42,7 +42,7 @@ void jobs_status_stored(const struct store_job *sj, struct proto_job_status *st)
     st->started = sj->started;
     st->finished = sj->finished;
     st->params = sj->params;
-    st->params.set = PROTO_SUBMIT_PARAMS;
+    st->params.set = proto_params_set(&st->params);
     st->error = sj->error;
 }
 

@@ -85,17 +85,35 @@ static void op_hello(struct session *s, const struct proto_request *r)
     finish_reply(s, &r->id, proto_reply_hello(&D.sb, &r->id, &h));
 }
 
-/* The parameter an engine message is about, for the error's field. */
+/* The parameter an engine message is about, for the error's field: the one whose words come
+ * first in it (the FOCUS control's messages speak of "focus subject 3", "focus tokens", or
+ * "focus: 9 subjects"). */
 static const char *field_of(const char *msg)
 {
-    static const char *const names[] = {"negative_prompt", "prompt",  "steps", "guidance", "width",
-                                        "height",          "max_seq", "count", "seed"};
+    static const struct {
+        const char *words, *field;
+    } names[] = {
+        {"negative_prompt", "negative_prompt"},
+        {"prompt", "prompt"},
+        {"steps", "steps"},
+        {"guidance", "guidance"},
+        {"width", "width"},
+        {"height", "height"},
+        {"max_seq", "max_seq"},
+        {"count", "count"},
+        {"seed", "seed"},
+        {"focus subject", "subjects"},
+        {"focus tokens", "subjects"},
+        {"focus:", "subjects"},
+        {"focus_lambda", "focus_lambda"},
+        {"focus_heuristic", "focus_heuristic"},
+    };
     const char *best = "", *at = NULL;
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        const char *p = strstr(msg, names[i]);
+        const char *p = strstr(msg, names[i].words);
         if (p && (!at || p < at)) {
             at = p;
-            best = names[i];
+            best = names[i].field;
         }
     }
     return best;
@@ -150,7 +168,7 @@ static void op_submit(struct session *s, const struct proto_request *r)
     struct store_job sj = {0};
     sj.params = *in;
     snprintf(sj.params.model, sizeof sj.params.model, "%s", model);
-    sj.params.set = PROTO_SUBMIT_PARAMS;
+    sj.params.set = proto_params_set(&sj.params);
     sj.params.watch = false;
     sj.params.png = false;
     /* No seed: a random one, 32 bits since the torch generator uses only those; the job's
@@ -385,7 +403,7 @@ static void op_fetch(struct session *s, const struct proto_request *r)
         pi->height = sj->params.height;
         pi->seed = sj->params.seed;
         pi->params = sj->params;
-        pi->params.set = PROTO_SUBMIT_PARAMS;
+        pi->params.set = proto_params_set(&pi->params);
         snprintf(pi->job, sizeof pi->job, "%s", sj->id);
         memcpy(pi->sha256, img.sha256, 32);
         s->pending_bytes += img.bytes;

@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(PROTO_SUBJECTS_MAX <= FOCUS_MAX_SUBJECTS, "the engine takes every subject");
+_Static_assert(PROTO_SUBJECT_POSITIONS_MAX <= FOCUS_MAX_POSITIONS,
+               "the engine takes every position");
+
 void sched_model_init(struct sched_model *m, const char *name, uint32_t batch_max)
 {
     memset(m, 0, sizeof *m);
@@ -107,20 +111,45 @@ bool sched_remove(struct sched_model *m, struct djob *j)
     return false;
 }
 
+/* A job's cost in the fair order, in plain jobs. */
+static double job_cost(const struct djob *j)
+{
+    return focus_request_active(&j->gp.focus) ? SCHED_FOCUS_STEP_COST : 1.0;
+}
+
+/* The queue whose head goes next, from *rr on: each visit adds one plain job's worth to a
+ * queue's deficit, and the first that can pay for its head pays and is served; *rr then names
+ * the queue after it. Queues without jobs are passed over (sched_position's copies keep
+ * them); at least one has a job. Plain jobs alone give round robin. */
+static size_t drr_next(struct sched_queue *qs, size_t n, size_t *rr)
+{
+    for (size_t i = *rr % n;; i = (i + 1) % n) {
+        struct sched_queue *q = &qs[i];
+        if (!q->head) continue;
+        q->deficit += 1.0;
+        double cost = job_cost(q->head);
+        if (q->deficit >= cost) {
+            q->deficit -= cost;
+            *rr = (i + 1) % n;
+            return i;
+        }
+    }
+}
+
 struct djob *sched_pop(struct sched_model *m)
 {
     if (m->n_queues == 0) return NULL;
-    size_t qi = m->rr % m->n_queues;
+    size_t qi = drr_next(m->queues, m->n_queues, &m->rr);
     struct sched_queue *q = &m->queues[qi];
     struct djob *j = q->head;
     q->head = j->qnext;
     if (!q->head) q->tail = NULL;
     q->n--;
     m->n_queued--;
-    if (q->n == 0)
+    if (q->n == 0) {
+        m->rr = qi;
         drop_queue(m, qi); /* rr now names the session after it */
-    else
-        m->rr = (qi + 1) % m->n_queues;
+    }
     j->qnext = NULL;
     j->sj.state = PROTO_STATE_RUNNING;
     m->active[m->n_active++] = j;
@@ -139,21 +168,18 @@ void sched_deactivate(struct sched_model *m, struct djob *j)
 
 uint32_t sched_position(const struct sched_model *m, const struct djob *j)
 {
-    size_t qi;
-    const struct sched_queue *q = find_queue(m, j->sj.owner, &qi);
-    if (!q) return 0;
-    uint32_t k = 0;
-    for (const struct djob *p = q->head; p && p != j; p = p->qnext)
-        k++;
-    /* Each round serves every peer once, starting at rr: a peer served before j's in the
-     * round gets k + 1 of its jobs in ahead of j, one after it gets k. */
-    uint32_t pos = k;
-    size_t n = m->n_queues, mine = (qi + n - m->rr) % n;
-    for (size_t i = 0; i < n; i++) {
-        if (i == qi) continue;
-        uint32_t ahead = k + ((i + n - m->rr) % n < mine ? 1 : 0);
-        pos += m->queues[i].n < ahead ? m->queues[i].n : ahead;
+    if (j->sj.state != PROTO_STATE_QUEUED || !find_queue(m, j->sj.owner, NULL)) return 0;
+    /* The pops to come, played on a copy of the queues until j's turn. */
+    size_t n = m->n_queues, rr = m->rr;
+    struct sched_queue *qs = xmalloc(n * sizeof *qs);
+    memcpy(qs, m->queues, n * sizeof *qs);
+    uint32_t pos = 0;
+    for (;; pos++) {
+        struct sched_queue *q = &qs[drr_next(qs, n, &rr)];
+        if (q->head == j) break;
+        q->head = q->head->qnext;
     }
+    free(qs);
     return pos;
 }
 
@@ -216,6 +242,29 @@ size_t sched_index_list(struct djob **out, size_t cap)
     return n;
 }
 
+/* The FOCUS fields of p into r (left at gen_params_defaults' without subjects); phrases point
+ * into p. A subject given by positions has no phrase for the engine: its label only names it
+ * on the wire, as focus-run's --focus-subject beside --focus-tokens does. */
+static void focus_from_params(focus_request *r, const struct proto_submit *p)
+{
+    if (!p->subjects.n) return;
+    r->n_subjects = (int)p->subjects.n;
+    for (uint32_t k = 0; k < p->subjects.n; k++) {
+        const struct proto_subject *ps = &p->subjects.s[k];
+        focus_subject *fs = &r->subjects[k];
+        fs->phrase = ps->n_t5 || ps->n_clip ? NULL : ps->phrase;
+        fs->n_t5 = ps->n_t5;
+        fs->n_clip = ps->n_clip;
+        for (int i = 0; i < ps->n_t5; i++)
+            fs->t5[i] = ps->t5[i];
+        for (int i = 0; i < ps->n_clip; i++)
+            fs->clip[i] = ps->clip[i];
+    }
+    r->lambda = (float)p->focus_lambda;
+    /* The protocol's names are the engine's: the parse cannot fail. */
+    focus_heuristic_parse(proto_heuristic_name(p->focus_heuristic), &r->heuristic);
+}
+
 struct djob *djob_new(const struct store_job *sj)
 {
     struct djob *j = xcalloc(1, sizeof *j);
@@ -231,6 +280,7 @@ struct djob *djob_new(const struct store_job *sj)
     j->gp.height = (int)p->height;
     j->gp.max_seq = (int)p->max_seq;
     j->gp.count = (int)p->count;
+    focus_from_params(&j->gp.focus, p);
     return j;
 }
 

@@ -1,7 +1,10 @@
 /* The in-memory side of the job queue: live jobs (queued or running), their per-model queues
  * and the fair choice of what runs next. Each model has one queue per peer (the authenticated
  * client: its uid, or its CURVE key, however many sockets it opens); the next job comes from
- * the peers in round-robin order, and within a peer by priority, then age. Up to batch_max jobs of a model are active (prepared and stepping) at once.
+ * the peers in round-robin order, and within a peer by priority, then age. A turn is worth one
+ * plain job: a peer whose next job costs more (a FOCUS-controlled one, SCHED_FOCUS_STEP_COST)
+ * waits the rounds that make up the difference (deficit round robin). Up to batch_max jobs of
+ * a model are active (prepared and stepping) at once.
  *
  * Locking: one mutex per model guards its queues, its active list and the scheduling fields of
  * its jobs (state, step, cancel). The reactor takes it briefly to queue, cancel or read a job;
@@ -19,6 +22,11 @@
 #include <stdint.h>
 
 #define SCHED_MAX_ACTIVE 64 /* the most batch_max may be */
+/* What a FOCUS-controlled job's steps cost in the fair order, in plain steps: each runs the
+ * forward pass and then one reverse pass through the transformer for the latent's gradient,
+ * which measures at about 2 to 2.5 plain steps (make bench-focus); the upper figure, so that a
+ * peer submitting controlled jobs cannot crowd out the others. */
+#define SCHED_FOCUS_STEP_COST 2.5
 
 struct sched_model;
 
@@ -61,6 +69,7 @@ struct sched_queue {
     char peer[PROTO_MAX_NAME + 1]; /* the jobs' sj.owner */
     struct djob *head, *tail;
     uint32_t n;
+    double deficit; /* credit of the turns it passed because its next job cost more */
 };
 
 struct sched_model {

@@ -173,6 +173,20 @@ void store_poll(struct store *s, double now, void (*fn)(void *ctx, const struct 
     if (s->ops->poll) s->ops->poll(s, now, fn, ctx);
 }
 
+void store_read_focus(struct proto_submit *p, const char *job, const void *subjects, size_t len,
+                      double lambda, const char *heuristic)
+{
+    struct proto_error e;
+    if (proto_subjects_unpack(subjects, len, &p->subjects, &e) < 0)
+        log_warn("job store: job %s: its FOCUS subjects do not read (%s); it has none now", job,
+                 e.message);
+    p->focus_lambda = lambda;
+    for (int h = 0; h < PROTO_HEURISTIC_COUNT; h++)
+        if (strcmp(heuristic, proto_heuristic_name((enum proto_heuristic)h)) == 0)
+            p->focus_heuristic = (enum proto_heuristic)h;
+    p->set = proto_params_set(p);
+}
+
 /* ---- Retention ---- */
 
 /* At most RETENTION_BATCHES batches per call, so that a large backlog never holds the

@@ -70,6 +70,13 @@ struct store {
     char *images; /* its images/ */
 };
 
+/* The FOCUS fields of a job's row into p, which has the others: subjects in the form
+ * proto_subjects_pack gives (len 0: none), lambda, the heuristic's name; then p->set. A row
+ * that does not read (written by something else) loses its subjects, with a warning naming
+ * job. Columns both engines keep: focus_subjects, focus_lambda, focus_heuristic. */
+void store_read_focus(struct proto_submit *p, const char *job, const void *subjects, size_t len,
+                      double lambda, const char *heuristic);
+
 extern const struct store_ops store_sqlite_ops;
 extern const struct store_ops store_pg_ops;
 

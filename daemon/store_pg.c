@@ -69,13 +69,18 @@ static const char *const migrations[] = {
     " bytes bigint NOT NULL, PRIMARY KEY (job, idx));"
     "CREATE TABLE expired (id text PRIMARY KEY, at double precision NOT NULL);"
     "CREATE INDEX expired_at ON expired (at);",
+    /* 2: the FOCUS control; the subjects as proto_subjects_pack gives them (NULL: none). */
+    "ALTER TABLE jobs ADD COLUMN focus_subjects bytea,"
+    " ADD COLUMN focus_lambda double precision NOT NULL DEFAULT 1,"
+    " ADD COLUMN focus_heuristic text NOT NULL DEFAULT 'focus';",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof *migrations))
 
 #define JOB_COLUMNS                                                                                \
     "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height,"      \
     " max_seq, count, priority, state, created, started, finished, step, images,"                  \
-    " error_code, error_field, error_message, owner, cancel_asked"
+    " error_code, error_field, error_message, owner, cancel_asked,"                                \
+    " encode(focus_subjects, 'hex'), focus_lambda, focus_heuristic"
 
 /* ---- Connection and statements ---- */
 
@@ -177,8 +182,8 @@ static int pg_commit(struct store *base)
 
 /* Formatting of parameters: a few numbers per statement, each in its own slot. */
 struct args {
-    const char *v[20];
-    char num[20][32];
+    const char *v[24];
+    char num[24][32];
     int n;
 };
 
@@ -354,6 +359,33 @@ static double val_real(const PGresult *r, int row, int col)
     return strtod(PQgetvalue(r, row, col), NULL);
 }
 
+/* Bytes as lowercase hex into out[2 n + 1], for decode($n, 'hex'). */
+static void hex_encode(const uint8_t *b, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    out[2 * n] = 0;
+}
+
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The bytes of encode(..., 'hex') into out (room for strlen(hex) / 2); their count, or -1
+ * when hex is not hex. */
+static long hex_decode(const char *hex, uint8_t *out)
+{
+    size_t n = strlen(hex);
+    if (n % 2) return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return (long)(n / 2);
+}
+
 static void read_job(const PGresult *r, int row, struct store_job *j)
 {
     memset(j, 0, sizeof *j);
@@ -389,6 +421,15 @@ static void read_job(const PGresult *r, int row, struct store_job *j)
     copy_val(r, row, 22, j->error.message, sizeof j->error.message);
     copy_val(r, row, 23, j->owner, sizeof j->owner);
     j->cancel_asked = PQgetvalue(r, row, 24)[0] == 't';
+    const char *hex = PQgetvalue(r, row, 25);
+    uint8_t *subjects = xmalloc(strlen(hex) / 2 + 1);
+    long len = hex_decode(hex, subjects);
+    if (len < 0) { /* not hex: 0xc1, the byte MessagePack never uses, makes it a bad row */
+        subjects[0] = 0xc1;
+        len = 1;
+    }
+    store_read_focus(p, j->id, subjects, (size_t)len, val_real(r, row, 26), PQgetvalue(r, row, 27));
+    free(subjects);
 }
 
 /* fn for each row of r, a job; frees r. */
@@ -430,13 +471,26 @@ static int pg_insert(struct store *base, struct store_job *j)
     arg_real(&a, j->created);
     arg_text(&a, j->owner);
     arg_text(&a, news);
+    msgpack_sbuffer subjects;
+    msgpack_sbuffer_init(&subjects);
+    int rc = proto_subjects_pack(&subjects, &p->subjects);
+    if (rc) return rc;
+    char *hex = xmalloc(2 * subjects.size + 1);
+    hex_encode((const uint8_t *)subjects.data, subjects.size, hex);
+    msgpack_sbuffer_destroy(&subjects);
+    arg_text(&a, *hex ? hex : NULL);
+    arg_real(&a, p->focus_lambda);
+    arg_text(&a, proto_heuristic_name(p->focus_heuristic));
     PGresult *r = run_in_tx(s, "insert",
                             "WITH ins AS (INSERT INTO jobs (id, session, model, prompt,"
                             " negative_prompt, seed, steps, guidance, width, height, max_seq,"
-                            " count, priority, state, created, owner) VALUES ($1, $2, $3, $4, $5,"
-                            " $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING seq)"
+                            " count, priority, state, created, owner, focus_subjects,"
+                            " focus_lambda, focus_heuristic) VALUES ($1, $2, $3, $4, $5,"
+                            " $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+                            " decode($18, 'hex'), $19, $20) RETURNING seq)"
                             " SELECT seq, pg_notify('" CHANNEL "', $17) FROM ins",
                             a.n, a.v);
+    free(hex);
     if (!r) return ERR_IO;
     j->seq = val_int(r, 0, 0);
     PQclear(r);
@@ -481,8 +535,7 @@ static int pg_add_image(struct store *base, const char *job, uint32_t index, con
 {
     struct store_pg *s = PG(base);
     char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", sha256[i]);
+    hex_encode(sha256, 32, hex);
     struct args a = {0};
     arg_text(&a, job);
     arg_int(&a, index);
@@ -508,11 +561,6 @@ static int pg_get(struct store *base, const char *id, struct store_job *j)
     return rc;
 }
 
-static int hex_value(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 static int pg_image(struct store *base, const char *job, uint32_t index, struct store_image *img)
 {
     struct store_pg *s = PG(base);
@@ -524,9 +572,9 @@ static int pg_image(struct store *base, const char *job, uint32_t index, struct 
         a.n, a.v);
     if (!r) return ERR_IO;
     const char *hex = PQntuples(r) ? PQgetvalue(r, 0, 1) : "";
-    int rc = strlen(hex) == 64 ? 0 : err_set(ERR_MISSING, "no image %u of job \"%s\"", index, job);
-    for (int i = 0; !rc && i < 32; i++)
-        img->sha256[i] = (uint8_t)(hex_value(hex[2 * i]) << 4 | hex_value(hex[2 * i + 1]));
+    int rc = strlen(hex) == 64 && hex_decode(hex, img->sha256) == 32
+                 ? 0
+                 : err_set(ERR_MISSING, "no image %u of job \"%s\"", index, job);
     if (!rc) {
         copy_val(r, 0, 0, img->path, sizeof img->path);
         img->bytes = (uint64_t)val_int(r, 0, 2);

@@ -44,11 +44,16 @@ static const char schema[] =
 #define JOB_COLUMNS                                                                                \
     "seq, id, session, model, prompt, negative_prompt, seed, steps, guidance, width, height,"      \
     " max_seq, count, priority, state, created, started, finished, step, images,"                  \
-    " error_code, error_field, error_message, owner"
+    " error_code, error_field, error_message, owner, focus_subjects, focus_lambda,"                \
+    " focus_heuristic"
 
 /* Columns added since the first schema: added to an older database on open. */
 static const char *const added_columns[] = {
     "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    /* The FOCUS control: the subjects as proto_subjects_pack gives them (NULL: none). */
+    "ALTER TABLE jobs ADD COLUMN focus_subjects BLOB",
+    "ALTER TABLE jobs ADD COLUMN focus_lambda REAL NOT NULL DEFAULT 1",
+    "ALTER TABLE jobs ADD COLUMN focus_heuristic TEXT NOT NULL DEFAULT 'focus'",
 };
 
 static int db_fail(struct store_sqlite *s, const char *what)
@@ -151,10 +156,17 @@ static int sq_insert(struct store *base, struct store_job *j)
     if (rc || (rc = prepare(s,
                             "INSERT INTO jobs (id, session, model, prompt, negative_prompt, seed,"
                             " steps, guidance, width, height, max_seq, count, priority, state,"
-                            " created, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            " created, owner, focus_subjects, focus_lambda, focus_heuristic)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             &st)))
         return rc;
     const struct proto_submit *p = &j->params;
+    msgpack_sbuffer subjects;
+    msgpack_sbuffer_init(&subjects);
+    if ((rc = proto_subjects_pack(&subjects, &p->subjects))) {
+        sqlite3_finalize(st);
+        return rc;
+    }
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, j->session, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, p->model, -1, SQLITE_STATIC);
@@ -171,7 +183,11 @@ static int sq_insert(struct store *base, struct store_job *j)
     sqlite3_bind_text(st, 14, proto_state_name(j->state), -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 15, j->created);
     sqlite3_bind_text(st, 16, j->owner, -1, SQLITE_STATIC);
+    if (subjects.size) sqlite3_bind_blob(st, 17, subjects.data, (int)subjects.size, SQLITE_STATIC);
+    sqlite3_bind_double(st, 18, p->focus_lambda);
+    sqlite3_bind_text(st, 19, proto_heuristic_name(p->focus_heuristic), -1, SQLITE_STATIC);
     rc = run_done(s, st, "insert");
+    msgpack_sbuffer_destroy(&subjects);
     if (!rc) j->seq = sqlite3_last_insert_rowid(s->db);
     return rc;
 }
@@ -260,6 +276,9 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
     copy_col(st, 21, j->error.field, sizeof j->error.field);
     copy_col(st, 22, j->error.message, sizeof j->error.message);
     copy_col(st, 23, j->owner, sizeof j->owner);
+    const unsigned char *heuristic = sqlite3_column_text(st, 26);
+    store_read_focus(p, j->id, sqlite3_column_blob(st, 24), (size_t)sqlite3_column_bytes(st, 24),
+                     sqlite3_column_double(st, 25), heuristic ? (const char *)heuristic : "");
 }
 
 static int sq_get(struct store *base, const char *id, struct store_job *j)
