@@ -105,13 +105,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         for (int t = 0; t < FA_PER; t++)
             ks[r][lane + FA_LANES * t] = s[t];
         __syncthreads();
-#pragma unroll 4
-        for (int j = 0; j < FA_BK; j++) {
-            float p = ks[r][j];
-            #pragma unroll
-            for (int t = 0; t < FA_PER; t++)
-                acc[t] = fmaf(p, vs[j][lane + FA_LANES * t], acc[t]);
-        }
+        tile_mul<false>(acc, ks, vs, r, lane); /* acc += P V */
         __syncthreads(); /* before the next tile overwrites K and V */
     }
     if (!valid) return;
