@@ -935,7 +935,9 @@ struct attn_grad_case {
 static void attention_grad_case(const struct attn_grad_case *c, kn_dtype dt)
 {
     int64_t HD = c->H * c->Dh, qs[3] = {c->B, c->Sq, HD}, ks[3] = {c->B, c->Sk, HD};
-    int64_t ls[3] = {c->B, c->H, c->Sq}, ms[3] = {c->B, c->n_sel, c->rows};
+    /* without a map term, dmaps and maps are a placeholder of one element a sample */
+    int64_t ls[3] = {c->B, c->H, c->Sq},
+            ms[3] = {c->B, c->n_sel ? c->n_sel : 1, c->n_sel ? c->rows : 1};
     const float scale = 1.0f / sqrtf((float)c->Dh);
     pair q = rand_pair(dt, 3, qs, 1.5f), k = rand_pair(dt, 3, ks, 1.5f);
     pair v = rand_pair(dt, 3, ks, 1.0f), dout = rand_pair(dt, 3, qs, 1.0f);
