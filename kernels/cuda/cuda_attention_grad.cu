@@ -7,16 +7,19 @@
  * queries and sums their dQ over every key tile. Neither needs atomics, and every sum runs in
  * an order fixed by the shapes. A prologue kernel gives each query row its C = Drow + sum_k G P
  * (Drow = do . o), the map term's G entering only on the selected key columns of the first
- * `rows` queries. Products and exponentials are float32 on CUDA cores whatever the activation
- * dtype, which keeps the fp32 mode exact to rounding; head sizes up to 64 (every attention of
- * SD3's transformer and text encoders). */
-#include "kernels/cuda/cuda_common.h"
+ * `rows` queries. In BF16/F16 with head size 64 (the transformer's joint attention) the products
+ * run on tensor cores (mma.sync, float32 accumulation); otherwise they and the exponentials are
+ * float32 on CUDA cores whatever the activation dtype, which keeps the fp32 mode exact to
+ * rounding, for head sizes up to 64 (every attention of SD3's transformer and text encoders). */
+#include "kernels/cuda/cuda_mma.h"
 
 extern "C" {
 #include "kernels/kn_grad.h"
 }
 
 #include <math.h>
+
+#include <initializer_list>
 
 #define GB_T CUDA_TILE /* queries or keys per tile */
 #define GB_D CUDA_TILE /* the largest head size; smaller heads are padded with zeros */
@@ -197,6 +200,16 @@ static __device__ __forceinline__ float grad_score(const grad_args &a, float s, 
     return *p * (dp + g - c);
 }
 
+/* The forward's log-sum-exp and the C of query qi of head h of sample b; zeros past Sq. */
+static __device__ __forceinline__ void query_row(const grad_args &a, int64_t b, int h, int64_t qi,
+                                                 float *lse, float *c)
+{
+    int64_t li = (b * a.qk.H + h) * a.qk.Sq + qi;
+    bool in = qi < a.qk.Sq;
+    *lse = in ? a.qk.lse[li] : 0.0f;
+    *c = in ? a.C[li] : 0.0f;
+}
+
 /* Head blockIdx.y of sample blockIdx.z, 64 keys per block: dV = P^T dO and dK = scale dS^T Q
  * over every query tile below qend. Thread (c, lane) owns key c and columns lane + 4 t. */
 __global__ void __launch_bounds__(GB_THREADS) attention_grad_kv_kernel(grad_args a)
@@ -216,11 +229,8 @@ __global__ void __launch_bounds__(GB_THREADS) attention_grad_kv_kernel(grad_args
     for (int64_t q0 = 0; q0 < a.qend; q0 += GB_T) {
         load_tile(qs, q.q, q, b, h, q0, q.Sq);
         if (a.dout) load_tile(os, a.dout, q, b, h, q0, q.Sq);
-        for (int i = threadIdx.x; i < GB_T; i += GB_THREADS) {
-            int64_t qi = q0 + i, li = (b * q.H + h) * q.Sq + qi;
-            ls[i] = qi < q.Sq ? q.lse[li] : 0.0f;
-            cs[i] = qi < q.Sq ? a.C[li] : 0.0f;
-        }
+        for (int i = threadIdx.x; i < GB_T; i += GB_THREADS)
+            query_row(a, b, h, q0 + i, &ls[i], &cs[i]);
         __syncthreads();
         float s[GB_PER] = {}, dp[GB_PER] = {}, p[GB_PER];
         tile_mul<true>(s, ks, qs, c, lane);
@@ -272,8 +282,8 @@ __global__ void __launch_bounds__(GB_THREADS) attention_grad_q_kernel(grad_args 
     if (q0 < a.qend) {
         load_tile(qs, q.q, q, b, h, q0, q.Sq);
         if (a.dout) load_tile(os, a.dout, q, b, h, q0, q.Sq);
-        const int64_t li = (b * q.H + h) * q.Sq + qi;
-        const float lse = valid ? q.lse[li] : 0.0f, c = valid ? a.C[li] : 0.0f;
+        float lse, c;
+        query_row(a, b, h, qi, &lse, &c);
         for (int64_t k0 = 0; k0 < q.Sk; k0 += GB_T) {
             load_tile(ks, q.k, q, b, h, k0, q.Sk);
             if (a.dout) load_tile(vs, a.v, q, b, h, k0, q.Sk);
@@ -303,16 +313,154 @@ __global__ void __launch_bounds__(GB_THREADS) attention_grad_q_kernel(grad_args 
     }
 }
 
-/* Launches kern over tiles of n rows for each head and sample, with the shared tiles. */
+/* ---- Tensor-core path: head size 64 in BF16/F16 ----
+ * The same two kernels with mma.sync products (cuda_mma.h): a block of 4 warps owns 64 keys
+ * (or queries) of one head, 16 per warp, whose A fragments stay in registers, and streams 16-bit
+ * tiles of the other side through shared memory. S and dP come out as C fragments; P and dS,
+ * computed in place, are the A fragments of the accumulating products, rounded to T on the way
+ * as FlashAttention-2 does. */
+#define TCG_THREADS 128
+
+/* dK and dV of 64 keys: warp w owns keys 16 w + [0, 16). */
+template <typename T>
+__global__ void __launch_bounds__(TCG_THREADS) attention_grad_kv_tc_kernel(grad_args a)
+{
+    __shared__ __align__(16) T qs[GB_T * MMA_LD];
+    __shared__ __align__(16) T os[GB_T * MMA_LD];
+    __shared__ float ls[GB_T], cs[GB_T];
+    const qk_args &q = a.qk;
+    const int h = blockIdx.y, warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+    const int t4 = threadIdx.x % 4;
+    const int64_t b = blockIdx.z, row0 = (int64_t)blockIdx.x * GB_T + warp * 16;
+    const int64_t qb = b * q.Sq * q.HD + h * MMA_D, kb = b * q.Sk * q.HD + h * MMA_D;
+    uint32_t ka[4][4], va[4][4] = {};
+    mma_load_a(ka, (const T *)q.k + kb, row0, q.Sk, q.HD);
+    if (a.dout) mma_load_a(va, (const T *)a.v + kb, row0, q.Sk, q.HD);
+    int u[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int64_t kj = row0 + g + 8 * i;
+        u[i] = a.first && kj < q.Sk ? a.first[kj] : -1;
+    }
+    float dk[8][4] = {}, dv[8][4] = {};
+    for (int64_t q0 = 0; q0 < a.qend; q0 += GB_T) {
+        mma_load_tile(qs, (const T *)q.q + qb, q0, q.Sq, q.HD);
+        if (a.dout) mma_load_tile(os, (const T *)a.dout + qb, q0, q.Sq, q.HD);
+        for (int i = threadIdx.x; i < GB_T; i += TCG_THREADS)
+            query_row(a, b, h, q0 + i, &ls[i], &cs[i]);
+        __syncthreads();
+        /* S^T = K Q^T and dP^T = V dO^T: element e of n-tile n is key row0 + g + 8 (e >> 1),
+         * query q0 + 8 n + 2 t4 + (e & 1). dS^T replaces S^T, P^T replaces dP^T. */
+        float s[8][4], dp[8][4] = {};
+        mma_abt<T>(s, ka, qs);
+        if (a.dout) mma_abt<T>(dp, va, os);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1, col = 8 * n + 2 * t4 + (e & 1);
+                int64_t kj = row0 + g + 8 * i, qi = q0 + col;
+                float p;
+                s[n][e] = grad_score(a, s[n][e], dp[n][e], kj < q.Sk && qi < q.Sq, ls[col], cs[col],
+                                     b, qi, u[i], &p);
+                dp[n][e] = p;
+            }
+        if (a.dout) mma_ab<T>(dv, dp, os);
+        mma_ab<T>(dk, s, qs);
+        __syncthreads(); /* before the next tile overwrites Q and dO */
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int64_t kj = row0 + g + 8 * i;
+        if (kj >= q.Sk) continue;
+        T *dkr = (T *)a.dk + kb + kj * q.HD + 2 * t4, *dvr = (T *)a.dv + kb + kj * q.HD + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            *(uint32_t *)(dkr + 8 * n) =
+                pack2<T>(dk[n][2 * i] * q.scale, dk[n][2 * i + 1] * q.scale);
+            *(uint32_t *)(dvr + 8 * n) = pack2<T>(dv[n][2 * i], dv[n][2 * i + 1]);
+        }
+    }
+}
+
+/* dQ of 64 queries: warp w owns queries 16 w + [0, 16); zeros from qend on. */
+template <typename T>
+__global__ void __launch_bounds__(TCG_THREADS) attention_grad_q_tc_kernel(grad_args a)
+{
+    __shared__ __align__(16) T ks[GB_T * MMA_LD];
+    __shared__ __align__(16) T vs[GB_T * MMA_LD];
+    const qk_args &q = a.qk;
+    const int h = blockIdx.y, warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+    const int t4 = threadIdx.x % 4;
+    const int64_t b = blockIdx.z, row0 = (int64_t)blockIdx.x * GB_T + warp * 16;
+    const int64_t qb = b * q.Sq * q.HD + h * MMA_D, kb = b * q.Sk * q.HD + h * MMA_D;
+    float acc[8][4] = {};
+    if ((int64_t)blockIdx.x * GB_T < a.qend) {
+        uint32_t qa[4][4], oa[4][4] = {};
+        mma_load_a(qa, (const T *)q.q + qb, row0, q.Sq, q.HD);
+        if (a.dout) mma_load_a(oa, (const T *)a.dout + qb, row0, q.Sq, q.HD);
+        float lse[2], c[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            query_row(a, b, h, row0 + g + 8 * i, &lse[i], &c[i]);
+        for (int64_t k0 = 0; k0 < q.Sk; k0 += GB_T) {
+            mma_load_tile(ks, (const T *)q.k + kb, k0, q.Sk, q.HD);
+            if (a.dout) mma_load_tile(vs, (const T *)a.v + kb, k0, q.Sk, q.HD);
+            __syncthreads();
+            /* S = Q K^T, dP = dO V^T: element e of n-tile n is query row0 + g + 8 (e >> 1),
+             * key k0 + 8 n + 2 t4 + (e & 1); dS replaces S. */
+            float s[8][4], dp[8][4] = {};
+            mma_abt<T>(s, qa, ks);
+            if (a.dout) mma_abt<T>(dp, oa, vs);
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1;
+                    int64_t qi = row0 + g + 8 * i, kj = k0 + 8 * n + 2 * t4 + (e & 1);
+                    int u = a.first && kj < q.Sk ? a.first[kj] : -1;
+                    float p;
+                    s[n][e] = grad_score(a, s[n][e], dp[n][e], qi < q.Sq && kj < q.Sk, lse[i], c[i],
+                                         b, qi, u, &p);
+                }
+            mma_ab<T>(acc, s, ks);
+            __syncthreads(); /* before the next tile overwrites K and V */
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int64_t qi = row0 + g + 8 * i;
+        if (qi >= q.Sq) continue;
+        T *dqr = (T *)a.dq + qb + qi * q.HD + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+            *(uint32_t *)(dqr + 8 * n) =
+                pack2<T>(acc[n][2 * i] * q.scale, acc[n][2 * i + 1] * q.scale);
+    }
+}
+
+/* The tensor-core kernels take 16-bit head-64 attention on 16-byte aligned rows. */
+static bool tc_grad_eligible(const kn_tensor *q, int Dh,
+                             std::initializer_list<const kn_tensor *> ts)
+{
+    bool ok = (q->dtype == KN_BF16 || q->dtype == KN_F16) && Dh == MMA_D;
+    for (const kn_tensor *t : ts)
+        ok = ok && (!t || (uintptr_t)t->data % 16 == 0);
+    return ok;
+}
+
+/* Launches kern over tiles of n rows for each head and sample, with `smem` bytes of dynamic
+ * shared memory. */
 static int launch_tiles(kn_ctx *ctx, void (*kern)(grad_args), const grad_args &a, int64_t n,
-                        int64_t B, const char *what)
+                        int64_t B, unsigned threads, size_t smem, const char *what)
 {
     if (n == 0) return 0;
     cudaError_t e =
-        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)GB_SMEM);
+        smem ? cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+             : cudaSuccess;
     if (e != cudaSuccess) return cuda_fail(what, e);
     dim3 grid((unsigned)((n + GB_T - 1) / GB_T), (unsigned)a.qk.H, (unsigned)B);
-    kern<<<grid, GB_THREADS, GB_SMEM, cuda_st(ctx)->stream>>>(a);
+    kern<<<grid, threads, smem, cuda_st(ctx)->stream>>>(a);
     return cuda_launched(what);
 }
 
@@ -362,6 +510,18 @@ int cuda_attention_grad(kn_ctx *ctx, kn_tensor *dq, kn_tensor *dk, kn_tensor *dv
         grad_rows_kernel<<<cuda_grid(ctx, nc * 32), CUDA_THREADS, 0, s>>>(a, nc);
         KN_TRY(cuda_launched(op));
     }
-    KN_TRY(launch_tiles(ctx, attention_grad_kv_kernel, a, Sk, B, op));
-    return launch_tiles(ctx, attention_grad_q_kernel, a, Sq, B, op);
+    if (tc_grad_eligible(q, a.qk.Dh, {q, k, v, do_, dq, dk, dv}))
+        return with_act(q->dtype, [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (std::is_same<T, float>::value) {
+                return 0; /* never eligible */
+            } else {
+                KN_TRY(launch_tiles(ctx, attention_grad_kv_tc_kernel<T>, a, Sk, B, TCG_THREADS, 0,
+                                    op));
+                return launch_tiles(ctx, attention_grad_q_tc_kernel<T>, a, Sq, B, TCG_THREADS, 0,
+                                    op);
+            }
+        });
+    KN_TRY(launch_tiles(ctx, attention_grad_kv_kernel, a, Sk, B, GB_THREADS, GB_SMEM, op));
+    return launch_tiles(ctx, attention_grad_q_kernel, a, Sq, B, GB_THREADS, GB_SMEM, op);
 }
