@@ -9,7 +9,7 @@
  * mode exact to rounding. Other head sizes (the VAE's single 512-wide head, small test shapes)
  * take the CPU backend's route: scores for a block of queries by a batched GEMM over heads, a
  * row softmax kernel, and a second batched GEMM. */
-#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_mma.h"
 
 #include <math.h>
 #include <string.h>
@@ -105,13 +105,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         for (int t = 0; t < FA_PER; t++)
             ks[r][lane + FA_LANES * t] = s[t];
         __syncthreads();
-#pragma unroll 4
-        for (int j = 0; j < FA_BK; j++) {
-            float p = ks[r][j];
-            #pragma unroll
-            for (int t = 0; t < FA_PER; t++)
-                acc[t] = fmaf(p, vs[j][lane + FA_LANES * t], acc[t]);
-        }
+        tile_mul<false>(acc, ks, vs, r, lane); /* acc += P V */
         __syncthreads(); /* before the next tile overwrites K and V */
     }
     if (!valid) return;
@@ -136,52 +130,13 @@ __global__ void __launch_bounds__(FA_THREADS)
 #define TC_BQ 64
 #define TC_BK 64
 #define TC_THREADS 128
-#define TC_LD (FA_D + 8) /* shared row stride in elements: rows 4 banks apart, no conflicts */
+#define TC_LD MMA_LD
 
 struct tc_norm {
     const void *qw, *kw; /* NULL: no norm */
     kn_dtype wdt;
     float eps;
 };
-
-/* c += a . b for a 16x16 A fragment and a 16x8 B fragment (PTX ISA, mma.m16n8k16). */
-template <typename T>
-static __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                                uint32_t b1)
-{
-    if constexpr (std::is_same<T, __half>::value)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Two T values in one register, the first in the low half (the lower column of a fragment). */
-template <typename T> static __device__ __forceinline__ uint32_t pack_raw(T lo, T hi)
-{
-    uint16_t l, h;
-    memcpy(&l, &lo, 2);
-    memcpy(&h, &hi, 2);
-    return (uint32_t)l | (uint32_t)h << 16;
-}
-
-template <typename T> static __device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    return pack_raw(from_f<T>(lo), from_f<T>(hi));
-}
-
-template <typename T> static __device__ __forceinline__ float half_of(uint32_t r, int hi)
-{
-    uint16_t bits = (uint16_t)(hi ? r >> 16 : r);
-    T x;
-    memcpy(&x, &bits, 2);
-    return to_f(x);
-}
 
 /* kn_rms_norm's last step on one value already multiplied by the row's rsqrt. */
 template <typename T> static __device__ __forceinline__ float norm_weight(float t, const tc_norm &n,
@@ -205,14 +160,7 @@ __global__ void __launch_bounds__(TC_THREADS)
     /* Q's A fragments, 4 k-steps of 16 dims: register r holds row g + 8 (r & 1) and dims
      * 16 kk + 8 (r >> 1) + 2 t4 and + 1. Rows past Sq are zeros and are never stored. */
     uint32_t qa[4][4];
-    #pragma unroll
-    for (int kk = 0; kk < 4; kk++)
-        #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            int64_t qi = row0 + g + 8 * (r & 1);
-            int d = 16 * kk + 8 * (r >> 1) + 2 * t4;
-            qa[kk][r] = qi < a.Sq ? *(const uint32_t *)(q + ((int64_t)b * a.Sq + qi) * a.HD + h * FA_D + d) : 0u;
-        }
+    mma_load_a(qa, q + (int64_t)b * a.Sq * a.HD + h * FA_D, row0, a.Sq, a.HD);
     if (NORM) {
         float ss[2] = {0.0f, 0.0f};
         #pragma unroll
@@ -250,18 +198,9 @@ __global__ void __launch_bounds__(TC_THREADS)
             acc[n][e] = 0.0f;
 
     for (int64_t k0 = 0; k0 < a.Sk; k0 += TC_BK) {
-        /* 16-byte copies of the tiles; keys past Sk are zeros (and masked below). */
-        for (int c = threadIdx.x; c < TC_BK * FA_D / 8; c += TC_THREADS) {
-            int row = c / (FA_D / 8), col = c % (FA_D / 8) * 8;
-            int64_t kj = k0 + row;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-            if (kj < a.Sk) {
-                kv = *(const uint4 *)(k + kvb + kj * a.HD + col);
-                vv = *(const uint4 *)(v + kvb + kj * a.HD + col);
-            }
-            *(uint4 *)(ks + row * TC_LD + col) = kv;
-            *(uint4 *)(vs + row * TC_LD + col) = vv;
-        }
+        /* keys past Sk are zeros (and masked below) */
+        mma_load_tile(ks, k + kvb, k0, a.Sk, a.HD);
+        mma_load_tile(vs, v + kvb, k0, a.Sk, a.HD);
         __syncthreads();
         if (NORM) { /* two threads per key row, 32 dims each */
             T *kr = ks + (threadIdx.x / 2) * TC_LD + (threadIdx.x % 2) * 32;
@@ -276,17 +215,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         }
         /* S = Q K^T for this warp's 16 rows and the tile's 64 keys, 8 keys per n-tile. */
         float s[8][4];
-        #pragma unroll
-        for (int n = 0; n < 8; n++) {
-            #pragma unroll
-            for (int e = 0; e < 4; e++)
-                s[n][e] = 0.0f;
-            #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                const T *kr = ks + (n * 8 + g) * TC_LD + 16 * kk + 2 * t4;
-                mma16816<T>(s[n], qa[kk], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
-            }
-        }
+        mma_abt<T>(s, qa, ks);
         /* Element e of n-tile n is row g + 8 (e >> 1), key k0 + 8 n + 2 t4 + (e & 1). */
         float mx[2] = {m[0], m[1]};
         #pragma unroll
@@ -316,18 +245,7 @@ __global__ void __launch_bounds__(TC_THREADS)
                 acc[n][e] *= alpha[e >> 1];
             }
         /* O += P V, 16 keys per k-step: P's A fragment is n-tiles 2 kc and 2 kc + 1. */
-        #pragma unroll
-        for (int kc = 0; kc < 4; kc++) {
-            uint32_t pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            #pragma unroll
-            for (int n = 0; n < 8; n++) {
-                const T *vr = vs + (16 * kc + 2 * t4) * TC_LD + n * 8 + g;
-                mma16816<T>(acc[n], pa, pack_raw(vr[0], vr[TC_LD]),
-                            pack_raw(vr[8 * TC_LD], vr[9 * TC_LD]));
-            }
-        }
+        mma_ab<T>(acc, s, vs);
         __syncthreads(); /* before the next tile overwrites K and V */
     }
     #pragma unroll

@@ -94,6 +94,15 @@ struct cuda_gemm {
 };
 int cuda_gemm_run(kn_ctx *ctx, const cuda_gemm *g, const char *what);
 
+/* Where feature (a, e, c) of a token lies in its row, for cuda_unpatch. */
+struct unpatch_strides {
+    int64_t a, e, c;
+};
+/* y [B, C, H, W] from tokens x [B, (H / p) (W / p), p p C] of y's dtype:
+ * y[n, c, p r + a, p s + e] = x[n, r (W / p) + s, a st.a + e st.e + c st.c]. */
+int cuda_unpatch(kn_ctx *ctx, kn_tensor *y, const void *x, int p, unpatch_strides st,
+                 const char *what);
+
 /* ---- element types ---- */
 
 static __device__ __forceinline__ float to_f(float x)
@@ -189,5 +198,71 @@ template <typename F> static int with_elem(size_t es, F &&f)
 }
 
 #define CUDA_THREADS 256
+
+/* Widened weight panel budget in floats (64 MiB): every SD3.5-medium linear fits in one. */
+#define CUDA_PANEL_FLOATS ((int64_t)16 << 20)
+
+/* A grid-stride loop of index i over [0, n). */
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+/* Row ops run one block per row: whole warps, at most 256 threads, no more than the row's n
+ * elements (or vectors) need. */
+static inline unsigned cuda_row_threads(int64_t n)
+{
+    if (n >= 256) return 256;
+    return n > 32 ? (unsigned)((n + 31) / 32 * 32) : 32u;
+}
+
+/* Sum of v over the warp (A float or double); every lane gets the result. */
+template <typename A> static __device__ __forceinline__ A warp_sum(A v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum of v over the block; every thread gets the result. `red` holds 32 values. */
+template <typename A> static __device__ A block_sum(A v, A *red)
+{
+    v = warp_sum(v);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? red[lane] : (A)0);
+}
+
+/* RMSNorm's 1/sqrt(mean + eps) of a row whose squares sum to ss over D values. */
+static __device__ __forceinline__ float rms_rstd(double ss, int64_t D, float eps)
+{
+    float var = D ? (float)(ss / (double)D) : 0.0f;
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+}
+
+/* A 64 x 64 float32 tile in shared memory, its rows padded by one float so that neither a row
+ * nor a column read hits one bank twice; 4 threads per row, 16 columns each. */
+#define CUDA_TILE 64
+#define CUDA_TILE_LANES 4
+#define CUDA_TILE_PER (CUDA_TILE / CUDA_TILE_LANES)
+typedef float cuda_tile[CUDA_TILE][CUDA_TILE + 1];
+
+/* Thread (r, lane) of a tile product: acc[t] += sum_k A[r][k] B[lane + 4 t][k] (BT: row r of
+ * A . B^T) or acc[t] += sum_k A[r][k] B[k][lane + 4 t] (row r of A . B), k in order. */
+template <bool BT>
+static __device__ __forceinline__ void tile_mul(float (&acc)[CUDA_TILE_PER], const cuda_tile &A,
+                                                const cuda_tile &B, int r, int lane)
+{
+#pragma unroll 4
+    for (int k = 0; k < CUDA_TILE; k++) {
+        float x = A[r][k];
+#pragma unroll
+        for (int t = 0; t < CUDA_TILE_PER; t++) {
+            int c = lane + CUDA_TILE_LANES * t;
+            acc[t] = fmaf(x, BT ? B[c][k] : B[k][c], acc[t]);
+        }
+    }
+}
 
 #endif

@@ -8,10 +8,6 @@
 
 #include <math.h>
 
-#define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 static __device__ __forceinline__ float act_apply(kn_act act, float x)
 {
     switch (act) {
@@ -199,30 +195,40 @@ int cuda_upsample_nearest2x(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
     });
 }
 
-/* y[n, c, p r + a, p s + b] = x[n, r gw + s, (a p + b) C + c], written in y's order. E is an
+/* y[n, c, p r + a, p s + e] = x[n, r gw + s, a st.a + e st.e + c st.c], in y's order. E is an
  * unsigned integer of the element size: the op moves any dtype. */
 template <typename E>
-__global__ void unpatchify_kernel(E *y, const E *x, int64_t C, int64_t H, int64_t W, int p,
-                                  int64_t n)
+__global__ void unpatch_kernel(E *y, const E *x, int64_t C, int64_t H, int64_t W, int p,
+                               unpatch_strides st, int64_t n)
 {
     int64_t gh = H / p, gw = W / p, feat = (int64_t)p * p * C;
     GRID_STRIDE(i, n)
     {
         int64_t j = i % W, h = i / W % H, c = i / (W * H) % C, b = i / (W * H * C);
         int64_t tok = b * gh * gw + h / p * gw + j / p;
-        y[i] = x[tok * feat + (h % p * p + j % p) * C + c];
+        y[i] = x[tok * feat + h % p * st.a + j % p * st.e + c * st.c];
     }
 }
 
-int cuda_unpatchify(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int p)
+int cuda_unpatch(kn_ctx *ctx, kn_tensor *y, const void *x, int p, unpatch_strides st,
+                 const char *what)
 {
     int64_t C = y->shape[1], H = y->shape[2], W = y->shape[3], n = kn_numel(y);
+    if (n == 0) return 0;
     unsigned grid = cuda_grid(ctx, n);
     cudaStream_t s = cuda_st(ctx)->stream;
-    return with_elem(kn_dtype_size(x->dtype), [&](auto tag) {
+    return with_elem(kn_dtype_size(y->dtype), [&](auto tag) {
         using E = decltype(tag);
-        unpatchify_kernel<E><<<grid, CUDA_THREADS, 0, s>>>((E *)y->data, (const E *)x->data, C,
-                                                           H, W, p, n);
-        return cuda_launched("kn_unpatchify");
+        unpatch_kernel<E>
+            <<<grid, CUDA_THREADS, 0, s>>>((E *)y->data, (const E *)x, C, H, W, p, st, n);
+        return cuda_launched(what);
     });
+}
+
+/* Features (a, e, c), c fastest: y[n, c, p r + a, p s + e] = x[n, r gw + s, (a p + e) C + c]. */
+int cuda_unpatchify(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, int p)
+{
+    int64_t C = y->shape[1];
+    unpatch_strides st = {p * C, C, 1};
+    return cuda_unpatch(ctx, y, x->data, p, st, "kn_unpatchify");
 }

@@ -5,8 +5,6 @@
  * cuBLASLt with the bias added in the epilogue, as PyTorch's addmm does for 16-bit tensors. */
 #include "kernels/cuda/cuda_common.h"
 
-/* Widened weight panel budget in floats (64 MiB): every SD3.5-medium linear fits in one. */
-#define PANEL_FLOATS ((int64_t)16 << 20)
 /* im2col block budget in elements. */
 #define CONV_COL_ELEMS ((int64_t)32 << 20)
 
@@ -128,7 +126,7 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     }
     int64_t step = N;
     if (w->dtype != KN_F32) {
-        step = PANEL_FLOATS / K;
+        step = CUDA_PANEL_FLOATS / K;
         if (step < 16) step = 16;
     }
     for (int64_t n0 = 0; n0 < N; n0 += step) {

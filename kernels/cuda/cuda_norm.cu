@@ -5,26 +5,9 @@
  * torch's 16-bit modules round. */
 #include "kernels/cuda/cuda_common.h"
 
-/* Row ops use one block per row. */
-#define ROW_THREADS 256
 /* GroupNorm partial sums: elements per statistics block, and at most this many blocks a group. */
 #define GN_CHUNK ((int64_t)1 << 14)
 #define GN_MAX_CHUNKS 256
-
-/* Sum of v over the block; every thread gets the result. `red` holds 32 doubles. */
-static __device__ double block_sum(double v, double *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = (blockDim.x + 31) / 32;
-    __syncthreads(); /* red may still be read by a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* Mean and 1/sqrt(biased variance + eps) of row x[0, D), two passes in double. */
 template <typename T>
@@ -66,13 +49,6 @@ __global__ void layer_norm_kernel(T *y, const T *x, int64_t D, const void *w, kn
     }
 }
 
-/* Whole warps, at most ROW_THREADS, no more than the row needs. */
-static unsigned row_threads(int64_t D)
-{
-    if (D >= ROW_THREADS) return ROW_THREADS;
-    return D > 32 ? (unsigned)((D + 31) / 32 * 32) : 32u;
-}
-
 int cuda_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
                     const kn_tensor *b, float eps)
 {
@@ -81,18 +57,11 @@ int cuda_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tens
     cudaStream_t s = cuda_st(ctx)->stream;
     return with_act(x->dtype, [&](auto tag) {
         using T = decltype(tag);
-        layer_norm_kernel<T><<<(unsigned)R, row_threads(D), 0, s>>>(
+        layer_norm_kernel<T><<<(unsigned)R, cuda_row_threads(D), 0, s>>>(
             (T *)y->data, (const T *)x->data, D, w ? w->data : NULL, w ? w->dtype : KN_F32,
             b ? b->data : NULL, b ? b->dtype : KN_F32, eps);
         return cuda_launched("kn_layer_norm");
     });
-}
-
-/* 1/sqrt(mean + eps) of a row whose squares sum to ss over D values. */
-static __device__ __forceinline__ float rms_rstd(double ss, int64_t D, float eps)
-{
-    float var = D ? (float)(ss / (double)D) : 0.0f;
-    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
 }
 
 /* Value j of the normalised row: x * rs, then w * that; diffusers' RMSNorm rounds the
@@ -130,7 +99,7 @@ int cuda_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     cudaStream_t s = cuda_st(ctx)->stream;
     return with_act(x->dtype, [&](auto tag) {
         using T = decltype(tag);
-        rms_norm_kernel<T><<<(unsigned)R, row_threads(D), 0, s>>>(
+        rms_norm_kernel<T><<<(unsigned)R, cuda_row_threads(D), 0, s>>>(
             (T *)y->data, (const T *)x->data, D, w ? w->data : NULL, w ? w->dtype : KN_F32, eps);
         return cuda_launched("kn_rms_norm");
     });
@@ -162,9 +131,7 @@ __global__ void qkv_split_kernel(T *q, T *k, T *v, const T *qkv, int64_t n, int6
             float x = to_f(xh[j]);
             s += (double)__fmul_rn(x, x);
         }
-        for (int o = 16; o > 0; o >>= 1)
-            s += __shfl_xor_sync(0xffffffffu, s, o);
-        float rs = rms_rstd(s, Dh, eps);
+        float rs = rms_rstd(warp_sum(s), Dh, eps);
         for (int64_t j = lane; j < Dh; j += 32)
             dst[h * Dh + j] = rms_value<T>(to_f(xh[j]), rs, w, wdt, j);
     }
@@ -179,7 +146,7 @@ int cuda_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_
     cudaStream_t s = cuda_st(ctx)->stream;
     return with_act(qkv->dtype, [&](auto tag) {
         using T = decltype(tag);
-        qkv_split_kernel<T><<<dim3((unsigned)rows, 3), row_threads(D), 0, s>>>(
+        qkv_split_kernel<T><<<dim3((unsigned)rows, 3), cuda_row_threads(D), 0, s>>>(
             (T *)q->data, (T *)k->data, (T *)v->data, (const T *)qkv->data, qkv->shape[1],
             q->shape[1], row0, D, D / heads, q_norm ? q_norm->data : NULL,
             k_norm ? k_norm->data : NULL, q_norm ? q_norm->dtype : KN_F32,
@@ -216,7 +183,7 @@ int cuda_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_ten
     cudaStream_t s = cuda_st(ctx)->stream;
     return with_act(x->dtype, [&](auto tag) {
         using T = decltype(tag);
-        ln_modulate_kernel<T><<<(unsigned)(B * S), row_threads(D), 0, s>>>(
+        ln_modulate_kernel<T><<<(unsigned)(B * S), cuda_row_threads(D), 0, s>>>(
             (T *)y->data, (const T *)x->data, (const T *)mod->data, S, D, C, shift_idx, scale_idx,
             eps);
         return cuda_launched("kn_ln_modulate");

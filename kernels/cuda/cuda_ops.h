@@ -4,7 +4,8 @@
  * dtypes before any of these runs: activations are F32, F16 or BF16, weights any float dtype.
  * Every op is queued on the context's stream and returns without waiting; launch and library
  * errors come back as ERR_DEVICE at once, asynchronous faults at the next kn_sync or kn_read.
- * Not for use outside kernels/. */
+ * The gradient ops' twins (cuda_grad.cu, cuda_attention_grad.cu) are declared by kn_grad.h's
+ * KN_GRAD_BACKEND(cuda). Not for use outside kernels/. */
 #ifndef FOCUS_KERNELS_CUDA_CUDA_OPS_H
 #define FOCUS_KERNELS_CUDA_CUDA_OPS_H
 

@@ -7,6 +7,7 @@
  * a weight larger than the upload staging buffers.
  * Without a usable CUDA device this prints a SKIP line and reports no tests, never a pass. */
 #include "kernels/kn_convert.h"
+#include "kernels/kn_grad.h"
 #include "kernels/kn_image.h"
 #include "kernels/kn_ops.h"
 #include "kernels/kn_patch.h"
@@ -125,9 +126,11 @@ static int exact_pair(const pair *p, const char *what)
 
 /* ---- linear ---- */
 
-/* Sum of |x_ik w_jk| (+ |b_j|) per output: the scale of a float32 dot product's rounding. */
-static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M, int64_t K,
-                          int64_t N)
+/* Sum of |x_ik w_jk| (+ |b_j|) per output of x [M, K] times w, the scale of a float32 dot
+ * product's rounding; w_jk is element j wj + k wk of w's N K values (wj = K, wk = 1 for
+ * kn_linear's w [N, K]; wj = 1, wk = N for a product by w [K, N]). */
+static double *product_mag(const pair *x, const pair *w, const pair *b, int64_t M, int64_t K,
+                           int64_t N, int64_t wj, int64_t wk)
 {
     float *xv = malloc((size_t)(M * K + 1) * 4), *wv = malloc((size_t)(N * K + 1) * 4);
     float *bv = malloc((size_t)(N + 1) * 4);
@@ -139,13 +142,19 @@ static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M
         for (int64_t j = 0; j < N; j++) {
             double a = b ? fabs((double)bv[j]) : 0.0;
             for (int64_t k = 0; k < K; k++)
-                a += fabs((double)xv[i * K + k] * wv[j * K + k]);
+                a += fabs((double)xv[i * K + k] * wv[j * wj + k * wk]);
             mag[i * N + j] = a;
         }
     free(xv);
     free(wv);
     free(bv);
     return mag;
+}
+
+static double *linear_mag(const pair *x, const pair *w, const pair *b, int64_t M, int64_t K,
+                          int64_t N)
+{
+    return product_mag(x, w, b, M, K, N, K, 1);
 }
 
 /* Which front-end linear_op_case calls. */
@@ -696,8 +705,328 @@ static void test_moves(void)
         free_pair(all[i]);
 }
 
-int main(void)
+/* ---- gradients (kn_grad.h) ---- */
+
+/* Replaces the CPU side of p by a float32 copy of its (rounded) values: the CPU reference of a
+ * 16-bit product runs in float32 on what the GPU sees. */
+static void cpu_to_f32(pair *p)
 {
+    kn_tensor f;
+    CHECK(kn_alloc(cpu, &f, KN_F32, p->c.ndim, p->c.shape) == 0);
+    CHECK(kn_copy(cpu, &f, &p->c) == 0);
+    kn_free(cpu, &p->c);
+    p->c = f;
+}
+
+/* close_pair with an absolute tolerance of tol times the largest |cpu| of the tensor: a
+ * gradient sums terms of either sign, whose cancellations leave elements near zero. */
+static int close_max(const pair *p, double tol, const char *what)
+{
+    int64_t n = kn_numel(&p->c);
+    float *c = malloc((size_t)(n ? n : 1) * sizeof(float));
+    double m = 0.0;
+    CHECK(kn_read_f32(cpu, &p->c, c) == 0);
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)c[i]));
+    free(c);
+    return close_pair(p, NULL, tol * m + 1e-30, 0.0, what);
+}
+
+/* The output rounding of a float32 product in dtype dt, relative to the sum of |terms|. */
+static double product_eps(kn_dtype dt)
+{
+    return 2 * (dt == KN_BF16 ? 1.0 / 256 : dt == KN_F16 ? 1.0 / 2048 : 1e-5);
+}
+
+/* dx = dy . w for w [N, K] of dtype wdt, activations adt (the CPU in float32 on the same
+ * rounded values). */
+static void linear_grad_case(kn_dtype adt, kn_dtype wdt, int64_t M, int64_t N, int64_t K)
+{
+    int64_t ys[3] = {1, M, N}, ws[2] = {N, K}, xs[3] = {1, M, K};
+    float *wv = rand_buf(N * K, 0.5f);
+    pair dy = rand_pair(adt, 3, ys, 1.0f), w = make_pair(wdt, 2, ws, wv, 1);
+    pair dx = out_pair(KN_F32, adt, 3, xs);
+    if (adt != KN_F32) cpu_to_f32(&dy);
+    CHECKF(kn_linear_grad(cpu, &dx.c, &dy.c, &w.c) == 0, "%s", err_msg());
+    CHECKF(kn_linear_grad(gpu, &dx.g, &dy.g, &w.g) == 0, "%s", err_msg());
+    double *mag = product_mag(&dy, &w, NULL, M, N, K, 1, K);
+    char what[96];
+    snprintf(what, sizeof what, "linear_grad %s x %s %lldx%lldx%lld", kn_dtype_name(adt),
+             kn_dtype_name(wdt), (long long)M, (long long)N, (long long)K);
+    CHECK(close_pair(&dx, mag, 1e-30, product_eps(adt), what));
+    free(mag);
+    free(wv);
+    free_pair(&dy);
+    free_pair(&w);
+    free_pair(&dx);
+}
+
+static void test_linear_grad(void)
+{
+    static const kn_dtype wdts[] = {KN_F32, KN_F16, KN_BF16, KN_F8_E4M3};
+    for (size_t i = 0; i < 4; i++) {
+        linear_grad_case(KN_F32, wdts[i], 5, 300, 1000);
+        linear_grad_case(KN_F32, wdts[i], 33, 1100, 700);
+        linear_grad_case(KN_F32, wdts[i], 1, 7, 3);
+    }
+    linear_grad_case(KN_F32, KN_F16, 2, 12289, 4096); /* a narrow weight widened in panels */
+    linear_grad_case(KN_BF16, KN_BF16, 70, 1536, 600);
+    linear_grad_case(KN_F16, KN_F32, 5, 300, 37);
+    linear_grad_case(KN_BF16, KN_F8_E4M3, 7, 64, 96);
+}
+
+/* dx [B, C, gh p, gw p] from dtok [B, gh gw, D] and w [D, C, p, p]. */
+static void patch_embed_grad_case(kn_dtype adt, kn_dtype wdt)
+{
+    enum { B = 2, C = 16, p = 2, gh = 5, gw = 7, D = 96, T = B * gh * gw, F = C * p * p };
+    int64_t ts[3] = {B, gh * gw, D}, ws[4] = {D, C, p, p}, xs[4] = {B, C, gh * p, gw * p};
+    float *wv = rand_buf(D * F, 0.5f);
+    pair dtok = rand_pair(adt, 3, ts, 1.0f), w = make_pair(wdt, 4, ws, wv, 1);
+    pair dx = out_pair(KN_F32, adt, 4, xs);
+    if (adt != KN_F32) cpu_to_f32(&dtok);
+    CHECKF(kn_patch_embed_grad(cpu, &dx.c, &dtok.c, &w.c, p) == 0, "%s", err_msg());
+    CHECKF(kn_patch_embed_grad(gpu, &dx.g, &dtok.g, &w.g, p) == 0, "%s", err_msg());
+    /* the magnitude of token t's feature (c, a, e), moved to its pixel */
+    double *tmag = product_mag(&dtok, &w, NULL, T, D, F, 1, F);
+    double *mag = malloc((size_t)kn_numel(&dx.c) * sizeof(double));
+    for (int64_t i = 0; i < kn_numel(&dx.c); i++) {
+        int64_t x = i % (gw * p), y = i / (gw * p) % (gh * p), c = i / (gw * p * gh * p) % C;
+        int64_t b = i / (gw * p * gh * p * C), t = (b * gh + y / p) * gw + x / p;
+        mag[i] = tmag[t * F + (c * p + y % p) * p + x % p];
+    }
+    char what[64];
+    snprintf(what, sizeof what, "patch_embed_grad %s x %s", kn_dtype_name(adt), kn_dtype_name(wdt));
+    CHECK(close_pair(&dx, mag, 1e-30, product_eps(adt), what));
+    free(tmag);
+    free(mag);
+    free(wv);
+    free_pair(&dtok);
+    free_pair(&w);
+    free_pair(&dx);
+}
+
+static void test_patch_embed_grad(void)
+{
+    patch_embed_grad_case(KN_F32, KN_F32);
+    patch_embed_grad_case(KN_F32, KN_BF16);
+    patch_embed_grad_case(KN_BF16, KN_BF16);
+    patch_embed_grad_case(KN_F16, KN_F32);
+}
+
+/* Tolerances of an elementwise or row op computed in float32 on both sides: tight in F32, one
+ * rounding of the output dtype otherwise. */
+static double act_rel(kn_dtype dt, double f32)
+{
+    return dt == KN_BF16 ? 8e-3 : dt == KN_F16 ? 2e-3 : f32;
+}
+
+/* tanh-GELU's gradient, out of place and in place (dx = dy), on a row width with and without
+ * the 16-byte path; other activations are refused. */
+static void test_activate_grad(void)
+{
+    static const kn_dtype dts[] = {KN_F32, KN_BF16, KN_F16};
+    static const int64_t widths[] = {4099, 1536};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t c = 0; c < 2; c++) {
+            int64_t s[2] = {3, widths[c]};
+            pair x = rand_pair(dts[d], 2, s, 6.0f), dy = rand_pair(dts[d], 2, s, 1.0f);
+            pair dx = out_pair(dts[d], dts[d], 2, s);
+            CHECKF(kn_activate_grad(cpu, &dx.c, &dy.c, &x.c, KN_ACT_GELU_TANH) == 0, "%s",
+                   err_msg());
+            CHECKF(kn_activate_grad(gpu, &dx.g, &dy.g, &x.g, KN_ACT_GELU_TANH) == 0, "%s",
+                   err_msg());
+            CHECK(close_pair(&dx, NULL, 2e-6, act_rel(dts[d], 1e-5), "activate_grad"));
+            CHECKF(kn_activate_grad(gpu, &dy.g, &dy.g, &x.g, KN_ACT_GELU_TANH) == 0, "%s",
+                   err_msg());
+            pair inplace = {dx.c, dy.g};
+            CHECK(
+                close_pair(&inplace, NULL, 2e-6, act_rel(dts[d], 1e-5), "activate_grad in place"));
+            free_pair(&x);
+            free_pair(&dy);
+            free_pair(&dx);
+        }
+    int64_t s[1] = {8};
+    pair x = rand_pair(KN_F32, 1, s, 1.0f), dx = out_pair(KN_F32, KN_F32, 1, s);
+    CHECK(kn_activate_grad(cpu, &dx.c, &x.c, &x.c, KN_ACT_SILU) == ERR_INVALID);
+    CHECK(kn_activate_grad(gpu, &dx.g, &x.g, &x.g, KN_ACT_SILU) == ERR_INVALID);
+    free_pair(&x);
+    free_pair(&dx);
+}
+
+/* The adaLN gradients on rows of D elements: gate_grad (one product rounded once, so exactly
+ * the CPU's) and ln_modulate_grad, out of place and in place (dx = dy). */
+static void modulation_grad_case(kn_dtype dt, int64_t D)
+{
+    int64_t xs[3] = {2, 5, D}, ms[3] = {2, 6, D};
+    pair x = rand_pair(dt, 3, xs, 2.0f), mod = rand_pair(dt, 3, ms, 1.0f);
+    pair dy = rand_pair(dt, 3, xs, 1.0f), dx = out_pair(dt, dt, 3, xs);
+    CHECKF(kn_gate_grad(cpu, &dx.c, &dy.c, &mod.c, 5) == 0, "%s", err_msg());
+    CHECKF(kn_gate_grad(gpu, &dx.g, &dy.g, &mod.g, 5) == 0, "%s", err_msg());
+    CHECK(exact_pair(&dx, "gate_grad"));
+    CHECKF(kn_ln_modulate_grad(cpu, &dx.c, &dy.c, &x.c, &mod.c, 1, 1e-6f) == 0, "%s", err_msg());
+    CHECKF(kn_ln_modulate_grad(gpu, &dx.g, &dy.g, &x.g, &mod.g, 1, 1e-6f) == 0, "%s", err_msg());
+    const double rel = act_rel(dt, 2e-5);
+    CHECK(close_pair(&dx, NULL, 2e-5, rel, "ln_modulate_grad"));
+    CHECKF(kn_ln_modulate_grad(gpu, &dy.g, &dy.g, &x.g, &mod.g, 1, 1e-6f) == 0, "%s", err_msg());
+    pair inplace = {dx.c, dy.g};
+    CHECK(close_pair(&inplace, NULL, 2e-5, rel, "ln_modulate_grad in place"));
+    free_pair(&x);
+    free_pair(&mod);
+    free_pair(&dy);
+    free_pair(&dx);
+}
+
+/* Rows of 1536 (the 16-byte path) and 17 elements. */
+static void test_modulation_grad(void)
+{
+    static const kn_dtype dts[] = {KN_F32, KN_BF16, KN_F16};
+    for (size_t d = 0; d < 3; d++) {
+        modulation_grad_case(dts[d], 1536);
+        modulation_grad_case(dts[d], 17);
+    }
+}
+
+/* dqkv from dq, dk, dv through the per-head RMSNorms (or none): head size 64 (the 16-byte
+ * path) and 12 (element by element in 16 bits). */
+static void test_qkv_split_grad(void)
+{
+    enum { B = 2, n = 7, L = 12, row0 = 5 };
+    static const int64_t heads[][2] = {{4, 64}, {3, 12}};
+    static const kn_dtype dts[] = {KN_F32, KN_BF16};
+    for (size_t c = 0; c < 2; c++)
+        for (size_t d = 0; d < 2; d++)
+            for (int normed = 0; normed < 2; normed++) {
+                int H = (int)heads[c][0];
+                int64_t Dh = heads[c][1], D = H * Dh;
+                int64_t js[3] = {B, n, 3 * D}, os[3] = {B, L, D}, ws[1] = {Dh};
+                pair qkv = rand_pair(dts[d], 3, js, 2.0f), dqkv = out_pair(dts[d], dts[d], 3, js);
+                pair nq = rand_pair(KN_BF16, 1, ws, 1.0f), nk = rand_pair(KN_BF16, 1, ws, 1.0f);
+                pair g[3] = {rand_pair(dts[d], 3, os, 1.0f), rand_pair(dts[d], 3, os, 1.0f),
+                             rand_pair(dts[d], 3, os, 1.0f)};
+                CHECKF(kn_qkv_split_grad(cpu, &dqkv.c, &g[0].c, &g[1].c, &g[2].c, row0, &qkv.c, H,
+                                         normed ? &nq.c : NULL, normed ? &nk.c : NULL, 1e-6f) == 0,
+                       "%s", err_msg());
+                CHECKF(kn_qkv_split_grad(gpu, &dqkv.g, &g[0].g, &g[1].g, &g[2].g, row0, &qkv.g, H,
+                                         normed ? &nq.g : NULL, normed ? &nk.g : NULL, 1e-6f) == 0,
+                       "%s", err_msg());
+                if (normed)
+                    CHECK(close_pair(&dqkv, NULL, 2e-5, act_rel(dts[d], 2e-5), "qkv_split_grad"));
+                else
+                    CHECK(exact_pair(&dqkv, "qkv_split_grad without norms"));
+                for (int i = 0; i < 3; i++)
+                    free_pair(&g[i]);
+                free_pair(&qkv);
+                free_pair(&dqkv);
+                free_pair(&nq);
+                free_pair(&nk);
+            }
+}
+
+struct attn_grad_case {
+    int64_t B, Sq, Sk, H, Dh;
+    int64_t rows; /* queries of the map term */
+    int n_sel;    /* 0: no map term */
+    int with_do;  /* 0: do_ NULL */
+};
+
+/* The forward on the CPU gives o and lse; both backends then take the same rounded q, k, v,
+ * o and do (the CPU in float32), the same lse, dmaps and selection, which holds a key twice.
+ * kn_attention_maps is checked on the same operands. */
+static void attention_grad_case(const struct attn_grad_case *c, kn_dtype dt)
+{
+    int64_t HD = c->H * c->Dh, qs[3] = {c->B, c->Sq, HD}, ks[3] = {c->B, c->Sk, HD};
+    /* without a map term, dmaps and maps are a placeholder of one element a sample */
+    int64_t ls[3] = {c->B, c->H, c->Sq},
+            ms[3] = {c->B, c->n_sel ? c->n_sel : 1, c->n_sel ? c->rows : 1};
+    const float scale = 1.0f / sqrtf((float)c->Dh);
+    pair q = rand_pair(dt, 3, qs, 1.5f), k = rand_pair(dt, 3, ks, 1.5f);
+    pair v = rand_pair(dt, 3, ks, 1.0f), dout = rand_pair(dt, 3, qs, 1.0f);
+    pair dmaps = rand_pair(KN_F32, 3, ms, 1.0f), maps = out_pair(KN_F32, KN_F32, 3, ms);
+    pair lse = out_pair(KN_F32, KN_F32, 3, ls);
+    pair dq = out_pair(KN_F32, dt, 3, qs), dk = out_pair(KN_F32, dt, 3, ks);
+    pair dv = out_pair(KN_F32, dt, 3, ks);
+    pair *in[] = {&q, &k, &v, &dout};
+    for (int i = 0; dt != KN_F32 && i < 4; i++)
+        cpu_to_f32(in[i]);
+    kn_tensor o32;
+    CHECK(kn_alloc(cpu, &o32, KN_F32, 3, qs) == 0);
+    kn_attn_args ca = {.heads = (int)c->H, .scale = scale, .lse = &lse.c};
+    CHECKF(kn_attention(cpu, &o32, &q.c, &k.c, &v.c, &ca) == 0, "%s", err_msg());
+    CHECK(kn_write(gpu, &lse.g, lse.c.data, kn_nbytes(&lse.c)) == 0);
+    float *ov = malloc((size_t)kn_numel(&o32) * sizeof(float));
+    CHECK(kn_read_f32(cpu, &o32, ov) == 0);
+    pair o = make_pair(dt, 3, qs, ov, 0);
+    if (dt != KN_F32) cpu_to_f32(&o);
+    int32_t sel[6] = {3, 0, (int32_t)c->Sk - 1, 3, (int32_t)(c->Sk / 2), 1};
+    for (int i = 0; i < 6; i++)
+        sel[i] %= (int32_t)c->Sk;
+    kn_map_grad cm = {&dmaps.c, sel, c->n_sel, c->rows}, gm = {&dmaps.g, sel, c->n_sel, c->rows};
+    kn_attn_args ga = {.heads = (int)c->H, .scale = scale, .lse = &lse.g};
+    CHECKF(kn_attention_grad(cpu, &dq.c, &dk.c, &dv.c, c->with_do ? &dout.c : NULL, &q.c, &k.c,
+                             &v.c, &o.c, &ca, c->n_sel ? &cm : NULL) == 0,
+           "%s", err_msg());
+    CHECKF(kn_attention_grad(gpu, &dq.g, &dk.g, &dv.g, c->with_do ? &dout.g : NULL, &q.g, &k.g,
+                             &v.g, &o.g, &ga, c->n_sel ? &gm : NULL) == 0,
+           "%s", err_msg());
+    char what[160];
+    snprintf(
+        what, sizeof what, "attention_grad %s B%lld Sq%lld Sk%lld H%lld Dh%lld rows%lld sel%d%s",
+        kn_dtype_name(dt), (long long)c->B, (long long)c->Sq, (long long)c->Sk, (long long)c->H,
+        (long long)c->Dh, (long long)c->rows, c->n_sel, c->with_do ? "" : " do NULL");
+    /* 16-bit: the GPU computes in float32 too and rounds each output once */
+    const double tol = dt == KN_F32 ? 5e-5 : 1e-2;
+    CHECK(close_max(&dq, tol, what));
+    CHECK(close_max(&dk, tol, what));
+    CHECK(close_max(&dv, tol, what));
+    if (c->n_sel) {
+        CHECKF(kn_attention_maps(cpu, &maps.c, &q.c, &k.c, &lse.c, sel, c->n_sel, c->rows,
+                                 (int)c->H, scale) == 0,
+               "%s", err_msg());
+        CHECKF(kn_attention_maps(gpu, &maps.g, &q.g, &k.g, &lse.g, sel, c->n_sel, c->rows,
+                                 (int)c->H, scale) == 0,
+               "%s", err_msg());
+        CHECK(close_pair(&maps, NULL, 2e-5, 0.0, what));
+    }
+    kn_free(cpu, &o32);
+    free(ov);
+    pair *all[] = {&q, &k, &v, &dout, &dmaps, &maps, &lse, &dq, &dk, &dv, &o};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free_pair(all[i]);
+}
+
+/* Set by --quick (the compute-sanitizer runs): leaves out the full-size attention gradient. */
+static int quick;
+
+static void test_attention_grad(void)
+{
+    static const struct attn_grad_case cases[] = {
+        /* partial query and key tiles, map rows < Sq, a key selected twice */
+        {2, 130, 77, 3, 64, 100, 4, 1},  {2, 130, 77, 3, 64, 50, 5, 0}, /* the map term alone */
+        {2, 130, 77, 3, 64, 0, 0, 1},                                   /* no map term */
+        {1, 13, 29, 3, 8, 13, 3, 1}, /* a small head, rows = Sq */
+        {2, 1, 1, 1, 64, 1, 1, 1},   /* one query, one key */
+        {1, 200, 333, 2, 40, 150, 6, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        attention_grad_case(&cases[i], KN_F32);
+    /* 16-bit: head size 64 on tensor cores, head size 8 on CUDA cores */
+    attention_grad_case(&cases[0], KN_BF16);
+    attention_grad_case(&cases[0], KN_F16);
+    attention_grad_case(&cases[1], KN_BF16);
+    attention_grad_case(&cases[3], KN_F16);
+    if (quick) return;
+    /* SD3.5's joint attention at 1024 px: 1024 image and 154 text tokens, 24 heads */
+    static const struct attn_grad_case full[] = {
+        {1, 1178, 1178, 24, 64, 1024, 4, 1},
+        {1, 1178, 1178, 24, 64, 1024, 4, 0},
+    };
+    attention_grad_case(&full[0], KN_BF16);
+    attention_grad_case(&full[1], KN_F32);
+}
+
+int main(int argc, char **argv)
+{
+    quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     if (kn_ctx_create(KN_CPU, 0, &cpu) != 0) {
         fprintf(stderr, "kn_ctx_create: %s\n", err_msg());
         return 1;
@@ -729,6 +1058,12 @@ int main(void)
     RUN(test_attention_norm_pair);
     RUN(test_conv2d);
     RUN(test_moves);
+    RUN(test_linear_grad);
+    RUN(test_patch_embed_grad);
+    RUN(test_activate_grad);
+    RUN(test_modulation_grad);
+    RUN(test_qkv_split_grad);
+    RUN(test_attention_grad);
     CHECKF(kn_sync(gpu) == 0, "%s", err_msg());
     kn_ctx_destroy(gpu);
     kn_ctx_destroy(cpu);
