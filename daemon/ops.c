@@ -86,8 +86,7 @@ static void op_hello(struct session *s, const struct proto_request *r)
 }
 
 /* The parameter an engine message is about, for the error's field: the one whose words come
- * first in it (the FOCUS control's messages speak of "focus subject 3", "focus tokens", or
- * "focus: 9 subjects"). */
+ * first in it. */
 static const char *field_of(const char *msg)
 {
     static const struct {
@@ -102,9 +101,7 @@ static const char *field_of(const char *msg)
         {"max_seq", "max_seq"},
         {"count", "count"},
         {"seed", "seed"},
-        {"focus subject", "subjects"},
-        {"focus tokens", "subjects"},
-        {"focus:", "subjects"},
+        {"subjects:", "subjects"},
         {"focus_lambda", "focus_lambda"},
         {"focus_heuristic", "focus_heuristic"},
     };

@@ -12,10 +12,12 @@ import os
 import pwd
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import pytest
 
@@ -317,3 +319,54 @@ def notify_socket(path):
     s.bind(path)
     s.settimeout(0.2)
     return s
+
+
+def png_chunks(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    pos, chunks = 8, []
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in chunk {kind}"
+        chunks.append((kind, body))
+        pos += 12 + n
+    return chunks
+
+
+def png_pixels(data):
+    """(width, height, raw scanlines): the decompressed IDAT stream of an 8-bit RGB PNG."""
+    chunks = png_chunks(data)
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    w, h, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (depth, color) == (8, 2), "expected 8-bit RGB"
+    raw = zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT"))
+    assert len(raw) == h * (1 + 3 * w)
+    return w, h, raw
+
+
+def png_text(data):
+    return dict(b.split(b"\0", 1) for k, b in png_chunks(data) if k == b"tEXt")
+
+
+def focus_run_png(workdir, prompt, *args):
+    """The PNG that focus-run generate writes for prompt with args on the fixture model."""
+    focus_run = os.path.join(ROOT, BUILD, "focus-run")
+    probe = subprocess.run([focus_run, "generate", "--help"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("focus-run generate is not built yet: cannot compare the PNG with it")
+    out = os.path.join(workdir, "ref.png")
+    subprocess.run([focus_run, "generate", "--model", MODEL, "--prompt", prompt, "--device", "cpu",
+                    "--output", out, *args], check=True, capture_output=True)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def assert_same_png(ours, ref):
+    """Same pixels, same encoder settings: the image data is byte-identical. The text chunks
+    differ only where they name the program and the model."""
+    assert png_pixels(ours) == png_pixels(ref)
+    assert [c for c in png_chunks(ours) if c[0] != b"tEXt"] == \
+        [c for c in png_chunks(ref) if c[0] != b"tEXt"]
+    differ = {k for k, v in png_text(ours).items() if png_text(ref).get(k) != v}
+    assert differ <= {b"Software", b"model"}, differ
