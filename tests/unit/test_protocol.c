@@ -520,6 +520,14 @@ static void test_submit_field_errors(void)
 
 /* ---- FOCUS subjects ---- */
 
+/* A submit of prompt "p" whose last pair's key is name: its value is the caller's to pack. */
+static void frame_submit_field(struct frame *f, const char *name)
+{
+    frame_request(f, 2, "submit");
+    kv_str(f, "prompt", "p");
+    put_str(f, name);
+}
+
 static void pk_subjects_empty(msgpack_packer *pk)
 {
     msgpack_pack_array(pk, 0);
@@ -552,12 +560,17 @@ static void pk_subjects_nul(msgpack_packer *pk)
     msgpack_pack_array(pk, 1);
     msgpack_pack_str_with_body(pk, "a\0b", 3);
 }
-/* One map entry {key: positions or str}: positions n values from `first` on. */
-static void pack_map_entry(msgpack_packer *pk, const char *key, int64_t first, uint32_t n)
+/* An array of one map entry of `pairs` pairs, its first key packed: the value is to follow. */
+static void open_entry(msgpack_packer *pk, uint32_t pairs, const char *key)
 {
     msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 1);
+    msgpack_pack_map(pk, pairs);
     msgpack_pack_str_with_body(pk, key, strlen(key));
+}
+/* One map entry {key: n positions from `first` on}. */
+static void pack_map_entry(msgpack_packer *pk, const char *key, int64_t first, uint32_t n)
+{
+    open_entry(pk, 1, key);
     msgpack_pack_array(pk, n);
     for (uint32_t i = 0; i < n; i++)
         msgpack_pack_int64(pk, first + i);
@@ -588,31 +601,23 @@ static void pk_subjects_unknown_key(msgpack_packer *pk)
 }
 static void pk_subjects_label_only(msgpack_packer *pk)
 {
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 1);
-    msgpack_pack_str_with_body(pk, "phrase", 6);
+    open_entry(pk, 1, "phrase");
     msgpack_pack_str_with_body(pk, "horse", 5);
 }
 static void pk_subjects_float_pos(msgpack_packer *pk)
 {
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 1);
-    msgpack_pack_str_with_body(pk, "t5", 2);
+    open_entry(pk, 1, "t5");
     msgpack_pack_array(pk, 1);
     msgpack_pack_double(pk, 1.0);
 }
 static void pk_subjects_pos_not_array(msgpack_packer *pk)
 {
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 1);
-    msgpack_pack_str_with_body(pk, "clip", 4);
+    open_entry(pk, 1, "clip");
     msgpack_pack_int(pk, 2);
 }
 static void pk_subjects_label_int(msgpack_packer *pk)
 {
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 2);
-    msgpack_pack_str_with_body(pk, "t5", 2);
+    open_entry(pk, 2, "t5");
     msgpack_pack_array(pk, 1);
     msgpack_pack_int(pk, 1);
     msgpack_pack_str_with_body(pk, "phrase", 6);
@@ -657,39 +662,39 @@ static void test_submit_subjects_errors(void)
     };
     for (size_t i = 0; i < sizeof bad_subjects / sizeof *bad_subjects; i++)
         CHECKF(submit_with("subjects", bad_subjects[i], PROTO_E_BAD_FIELD), "case %zu", i);
-    CHECK(submit_with("focus_lambda", pk_str, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_lambda", pk_neg, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_lambda", pk_nan, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_lambda", pk_inf, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_lambda", pk_101, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_heuristic", pk_int, PROTO_E_BAD_FIELD));
-    CHECK(submit_with("focus_heuristic", pk_unknown_heuristic, PROTO_E_BAD_FIELD));
+    static const struct {
+        const char *field;
+        packfn fn;
+    } bad_focus[] = {
+        {"focus_lambda", pk_str},
+        {"focus_lambda", pk_neg},
+        {"focus_lambda", pk_nan},
+        {"focus_lambda", pk_inf},
+        {"focus_lambda", pk_101},
+        {"focus_heuristic", pk_int},
+        {"focus_heuristic", pk_unknown_heuristic},
+    };
+    for (size_t i = 0; i < sizeof bad_focus / sizeof *bad_focus; i++)
+        CHECKF(submit_with(bad_focus[i].field, bad_focus[i].fn, PROTO_E_BAD_FIELD), "%s %zu",
+               bad_focus[i].field, i);
 
     /* The messages name the entry and what is wrong with it. */
     struct frame f;
     struct proto_request r;
     struct proto_error e;
-    frame_request(&f, 2, "submit");
-    kv_str(&f, "prompt", "p");
-    put_str(&f, "subjects");
+    frame_submit_field(&f, "subjects");
     pk_subjects_t5_high(&f.pk);
     CHECK(parse_frame(&f, &r, &e) != 0 &&
           strcmp(e.message, "subjects[0]: t5[1]: 512 is out of range 0..511") == 0);
-    frame_request(&f, 2, "submit");
-    kv_str(&f, "prompt", "p");
-    put_str(&f, "subjects");
+    frame_submit_field(&f, "subjects");
     pk_subjects_unknown_key(&f.pk);
     CHECK(parse_frame(&f, &r, &e) != 0 && strstr(e.message, "unknown key \"t6\""));
-    frame_request(&f, 2, "submit");
-    kv_str(&f, "prompt", "p");
-    put_str(&f, "focus_heuristic");
+    frame_submit_field(&f, "focus_heuristic");
     pk_unknown_heuristic(&f.pk);
     CHECK(parse_frame(&f, &r, &e) != 0 &&
           strcmp(e.message, "must be one of focus, attend_and_excite, divide_and_bind") == 0);
     /* A repeated key inside a subject's map. */
-    frame_request(&f, 2, "submit");
-    kv_str(&f, "prompt", "p");
-    put_str(&f, "subjects");
+    frame_submit_field(&f, "subjects");
     msgpack_pack_array(&f.pk, 1);
     msgpack_pack_map(&f.pk, 2);
     for (int i = 0; i < 2; i++) {
