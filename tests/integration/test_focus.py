@@ -2,7 +2,11 @@
 focus-run's for the same subjects and lambda byte for byte, with the control's text chunks, and
 its params echo the control; subjects by token positions; lambda 0 gives the plain job's bytes;
 bad subjects are refused at submission naming the field; a queued controlled job keeps its
-control across a restart. Each with the SQLite store and with a PostgreSQL one."""
+control across a restart; a store written before the control gains its columns and keeps its
+jobs. Each with the SQLite store and with a PostgreSQL one."""
+
+import os
+import sqlite3
 
 import pytest
 
@@ -111,3 +115,32 @@ def test_controlled_job_survives_restart(make_daemon):
     _, fresh = run_job(c, subjects=params["subjects"], focus_lambda=3,
                        focus_heuristic="divide_and_bind")
     assert fresh == restored
+
+
+def test_store_from_before_the_control(make_daemon, store, request):
+    """A queued job in a store without the FOCUS columns (SQLite's added on open, PostgreSQL's
+    schema version 2) runs plain after the upgrade, and the new columns then take jobs."""
+    d = make_daemon(args=["--set", "batch_max=1"])
+    c = d.client()
+    blocker = c.submit("long", steps=200, width=64, height=64)
+    wait_state(c, blocker, ("running",))
+    old = c.submit(PROMPT, **PARAMS)
+    assert d.stop() == 0
+    d.close_clients()
+    drop = ("ALTER TABLE jobs DROP COLUMN focus_subjects; ALTER TABLE jobs DROP COLUMN"
+            " focus_lambda; ALTER TABLE jobs DROP COLUMN focus_heuristic;")
+    if store == "sqlite":
+        db = sqlite3.connect(os.path.join(d.state, "jobs.db"))
+        db.executescript(drop)
+        db.close()
+    else:
+        request.getfixturevalue("postgres").sql(store,
+                                                drop + " UPDATE schema_version SET version = 1")
+    d.start()
+    c = d.client()
+    c.cancel(blocker)
+    assert "subjects" not in wait_state(c, old)["params"]
+    if store != "sqlite":  # migrated at the first start, and again at the second
+        assert d.read_log().count("schema version 2") == 2
+    job = c.submit(PROMPT, subjects=["horse"], focus_lambda=0, **PARAMS)
+    assert wait_state(c, job)["params"]["subjects"] == ["horse"]
