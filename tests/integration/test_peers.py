@@ -131,6 +131,22 @@ def test_fairness_is_per_peer(curve):
     assert order[:12].count("b") == 6, order
 
 
+def test_controlled_jobs_take_more_turns(curve):
+    # A FOCUS-controlled job costs its peer 2.5 turns of the fair order (SCHED_FOCUS_STEP_COST):
+    # a's two controlled jobs go third and sixth among b's plain ones, not first and third.
+    curve("--set", "batch_max=1")
+    a, b = curve.connect(0), curve.connect(1)
+    blocker = call(b, "submit", prompt="blocker", steps=60, width=64, height=64)["job"]
+    wait_for(lambda: call(b, "job", job=blocker)["state"] == "running", what="running")
+    controlled = [call(a, "submit", prompt="A horse in a forest", subjects=["horse"], seed=k,
+                       **TINY)["job"] for k in range(2)]
+    plain = [call(b, "submit", prompt=f"b{k}", seed=k, **TINY)["job"] for k in range(6)]
+    assert [call(a, "job", job=j)["position"] for j in controlled] == [2, 5]
+    assert [call(b, "job", job=j)["position"] for j in plain] == [0, 1, 3, 4, 6, 7]
+    for z, j in [(a, j) for j in controlled] + [(b, j) for j in plain + [blocker]]:
+        assert call(z, "cancel", job=j)["ok"]
+
+
 def test_sessions_bounded_per_peer_and_in_all(curve):
     curve("--set", "max_sessions_per_peer=2", "--set", "max_sessions=3")
     a1, a2, a3 = curve.connect(0), curve.connect(0), curve.connect(0)
