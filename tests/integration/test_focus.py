@@ -103,10 +103,11 @@ def test_controlled_job_survives_restart(make_daemon):
     d.close_clients()
     d.start()
     c = d.client()
-    c.cancel(blocker)
-    params = wait_state(c, job)["params"]
+    params = c.job(job)["params"]
     assert params["subjects"] == ["horse", {"phrase": "bear", "t5": [5], "clip": [5]}]
     assert params["focus_lambda"] == 3.0 and params["focus_heuristic"] == "divide_and_bind"
+    c.cancel(blocker)
+    assert wait_state(c, job)["params"] == params
     restored = c.fetch(job)["png"]
     text = png_text(restored)
     assert text[b"focus_subjects"] == b"horse | t5=5;clip=5"
