@@ -78,7 +78,8 @@ static int decode_map(const msgpack_object *o, uint32_t k, struct proto_subject 
         } else {
             return proto_fail(perr, PROTO_E_BAD_FIELD, FIELD,
                               "subjects[%u]: unknown key \"%.*s\" (t5, clip, phrase)", k,
-                              (int)(len > PROTO_MAX_FIELD ? PROTO_MAX_FIELD : len), name);
+                              (int)(len > PROTO_MAX_FIELD ? PROTO_MAX_FIELD : len),
+                              len ? name : ""); /* an empty key's ptr may be NULL */
         }
     }
     if (!rc && s->n_t5 == 0 && s->n_clip == 0)
