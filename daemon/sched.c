@@ -174,13 +174,13 @@ uint32_t sched_position(const struct sched_model *m, const struct djob *j)
     struct sched_queue *qs = xmalloc(n * sizeof *qs);
     memcpy(qs, m->queues, n * sizeof *qs);
     uint32_t pos = 0;
-    for (;; pos++) {
+    for (; pos < m->n_queued; pos++) {
         struct sched_queue *q = &qs[drr_next(qs, n, &rr)];
         if (q->head == j) break;
         q->head = q->head->qnext;
     }
     free(qs);
-    return pos;
+    return pos < m->n_queued ? pos : 0; /* 0 too for a job in none of the queues */
 }
 
 uint32_t sched_peer_queued(const struct sched_model *m, const char *peer)
