@@ -96,3 +96,27 @@ int kn_check_no_alias(const char *op, const char *nout, const kn_tensor *out, co
                        nin);
     return 0;
 }
+
+int kn_check_in_place(const char *op, const char *nout, const kn_tensor *out, const char *nin,
+                      const kn_tensor *in)
+{
+    if (out->data == in->data && kn_nbytes(out) == kn_nbytes(in)) return 0;
+    return kn_check_no_alias(op, nout, out, nin, in);
+}
+
+int kn_check_modulation(const kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
+                        int idx_a, int idx_b)
+{
+    char sx[SHAPE_BUF], sm[SHAPE_BUF];
+    KN_TRY(kn_check_act(ctx, op, "mod", mod, x));
+    if (x->ndim != 3 || mod->ndim != 3 || mod->shape[0] != x->shape[0] ||
+        mod->shape[2] != x->shape[2])
+        return err_set(ERR_SHAPE, "%s: mod %s does not fit x %s (expected [B, C, D], [B, S, D])",
+                       op, kn_shape_str(mod, sm, sizeof sm), kn_shape_str(x, sx, sizeof sx));
+    int64_t C = mod->shape[1];
+    if (idx_a < 0 || idx_a >= C || idx_b < 0 || idx_b >= C)
+        return err_set(ERR_RANGE, "%s: chunk %d outside the %lld chunks of mod %s", op,
+                       idx_a < 0 || idx_a >= C ? idx_a : idx_b, (long long)C,
+                       kn_shape_str(mod, sm, sizeof sm));
+    return 0;
+}

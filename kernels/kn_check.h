@@ -37,4 +37,12 @@ int kn_check_shape(const char *op, const char *name, const kn_tensor *t, int ndi
 int kn_check_no_alias(const char *op, const char *nout, const kn_tensor *out, const char *nin,
                       const kn_tensor *in);
 
+/* out is in itself (an op that may run in place) or shares no memory with it. */
+int kn_check_in_place(const char *op, const char *nout, const kn_tensor *out, const char *nin,
+                      const kn_tensor *in);
+/* x [B, S, D] against an adaLN table mod [B, C, D] of x's dtype, and each chunk index within C
+ * (ERR_RANGE). */
+int kn_check_modulation(const kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
+                        int idx_a, int idx_b);
+
 #endif

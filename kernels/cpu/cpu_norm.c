@@ -20,8 +20,7 @@ static float lanes_total(float acc[SUM_LANES], float tail)
     return acc[0] + tail;
 }
 
-/* The sum of x[0, n). */
-static float sum_lanes(const float *x, int64_t n)
+float cpu_sum_lanes(const float *x, int64_t n)
 {
     float acc[SUM_LANES] = {0}, tail = 0.0f;
     int64_t i = 0;
@@ -33,8 +32,7 @@ static float sum_lanes(const float *x, int64_t n)
     return lanes_total(acc, tail);
 }
 
-/* The sum of (x - c)^2 over x[0, n). */
-static float sum_sq_lanes(const float *x, int64_t n, float c)
+float cpu_sum_sq_lanes(const float *x, int64_t n, float c)
 {
     float acc[SUM_LANES] = {0}, tail = 0.0f;
     int64_t i = 0;
@@ -50,11 +48,22 @@ static float sum_sq_lanes(const float *x, int64_t n, float c)
     return lanes_total(acc, tail);
 }
 
-/* Mean and 1/sqrt(biased variance + eps) of n floats, in two passes. */
-static void moments(const float *x, int64_t n, float eps, float *mean_out, float *rstd_out)
+float cpu_dot_lanes(const float *a, const float *b, int64_t n)
 {
-    float mean = n ? sum_lanes(x, n) / (float)n : 0.0f;
-    float var = n ? sum_sq_lanes(x, n, mean) / (float)n : 0.0f;
+    float acc[SUM_LANES] = {0}, tail = 0.0f;
+    int64_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++)
+            acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++)
+        tail += a[i] * b[i];
+    return lanes_total(acc, tail);
+}
+
+void cpu_moments(const float *x, int64_t n, float eps, float *mean_out, float *rstd_out)
+{
+    float mean = n ? cpu_sum_lanes(x, n) / (float)n : 0.0f;
+    float var = n ? cpu_sum_sq_lanes(x, n, mean) / (float)n : 0.0f;
     *mean_out = mean;
     *rstd_out = 1.0f / sqrtf(var + eps);
 }
@@ -64,7 +73,7 @@ static void layer_norm_row(float *y, const float *x, int64_t D, const float *w, 
                            float eps)
 {
     float mean, rstd;
-    moments(x, D, eps, &mean, &rstd);
+    cpu_moments(x, D, eps, &mean, &rstd);
     float bias = -rstd * mean;
     for (int64_t j = 0; j < D; j++) {
         float t = x[j] * rstd + bias;
@@ -106,10 +115,15 @@ int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
 }
 
 /* `x * torch.rsqrt(x.pow(2).mean(-1) + eps)`, then `w * that`: two roundings, as in torch. */
+float cpu_rms_scale(const float *x, int64_t n, float eps)
+{
+    float var = n ? cpu_sum_sq_lanes(x, n, 0.0f) / (float)n : 0.0f;
+    return 1.0f / sqrtf(var + eps);
+}
+
 static void rms_norm_row(float *y, const float *x, int64_t D, const float *w, float eps)
 {
-    float var = D ? sum_sq_lanes(x, D, 0.0f) / (float)D : 0.0f;
-    float rs = 1.0f / sqrtf(var + eps);
+    float rs = cpu_rms_scale(x, D, eps);
     for (int64_t k = 0; k < D; k++) {
         float t = x[k] * rs;
         y[k] = w ? w[k] * t : t;
@@ -211,7 +225,7 @@ static void group_norm_range(void *p, int64_t lo, int64_t hi)
         const float *xg = j->x + i * cg * HW;
         float *yg = j->y + i * cg * HW;
         float mean, rstd;
-        moments(xg, cg * HW, j->eps, &mean, &rstd);
+        cpu_moments(xg, cg * HW, j->eps, &mean, &rstd);
         for (int64_t c = 0; c < cg; c++) {
             float scale = rstd * j->w[c0 + c];
             float bias = -scale * mean + j->b[c0 + c];
