@@ -87,28 +87,11 @@ int kn_qkv_split_grad(kn_ctx *ctx, kn_tensor *dqkv, const kn_tensor *dq, const k
                       const kn_tensor *q_norm, const kn_tensor *k_norm, float eps)
 {
     static const char op[] = "kn_qkv_split_grad";
-    char sq[SHAPE_BUF], sj[SHAPE_BUF];
-    KN_TRY(kn_check_act(ctx, op, "qkv", qkv, NULL));
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    const kn_tensor *const parts[3] = {dq, dk, dv};
+    KN_TRY(kn_check_qkv(ctx, op, names, parts, row0, qkv, heads, q_norm, k_norm));
     KN_TRY(kn_check_act(ctx, op, "dqkv", dqkv, qkv));
-    KN_TRY(kn_check_act(ctx, op, "dq", dq, qkv));
-    KN_TRY(kn_check_act(ctx, op, "dk", dk, qkv));
-    KN_TRY(kn_check_act(ctx, op, "dv", dv, qkv));
     KN_TRY(kn_check_same(op, "dqkv", dqkv, "qkv", qkv));
-    KN_TRY(kn_check_same(op, "dk", dk, "dq", dq));
-    KN_TRY(kn_check_same(op, "dv", dv, "dq", dq));
-    if (dq->ndim != 3 || qkv->ndim != 3 || qkv->shape[0] != dq->shape[0] ||
-        qkv->shape[2] != 3 * dq->shape[2] || row0 < 0 || row0 + qkv->shape[1] > dq->shape[1])
-        return err_set(ERR_SHAPE,
-                       "%s: qkv %s does not fill rows from %lld of dq, dk and dv %s (expected "
-                       "[B, n, 3D] and [B, L, D] with n + row0 <= L)",
-                       op, kn_shape_str(qkv, sj, sizeof sj), (long long)row0,
-                       kn_shape_str(dq, sq, sizeof sq));
-    if (heads <= 0 || dq->shape[2] % heads)
-        return err_set(ERR_SHAPE, "%s: %d heads do not divide dq %s", op, heads,
-                       kn_shape_str(dq, sq, sizeof sq));
-    if (!q_norm != !k_norm) return err_set(ERR_INVALID, "%s: q_norm and k_norm go together", op);
-    KN_TRY(kn_check_vec(ctx, op, "q_norm", q_norm, dq->shape[2] / heads));
-    KN_TRY(kn_check_vec(ctx, op, "k_norm", k_norm, dq->shape[2] / heads));
     KN_TRY(kn_check_no_alias(op, "dqkv", dqkv, "qkv", qkv));
     KN_TRY(kn_check_no_alias(op, "dqkv", dqkv, "dq", dq));
     KN_TRY(kn_check_no_alias(op, "dqkv", dqkv, "dk", dk));
@@ -204,19 +187,14 @@ int kn_attention_grad(kn_ctx *ctx, kn_tensor *dq, kn_tensor *dk, kn_tensor *dv,
     if (!args) return err_set(ERR_INVALID, "%s: no arguments", op);
     KN_TRY(check_qk(ctx, op, q, k, args->heads));
     KN_TRY(check_attn_args(ctx, op, args, q));
-    KN_TRY(kn_check_act(ctx, op, "v", v, q));
-    KN_TRY(kn_check_act(ctx, op, "o", o, q));
-    KN_TRY(kn_check_act(ctx, op, "dq", dq, q));
-    KN_TRY(kn_check_act(ctx, op, "dk", dk, q));
-    KN_TRY(kn_check_act(ctx, op, "dv", dv, q));
-    KN_TRY(kn_check_same(op, "v", v, "k", k));
-    KN_TRY(kn_check_same(op, "o", o, "q", q));
-    KN_TRY(kn_check_same(op, "dq", dq, "q", q));
-    KN_TRY(kn_check_same(op, "dk", dk, "k", k));
-    KN_TRY(kn_check_same(op, "dv", dv, "k", k));
-    if (do_) {
-        KN_TRY(kn_check_act(ctx, op, "do", do_, q));
-        KN_TRY(kn_check_same(op, "do", do_, "q", q));
+    /* Each of these has q's dtype and the shape of q (shaped 0) or of k. */
+    const kn_tensor *like[6] = {v, o, dq, dk, dv, do_};
+    static const char *const names[6] = {"v", "o", "dq", "dk", "dv", "do"};
+    static const int shaped_q[6] = {0, 1, 1, 0, 0, 1};
+    for (int i = 0; i < 6; i++) {
+        if (!like[i] && i == 5) continue; /* do_ NULL: no output gradient */
+        KN_TRY(kn_check_act(ctx, op, names[i], like[i], q));
+        KN_TRY(kn_check_same(op, names[i], like[i], shaped_q[i] ? "q" : "k", shaped_q[i] ? q : k));
     }
     if (map) KN_TRY(check_map(ctx, op, "dmaps", map->dmaps, q, k, map->sel, map->n_sel, map->rows));
     const kn_tensor *outs[3] = {dq, dk, dv};

@@ -133,45 +133,77 @@ static float map_row(const struct grad_job *j, int64_t b, int64_t i, const float
     return gp;
 }
 
-/* First pass, task t: query block t % qblocks of head (t / qblocks) % H of sample
- * t / (qblocks H): delta and dq of its rows. */
+/* Task t of a pass over blocks of S rows (the other operand having So): block t % nblocks of
+ * head h = (t / nblocks) % H of sample b = t / (nblocks H); its first row r0 and its rows; the
+ * element offsets of the block's first row and of the other operand's head; the head's lse and
+ * delta rows. */
+struct block {
+    int64_t b, h, r0, rows, own, other, at;
+};
+
+static struct block block_of(const struct grad_job *j, int64_t task, int64_t nblocks, int64_t S,
+                             int64_t So)
+{
+    const int64_t r0 = task % nblocks * GRAD_BLOCK, b = task / (nblocks * j->H);
+    const int64_t h = task / nblocks % j->H;
+    return (struct block){.b = b,
+                          .h = h,
+                          .r0 = r0,
+                          .rows = S - r0 < GRAD_BLOCK ? S - r0 : GRAD_BLOCK,
+                          .own = (b * S + r0) * j->HD + h * j->Dh,
+                          .other = b * So * j->HD + h * j->Dh,
+                          .at = (b * j->H + h) * j->Sq};
+}
+
+/* For `rows` rows against N of one head: t->p = exp(scale a_s . b_s^T - lse), lse[0] for each
+ * row's own (lse advancing a row at a time) or (per_col) lse[column]; t->ds = a_dp . b_dp^T,
+ * zero when a_dp is NULL (no do). The operands are heads' slices in the products' dtype. */
+static int probs_and_dp(const struct grad_job *j, const struct grad_buffers *t, int64_t rows,
+                        int64_t N, const char *a_s, const char *b_s, const char *a_dp,
+                        const char *b_dp, const float *lse, int per_col)
+{
+    int rc = product(j, rows, N, j->Dh, a_s, j->HD, b_s, MM_PLAIN_NT, t->p, N);
+    if (rc < 0) return rc;
+    for (int64_t i = 0; i < rows; i++)
+        probs(t->p + i * N, N, j->scale, per_col ? lse : lse + i, per_col);
+    if (a_dp) return product(j, rows, N, j->Dh, a_dp, j->HD, b_dp, MM_PLAIN_NT, t->ds, N);
+    memset(t->ds, 0, (size_t)(rows * N) * sizeof(float));
+    return 0;
+}
+
+/* out [rows, Dh] (rows HD apart) = scale a . b: a [rows, K] in the products' form, b a head's
+ * slice [K, Dh]. */
+static int scaled_product(const struct grad_job *j, int64_t rows, int64_t K, const void *a,
+                          const char *b, float *out)
+{
+    int rc = product(j, rows, j->Dh, K, a, K, b, MM_PLAIN_KN, out, j->HD);
+    for (int64_t i = 0; i < rows && rc == 0; i++)
+        for (int64_t d = 0; d < j->Dh; d++)
+            out[i * j->HD + d] *= j->scale;
+    return rc;
+}
+
+/* First pass: a block of queries, its rows' delta and dq. */
 static int query_block(const struct grad_job *j, const struct grad_buffers *t, int64_t task)
 {
-    const int64_t q0 = task % j->qblocks * GRAD_BLOCK, h = task / j->qblocks % j->H;
-    const int64_t b = task / (j->qblocks * j->H), Sk = j->Sk, HD = j->HD;
-    const int64_t rows = j->Sq - q0 < GRAD_BLOCK ? j->Sq - q0 : GRAD_BLOCK;
+    const struct block k = block_of(j, task, j->qblocks, j->Sq, j->Sk);
+    const int64_t Sk = j->Sk, HD = j->HD, qoff = k.own, koff = k.other, at = k.at + k.r0;
     const size_t es = kn_dtype_size(j->dt);
-    const int64_t qoff = (b * j->Sq + q0) * HD + h * j->Dh, koff = b * Sk * HD + h * j->Dh;
-    int rc =
-        product(j, rows, Sk, j->Dh, j->q + qoff * es, HD, j->k + koff * es, MM_PLAIN_NT, t->p, Sk);
+    int rc = probs_and_dp(j, t, k.rows, Sk, j->q + qoff * es, j->k + koff * es,
+                          j->dout ? j->dout + qoff * es : NULL, j->v + koff * es, j->lse + at, 0);
     if (rc < 0) return rc;
-    const float *lse = j->lse + (b * j->H + h) * j->Sq + q0;
-    for (int64_t i = 0; i < rows; i++)
-        probs(t->p + i * Sk, Sk, j->scale, lse + i, 0);
-    if (j->dout)
-        rc = product(j, rows, Sk, j->Dh, j->dout + qoff * es, HD, j->v + koff * es, MM_PLAIN_NT,
-                     t->ds, Sk);
-    else
-        memset(t->ds, 0, (size_t)(rows * Sk) * sizeof(float));
-    if (rc < 0) return rc;
-    float *delta = j->delta + (b * j->H + h) * j->Sq + q0;
-    for (int64_t i = 0; i < rows; i++) {
+    float *delta = j->delta + at;
+    for (int64_t i = 0; i < k.rows; i++) {
         const float *p = t->p + i * Sk;
         float *ds = t->ds + i * Sk;
         float d =
             j->do32 ? cpu_dot_lanes(j->do32 + qoff + i * HD, j->o32 + qoff + i * HD, j->Dh) : 0.0f;
-        if (j->dmaps && q0 + i < j->map_rows) d += map_row(j, b, q0 + i, p, ds);
+        if (j->dmaps && k.r0 + i < j->map_rows) d += map_row(j, k.b, k.r0 + i, p, ds);
         delta[i] = d;
         softmax_grad(ds, p, Sk, &delta[i], 0);
     }
-    const void *ds = operand(j, t->ds, rows, Sk, t->ds16);
-    float *dq = j->dq + qoff;
-    if ((rc = product(j, rows, j->Dh, Sk, ds, Sk, j->k + koff * es, MM_PLAIN_KN, dq, HD)) < 0)
-        return rc;
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t d = 0; d < j->Dh; d++)
-            dq[i * HD + d] *= j->scale;
-    return 0;
+    return scaled_product(j, k.rows, Sk, operand(j, t->ds, k.rows, Sk, t->ds16), j->k + koff * es,
+                          j->dq + qoff);
 }
 
 /* The map term of the second pass: for each selected key in [k0, k0 + rows), G over the map's
@@ -187,44 +219,29 @@ static void map_columns(const struct grad_job *j, int64_t b, int64_t k0, int64_t
     }
 }
 
-/* Second pass, task t: key block t % kblocks of head (t / kblocks) % H of sample
- * t / (kblocks H): dk and dv of its rows. */
+/* Second pass: a block of keys, with the scores transposed; its dk and dv. */
 static int key_block(const struct grad_job *j, const struct grad_buffers *t, int64_t task)
 {
-    const int64_t k0 = task % j->kblocks * GRAD_BLOCK, h = task / j->kblocks % j->H;
-    const int64_t b = task / (j->kblocks * j->H), Sq = j->Sq, HD = j->HD;
-    const int64_t rows = j->Sk - k0 < GRAD_BLOCK ? j->Sk - k0 : GRAD_BLOCK;
+    const struct block k = block_of(j, task, j->kblocks, j->Sk, j->Sq);
+    const int64_t Sq = j->Sq, HD = j->HD, koff = k.own, qoff = k.other, at = k.at;
     const size_t es = kn_dtype_size(j->dt);
-    const int64_t koff = (b * j->Sk + k0) * HD + h * j->Dh, qoff = b * Sq * HD + h * j->Dh;
-    int rc =
-        product(j, rows, Sq, j->Dh, j->k + koff * es, HD, j->q + qoff * es, MM_PLAIN_NT, t->p, Sq);
+    const char *dout = j->dout ? j->dout + qoff * es : NULL;
+    int rc = probs_and_dp(j, t, k.rows, Sq, j->k + koff * es, j->q + qoff * es,
+                          dout ? j->v + koff * es : NULL, dout, j->lse + at, 1);
     if (rc < 0) return rc;
-    const float *lse = j->lse + (b * j->H + h) * Sq, *delta = j->delta + (b * j->H + h) * Sq;
-    for (int64_t r = 0; r < rows; r++)
-        probs(t->p + r * Sq, Sq, j->scale, lse, 1);
-    if (j->dout)
-        rc = product(j, rows, Sq, j->Dh, j->v + koff * es, HD, j->dout + qoff * es, MM_PLAIN_NT,
-                     t->ds, Sq);
-    else
-        memset(t->ds, 0, (size_t)(rows * Sq) * sizeof(float));
-    if (rc < 0) return rc;
-    if (j->dmaps) map_columns(j, b, k0, rows, t->ds);
-    for (int64_t r = 0; r < rows; r++)
-        softmax_grad(t->ds + r * Sq, t->p + r * Sq, Sq, delta, 1);
-    const void *ds = operand(j, t->ds, rows, Sq, t->ds16);
-    float *dk = j->dk + koff, *dv = j->dv + koff;
-    if ((rc = product(j, rows, j->Dh, Sq, ds, Sq, j->q + qoff * es, MM_PLAIN_KN, dk, HD)) < 0)
-        return rc;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t d = 0; d < j->Dh; d++)
-            dk[r * HD + d] *= j->scale;
-    if (!j->dout) {
-        for (int64_t r = 0; r < rows; r++)
-            memset(dv + r * HD, 0, (size_t)j->Dh * sizeof(float));
-        return 0;
+    if (j->dmaps) map_columns(j, k.b, k.r0, k.rows, t->ds);
+    for (int64_t r = 0; r < k.rows; r++)
+        softmax_grad(t->ds + r * Sq, t->p + r * Sq, Sq, j->delta + at, 1);
+    const void *ds = operand(j, t->ds, k.rows, Sq, t->ds16);
+    if ((rc = scaled_product(j, k.rows, Sq, ds, j->q + qoff * es, j->dk + koff)) < 0) return rc;
+    float *dv = j->dv + koff;
+    if (dout) {
+        const void *p = operand(j, t->p, k.rows, Sq, t->p16);
+        return product(j, k.rows, j->Dh, Sq, p, Sq, dout, MM_PLAIN_KN, dv, HD);
     }
-    const void *p = operand(j, t->p, rows, Sq, t->p16);
-    return product(j, rows, j->Dh, Sq, p, Sq, j->dout + qoff * es, MM_PLAIN_KN, dv, HD);
+    for (int64_t r = 0; r < k.rows; r++)
+        memset(dv + r * HD, 0, (size_t)j->Dh * sizeof(float));
+    return 0;
 }
 
 static void run_blocks(const struct grad_job *j, int64_t lo, int64_t hi, int second)

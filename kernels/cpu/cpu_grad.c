@@ -160,12 +160,11 @@ int cpu_gate_grad(kn_ctx *ctx, kn_tensor *dy, const kn_tensor *dx, const kn_tens
     return 0;
 }
 
-/* Rows of dqkv [B, n, 3D]: row r takes row row0 + r % n of sample r / n of dq, dk and dv. */
+/* Rows of dqkv [B, n, 3D], from the rows of dq, dk and dv that the forward wrote. */
 struct qkv_grad_job {
     float *dqkv;
-    const float *dq, *dk, *dv, *qkv, *qw, *kw;
-    int64_t n, L, row0, D, Dh;
-    float eps;
+    const float *dq, *dk, *dv, *qkv;
+    cpu_qkv_rows g;
 };
 
 /* Back through y = w (x rs), rs = 1 / sqrt(mean(x^2) + eps), over one head of Dh:
@@ -184,15 +183,16 @@ static void rms_grad_head(float *dx, const float *dy, const float *x, const floa
 static void qkv_split_grad_range(void *p, int64_t lo, int64_t hi)
 {
     const struct qkv_grad_job *j = p;
-    const int64_t D = j->D;
+    const cpu_qkv_rows *g = &j->g;
+    const int64_t D = g->D;
     for (int64_t r = lo; r < hi; r++) {
         const float *x = j->qkv + r * 3 * D;
         float *out = j->dqkv + r * 3 * D;
-        const int64_t at = ((r / j->n) * j->L + j->row0 + r % j->n) * D;
-        if (j->qw) {
-            for (int64_t h = 0; h < D; h += j->Dh) {
-                rms_grad_head(out + h, j->dq + at + h, x + h, j->qw, j->Dh, j->eps);
-                rms_grad_head(out + D + h, j->dk + at + h, x + D + h, j->kw, j->Dh, j->eps);
+        const int64_t at = cpu_qkv_row_at(g, r);
+        if (g->qw) {
+            for (int64_t h = 0; h < D; h += g->Dh) {
+                rms_grad_head(out + h, j->dq + at + h, x + h, g->qw, g->Dh, g->eps);
+                rms_grad_head(out + D + h, j->dk + at + h, x + D + h, g->kw, g->Dh, g->eps);
             }
         } else {
             memcpy(out, j->dq + at, (size_t)D * sizeof(float));
@@ -210,24 +210,11 @@ int cpu_qkv_split_grad(kn_ctx *ctx, kn_tensor *dqkv, const kn_tensor *dq, const 
         CPU_HALF(cpu_qkv_split_grad(ctx, cpu_half_out(H, dqkv, 0), cpu_half_in(H, dq),
                                     cpu_half_in(H, dk), cpu_half_in(H, dv), row0,
                                     cpu_half_in(H, qkv), heads, q_norm, k_norm, eps));
-    const int64_t B = qkv->shape[0], n = qkv->shape[1], D = dq->shape[2];
-    struct qkv_grad_job j = {.dqkv = dqkv->data,
-                             .dq = dq->data,
-                             .dk = dk->data,
-                             .dv = dv->data,
-                             .qkv = qkv->data,
-                             .n = n,
-                             .L = dq->shape[1],
-                             .row0 = row0,
-                             .D = D,
-                             .Dh = D / heads,
-                             .eps = eps};
-    if (q_norm) {
-        j.qw = cpu_f32_span(ctx, CPU_SLOT_PARAM, q_norm, 0, j.Dh);
-        j.kw = cpu_f32_span(ctx, CPU_SLOT_PARAM2, k_norm, 0, j.Dh);
-        if (!j.qw || !j.kw) return -1;
-    }
-    cpu_parallel(B * n, 3 * B * n * 3 * D, qkv_split_grad_range, &j);
+    struct qkv_grad_job j = {
+        .dqkv = dqkv->data, .dq = dq->data, .dk = dk->data, .dv = dv->data, .qkv = qkv->data};
+    if (cpu_qkv_rows_init(ctx, &j.g, qkv, dq, row0, heads, q_norm, k_norm, eps) < 0) return -1;
+    const int64_t rows = qkv->shape[0] * j.g.n;
+    cpu_parallel(rows, 3 * rows * 3 * j.g.D, qkv_split_grad_range, &j);
     return 0;
 }
 

@@ -95,6 +95,23 @@ float cpu_dot_lanes(const float *a, const float *b, int64_t n);
 void cpu_moments(const float *x, int64_t n, float eps, float *mean, float *rstd);
 float cpu_rms_scale(const float *x, int64_t n, float eps);
 
+/* Where the rows of a joined q/k/v product go and how its heads are normalised, for
+ * kn_qkv_split and its gradient (cpu_norm.c): row r of qkv [B, n, 3D] is row row0 + r % n of
+ * sample r / n of q, k and v [B, L, D], at element cpu_qkv_row_at; qw and kw are the widened
+ * norm weights [Dh], or NULL for none. cpu_qkv_rows_init: 0, or -1 with the error set. */
+typedef struct cpu_qkv_rows {
+    const float *qw, *kw;
+    int64_t n, L, row0, D, Dh;
+    float eps;
+} cpu_qkv_rows;
+int cpu_qkv_rows_init(kn_ctx *ctx, cpu_qkv_rows *g, const kn_tensor *qkv, const kn_tensor *q,
+                      int64_t row0, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
+                      float eps);
+static inline int64_t cpu_qkv_row_at(const cpu_qkv_rows *g, int64_t r)
+{
+    return ((r / g->n) * g->L + g->row0 + r % g->n) * g->D;
+}
+
 /* 16-bit activations (cpu_half.c): an op whose output is F16 or BF16 runs itself again on
  * float32 twins and rounds its outputs back, by
  *     if (y->dtype != KN_F32) CPU_HALF(cpu_op(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x)));

@@ -70,6 +70,13 @@ static void free_all(kn_tensor *const *ts, int n)
         kn_free(ctx, ts[i]);
 }
 
+/* Frees the n host buffers of ps. */
+static void free_bufs(void *const *ps, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(ps[i]);
+}
+
 static double max_abs_d(const double *x, int64_t n)
 {
     double m = 0.0;
@@ -794,6 +801,7 @@ static void test_patch_embed_grad(void)
 
 /* ---- attention: maps and gradient ---- */
 
+/* Cases are written in this order: B, Sq, Sk, H, Dh, scale, sel, n_sel, rows, with_do. */
 struct attn_case {
     int64_t B, Sq, Sk;
     int H, Dh;
@@ -1001,14 +1009,7 @@ static void attention_case(const struct attn_case *c, const char *name)
     struct attn_fd a = {c, in.dout, in.dmaps};
     snprintf(what, sizeof what, "attention_grad %s against kn_attention", name);
     fd_check(what, attn_loss, &a, x, g, nq + 2 * nk, 1e-2f, 1e-4);
-    free(x);
-    free(g);
-    free(dq);
-    free(dk);
-    free(dv);
-    free(gq);
-    free(gk);
-    free(gv);
+    free_bufs((void *[]){x, g, dq, dk, dv, gq, gk, gv}, 8);
     attn_free(&r);
     attn_inputs_free(&in);
 }
@@ -1016,15 +1017,7 @@ static void attention_case(const struct attn_case *c, const char *name)
 static void test_attention_maps(void)
 {
     static const int32_t sel[3] = {69, 3, 40};
-    struct attn_case c = {.B = 2,
-                          .Sq = 70,
-                          .Sk = 70,
-                          .H = 3,
-                          .Dh = 16,
-                          .scale = 0.25f,
-                          .sel = sel,
-                          .n_sel = 3,
-                          .rows = 50};
+    struct attn_case c = {2, 70, 70, 3, 16, 0.25f, sel, 3, 50, 0};
     struct attn_inputs in = attn_inputs(&c);
     struct attn_case fwd = c;
     fwd.n_sel = 0;
@@ -1074,31 +1067,13 @@ static void test_attention_grad(void)
 {
     /* Duplicate selections add up; rows below Sq; blocks of 64 with a short tail. */
     static const int32_t sel[4] = {65, 3, 10, 3};
-    struct attn_case c = {.B = 2,
-                          .Sq = 70,
-                          .Sk = 70,
-                          .H = 2,
-                          .Dh = 16,
-                          .scale = 0.25f,
-                          .sel = sel,
-                          .n_sel = 4,
-                          .rows = 50,
-                          .with_do = 1};
+    struct attn_case c = {2, 70, 70, 2, 16, 0.25f, sel, 4, 50, 1};
     attention_case(&c, "do + maps");
     c.with_do = 0;
     attention_case(&c, "maps alone (do NULL)");
     c.with_do = 1, c.n_sel = 0;
     attention_case(&c, "do alone");
-    struct attn_case x = {.B = 1,
-                          .Sq = 37,
-                          .Sk = 130,
-                          .H = 3,
-                          .Dh = 8,
-                          .scale = 0.3f,
-                          .sel = sel,
-                          .n_sel = 4,
-                          .rows = 37,
-                          .with_do = 1};
+    struct attn_case x = {1, 37, 130, 3, 8, 0.3f, sel, 4, 37, 1};
     attention_case(&x, "Sq 37, Sk 130");
 }
 
@@ -1110,15 +1085,7 @@ static void test_attention_map_identities(void)
     int32_t all[48], text[4] = {44, 45, 46, 47};
     for (int j = 0; j < 48; j++)
         all[j] = j;
-    struct attn_case c = {.B = 1,
-                          .Sq = 48,
-                          .Sk = 48,
-                          .H = 2,
-                          .Dh = 16,
-                          .scale = 0.25f,
-                          .sel = all,
-                          .n_sel = 48,
-                          .rows = 30};
+    struct attn_case c = {1, 48, 48, 2, 16, 0.25f, all, 48, 30, 0};
     struct attn_inputs in = attn_inputs(&c);
     float *ones = malloc(48 * 30 * sizeof(float));
     for (int i = 0; i < 48 * 30; i++)
@@ -1157,16 +1124,7 @@ static void attention_invariant(kn_dtype matmul)
 {
     CHECK(kn_ctx_set_matmul(ctx, matmul) == 0);
     static const int32_t sel[2] = {5, 100};
-    struct attn_case one = {.B = 1,
-                            .Sq = 130,
-                            .Sk = 130,
-                            .H = 2,
-                            .Dh = 32,
-                            .scale = 0.2f,
-                            .sel = sel,
-                            .n_sel = 2,
-                            .rows = 90,
-                            .with_do = 1};
+    struct attn_case one = {1, 130, 130, 2, 32, 0.2f, sel, 2, 90, 1};
     const int64_t per = one.Sq * 64, mper = 2 * one.rows;
     struct attn_inputs in = attn_inputs(&one);
     CHECK(kn_cpu_set_threads(1) == 0);
@@ -1218,16 +1176,7 @@ static void test_attention_grad_invariant(void)
 static void test_attention_grad_bf16(void)
 {
     static const int32_t sel[3] = {2, 60, 99};
-    struct attn_case c = {.B = 1,
-                          .Sq = 100,
-                          .Sk = 100,
-                          .H = 2,
-                          .Dh = 32,
-                          .scale = 0.18f,
-                          .sel = sel,
-                          .n_sel = 3,
-                          .rows = 80,
-                          .with_do = 1};
+    struct attn_case c = {1, 100, 100, 2, 32, 0.18f, sel, 3, 80, 1};
     const int64_t nq = c.Sq * 64;
     struct attn_inputs in = attn_inputs(&c);
     struct attn_run r;
@@ -1243,16 +1192,7 @@ static void test_attention_grad_bf16(void)
     CHECK(close_norm(gq, dq, nq, 1e-2, "attention_grad dq bf16"));
     CHECK(close_norm(gk, dk, nq, 1e-2, "attention_grad dk bf16"));
     CHECK(close_norm(gv, dv, nq, 1e-2, "attention_grad dv bf16"));
-    free(rq);
-    free(rk);
-    free(rv);
-    free(rd);
-    free(dq);
-    free(dk);
-    free(dv);
-    free(gq);
-    free(gk);
-    free(gv);
+    free_bufs((void *[]){rq, rk, rv, rd, dq, dk, dv, gq, gk, gv}, 10);
     attn_free(&r);
     attn_inputs_free(&in);
 }
