@@ -96,3 +96,53 @@ int kn_check_no_alias(const char *op, const char *nout, const kn_tensor *out, co
                        nin);
     return 0;
 }
+
+int kn_check_in_place(const char *op, const char *nout, const kn_tensor *out, const char *nin,
+                      const kn_tensor *in)
+{
+    if (out->data == in->data && kn_nbytes(out) == kn_nbytes(in)) return 0;
+    return kn_check_no_alias(op, nout, out, nin, in);
+}
+
+int kn_check_modulation(const kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
+                        int idx_a, int idx_b)
+{
+    char sx[SHAPE_BUF], sm[SHAPE_BUF];
+    KN_TRY(kn_check_act(ctx, op, "mod", mod, x));
+    if (x->ndim != 3 || mod->ndim != 3 || mod->shape[0] != x->shape[0] ||
+        mod->shape[2] != x->shape[2])
+        return err_set(ERR_SHAPE, "%s: mod %s does not fit x %s (expected [B, C, D], [B, S, D])",
+                       op, kn_shape_str(mod, sm, sizeof sm), kn_shape_str(x, sx, sizeof sx));
+    int64_t C = mod->shape[1];
+    if (idx_a < 0 || idx_a >= C || idx_b < 0 || idx_b >= C)
+        return err_set(ERR_RANGE, "%s: chunk %d outside the %lld chunks of mod %s", op,
+                       idx_a < 0 || idx_a >= C ? idx_a : idx_b, (long long)C,
+                       kn_shape_str(mod, sm, sizeof sm));
+    return 0;
+}
+
+int kn_check_qkv(const kn_ctx *ctx, const char *op, const char *const names[3],
+                 const kn_tensor *const qkv_parts[3], int64_t row0, const kn_tensor *qkv, int heads,
+                 const kn_tensor *q_norm, const kn_tensor *k_norm)
+{
+    char sq[SHAPE_BUF], sj[SHAPE_BUF];
+    const kn_tensor *q = qkv_parts[0];
+    KN_TRY(kn_check_act(ctx, op, "qkv", qkv, NULL));
+    for (int i = 0; i < 3; i++) {
+        KN_TRY(kn_check_act(ctx, op, names[i], qkv_parts[i], qkv));
+        KN_TRY(kn_check_same(op, names[i], qkv_parts[i], names[0], q));
+    }
+    if (q->ndim != 3 || qkv->ndim != 3 || qkv->shape[0] != q->shape[0] ||
+        qkv->shape[2] != 3 * q->shape[2] || row0 < 0 || row0 + qkv->shape[1] > q->shape[1])
+        return err_set(ERR_SHAPE,
+                       "%s: qkv %s does not fill rows from %lld of %s, %s and %s %s (expected "
+                       "[B, n, 3D] and [B, L, D] with n + row0 <= L)",
+                       op, kn_shape_str(qkv, sj, sizeof sj), (long long)row0, names[0], names[1],
+                       names[2], kn_shape_str(q, sq, sizeof sq));
+    if (heads <= 0 || q->shape[2] % heads)
+        return err_set(ERR_SHAPE, "%s: %d heads do not divide %s %s", op, heads, names[0],
+                       kn_shape_str(q, sq, sizeof sq));
+    if (!q_norm != !k_norm) return err_set(ERR_INVALID, "%s: q_norm and k_norm go together", op);
+    KN_TRY(kn_check_vec(ctx, op, "q_norm", q_norm, q->shape[2] / heads));
+    return kn_check_vec(ctx, op, "k_norm", k_norm, q->shape[2] / heads);
+}

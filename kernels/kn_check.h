@@ -37,4 +37,19 @@ int kn_check_shape(const char *op, const char *name, const kn_tensor *t, int ndi
 int kn_check_no_alias(const char *op, const char *nout, const kn_tensor *out, const char *nin,
                       const kn_tensor *in);
 
+/* out is in itself (an op that may run in place) or shares no memory with it. */
+int kn_check_in_place(const char *op, const char *nout, const kn_tensor *out, const char *nin,
+                      const kn_tensor *in);
+/* x [B, S, D] against an adaLN table mod [B, C, D] of x's dtype, and each chunk index within C
+ * (ERR_RANGE). */
+int kn_check_modulation(const kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
+                        int idx_a, int idx_b);
+
+/* The q, k and v [B, L, D] (qkv_parts, named names) whose rows [row0, row0 + n) a joined
+ * product qkv [B, n, 3D] fills: all of one dtype, `heads` dividing D, the norm weights q_norm
+ * and k_norm [D / heads] both NULL or both given. */
+int kn_check_qkv(const kn_ctx *ctx, const char *op, const char *const names[3],
+                 const kn_tensor *const qkv_parts[3], int64_t row0, const kn_tensor *qkv, int heads,
+                 const kn_tensor *q_norm, const kn_tensor *k_norm);
+
 #endif

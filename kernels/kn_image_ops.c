@@ -91,24 +91,6 @@ int kn_transpose(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x)
     return KN_DISPATCH(ctx, transpose, y, x);
 }
 
-/* x [B, S, D] against mod [B, C, D], and each chunk index within C. */
-static int check_modulation(kn_ctx *ctx, const char *op, const kn_tensor *x, const kn_tensor *mod,
-                            int idx_a, int idx_b)
-{
-    char sx[SHAPE_BUF], sm[SHAPE_BUF];
-    KN_TRY(kn_check_act(ctx, op, "mod", mod, x));
-    if (x->ndim != 3 || mod->ndim != 3 || mod->shape[0] != x->shape[0] ||
-        mod->shape[2] != x->shape[2])
-        return err_set(ERR_SHAPE, "%s: mod %s does not fit x %s (expected [B, C, D], [B, S, D])",
-                       op, kn_shape_str(mod, sm, sizeof sm), kn_shape_str(x, sx, sizeof sx));
-    int64_t C = mod->shape[1];
-    if (idx_a < 0 || idx_a >= C || idx_b < 0 || idx_b >= C)
-        return err_set(ERR_RANGE, "%s: chunk %d outside the %lld chunks of mod %s", op,
-                       idx_a < 0 || idx_a >= C ? idx_a : idx_b, (long long)C,
-                       kn_shape_str(mod, sm, sizeof sm));
-    return 0;
-}
-
 int kn_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *mod,
                    int shift_idx, int scale_idx, float eps)
 {
@@ -116,7 +98,7 @@ int kn_ln_modulate(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
     KN_TRY(kn_check_act(ctx, op, "x", x, NULL));
     KN_TRY(kn_check_act(ctx, op, "y", y, x));
     KN_TRY(kn_check_same(op, "y", y, "x", x));
-    KN_TRY(check_modulation(ctx, op, x, mod, shift_idx, scale_idx));
+    KN_TRY(kn_check_modulation(ctx, op, x, mod, shift_idx, scale_idx));
     KN_TRY(kn_check_no_alias(op, "y", y, "mod", mod));
     if (kn_numel(x) == 0) return 0;
     return KN_DISPATCH(ctx, ln_modulate, y, x, mod, shift_idx, scale_idx, eps);
@@ -128,7 +110,7 @@ int kn_gate_add(kn_ctx *ctx, kn_tensor *x, const kn_tensor *y, const kn_tensor *
     KN_TRY(kn_check_act(ctx, op, "x", x, NULL));
     KN_TRY(kn_check_act(ctx, op, "y", y, x));
     KN_TRY(kn_check_same(op, "y", y, "x", x));
-    KN_TRY(check_modulation(ctx, op, x, mod, gate_idx, gate_idx));
+    KN_TRY(kn_check_modulation(ctx, op, x, mod, gate_idx, gate_idx));
     KN_TRY(kn_check_no_alias(op, "x", x, "mod", mod));
     if (kn_numel(x) == 0) return 0;
     return KN_DISPATCH(ctx, gate_add, x, y, mod, gate_idx);

@@ -91,27 +91,9 @@ int kn_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t 
                  const kn_tensor *qkv, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
                  float eps)
 {
-    static const char op[] = "kn_qkv_split";
-    char sq[96], sj[96];
-    KN_TRY(kn_check_act(ctx, op, "qkv", qkv, NULL));
-    KN_TRY(kn_check_act(ctx, op, "q", q, qkv));
-    KN_TRY(kn_check_act(ctx, op, "k", k, qkv));
-    KN_TRY(kn_check_act(ctx, op, "v", v, qkv));
-    KN_TRY(kn_check_same(op, "k", k, "q", q));
-    KN_TRY(kn_check_same(op, "v", v, "q", q));
-    if (q->ndim != 3 || qkv->ndim != 3 || qkv->shape[0] != q->shape[0] ||
-        qkv->shape[2] != 3 * q->shape[2] || row0 < 0 || row0 + qkv->shape[1] > q->shape[1])
-        return err_set(ERR_SHAPE,
-                       "%s: qkv %s does not fill rows from %lld of q, k and v %s (expected [B, "
-                       "n, 3D] and [B, L, D] with n + row0 <= L)",
-                       op, kn_shape_str(qkv, sj, sizeof sj), (long long)row0,
-                       kn_shape_str(q, sq, sizeof sq));
-    if (heads <= 0 || q->shape[2] % heads)
-        return err_set(ERR_SHAPE, "%s: %d heads do not divide q %s", op, heads,
-                       kn_shape_str(q, sq, sizeof sq));
-    if (!q_norm != !k_norm) return err_set(ERR_INVALID, "%s: q_norm and k_norm go together", op);
-    KN_TRY(kn_check_vec(ctx, op, "q_norm", q_norm, q->shape[2] / heads));
-    KN_TRY(kn_check_vec(ctx, op, "k_norm", k_norm, q->shape[2] / heads));
+    static const char *const names[3] = {"q", "k", "v"};
+    const kn_tensor *const parts[3] = {q, k, v};
+    KN_TRY(kn_check_qkv(ctx, "kn_qkv_split", names, parts, row0, qkv, heads, q_norm, k_norm));
     return KN_DISPATCH(ctx, qkv_split, q, k, v, row0, qkv, heads, q_norm, k_norm, eps);
 }
 

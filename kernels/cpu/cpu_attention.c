@@ -244,35 +244,56 @@ static void attend_parts(void *arg, int64_t lo, int64_t hi)
     if (rc < 0) __atomic_store_n(j->rc, rc, __ATOMIC_RELAXED);
 }
 
-/* The products' operands: q, k and v narrowed to bf16 (or rounded to bf16 values in round
- * mode) into one scratch buffer, rows [lo, hi) of the three stacked. */
+/* The products' operands: n float32 tensors narrowed to bf16 (or rounded to bf16 values in
+ * round mode) into one scratch buffer, the rows [lo, hi) of all of them stacked. */
 struct operands {
-    const float *src[3];
-    char *dst[3];
-    int64_t rows[3], HD;
-    kn_dtype dt;
+    const float *const *src;
+    char **dst;
+    const int64_t *rows;
+    int n;
+    int64_t HD;
     int round;
 };
 
 static void convert_rows(void *arg, int64_t lo, int64_t hi)
 {
     const struct operands *o = arg;
+    int x = 0;
+    int64_t first = 0; /* the first stacked row of operand x */
     for (int64_t r = lo; r < hi; r++) {
-        int x = r < o->rows[0] ? 0 : r < o->rows[0] + o->rows[1] ? 1 : 2;
-        int64_t i = r - (x > 0 ? o->rows[0] : 0) - (x > 1 ? o->rows[1] : 0);
-        const float *from = o->src[x] + i * o->HD;
+        while (r - first >= o->rows[x])
+            first += o->rows[x++];
+        const float *from = o->src[x] + (r - first) * o->HD;
         if (o->round) {
-            float *to = (float *)o->dst[x] + i * o->HD;
+            float *to = (float *)o->dst[x] + (r - first) * o->HD;
             memcpy(to, from, (size_t)o->HD * sizeof(float));
             cpu_mm_round_bf16(to, (size_t)o->HD);
         } else {
-            kn_convert_from_f32((uint16_t *)o->dst[x] + i * o->HD, from, o->dt, (size_t)o->HD);
+            kn_convert_from_f32((uint16_t *)o->dst[x] + (r - first) * o->HD, from, KN_BF16,
+                                (size_t)o->HD);
         }
     }
 }
 
-/* Whether oneDNN multiplies bf16 on this CPU (probed once with an attention-sized product). */
-static int bf16_products(void)
+int cpu_attn_operands(kn_ctx *ctx, int n, const float *const *src, const int64_t *rows, int64_t HD,
+                      int round, char **dst)
+{
+    const size_t es = round ? sizeof(float) : 2;
+    int64_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += rows[i];
+    char *buf = cpu_scratch(ctx, CPU_SLOT_WORK, (size_t)(total * HD) * es);
+    if (!buf) return -1;
+    for (int i = 0; i < n; i++) {
+        dst[i] = buf;
+        buf += (size_t)(rows[i] * HD) * es;
+    }
+    struct operands op = {src, dst, rows, n, HD, round};
+    cpu_parallel(total, total * HD, convert_rows, &op);
+    return 0;
+}
+
+int cpu_attn_bf16_products(void)
 {
     static int known = -1;
     int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
@@ -308,21 +329,12 @@ int cpu_attention(kn_ctx *ctx, kn_tensor *o, const kn_tensor *q, const kn_tensor
     if (B == 0 || j.Sq == 0) return 0;
     j.Dh = j.HD / j.H;
     if (j.dt == KN_BF16) {
-        j.round = !bf16_products();
-        struct operands op = {.src = {q->data, k->data, v->data},
-                              .rows = {B * j.Sq, B * j.Sk, B * j.Sk},
-                              .HD = j.HD,
-                              .dt = KN_BF16,
-                              .round = j.round};
-        size_t es = j.round ? sizeof(float) : 2, n = (size_t)(B * (j.Sq + 2 * j.Sk) * j.HD);
-        char *buf = cpu_scratch(ctx, CPU_SLOT_WORK, n * es);
-        if (!buf) return -1;
-        op.dst[0] = buf;
-        op.dst[1] = buf + (size_t)(B * j.Sq * j.HD) * es;
-        op.dst[2] = op.dst[1] + (size_t)(B * j.Sk * j.HD) * es;
-        int64_t rows = op.rows[0] + op.rows[1] + op.rows[2];
-        cpu_parallel(rows, rows * j.HD, convert_rows, &op);
-        j.q = op.dst[0], j.k = op.dst[1], j.v = op.dst[2];
+        j.round = !cpu_attn_bf16_products();
+        const float *src[3] = {q->data, k->data, v->data};
+        const int64_t rows[3] = {B * j.Sq, B * j.Sk, B * j.Sk};
+        char *dst[3];
+        if (cpu_attn_operands(ctx, 3, src, rows, j.HD, j.round, dst) < 0) return -1;
+        j.q = dst[0], j.k = dst[1], j.v = dst[2];
         if (j.round) j.dt = KN_F32;
     }
     j.nblocks = (j.Sq + ATTN_ROWS - 1) / ATTN_ROWS;

@@ -42,26 +42,6 @@ struct act_job {
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* tanh of eight floats as Cephes' tanhf computes it: an odd polynomial below 0.625 and
- * (1 - e) / (1 + e) with e = exp(-2|x|) above; within a few ulps of tanhf, as PyTorch's own
- * vectorised tanh is. */
-__attribute__((target("avx2,fma"))) static __m256 tanh8(__m256 x)
-{
-    const __m256 neg0 = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
-    __m256 ax = _mm256_andnot_ps(neg0, x);
-    __m256 e = cpu_exp8_nonpos(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
-    __m256 big = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
-    __m256 z = _mm256_mul_ps(x, x);
-    __m256 q = _mm256_set1_ps(-5.70498872745e-3f);
-    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(2.06390887954e-2f));
-    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-5.37397155531e-2f));
-    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(1.33314422036e-1f));
-    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-3.33332819422e-1f));
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(q, z), x, x);
-    __m256 t = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
-    return _mm256_or_ps(t, _mm256_and_ps(neg0, x));
-}
-
 /* act_gelu_tanh on y[lo, m) in eight lanes, the same operations in the same order but for
  * tanh; returns m, the end of the whole vectors. */
 __attribute__((target("avx2,fma"))) static int64_t gelu_tanh_avx2(float *y, const float *x,
@@ -74,7 +54,7 @@ __attribute__((target("avx2,fma"))) static int64_t gelu_tanh_avx2(float *y, cons
         __m256 v = _mm256_loadu_ps(x + i);
         __m256 cube = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
         __m256 inner = _mm256_mul_ps(beta, _mm256_add_ps(v, _mm256_mul_ps(kappa, cube)));
-        __m256 t = _mm256_add_ps(_mm256_set1_ps(1.0f), tanh8(inner));
+        __m256 t = _mm256_add_ps(_mm256_set1_ps(1.0f), cpu_tanh8(inner));
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(half, v), t));
     }
     return i;

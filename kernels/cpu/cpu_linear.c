@@ -1,7 +1,9 @@
 /* CPU backend: the linear layer (the hot path of the text encoders and the transformer) with
- * its bias and activation as the product's epilogue (kn_linear, kn_linear_act), the embedding lookup, and widening of
- * weights stored as F16, BF16 or FP8 to float32. */
+ * its bias and activation as the product's epilogue (kn_linear, kn_linear_act), its input
+ * gradient (kn_linear_grad: the same tiles with the weight read untransposed), the embedding
+ * lookup, and widening of weights stored as F16, BF16 or FP8 to float32. */
 #include "kernels/cpu/cpu_matmul.h"
+#include "kernels/kn_grad.h"
 
 #include "common/err.h"
 
@@ -60,6 +62,24 @@ void cpu_widen(float *dst, const void *src, kn_dtype dt, size_t n)
     kn_convert_to_f32(dst, src, dt, n);
 }
 
+void cpu_weight_panel(float *dst, const void *w, kn_dtype dt, int64_t ldw, int trans, int64_t n0,
+                      int64_t nt, int64_t K)
+{
+    const size_t es = kn_dtype_size(dt);
+    const char *src = w;
+    if (!trans) {
+        for (int64_t r = 0; r < nt; r++)
+            cpu_widen(dst + r * K, src + (size_t)((n0 + r) * ldw) * es, dt, (size_t)K);
+        return;
+    }
+    float row[MM_TILE_N];
+    for (int64_t r = 0; r < K; r++) {
+        cpu_widen(row, src + (size_t)(r * ldw + n0) * es, dt, (size_t)nt);
+        for (int64_t c = 0; c < nt; c++)
+            dst[c * K + r] = row[c];
+    }
+}
+
 /* Elements per unit of a split widening: a multiple of 8 keeps the vector loops whole. */
 #define WIDEN_CHUNK ((int64_t)1 << 12)
 
@@ -94,9 +114,9 @@ const float *cpu_f32_span(kn_ctx *ctx, int slot, const kn_tensor *t, int64_t off
     return dst;
 }
 
-/* y = act(x . w^T + b), each row alone when single (one-row tiles). */
+/* y = act(x . w^T + b), each row alone when single (one-row tiles); with trans y = x . w. */
 static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
-                  const kn_tensor *b, int single, int has_act, kn_act act)
+                  const kn_tensor *b, int single, int trans, int has_act, kn_act act)
 {
     int64_t M = kn_rows(x), K = kn_cols(x), N = kn_cols(y);
     float *yd = y->data;
@@ -109,8 +129,8 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
                 .a = x->data,
                 .lda = K,
                 .b = w->data,
-                .ldb = K,
-                .b_form = MM_PLAIN_NT,
+                .ldb = kn_cols(w),
+                .b_form = trans ? MM_PLAIN_KN : MM_PLAIN_NT,
                 .b_dtype = w->dtype,
                 .pack_chunks = !single,
                 .single_rows = single,
@@ -133,11 +153,12 @@ static int linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor
     /* A bf16 context multiplies weights packed once; a float32 one widens (and for whole tiles
      * packs) a chunk of rows per task, so that a full float32 copy of a 16-bit weight never
      * exists. */
-    if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16, single)))
+    if (ctx->matmul == KN_BF16 && !(g.packed = cpu_packed_get(ctx, w, KN_BF16, single, trans)))
         return err_code();
     int rc = cpu_mm_run(&g, 1);
-    return rc < 0 ? err_prefix(rc, "a [%lld, %lld] x [%lld, %lld] product: ", (long long)M,
-                            (long long)K, (long long)N, (long long)K)
+    return rc < 0 ? err_prefix(rc, "a [%lld, %lld] x [%lld, %lld]%s product: ", (long long)M,
+                               (long long)K, (long long)kn_rows(w), (long long)kn_cols(w),
+                               trans ? "" : "^T")
                   : 0;
 }
 
@@ -146,7 +167,14 @@ int cpu_linear(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
-    return linear(ctx, y, x, w, b, 0, 0, KN_ACT_SILU);
+    return linear(ctx, y, x, w, b, 0, 0, 0, KN_ACT_SILU);
+}
+
+int cpu_linear_grad(kn_ctx *ctx, kn_tensor *dx, const kn_tensor *dy, const kn_tensor *w)
+{
+    if (dx->dtype != KN_F32)
+        CPU_HALF(cpu_linear_grad(ctx, cpu_half_out(H, dx, 0), cpu_half_in(H, dy), w));
+    return linear(ctx, dx, dy, w, NULL, 0, 1, 0, KN_ACT_SILU);
 }
 
 int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
@@ -154,7 +182,7 @@ int cpu_linear_act(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear_act(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b, act));
-    return linear(ctx, y, x, w, b, 0, 1, act);
+    return linear(ctx, y, x, w, b, 0, 0, 1, act);
 }
 
 int cpu_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor *w,
@@ -162,7 +190,7 @@ int cpu_linear_rows(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tens
 {
     if (y->dtype != KN_F32)
         CPU_HALF(cpu_linear_rows(ctx, cpu_half_out(H, y, 0), cpu_half_in(H, x), w, b));
-    return linear(ctx, y, x, w, b, 1, 0, KN_ACT_SILU);
+    return linear(ctx, y, x, w, b, 1, 0, 0, KN_ACT_SILU);
 }
 
 int cpu_embedding(kn_ctx *ctx, kn_tensor *y, const kn_tensor *table, const int32_t *ids, int n)

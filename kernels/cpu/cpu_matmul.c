@@ -335,17 +335,15 @@ static int tile_run(const cpu_mm *g, const struct mm_prim *p, int64_t r0, int64_
 static const void *chunk_operand(const cpu_mm *g, int64_t chunk, const cpu_mm_key *k)
 {
     int64_t n0 = chunk * MM_TILE_N, nt = k->N;
+    const int trans = g->b_form == MM_PLAIN_KN;
     if (g->packed) return cpu_packed_chunk(g->packed, chunk);
-    if (g->b_form == MM_PLAIN_KN) return (const float *)g->b + n0;
+    if (trans && !g->pack_chunks) return (const float *)g->b + n0;
     if (g->b_dtype == KN_F32 && !g->pack_chunks) return (const float *)g->b + n0 * g->ldb;
     const float *w = (const float *)g->b + n0 * g->ldb;
-    if (g->b_dtype != KN_F32) {
+    if (g->b_dtype != KN_F32 || trans) {
         float *wide = cpu_mm_thread_buffer((size_t)(nt * g->K) * sizeof(float));
         if (!wide) return NULL;
-        size_t es = kn_dtype_size(g->b_dtype);
-        for (int64_t r = 0; r < nt; r++)
-            cpu_widen(wide + r * g->K, (const char *)g->b + (size_t)((n0 + r) * g->ldb) * es,
-                      g->b_dtype, (size_t)g->K);
+        cpu_weight_panel(wide, g->b, g->b_dtype, g->ldb, trans, n0, nt, g->K);
         w = wide;
     }
     if (!g->pack_chunks) return w;

@@ -54,6 +54,7 @@ typedef struct cpu_packed {
     int64_t N, K;
     kn_dtype dt, store;
     int single; /* packed for one-row tiles */
+    int trans;  /* packed as w^T: for dx = dy . w (N and K are the product's: w is [K, N]) */
     /* A convolution's weight (cpu_conv.c): the primitive's weight layout, in one chunk;
      * ndims 0 for a product's. */
     dnnl_memory_desc_t layout;
@@ -64,8 +65,9 @@ typedef struct cpu_packed {
 } cpu_packed;
 
 /* c[M, N] = act(a[M, K] . op(b) + bias): a float32 with row stride lda; b either plain
- * float32 / 16-bit / FP8 (b_form, b_dtype, ldb; 16-bit and FP8 only as MM_PLAIN_NT) or
- * `packed`; bias[N] float32 (NULL: none); act applied when has_act. */
+ * float32 / 16-bit / FP8 (b_form, b_dtype, ldb; 16-bit and FP8 as MM_PLAIN_NT, or as
+ * MM_PLAIN_KN with pack_chunks) or `packed`; bias[N] float32 (NULL: none); act applied when
+ * has_act. */
 typedef struct cpu_mm {
     int64_t M, N, K;
     const float *a;
@@ -75,7 +77,7 @@ typedef struct cpu_mm {
     cpu_mm_form b_form;
     kn_dtype b_dtype;
     const cpu_packed *packed;
-    int pack_chunks; /* MM_PLAIN_NT b packed chunk by chunk for the tiles of each task */
+    int pack_chunks; /* b widened and packed chunk by chunk for the tiles of each task */
     int single_rows; /* one-row tiles */
     const float *bias;
     int has_act;
@@ -96,6 +98,15 @@ int cpu_mm_run(const cpu_mm *g, int parallel);
 int cpu_mm_direct(const cpu_mm_key *k, const void *a, const void *b, float *c);
 /* Whether oneDNN has the product of key k on this CPU. */
 int cpu_mm_supported(const cpu_mm_key *k);
+
+/* Shared by the attention and its gradient (cpu_attention.c): whether oneDNN multiplies bf16
+ * on this CPU (probed once with an attention-sized product); and the products' operands: n
+ * float32 tensors src[i] of rows[i] rows of HD narrowed to bf16 (round: rounded to bf16 values
+ * kept in float32) into one scratch buffer of ctx, dst[i] their copies. 0, or -1 with the
+ * error set. */
+int cpu_attn_bf16_products(void);
+int cpu_attn_operands(kn_ctx *ctx, int n, const float *const *src, const int64_t *rows, int64_t HD,
+                      int round, char **dst);
 
 /* Bytes of one packed chunk of key (F32 or BF16, form MM_PACKED); 0 when oneDNN has none. */
 size_t cpu_mm_packed_size(const cpu_mm_key *k);
@@ -121,9 +132,10 @@ struct cpu_pack_table {
 };
 struct cpu_pack_table *cpu_pack_table(kn_ctx *ctx);
 
-/* The packed form of weight w for products in dtype dt, made on first use and kept by ctx;
- * NULL with the error set when it cannot be made. */
-const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single);
+/* The packed form of weight w for products in dtype dt (x . w^T, or with trans dy . w), made
+ * on first use and kept by ctx; NULL with the error set when it cannot be made. */
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single,
+                                 int trans);
 /* The form of w that ctx keeps for (dt, single, layout), or NULL when it has none yet. */
 const cpu_packed *cpu_packed_find(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single,
                                   const dnnl_memory_desc_t *layout);
@@ -139,6 +151,11 @@ static inline const void *cpu_packed_chunk(const cpu_packed *p, int64_t chunk)
 
 /* Widens n values of dtype dt to float32 on the calling thread. */
 void cpu_widen(float *dst, const void *src, kn_dtype dt, size_t n);
+/* The float32 panel dst[nt, K] of a product's chunk of columns [n0, n0 + nt) (nt at most
+ * MM_TILE_N) from weight w of dtype dt and row stride ldw: rows n0.. of w[N, K], or with
+ * trans columns n0.. of w[K, N] transposed (dst[c, r] = w[r, n0 + c]). */
+void cpu_weight_panel(float *dst, const void *w, kn_dtype dt, int64_t ldw, int trans, int64_t n0,
+                      int64_t nt, int64_t K);
 /* act applied to x[0, n) in place. */
 void cpu_act_row(float *x, int64_t n, kn_act act);
 

@@ -20,8 +20,7 @@ static float lanes_total(float acc[SUM_LANES], float tail)
     return acc[0] + tail;
 }
 
-/* The sum of x[0, n). */
-static float sum_lanes(const float *x, int64_t n)
+float cpu_sum_lanes(const float *x, int64_t n)
 {
     float acc[SUM_LANES] = {0}, tail = 0.0f;
     int64_t i = 0;
@@ -33,8 +32,7 @@ static float sum_lanes(const float *x, int64_t n)
     return lanes_total(acc, tail);
 }
 
-/* The sum of (x - c)^2 over x[0, n). */
-static float sum_sq_lanes(const float *x, int64_t n, float c)
+float cpu_sum_sq_lanes(const float *x, int64_t n, float c)
 {
     float acc[SUM_LANES] = {0}, tail = 0.0f;
     int64_t i = 0;
@@ -50,11 +48,22 @@ static float sum_sq_lanes(const float *x, int64_t n, float c)
     return lanes_total(acc, tail);
 }
 
-/* Mean and 1/sqrt(biased variance + eps) of n floats, in two passes. */
-static void moments(const float *x, int64_t n, float eps, float *mean_out, float *rstd_out)
+float cpu_dot_lanes(const float *a, const float *b, int64_t n)
 {
-    float mean = n ? sum_lanes(x, n) / (float)n : 0.0f;
-    float var = n ? sum_sq_lanes(x, n, mean) / (float)n : 0.0f;
+    float acc[SUM_LANES] = {0}, tail = 0.0f;
+    int64_t i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++)
+            acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++)
+        tail += a[i] * b[i];
+    return lanes_total(acc, tail);
+}
+
+void cpu_moments(const float *x, int64_t n, float eps, float *mean_out, float *rstd_out)
+{
+    float mean = n ? cpu_sum_lanes(x, n) / (float)n : 0.0f;
+    float var = n ? cpu_sum_sq_lanes(x, n, mean) / (float)n : 0.0f;
     *mean_out = mean;
     *rstd_out = 1.0f / sqrtf(var + eps);
 }
@@ -64,7 +73,7 @@ static void layer_norm_row(float *y, const float *x, int64_t D, const float *w, 
                            float eps)
 {
     float mean, rstd;
-    moments(x, D, eps, &mean, &rstd);
+    cpu_moments(x, D, eps, &mean, &rstd);
     float bias = -rstd * mean;
     for (int64_t j = 0; j < D; j++) {
         float t = x[j] * rstd + bias;
@@ -106,10 +115,15 @@ int cpu_layer_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tenso
 }
 
 /* `x * torch.rsqrt(x.pow(2).mean(-1) + eps)`, then `w * that`: two roundings, as in torch. */
+float cpu_rms_scale(const float *x, int64_t n, float eps)
+{
+    float var = n ? cpu_sum_sq_lanes(x, n, 0.0f) / (float)n : 0.0f;
+    return 1.0f / sqrtf(var + eps);
+}
+
 static void rms_norm_row(float *y, const float *x, int64_t D, const float *w, float eps)
 {
-    float var = D ? sum_sq_lanes(x, D, 0.0f) / (float)D : 0.0f;
-    float rs = 1.0f / sqrtf(var + eps);
+    float rs = cpu_rms_scale(x, D, eps);
     for (int64_t k = 0; k < D; k++) {
         float t = x[k] * rs;
         y[k] = w ? w[k] * t : t;
@@ -135,26 +149,41 @@ int cpu_rms_norm(kn_ctx *ctx, kn_tensor *y, const kn_tensor *x, const kn_tensor 
     return 0;
 }
 
-/* Rows of a joined q/k/v product: row r of qkv is row row0 + r % n of sample r / n. */
+int cpu_qkv_rows_init(kn_ctx *ctx, cpu_qkv_rows *g, const kn_tensor *qkv, const kn_tensor *q,
+                      int64_t row0, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
+                      float eps)
+{
+    *g = (cpu_qkv_rows){.n = qkv->shape[1],
+                        .L = q->shape[1],
+                        .row0 = row0,
+                        .D = q->shape[2],
+                        .Dh = q->shape[2] / heads,
+                        .eps = eps};
+    if (!q_norm) return 0;
+    g->qw = cpu_f32_span(ctx, CPU_SLOT_PARAM, q_norm, 0, g->Dh);
+    g->kw = cpu_f32_span(ctx, CPU_SLOT_PARAM2, k_norm, 0, g->Dh);
+    return g->qw && g->kw ? 0 : -1;
+}
+
 struct qkv_job {
     float *q, *k, *v;
-    const float *qkv, *qw, *kw;
-    int64_t n, L, row0, D, Dh;
-    float eps;
+    const float *qkv;
+    cpu_qkv_rows g;
 };
 
 static void qkv_split_range(void *p, int64_t lo, int64_t hi)
 {
     const struct qkv_job *j = p;
-    const int64_t D = j->D;
+    const cpu_qkv_rows *g = &j->g;
+    const int64_t D = g->D;
     for (int64_t r = lo; r < hi; r++) {
         const float *src = j->qkv + r * 3 * D;
-        const int64_t at = ((r / j->n) * j->L + j->row0 + r % j->n) * D;
+        const int64_t at = cpu_qkv_row_at(g, r);
         float *q = j->q + at, *k = j->k + at;
-        if (j->qw) {
-            for (int64_t h = 0; h < D; h += j->Dh) {
-                rms_norm_row(q + h, src + h, j->Dh, j->qw, j->eps);
-                rms_norm_row(k + h, src + D + h, j->Dh, j->kw, j->eps);
+        if (g->qw) {
+            for (int64_t h = 0; h < D; h += g->Dh) {
+                rms_norm_row(q + h, src + h, g->Dh, g->qw, g->eps);
+                rms_norm_row(k + h, src + D + h, g->Dh, g->kw, g->eps);
             }
         } else {
             memcpy(q, src, (size_t)D * sizeof(float));
@@ -172,23 +201,10 @@ int cpu_qkv_split(kn_ctx *ctx, kn_tensor *q, kn_tensor *k, kn_tensor *v, int64_t
         CPU_HALF(cpu_qkv_split(ctx, cpu_half_out(H, q, 1), cpu_half_out(H, k, 1),
                                cpu_half_out(H, v, 1), row0, cpu_half_in(H, qkv), heads, q_norm,
                                k_norm, eps));
-    const int64_t B = qkv->shape[0], n = qkv->shape[1], D = q->shape[2];
-    struct qkv_job j = {.q = q->data,
-                        .k = k->data,
-                        .v = v->data,
-                        .qkv = qkv->data,
-                        .n = n,
-                        .L = q->shape[1],
-                        .row0 = row0,
-                        .D = D,
-                        .Dh = D / heads,
-                        .eps = eps};
-    if (q_norm) {
-        j.qw = cpu_f32_span(ctx, CPU_SLOT_PARAM, q_norm, 0, j.Dh);
-        j.kw = cpu_f32_span(ctx, CPU_SLOT_PARAM2, k_norm, 0, j.Dh);
-        if (!j.qw || !j.kw) return -1;
-    }
-    cpu_parallel(B * n, B * n * 3 * D, qkv_split_range, &j);
+    struct qkv_job j = {.q = q->data, .k = k->data, .v = v->data, .qkv = qkv->data};
+    if (cpu_qkv_rows_init(ctx, &j.g, qkv, q, row0, heads, q_norm, k_norm, eps) < 0) return -1;
+    const int64_t rows = qkv->shape[0] * j.g.n;
+    cpu_parallel(rows, rows * 3 * j.g.D, qkv_split_range, &j);
     return 0;
 }
 
@@ -211,7 +227,7 @@ static void group_norm_range(void *p, int64_t lo, int64_t hi)
         const float *xg = j->x + i * cg * HW;
         float *yg = j->y + i * cg * HW;
         float mean, rstd;
-        moments(xg, cg * HW, j->eps, &mean, &rstd);
+        cpu_moments(xg, cg * HW, j->eps, &mean, &rstd);
         for (int64_t c = 0; c < cg; c++) {
             float scale = rstd * j->w[c0 + c];
             float bias = -scale * mean + j->b[c0 + c];

@@ -65,7 +65,52 @@ __attribute__((target("avx2,fma"))) static inline __m256 cpu_exp8_nonpos(__m256 
     e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
+/* tanh of eight floats as Cephes' tanhf computes it: an odd polynomial below 0.625 and
+ * (1 - e) / (1 + e) with e = exp(-2|x|) above; within a few ulps of tanhf, as PyTorch's own
+ * vectorised tanh is. */
+__attribute__((target("avx2,fma"))) static inline __m256 cpu_tanh8(__m256 x)
+{
+    const __m256 neg0 = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    __m256 ax = _mm256_andnot_ps(neg0, x);
+    __m256 e = cpu_exp8_nonpos(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
+    __m256 big = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 q = _mm256_set1_ps(-5.70498872745e-3f);
+    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(2.06390887954e-2f));
+    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-5.37397155531e-2f));
+    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(1.33314422036e-1f));
+    q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-3.33332819422e-1f));
+    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(q, z), x, x);
+    __m256 t = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+    return _mm256_or_ps(t, _mm256_and_ps(neg0, x));
+}
 #endif
+
+/* Row statistics (cpu_norm.c): float32 sums in 32 lanes combined pairwise, in an order fixed
+ * by the row's length. The sum of x[0, n); of (x - c)^2; of a * b; the mean and 1/sqrt(biased
+ * variance + eps) in two passes; 1/sqrt(mean(x^2) + eps), an RMSNorm's scale. */
+float cpu_sum_lanes(const float *x, int64_t n);
+float cpu_sum_sq_lanes(const float *x, int64_t n, float c);
+float cpu_dot_lanes(const float *a, const float *b, int64_t n);
+void cpu_moments(const float *x, int64_t n, float eps, float *mean, float *rstd);
+float cpu_rms_scale(const float *x, int64_t n, float eps);
+
+/* Where the rows of a joined q/k/v product go and how its heads are normalised, for
+ * kn_qkv_split and its gradient (cpu_norm.c): row r of qkv [B, n, 3D] is row row0 + r % n of
+ * sample r / n of q, k and v [B, L, D], at element cpu_qkv_row_at; qw and kw are the widened
+ * norm weights [Dh], or NULL for none. cpu_qkv_rows_init: 0, or -1 with the error set. */
+typedef struct cpu_qkv_rows {
+    const float *qw, *kw;
+    int64_t n, L, row0, D, Dh;
+    float eps;
+} cpu_qkv_rows;
+int cpu_qkv_rows_init(kn_ctx *ctx, cpu_qkv_rows *g, const kn_tensor *qkv, const kn_tensor *q,
+                      int64_t row0, int heads, const kn_tensor *q_norm, const kn_tensor *k_norm,
+                      float eps);
+static inline int64_t cpu_qkv_row_at(const cpu_qkv_rows *g, int64_t r)
+{
+    return ((r / g->n) * g->L + g->row0 + r % g->n) * g->D;
+}
 
 /* 16-bit activations (cpu_half.c): an op whose output is F16 or BF16 runs itself again on
  * float32 twins and rounds its outputs back, by
@@ -77,7 +122,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 cpu_exp8_nonpos(__m256 
  * allocated jumps back to CPU_HALF (longjmp), which frees the others and returns the error
  * without running the op. The state is the thread's own (the F32 run of an op never comes
  * back through CPU_HALF), so that nothing local to the op changes between setjmp and longjmp. */
-#define CPU_HALF_MAX 6
+#define CPU_HALF_MAX 8
 typedef struct cpu_half {
     kn_tensor twin[CPU_HALF_MAX];
     kn_tensor *dst[CPU_HALF_MAX];

@@ -25,11 +25,12 @@ static int same_layout(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b)
 }
 
 static cpu_packed **table_find(struct cpu_pack_table *t, const void *src, kn_dtype dt, int single,
-                               const dnnl_memory_desc_t *layout)
+                               int trans, const dnnl_memory_desc_t *layout)
 {
     size_t i = hash_ptr(src, t->cap);
     for (cpu_packed *p; (p = t->slot[i]) != NULL; i = (i + 1) & (t->cap - 1))
-        if (p->src == src && p->dt == dt && p->single == single && same_layout(&p->layout, layout))
+        if (p->src == src && p->dt == dt && p->single == single && p->trans == trans &&
+            same_layout(&p->layout, layout))
             break;
     return &t->slot[i];
 }
@@ -41,7 +42,7 @@ static int table_grow(struct cpu_pack_table *t)
     if (!n.slot) return err_set(ERR_NOMEM, "out of memory for the packed weight table");
     for (size_t i = 0; i < t->cap; i++) {
         cpu_packed *p = t->slot[i];
-        if (p) *table_find(&n, p->src, p->dt, p->single, &p->layout) = p;
+        if (p) *table_find(&n, p->src, p->dt, p->single, p->trans, &p->layout) = p;
     }
     free(t->slot);
     *t = n;
@@ -68,15 +69,14 @@ static void pack_range(void *arg, int64_t lo, int64_t hi)
                         .dt = j->p->store,
                         .round_bf16 = round,
                         .single = j->p->single};
-        const char *src = (const char *)j->w->data + (size_t)(n0 * K) * es;
-        const float *wf = (const float *)src;
-        if (j->w->dtype != KN_F32 || round) {
+        const float *wf = (const float *)((const char *)j->w->data + (size_t)(n0 * K) * es);
+        if (j->w->dtype != KN_F32 || round || j->p->trans) {
             float *buf = cpu_mm_thread_buffer((size_t)(nt * K) * sizeof(float));
             if (!buf) {
                 __atomic_store_n(&j->rc, ERR_NOMEM, __ATOMIC_RELAXED);
                 return;
             }
-            cpu_widen(buf, src, j->w->dtype, (size_t)(nt * K));
+            cpu_weight_panel(buf, j->w->data, j->w->dtype, kn_cols(j->w), j->p->trans, n0, nt, K);
             if (round) cpu_mm_round_bf16(buf, (size_t)(nt * K));
             wf = buf;
         }
@@ -93,12 +93,17 @@ void cpu_packed_free(cpu_packed *p)
     free(p);
 }
 
-static cpu_packed *pack(const kn_tensor *w, kn_dtype dt, int single)
+static cpu_packed *pack(const kn_tensor *w, kn_dtype dt, int single, int trans)
 {
     cpu_packed *p = calloc(1, sizeof *p);
     if (!p) goto nomem;
-    *p = (cpu_packed){
-        .src = w->data, .N = kn_rows(w), .K = kn_cols(w), .dt = dt, .store = dt, .single = single};
+    *p = (cpu_packed){.src = w->data,
+                      .N = trans ? kn_cols(w) : kn_rows(w),
+                      .K = trans ? kn_rows(w) : kn_cols(w),
+                      .dt = dt,
+                      .store = dt,
+                      .single = single,
+                      .trans = trans};
     p->chunks = (p->N + MM_TILE_N - 1) / MM_TILE_N;
     if (!(p->offset = calloc((size_t)p->chunks, sizeof *p->offset))) goto nomem;
     for (int64_t c = 0; c < p->chunks; c++) {
@@ -143,7 +148,7 @@ const cpu_packed *cpu_packed_find(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, 
                                   const dnnl_memory_desc_t *layout)
 {
     struct cpu_pack_table *t = cpu_pack_table(ctx);
-    return t->cap ? *table_find(t, w->data, dt, single, layout) : NULL;
+    return t->cap ? *table_find(t, w->data, dt, single, 0, layout) : NULL;
 }
 
 int cpu_packed_keep(kn_ctx *ctx, cpu_packed *p, const kn_tensor *w)
@@ -153,19 +158,21 @@ int cpu_packed_keep(kn_ctx *ctx, cpu_packed *p, const kn_tensor *w)
         cpu_packed_free(p);
         return ERR_NOMEM;
     }
-    *table_find(t, p->src, p->dt, p->single, &p->layout) = p;
+    *table_find(t, p->src, p->dt, p->single, p->trans, &p->layout) = p;
     t->used++;
     kn_account(ctx, (int64_t)p->bytes);
     if (!w->owned) cpu_release_mapped(w->data, kn_nbytes(w));
     return 0;
 }
 
-const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single)
+const cpu_packed *cpu_packed_get(kn_ctx *ctx, const kn_tensor *w, kn_dtype dt, int single,
+                                 int trans)
 {
     const dnnl_memory_desc_t none = {0};
-    const cpu_packed *found = cpu_packed_find(ctx, w, dt, single, &none);
+    struct cpu_pack_table *t = cpu_pack_table(ctx);
+    const cpu_packed *found = t->cap ? *table_find(t, w->data, dt, single, trans, &none) : NULL;
     if (found) return found;
-    cpu_packed *p = pack(w, dt, single);
+    cpu_packed *p = pack(w, dt, single, trans);
     return p && cpu_packed_keep(ctx, p, w) == 0 ? p : NULL;
 }
 
@@ -186,7 +193,7 @@ void cpu_packed_forget(kn_ctx *ctx, const void *src)
             cpu_packed_free(p);
             continue;
         }
-        *table_find(&kept, p->src, p->dt, p->single, &p->layout) = p;
+        *table_find(&kept, p->src, p->dt, p->single, p->trans, &p->layout) = p;
         kept.used++;
     }
     free(t->slot);

@@ -31,6 +31,9 @@ static struct {
     cpu_range_fn fn;
     void *arg;
     int64_t n;
+    /* The loop count when each worker was started: a worker started after loops have run
+     * must not take the last of them, long finished, for a new one. */
+    unsigned long born[KN_CPU_MAX_THREADS];
 } pool = {PTHREAD_ONCE_INIT,
           PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER,
@@ -42,7 +45,8 @@ static struct {
           0,
           NULL,
           NULL,
-          0};
+          0,
+          {0}};
 
 #if defined(__x86_64__) && defined(__GNUC__)
 static int have_avx;
@@ -77,8 +81,8 @@ static void run_part(cpu_range_fn fn, void *arg, int64_t n, int part, int parts)
 static void *pool_worker(void *p)
 {
     int id = (int)(intptr_t)p;
-    unsigned long seen = 0;
     pthread_mutex_lock(&pool.mu);
+    unsigned long seen = pool.born[id];
     for (;;) {
         while (pool.gen == seen)
             pthread_cond_wait(&pool.go, &pool.mu);
@@ -105,6 +109,7 @@ static void pool_grow(int want)
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (pool.threads < want) {
         pthread_t t;
+        pool.born[pool.threads] = pool.gen;
         if (pthread_create(&t, &attr, pool_worker, (void *)(intptr_t)pool.threads) != 0) break;
         pool.threads++;
     }
