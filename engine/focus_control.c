@@ -31,11 +31,15 @@ int focus_request_check(const focus_request *r, const text_tokenizers *tok, cons
     if ((unsigned)r->heuristic > FOCUS_HEURISTIC_DIVIDE_AND_BIND)
         return err_set(ERR_INVALID, "focus_heuristic: %d is not a heuristic", r->heuristic);
     if (images != 1)
-        return err_set(ERR_RANGE, "count: %d images, but the FOCUS control steers one latent "
-                       "(count 1)", images);
+        return err_set(ERR_RANGE,
+                       "count: %d images, but the FOCUS control steers one latent "
+                       "(count 1)",
+                       images);
     if (gh < 2 || gw < 2)
-        return err_set(ERR_RANGE, "width x height: a %lld x %lld patch grid is too small for "
-                       "the FOCUS maps' blur (2 x 2 at least)", (long long)gw, (long long)gh);
+        return err_set(ERR_RANGE,
+                       "width x height: a %lld x %lld patch grid is too small for "
+                       "the FOCUS maps' blur (2 x 2 at least)",
+                       (long long)gw, (long long)gh);
     int rc = focus_subjects_resolve(tok, prompt, max_seq, r->subjects, r->n_subjects, g);
     return rc < 0 ? err_prefix(rc, "subjects: ") : 0;
 }
@@ -54,8 +58,7 @@ int focus_control_create(mmdit *dit, const focus_groups *g, const focus_request 
         c->costs[i] = NAN;
     int rc = mmdit_focus_create(dit, g->tok, g->n_tok, 0, &c->capture);
     if (rc == 0)
-        rc = kn_alloc(mmdit_ctx(dit), &c->grad, KN_F32, 4,
-                      (int64_t[]){1, mc->in_channels, h, w});
+        rc = kn_alloc(mmdit_ctx(dit), &c->grad, KN_F32, 4, (int64_t[]){1, mc->in_channels, h, w});
     if (rc < 0) {
         focus_control_free(c);
         return rc;

@@ -3,7 +3,8 @@
  * sample are captured from the step's forward pass, the running cost is taken, its gradient
  * with respect to the latent computed by one reverse pass, and
  *
- *     v <- v + lambda * 2 (1 - tau + 1e-3) / (tau + 1e-3) * (1 - tau) * grad,  tau = (1000 - t) / 1000
+ *     v <- v + lambda * 2 (1 - tau + 1e-3) / (tau + 1e-3) * (1 - tau) * grad,  tau = (1000 - t) /
+ * 1000
  *
  * is added to the guided velocity before the Euler step, in the reference's float32 op order.
  * The reference's separate batch-1 forward of the conditional prompt computes what the

@@ -139,8 +139,7 @@ static double jsd(const float *const *q, int T, int64_t n, float *const *gq, flo
 
 /* ---- the heuristics, on the blurred maps emb [T, n]; gemb (if not NULL) += d cost / d emb ---- */
 
-static int focus_term(const focus_groups *g, const float *emb, int64_t n, float *gemb,
-                      double *cost)
+static int focus_term(const focus_groups *g, const float *emb, int64_t n, float *gemb, double *cost)
 {
     const int K = g->n_subjects;
     int widest = 0, n_within = 0;
@@ -167,8 +166,8 @@ static int focus_term(const focus_groups *g, const float *emb, int64_t n, float 
             rows[i] = emb + (size_t)(f + i) * n;
             grows[i] = gemb ? gemb + (size_t)(f + i) * n : NULL;
         }
-        if (size > 1) within += jsd(rows, size, n, gemb ? grows : NULL, 0.5f / n_within, scratch,
-                             sums);
+        if (size > 1)
+            within += jsd(rows, size, n, gemb ? grows : NULL, 0.5f / n_within, scratch, sums);
         for (int64_t p = 0; p < n; p++) {
             double s = 0;
             for (int i = 0; i < size; i++)
@@ -323,13 +322,15 @@ static int check_groups(const focus_groups *g, int blocks, int64_t gh, int64_t g
         if (g->first[k + 1] <= g->first[k])
             return err_set(ERR_INVALID, "focus cost: subject %d has no tokens", k + 1);
     if (blocks < 1 || gh < 2 || gw < 2)
-        return err_set(ERR_INVALID, "focus cost: %d blocks of %lld x %lld maps (need 1 block "
-                       "and 2 x 2)", blocks, (long long)gh, (long long)gw);
+        return err_set(ERR_INVALID,
+                       "focus cost: %d blocks of %lld x %lld maps (need 1 block "
+                       "and 2 x 2)",
+                       blocks, (long long)gh, (long long)gw);
     return 0;
 }
 
-int focus_cost(const focus_groups *g, focus_heuristic h, const float *maps, int blocks,
-               int64_t gh, int64_t gw, float *cost, float *dmaps)
+int focus_cost(const focus_groups *g, focus_heuristic h, const float *maps, int blocks, int64_t gh,
+               int64_t gw, float *cost, float *dmaps)
 {
     int rc = check_groups(g, blocks, gh, gw);
     if (rc < 0) return rc;

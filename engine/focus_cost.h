@@ -16,7 +16,7 @@
 #define FOCUS_MAX_TOKENS 256 /* selected text tokens over all subjects */
 
 typedef enum focus_heuristic {
-    FOCUS_HEURISTIC_FOCUS,            /* controller_loss: generalised Jensen-Shannon terms */
+    FOCUS_HEURISTIC_FOCUS,             /* controller_loss: generalised Jensen-Shannon terms */
     FOCUS_HEURISTIC_ATTEND_AND_EXCITE, /* attend_and_excite_loss */
     FOCUS_HEURISTIC_DIVIDE_AND_BIND,   /* divide_and_bind_loss */
 } focus_heuristic;
@@ -40,7 +40,7 @@ const char *focus_heuristic_name(focus_heuristic h);
  * mean, the 3 x 3 sigma-1 Gaussian blur with reflect padding over the gh x gw grid, then the
  * heuristic. When dmaps is not NULL it receives d cost / d maps, of the maps' shape. gh and gw
  * must be at least 2 (the blur's reflection). Returns 0 or ERR_INVALID / ERR_NOMEM. */
-int focus_cost(const focus_groups *g, focus_heuristic h, const float *maps, int blocks,
-               int64_t gh, int64_t gw, float *cost, float *dmaps);
+int focus_cost(const focus_groups *g, focus_heuristic h, const float *maps, int blocks, int64_t gh,
+               int64_t gw, float *cost, float *dmaps);
 
 #endif

@@ -23,8 +23,10 @@ static int parse_list(const char *what, const char *s, const char *end, int32_t 
         char *stop;
         long v = strtol(s, &stop, 10);
         if (stop == s || stop > end || v < 0 || v > 100000)
-            return err_set(ERR_INVALID, "focus tokens: %s positions must be non-negative "
-                           "integers separated by commas", what);
+            return err_set(ERR_INVALID,
+                           "focus tokens: %s positions must be non-negative "
+                           "integers separated by commas",
+                           what);
         if (*n == FOCUS_MAX_POSITIONS)
             return err_set(ERR_INVALID, "focus tokens: more than %d %s positions",
                            FOCUS_MAX_POSITIONS, what);
@@ -53,8 +55,10 @@ int focus_positions_parse(const char *text, focus_subject *s)
         else if (!strncmp(p, "clip=", 5) && !seen_clip)
             seen_clip = true, rc = parse_list("clip", p + 5, end, s->clip, &s->n_clip);
         else
-            rc = err_set(ERR_INVALID, "focus tokens '%s': expected 't5=1,2;clip=2' (each part "
-                         "once)", text);
+            rc = err_set(ERR_INVALID,
+                         "focus tokens '%s': expected 't5=1,2;clip=2' (each part "
+                         "once)",
+                         text);
         if (rc < 0) return rc;
         p = *end ? end + 1 : end;
     }
@@ -119,12 +123,16 @@ static int phrase_positions(const tokenizer_view *v, const char *prompt, size_t 
         (rc = nw = content(v, prompt, strlen(prompt), whole)) >= 0) {
         rc = 0;
         if (n1 > v->cap)
-            rc = err_set(ERR_RANGE, "focus subject '%s' lies beyond the %d %s tokens the model "
-                         "reads", phrase, v->cap, v->name);
+            rc = err_set(ERR_RANGE,
+                         "focus subject '%s' lies beyond the %d %s tokens the model "
+                         "reads",
+                         phrase, v->cap, v->name);
         else if (n1 <= n0 || nw < n1 || memcmp(ids, whole, (size_t)n1 * sizeof *ids) ||
                  memcmp(ids, head, (size_t)n0 * sizeof *ids))
-            rc = err_set(ERR_INVALID, "focus subject '%s' does not fall on %s token boundaries "
-                         "of the prompt", phrase, v->name);
+            rc = err_set(ERR_INVALID,
+                         "focus subject '%s' does not fall on %s token boundaries "
+                         "of the prompt",
+                         phrase, v->name);
         else if (n1 - n0 > FOCUS_MAX_POSITIONS)
             rc = err_set(ERR_RANGE, "focus subject '%s' is more than %d %s tokens", phrase,
                          FOCUS_MAX_POSITIONS, v->name);
@@ -144,15 +152,17 @@ static int resolve_phrase(const text_tokenizers *tok, const char *prompt, int ma
     int rc = find_phrase(prompt, phrase, &at);
     if (rc < 0) return rc;
     const size_t end = at + strlen(phrase);
-    const tokenizer_view clip = {.name = "CLIP", .clip = tok->clip_l,
-                                 .cap = clip_tokenizer_max_length(tok->clip_l) - 2, .before = 1};
+    const tokenizer_view clip = {.name = "CLIP",
+                                 .clip = tok->clip_l,
+                                 .cap = clip_tokenizer_max_length(tok->clip_l) - 2,
+                                 .before = 1};
     if ((rc = phrase_positions(&clip, prompt, at, end, phrase, s->clip, &s->n_clip)) < 0 ||
         !tok->t5)
         return rc;
     int before, after;
     t5_tokenizer_specials(tok->t5, &before, &after);
-    const tokenizer_view t5 = {.name = "T5", .t5 = tok->t5, .cap = max_seq - before - after,
-                               .before = before};
+    const tokenizer_view t5 = {
+        .name = "T5", .t5 = tok->t5, .cap = max_seq - before - after, .before = before};
     return phrase_positions(&t5, prompt, at, end, phrase, s->t5, &s->n_t5);
 }
 
@@ -163,8 +173,8 @@ static int add_tokens(focus_groups *g, int k, const int32_t *pos, int n, int lim
 {
     for (int i = 0; i < n; i++) {
         if (pos[i] < 0 || pos[i] >= limit)
-            return err_set(ERR_RANGE, "focus subject %d: %s position %d outside 0..%d", k + 1,
-                           what, pos[i], limit - 1);
+            return err_set(ERR_RANGE, "focus subject %d: %s position %d outside 0..%d", k + 1, what,
+                           pos[i], limit - 1);
         const int32_t joint = offset + pos[i];
         for (int j = 0; j < g->n_tok; j++)
             if (g->tok[j] == joint) {
@@ -197,8 +207,10 @@ int focus_subjects_resolve(const text_tokenizers *tok, const char *prompt, int m
         int rc = 0;
         if (s.phrase) rc = resolve_phrase(tok, prompt, max_seq, s.phrase, &s);
         if (rc == 0 && s.n_t5 && !tok->t5)
-            rc = err_set(ERR_INVALID, "focus subject %d: T5 positions, but the model has no T5 "
-                         "encoder", k + 1);
+            rc = err_set(ERR_INVALID,
+                         "focus subject %d: T5 positions, but the model has no T5 "
+                         "encoder",
+                         k + 1);
         /* The reference's order: a subject's T5 tokens, then its CLIP tokens. */
         if (rc == 0) rc = add_tokens(out, k, s.t5, s.n_t5, max_seq, clip_len, "T5");
         if (rc == 0) rc = add_tokens(out, k, s.clip, s.n_clip, clip_len, 0, "CLIP");

@@ -12,8 +12,8 @@ static void add_slg(gen_text *t, const gen_params *p)
 {
     size_t n = 0;
     for (int i = 0; i < p->slg_count && n < sizeof t->slg; i++)
-        n += (size_t)snprintf(t->slg + n, sizeof t->slg - n, "%s%d", i ? "," : "",
-                              p->slg_layers[i]);
+        n +=
+            (size_t)snprintf(t->slg + n, sizeof t->slg - n, "%s%d", i ? "," : "", p->slg_layers[i]);
     if (n < sizeof t->slg)
         snprintf(t->slg + n, sizeof t->slg - n, " scale %g window %g..%g", (double)p->slg_scale,
                  p->slg_start, p->slg_stop);
@@ -39,8 +39,13 @@ static void add_focus(gen_text *t, const focus_request *r)
         for (int w = 0; w < 2; w++)
             for (int i = 0; i < count[w] && n < cap; i++)
                 n += (size_t)snprintf(t->focus_subjects + n, cap - n, "%s%s%d",
-                                      i ? "," : w && count[0] ? ";" : "",
-                                      i ? "" : w ? "clip=" : "t5=", pos[w][i]);
+                                      i               ? ","
+                                      : w && count[0] ? ";"
+                                                      : "",
+                                      i   ? ""
+                                      : w ? "clip="
+                                          : "t5=",
+                                      pos[w][i]);
     }
     snprintf(t->focus_lambda, sizeof t->focus_lambda, "%g", (double)r->lambda);
     add(t, "focus_subjects", t->focus_subjects);

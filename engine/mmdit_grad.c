@@ -23,11 +23,38 @@
 
 /* The reverse pass's buffers for one sample (B = 1), in the compute dtype unless noted. */
 enum {
-    BUF_NTOK, BUF_NCTX, BUF_QKV_I, BUF_QKV_T, BUF_Q, BUF_K, BUF_V, BUF_O, /* joint attention */
-    BUF_NTOK2, BUF_QKV2, BUF_Q2, BUF_K2, BUF_V2, BUF_O2,                /* attn2 */
-    BUF_TOK2, BUF_CX1, BUF_HP, BUF_HPC,          /* FF inputs and pre-activations */
-    BUF_DT, BUF_DC, BUF_TN, BUF_TN2, BUF_TS, BUF_DH, BUF_DQKV, BUF_DQ, BUF_DK, BUF_DV, BUF_DO,
-    BUF_MOD, BUF_MODC, BUF_DX,
+    BUF_NTOK,
+    BUF_NCTX,
+    BUF_QKV_I,
+    BUF_QKV_T,
+    BUF_Q,
+    BUF_K,
+    BUF_V,
+    BUF_O, /* joint attention */
+    BUF_NTOK2,
+    BUF_QKV2,
+    BUF_Q2,
+    BUF_K2,
+    BUF_V2,
+    BUF_O2, /* attn2 */
+    BUF_TOK2,
+    BUF_CX1,
+    BUF_HP,
+    BUF_HPC, /* FF inputs and pre-activations */
+    BUF_DT,
+    BUF_DC,
+    BUF_TN,
+    BUF_TN2,
+    BUF_TS,
+    BUF_DH,
+    BUF_DQKV,
+    BUF_DQ,
+    BUF_DK,
+    BUF_DV,
+    BUF_DO,
+    BUF_MOD,
+    BUF_MODC,
+    BUF_DX,
     N_BUFS
 };
 
@@ -36,11 +63,11 @@ struct mmdit_focus {
     int n, sample;
     int32_t *tok, *sel; /* text rows; their key indices N + tok[j] in the joint sequence */
     int64_t N, S, gh, gw;
-    kn_tensor lse, lse2;   /* [B, H, L] of the captured forward; [1, H, N] for attn2 (F32) */
-    kn_tensor maps;        /* [blocks, n, N] F32 */
-    kn_tensor inputs;      /* [blocks, N + S, D]: each block's image then text input rows */
-    kn_tensor tact;        /* [1, D] SiLU(temb) of the sample */
-    kn_tensor dmaps;       /* [blocks, n, N] F32 */
+    kn_tensor lse, lse2; /* [B, H, L] of the captured forward; [1, H, N] for attn2 (F32) */
+    kn_tensor maps;      /* [blocks, n, N] F32 */
+    kn_tensor inputs;    /* [blocks, N + S, D]: each block's image then text input rows */
+    kn_tensor tact;      /* [1, D] SiLU(temb) of the sample */
+    kn_tensor dmaps;     /* [blocks, n, N] F32 */
     kn_tensor buf[N_BUFS];
     float *maps_host;
     int64_t cap_b, cap_n, cap_s; /* sizes the tensors are allocated for */
@@ -106,7 +133,7 @@ static int focus_tensors(const mmdit *m, mmdit_focus *f, int64_t B, int64_t N, i
     const int64_t patches = N * m->cfg.in_channels * m->cfg.patch_size * m->cfg.patch_size;
     const kn_dtype dt = m->act;
     const focus_tensor all[] = {
-        {&f->lse, KN_F32, B * H, L},         {&f->lse2, KN_F32, H, N},
+        {&f->lse, KN_F32, B * H, L},          {&f->lse2, KN_F32, H, N},
         {&f->maps, KN_F32, blocks * f->n, N}, {&f->dmaps, KN_F32, blocks * f->n, N},
         {&f->inputs, dt, blocks * L, D},      {&f->tact, dt, 1, D},
         {&f->buf[BUF_NTOK], dt, N, D},        {&f->buf[BUF_NCTX], dt, S, D},
@@ -152,11 +179,13 @@ static int ensure(mmdit *m, mmdit_focus *f, int64_t B, int64_t N, int64_t S)
     focus_tensor want[MAX_FOCUS_TENSORS];
     const int count = focus_tensors(m, f, B, N, S, want);
     for (int i = 0; i < count; i++) {
-        int rc = kn_alloc(m->ctx, want[i].t, want[i].dt, 2, (int64_t[]){want[i].rows, want[i].cols});
+        int rc =
+            kn_alloc(m->ctx, want[i].t, want[i].dt, 2, (int64_t[]){want[i].rows, want[i].cols});
         if (rc < 0) {
             free_tensors(m->ctx, f);
-            return err_prefix(rc, "focus capture for %lld image and %lld text tokens: ",
-                              (long long)N, (long long)S);
+            return err_prefix(rc,
+                              "focus capture for %lld image and %lld text tokens: ", (long long)N,
+                              (long long)S);
         }
     }
     const int64_t blocks = m->cfg.num_layers;
@@ -259,9 +288,8 @@ typedef struct block_state {
 
 static kn_attn_args attn_args(const mmdit *m, kn_tensor *lse)
 {
-    return (kn_attn_args){.heads = (int)m->heads,
-                          .scale = (float)(1.0 / sqrt((double)m->head_dim)),
-                          .lse = lse};
+    return (kn_attn_args){
+        .heads = (int)m->heads, .scale = (float)(1.0 / sqrt((double)m->head_dim)), .lse = lse};
 }
 
 static int qkv_forward(mmdit *m, const attn_stream *s, const kn_tensor *x, kn_tensor *qkv,
@@ -334,11 +362,11 @@ static int recompute(mmdit *m, mmdit_focus *f, int i, block_state *st)
         f->lse2 = kn_reshape(&f->lse2, 3, (int64_t[]){1, m->heads, N});
         kn_attn_args args2 = attn_args(m, &f->lse2);
         if ((rc = kn_ln_modulate(m->ctx, &st->ntok2, &st->tok0, &st->mod, 6, 7, MMDIT_EPS)) < 0 ||
-            (rc = qkv_forward(m, &bl->img2, &st->ntok2, &st->qkv2, 0, &st->q2, &st->k2,
-                              &st->v2)) < 0 ||
+            (rc = qkv_forward(m, &bl->img2, &st->ntok2, &st->qkv2, 0, &st->q2, &st->k2, &st->v2)) <
+                0 ||
             (rc = kn_attention(m->ctx, &st->o2, &st->q2, &st->k2, &st->v2, &args2)) < 0 ||
-            (rc = gated(m, &st->tok2, &st->tok2, &st->o2, &bl->img2.out, &scratch_n, &st->mod,
-                        8)) < 0)
+            (rc = gated(m, &st->tok2, &st->tok2, &st->o2, &bl->img2.out, &scratch_n, &st->mod, 8)) <
+                0)
             return rc;
     }
     kn_tensor n3 = rows3(&b[BUF_NTOK], N, D), nc3 = rows3(&b[BUF_NCTX], S, D);
@@ -368,9 +396,8 @@ static int ff_backward(mmdit *m, kn_tensor *d, const kn_tensor *x, const kn_tens
 /* t = the gradient reaching x through LN-modulate(x) -> q/k/v (rows row0.. of dq, dk, dv):
  * the split's norms, the joined product, the LayerNorm under modulation. */
 static int qkv_backward(mmdit *m, const attn_stream *s, const kn_tensor *dq, const kn_tensor *dk,
-                        const kn_tensor *dv, int64_t row0, const kn_tensor *qkv,
-                        const kn_tensor *x, const kn_tensor *mod, int scale_idx, kn_tensor *t,
-                        kn_tensor *dqkv)
+                        const kn_tensor *dv, int64_t row0, const kn_tensor *qkv, const kn_tensor *x,
+                        const kn_tensor *mod, int scale_idx, kn_tensor *t, kn_tensor *dqkv)
 {
     const kn_tensor *nq = s->norm_q.data ? &s->norm_q : NULL, *nk = nq ? &s->norm_k : NULL;
     int rc;
@@ -411,8 +438,8 @@ static int block_backward(mmdit *m, mmdit_focus *f, int i, const block_state *st
             kn_attn_args args2 = attn_args(m, &f->lse2);
             if ((rc = kn_gate_grad(m->ctx, &tn, &dT, &st->mod, 8)) < 0 ||
                 (rc = kn_linear_grad(m->ctx, &doi, &tn, &bl->img2.out.w)) < 0 ||
-                (rc = kn_attention_grad(m->ctx, &dq2, &dk2, &dv2, &doi, &st->q2, &st->k2,
-                                        &st->v2, &st->o2, &args2, NULL)) < 0 ||
+                (rc = kn_attention_grad(m->ctx, &dq2, &dk2, &dv2, &doi, &st->q2, &st->k2, &st->v2,
+                                        &st->o2, &args2, NULL)) < 0 ||
                 (rc = qkv_backward(m, &bl->img2, &dq2, &dk2, &dv2, 0, &st->qkv2, &st->tok0,
                                    &st->mod, 7, &tn2, &dqkv)) < 0)
                 return rc;
@@ -451,8 +478,8 @@ int mmdit_focus_grad(mmdit *m, mmdit_focus *f, const float *dmaps, kn_tensor *dx
     if (dx->ndim != 4 || dx->shape[0] != 1 || dx->shape[1] != c->in_channels ||
         dx->shape[2] != f->gh * p || dx->shape[3] != f->gw * p || dx->dtype != KN_F32)
         return err_set(ERR_SHAPE, "focus gradient: dx %s %s, expected [1, %d, %lld, %lld] F32",
-                       kn_shape_str(dx, s1, sizeof s1), kn_dtype_name(dx->dtype),
-                       c->in_channels, (long long)(f->gh * p), (long long)(f->gw * p));
+                       kn_shape_str(dx, s1, sizeof s1), kn_dtype_name(dx->dtype), c->in_channels,
+                       (long long)(f->gh * p), (long long)(f->gw * p));
     f->dmaps = kn_reshape(&f->dmaps, 2, (int64_t[]){(int64_t)c->num_layers * f->n, f->N});
     int rc = kn_write_f32(m->ctx, &f->dmaps, dmaps);
     for (int i = c->num_layers - 1; rc == 0 && i >= 0; i--) {

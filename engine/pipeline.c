@@ -67,8 +67,8 @@ struct gen_job {
     fm_schedule sched;
     int step;     /* steps done */
     float *image; /* count x H x W x 3 in [0, 1] after decode; NULL before */
-    focus_groups groups;   /* the FOCUS subjects' tokens, when controlled */
-    focus_control *focus;  /* the controller, once attached; NULL without control */
+    focus_groups groups;  /* the FOCUS subjects' tokens, when controlled */
+    focus_control *focus; /* the controller, once attached; NULL without control */
 };
 
 void gen_params_defaults(gen_params *p)
@@ -630,9 +630,8 @@ static int job_update(sd3_engine *e, gen_job *j, const kn_tensor *v_rows, const 
 
 /* The group's forward pass: plain, or capturing the conditional row of its controlled job
  * (at most one) and taking that job's cost and gradient. */
-static int group_forward(sd3_engine *e, gen_job *const *jobs, int m, int copies,
-                         const kn_tensor *x, const kn_tensor *emb, const kn_tensor *pooled,
-                         kn_tensor *out)
+static int group_forward(sd3_engine *e, gen_job *const *jobs, int m, int copies, const kn_tensor *x,
+                         const kn_tensor *emb, const kn_tensor *pooled, kn_tensor *out)
 {
     int64_t row = 0;
     for (int i = 0; i < m; i++) {

@@ -60,8 +60,8 @@ static void inputs_free(kn_ctx *ctx, inputs *in)
  * second, as joint text rows. */
 static focus_groups two_subjects(void)
 {
-    return (focus_groups){.n_subjects = 2, .n_tok = 4, .first = {0, 2, 4},
-                          .tok = {77 + 1, 2, 77 + 5, 5}};
+    return (focus_groups){
+        .n_subjects = 2, .n_tok = 4, .first = {0, 2, 4}, .tok = {77 + 1, 2, 77 + 5, 5}};
 }
 
 /* One controlled step: the capturing forward, the cost, the reverse pass. */
@@ -75,8 +75,8 @@ static void controlled_step(mmdit *m, mmdit_focus *f, const focus_groups *g, inp
     double t1 = bench_now();
     float cost;
     const float *maps = mmdit_focus_maps(f, &gh, &gw);
-    if (focus_cost(g, FOCUS_HEURISTIC_FOCUS, maps, mmdit_get_config(m)->num_layers, gh, gw,
-                   &cost, dmaps) < 0)
+    if (focus_cost(g, FOCUS_HEURISTIC_FOCUS, maps, mmdit_get_config(m)->num_layers, gh, gw, &cost,
+                   dmaps) < 0)
         die("cost");
     double t2 = bench_now();
     if (mmdit_focus_grad(m, f, dmaps, &in->grad) < 0 || kn_sync(mmdit_ctx(m)) < 0)

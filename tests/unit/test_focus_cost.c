@@ -65,8 +65,8 @@ static void check_gradient(const focus_groups *g, focus_heuristic h, int blocks,
     }
     const double numeric = ((double)up - down) / (2 * step);
     CHECKF(fabs(numeric - analytic) <= 5e-3 * fabs(analytic) + 1e-5,
-           "%s: numeric %.6g analytic %.6g (cost %.6g)", focus_heuristic_name(h), numeric,
-           analytic, cost);
+           "%s: numeric %.6g analytic %.6g (cost %.6g)", focus_heuristic_name(h), numeric, analytic,
+           cost);
     free(maps), free(grad), free(dir), free(probe);
 }
 
@@ -117,7 +117,8 @@ static void test_errors(void)
     CHECK(focus_cost(&g, FOCUS_HEURISTIC_FOCUS, maps, 1, 4, 4, &cost, NULL) == ERR_INVALID);
     CHECK(cost == -7);
     focus_heuristic h;
-    CHECK(focus_heuristic_parse("divide_and_bind", &h) == 0 && h == FOCUS_HEURISTIC_DIVIDE_AND_BIND);
+    CHECK(focus_heuristic_parse("divide_and_bind", &h) == 0 &&
+          h == FOCUS_HEURISTIC_DIVIDE_AND_BIND);
     CHECK(focus_heuristic_parse("conform", &h) == ERR_INVALID);
     CHECK(!strcmp(focus_heuristic_name(FOCUS_HEURISTIC_ATTEND_AND_EXCITE), "attend_and_excite"));
 }

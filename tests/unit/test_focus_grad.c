@@ -83,7 +83,8 @@ static void test_cost_goldens(void)
     CHECK(cases != NULL);
     size_t i;
     json_t *c;
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(cases, i, c)
+    {
         const char *name = json_string_value(json_object_get(c, "name"));
         const json_t *grid = json_object_get(c, "grid");
         const int64_t gh = json_integer_value(json_array_get(grid, 0));
@@ -109,8 +110,8 @@ static void test_cost_goldens(void)
                    name, heuristics[h], cost, wc);
             diff d = compare(grad, want_grad.f32, maps.count);
             const double scale = max_abs(want_grad.f32, maps.count);
-            CHECKF(d.max_abs <= 1e-4 * scale + 1e-7, "%s %s: gradient max error %.3g of %.3g",
-                   name, heuristics[h], d.max_abs, scale);
+            CHECKF(d.max_abs <= 1e-4 * scale + 1e-7, "%s %s: gradient max error %.3g of %.3g", name,
+                   heuristics[h], d.max_abs, scale);
             free(grad);
             npy_array_free(&want_cost), npy_array_free(&want_grad);
         }
@@ -170,8 +171,7 @@ typedef struct result {
     size_t n_maps, n_grad;
 } result;
 
-static int run_capture(mmdit *m, const focus_groups *g, float t, int copies, int sample,
-                       result *r)
+static int run_capture(mmdit *m, const focus_groups *g, float t, int copies, int sample, result *r)
 {
     inputs in;
     mmdit_focus *f = NULL;
@@ -220,7 +220,8 @@ static void test_transformer_goldens(void)
     CHECKF(mmdit_load(ctx, mc, &m) == 0, "%s", err_msg());
     size_t i;
     json_t *c;
-    json_array_foreach(json_object_get(root, "cases"), i, c) {
+    json_array_foreach(json_object_get(root, "cases"), i, c)
+    {
         const char *name = json_string_value(json_object_get(c, "name"));
         char sub[128];
         snprintf(sub, sizeof sub, "transformer/%s", name);

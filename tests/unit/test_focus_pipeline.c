@@ -114,14 +114,18 @@ static void test_control_factor(void)
 {
     size_t i;
     json_t *c;
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(cases, i, c)
+    {
         const float lambda = (float)json_number_value(json_object_get(c, "lambda"));
-        const json_t *ts = json_object_get(c, "timesteps"), *fs = json_object_get(c, "control_factors");
+        const json_t *ts = json_object_get(c, "timesteps"),
+                     *fs = json_object_get(c, "control_factors");
         for (size_t k = 0; k < json_array_size(ts); k++) {
             const float t = (float)json_number_value(json_array_get(ts, k));
             const float want = (float)json_number_value(json_array_get(fs, k));
-            CHECKF(focus_control_weight(lambda, t) == want, "lambda %g t %.9g: %.9g, reference "
-                   "%.9g", (double)lambda, (double)t, (double)focus_control_weight(lambda, t),
+            CHECKF(focus_control_weight(lambda, t) == want,
+                   "lambda %g t %.9g: %.9g, reference "
+                   "%.9g",
+                   (double)lambda, (double)t, (double)focus_control_weight(lambda, t),
                    (double)want);
         }
     }
@@ -133,7 +137,8 @@ static void test_reference_cases(void)
 {
     size_t i;
     json_t *c;
-    json_array_foreach(cases, i, c) {
+    json_array_foreach(cases, i, c)
+    {
         const char *name = json_string_value(json_object_get(c, "name"));
         gen_params p;
         case_params(c, false, &p);
@@ -238,8 +243,8 @@ static void test_errors(void)
         if (i == 1) q.count = 2;
         if (i == 2) q.focus.lambda = INFINITY;
         gen_job *j = NULL;
-        CHECKF(engine_check_params(eng, &q) < 0 && strstr(err_msg(), field[i]), "%s: %s",
-               field[i], err_msg());
+        CHECKF(engine_check_params(eng, &q) < 0 && strstr(err_msg(), field[i]), "%s: %s", field[i],
+               err_msg());
         CHECK(engine_job_prepare(eng, &q, &j) < 0 && j == NULL);
     }
     gen_job *plain;

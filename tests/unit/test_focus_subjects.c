@@ -19,7 +19,7 @@ static int load(void)
     int rc = 0;
     for (int i = 0; i < 3 && rc == 0; i++) {
         snprintf(dir, sizeof dir, "%s/tiny-sd35-real/%s", fixtures_dir(), names[i]);
-        rc = i == 0 ? clip_tokenizer_load(dir, &tok.clip_l)
+        rc = i == 0   ? clip_tokenizer_load(dir, &tok.clip_l)
              : i == 1 ? clip_tokenizer_load(dir, &tok.clip_g)
                       : t5_tokenizer_load(dir, &tok.t5);
     }
@@ -35,15 +35,20 @@ typedef struct labelled {
 
 static const labelled cases[] = {
     {"A horse and a bear in a forest", {"horse", "bear"}, {"t5=1;clip=2", "t5=5;clip=5"}},
-    {"A dolphin and a whale breaching near each other in the ocean", {"dolphin", "whale"},
+    {"A dolphin and a whale breaching near each other in the ocean",
+     {"dolphin", "whale"},
      {"t5=1;clip=2", "t5=5;clip=5"}},
-    {"A sheep and a goat grazing in a misty pasture", {"sheep", "goat"},
+    {"A sheep and a goat grazing in a misty pasture",
+     {"sheep", "goat"},
      {"t5=1;clip=2", "t5=5;clip=5"}},
     {"A maple leaf and an oak leaf lying on a forest floor covered in moss",
-     {"maple leaf", "oak leaf"}, {"t5=1,2;clip=2,3", "t5=5,6;clip=6,7"}},
-    {"A street bike and a dirt bike leaning against a garage wall", {"street bike", "dirt bike"},
+     {"maple leaf", "oak leaf"},
+     {"t5=1,2;clip=2,3", "t5=5,6;clip=6,7"}},
+    {"A street bike and a dirt bike leaning against a garage wall",
+     {"street bike", "dirt bike"},
      {"t5=1,2;clip=2,3", "t5=6,7;clip=6,7"}},
-    {"A sailboat and a yacht anchored in a calm harbor at sunset", {"sailboat", "yacht"},
+    {"A sailboat and a yacht anchored in a calm harbor at sunset",
+     {"sailboat", "yacht"},
      {"t5=1,2;clip=2,3", "t5=6;clip=6"}},
     {"A sunflower, a daisy, and a black-eyed Susan growing in a wildflower field",
      {"sunflower", "daisy", "black-eyed Susan"},
@@ -87,7 +92,7 @@ static void test_phrase_rules(void)
     focus_subject s[2] = {{.phrase = "HORSE"}, {.phrase = "bear"}};
     CHECK(focus_subjects_resolve(&tok, "A horse and a bear", 77, s, 2, &g) == 0);
     CHECK(g.tok[0] == 77 + 1 && g.tok[1] == 2); /* case folded when no exact match */
-    s[0].phrase = "hors"; /* not at a word boundary */
+    s[0].phrase = "hors";                       /* not at a word boundary */
     CHECK(focus_subjects_resolve(&tok, "A horse and a bear", 77, s, 2, &g) == ERR_INVALID);
     CHECK(strstr(err_msg(), "'hors'") != NULL && g.n_subjects == 0);
     s[0].phrase = "a bear"; /* overlaps the second subject */
