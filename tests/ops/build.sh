@@ -43,7 +43,7 @@ check_layer protocol common/
 check_layer client common/ protocol/
 check_layer daemon common/ protocol/ engine/
 check_layer engine common/ kernels/kn.h kernels/kn_ops.h kernels/kn_image.h kernels/kn_patch.h \
-    kernels/kn_convert.h
+    kernels/kn_convert.h kernels/kn_grad.h
 check_layer kernels common/
 cuda=$(grep -rlE '^#include <(cuda|cublas|curand|cufft|nvrtc)[^>]*>' common protocol client \
     daemon engine kernels --include='*.c' --include='*.h' --include='*.cu' | grep -v '^kernels/cuda/')
